@@ -1,0 +1,132 @@
+"""``triqdef`` command line: the entry points that the DVC stages call.
+
+    triqdef [--params FILE] [--profile smoke|cpu|paper] [--quiet] COMMAND ...
+
+Errors in the user's input end with one line ``triqdef: error: ...`` and exit
+status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from .errors import TriqdefError
+
+log = logging.getLogger("triqdef")
+
+
+def _cmd_data_fetch(args, params) -> int:
+    from . import data
+
+    src = data.fetch(allow_download=not args.no_download, progress=not args.quiet)
+    print(json.dumps(src, indent=2))
+    return 0
+
+
+def _cmd_data_info(args, params) -> int:
+    from .pipeline import data_record, load_data
+
+    print(json.dumps(data_record(load_data(params)), indent=2))
+    return 0
+
+
+def _cmd_data_prepare(args, params) -> int:
+    from .pipeline import run_prepare
+
+    rec = run_prepare(params)
+    print(json.dumps({k: rec[k] for k in ("source", "sizes")}))
+    return 0
+
+
+def _cmd_train_fp(args, params) -> int:
+    from .pipeline import run_train_fp
+
+    m = run_train_fp(params, progress=not args.quiet)
+    print(json.dumps({k: m[k] for k in ("model", "test_accuracy", "n_test", "wall_time_s")}))
+    return 0
+
+
+def _cmd_train_qat(args, params) -> int:
+    from .pipeline import run_train_qat
+
+    variants = [False, True] if args.all_layers == "both" else [args.all_layers == "yes"]
+    for all_layers in variants:
+        m = run_train_qat(params, all_layers=all_layers, progress=not args.quiet)
+        print(json.dumps({k: m[k] for k in ("model", "first_last_bits", "test_accuracy", "n_test", "wall_time_s")}))
+    return 0
+
+
+def _cmd_evaluate(args, params) -> int:
+    from . import quant
+    from .pipeline import load_data
+    from .train import accuracy, model_from_checkpoint
+
+    model, meta = model_from_checkpoint(args.checkpoint)
+    splits = load_data(params)
+    bits = args.bits or (meta.get("bits") or [None])
+    out = {}
+    for b in bits:
+        if b is not None:
+            quant.check_bits(b)
+        out[str(b or 32)] = accuracy(model, splits.test.images, splits.test.labels, bits=b)
+    print(json.dumps({"checkpoint": args.checkpoint, "n_test": int(splits.test.labels.numel()), "accuracy": out}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="triqdef", description="TriQDef reproduction: data, training and evaluation stages of the DVC pipeline.")
+    p.add_argument("--params", default=None, help="params file (default: params.yaml at the project root)")
+    p.add_argument("--profile", default=None, help="smoke | cpu | paper (default: base.profile in params, or $TRIQDEF_PROFILE)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    d = sub.add_parser("data", help="CIFAR-10: fetch a prepared copy, show the subsets")
+    dsub = d.add_subparsers(dest="action", metavar="ACTION")
+    dsub.required = True
+    f = dsub.add_parser("fetch", help="prepare data/cifar10 from the first available source (prepared, official, archive, sample)")
+    f.add_argument("--no-download", action="store_true", help="do not try the official download")
+    f.set_defaults(func=_cmd_data_fetch)
+    dsub.add_parser("prepare", help="draw and record the subsets the params select (stage 'prepare')").set_defaults(func=_cmd_data_prepare)
+    dsub.add_parser("info", help="the data source and subset sizes the params select").set_defaults(func=_cmd_data_info)
+
+    t = sub.add_parser("train", help="train the FP model or the standard multi-bit QAT model")
+    tsub = t.add_subparsers(dest="what", metavar="WHAT")
+    tsub.required = True
+    tsub.add_parser("fp", help="float model from scratch (params: train_fp)").set_defaults(func=_cmd_train_fp)
+    q = tsub.add_parser("qat", help="standard multi-bit QAT from the FP checkpoint (params: train_qat, quant)")
+    q.add_argument("--all-layers", choices=("no", "yes", "both"), default="no",
+                   help="quantize the first/last layer at b too ('yes'), or train both variants")
+    q.set_defaults(func=_cmd_train_qat)
+
+    e = sub.add_parser("evaluate", help="clean test accuracy of a checkpoint per bit-width")
+    e.add_argument("checkpoint")
+    e.add_argument("--bits", type=int, nargs="*", help="bit-widths (default: all of the checkpoint's)")
+    e.set_defaults(func=_cmd_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="[%(name)s] %(message)s")
+    if os.environ.get("TQDM_DISABLE"):
+        args.quiet = True
+    try:
+        from .config import load_params
+
+        params = load_params(args.params, args.profile)
+        return args.func(args, params)
+    except TriqdefError as exc:
+        print(f"triqdef: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("triqdef: interrupted; partial training progress is kept in results/.work and resumes on the next run", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

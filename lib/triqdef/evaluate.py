@@ -1,0 +1,36 @@
+"""Clean-accuracy evaluation of FP, PTQ and QAT models across bit-widths (the paper's Table 4 rows)."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import torch.nn as nn
+
+from . import quant
+from .train import accuracy
+
+
+def clean_accuracy_table(models: dict[str, tuple[nn.Module, list[int]]], images, labels, columns: list[int]) -> pd.DataFrame:
+    """One row per model, one column per bit-width (accuracy in %), blank where a model lacks that bit-width.
+
+    ``models`` maps a row label to ``(model, bits)``; a float model is evaluated
+    at 32 bits only. Adds ``n_test`` and the evaluation time.
+    """
+    rows = []
+    for label, (model, bits) in models.items():
+        t0 = time.perf_counter()
+        row = {"model": label}
+        for b in columns:
+            if b in bits:
+                row[f"{b}bit"] = 100.0 * accuracy(model, images, labels, bits=b if hasattr(model, "triqdef_bits") else None)
+            else:
+                row[f"{b}bit"] = float("nan")
+        row["n_test"] = int(labels.numel())
+        row["eval_s"] = round(time.perf_counter() - t0, 2)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def eval_bits(model: nn.Module) -> list[int]:
+    return list(quant.model_bits(model)) if hasattr(model, "triqdef_bits") else [quant.FP_BITS]

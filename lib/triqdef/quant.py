@@ -1,0 +1,430 @@
+"""Switchable-precision fake quantization on one shared backbone (paper 3.4, 4.1).
+
+One set of weights θ is shared by every bit-width b of a set B; per bit-width
+the model keeps its own activation observers and its own BatchNorm (switchable
+BN, as in DWQ / Any-Precision / AdaBits). ``Q_32`` is the identity.
+
+* Weights: symmetric, zero-point 0, **per output channel**, signed restricted
+  range ``[-(2^(b-1)-1), 2^(b-1)-1]`` (2 bits is ternary), scale =
+  per-channel absmax / (2^(b-1)-1) of the current weights at every forward.
+* Activations: **per tensor**, at every ReLU output (in a ResNet that includes
+  the ReLU after the residual sum), unsigned ``[0, 2^b-1]``, zero-point 0,
+  scale from a moving-average min/max observer (``torch.ao``'s, averaging
+  constant 0.01) that updates in training mode and is frozen in eval mode.
+  The model input and the logits are not quantized.
+* Gradients are straight-through (with the clipping mask) because the rounding
+  is done by PyTorch's ``torch.fake_quantize_per_channel_affine`` and
+  ``torch.fake_quantize_per_tensor_affine``; double backprop works through
+  them (GPDP needs it).
+* The first conv and last linear layer are quantized at ``max(b, first_last_bits)``
+  (default 8, as DWQ, Any-Precision and LSQ do); ``first_last_bits=None``
+  quantizes every weight tensor at ``b``, as the paper's "all weight tensors" says.
+
+Public API: :func:`quantize_weight`, :func:`quantize_model`, :func:`use_bitwidth`,
+:func:`calibrate`, :func:`post_training_quantize`, :func:`dynamic_quantization`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.ao.quantization.observer import MovingAverageMinMaxObserver
+
+from .errors import TriqdefError
+
+FP_BITS = 32
+MIN_BITS, MAX_INT_BITS = 2, 16
+
+
+def check_bits(bits) -> int:
+    """Validate one bit-width: an integer in [2, 16] or 32 (full precision)."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not (bits == FP_BITS or MIN_BITS <= bits <= MAX_INT_BITS):
+        raise TriqdefError(f"unknown bit-width {bits!r}: expected an integer in [{MIN_BITS}, {MAX_INT_BITS}] or {FP_BITS}")
+    return bits
+
+
+def check_bit_set(bits: Iterable) -> tuple[int, ...]:
+    """Validate a set of bit-widths; returns them sorted high to low, without duplicates."""
+    if isinstance(bits, (int, str)):
+        bits = [bits]
+    out = sorted({check_bits(b) for b in bits}, reverse=True)
+    if not out:
+        raise TriqdefError("empty bit-width set: expected at least one of 32, 8, 5, 4, 2, ...")
+    return tuple(out)
+
+
+def signed_qmax(bits: int) -> int:
+    return 2 ** (bits - 1) - 1
+
+
+def unsigned_qmax(bits: int) -> int:
+    return 2**bits - 1
+
+
+def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-output-channel symmetric fake quantization of a weight tensor.
+
+    ``w_q = s_c * clip(round(w / s_c), -(2^(b-1)-1), 2^(b-1)-1)`` with
+    ``s_c = max|w_c| / (2^(b-1)-1)`` taken from ``w`` itself (channel ``c`` is
+    dim 0). The gradient is straight-through: ``∂w_q/∂w = 1`` (no value is
+    clipped, since the scale covers the absmax). ``bits=32`` returns ``w``.
+    """
+    check_bits(bits)
+    if bits == FP_BITS:
+        return w
+    qmax = signed_qmax(bits)
+    with torch.no_grad():
+        absmax = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1)
+        scale = (absmax / qmax).clamp_min(torch.finfo(torch.float32).tiny).float()
+        zero_point = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
+    return torch.fake_quantize_per_channel_affine(w, scale, zero_point, 0, -qmax, qmax)
+
+
+RANGE_ESTIMATORS = ("max", "mse")
+_CLIP_GRID = torch.linspace(0.05, 1.0, 20)
+
+
+def mse_clip(x: torch.Tensor, qmin: int, qmax: int, max_samples: int = 8192) -> torch.Tensor:
+    """Clipping threshold ``c`` minimising ``||x - Q_c(x)||²`` over a grid of 20 fractions of max|x|.
+
+    ``Q_c`` is the symmetric zero-point-0 quantizer with scale ``c / qmax`` on
+    ``[qmin, qmax]``. Estimated on a strided subsample of at most
+    ``max_samples`` elements (cheap enough for every training step). This is
+    the per-batch statistic the ``mse`` range estimator moving-averages
+    instead of the raw max (see DESIGN deviations in README).
+    """
+    v = x.detach().reshape(-1).float()
+    if v.numel() > max_samples:
+        v = v[:: v.numel() // max_samples]
+    top = v.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
+    clips = top * _CLIP_GRID.to(v.device)
+    scales = (clips / qmax)[:, None]
+    err = ((torch.clamp(torch.round(v[None] / scales), qmin, qmax) * scales - v[None]) ** 2).mean(1)
+    return clips[err.argmin()]
+
+
+class ActivationQuantizer(nn.Module):
+    """Per-tensor symmetric fake quantizer with a moving-average observer, for one bit-width.
+
+    Unsigned range ``[0, 2^b-1]`` for post-ReLU tensors (``signed=False``),
+    signed restricted range otherwise; zero-point 0; scale =
+    max(|min|, |max|) / qmax of the observer's moving averages. The observer
+    updates in training mode unless frozen (:func:`frozen_statistics`); in
+    ``dynamic`` mode the range is taken from each batch instead (dynamic
+    quantization).
+    """
+
+    def __init__(self, bits: int, signed: bool = False, averaging_constant: float = 0.01, range_estimator: str = "max"):
+        super().__init__()
+        self.bits = check_bits(bits)
+        self.signed = signed
+        if range_estimator not in RANGE_ESTIMATORS:
+            raise TriqdefError(f"unknown activation range estimator {range_estimator!r}: expected one of {', '.join(RANGE_ESTIMATORS)}")
+        self.range_estimator = range_estimator
+        self.observer = MovingAverageMinMaxObserver(averaging_constant=averaging_constant)
+        self.observer_enabled = True
+        self.dynamic = False
+
+    def batch_range(self, x: torch.Tensor) -> torch.Tensor:
+        """What the observer averages for one batch: the tensor itself (``max``) or its MSE-optimal clip (``mse``)."""
+        if self.range_estimator == "max":
+            return x
+        clip = mse_clip(x, self.qmin, self.qmax)
+        return torch.stack([-clip if self.signed else torch.zeros_like(clip), clip])
+
+    @property
+    def qmin(self) -> int:
+        return -signed_qmax(self.bits) if self.signed else 0
+
+    @property
+    def qmax(self) -> int:
+        return signed_qmax(self.bits) if self.signed else unsigned_qmax(self.bits)
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(torch.isfinite(self.observer.max_val).item())
+
+    def scale(self, x: torch.Tensor | None = None) -> torch.Tensor:
+        if self.dynamic and x is not None:
+            lo, hi = torch.aminmax(self.batch_range(x.detach()))
+        else:
+            lo, hi = self.observer.min_val, self.observer.max_val
+        rng = torch.maximum(lo.abs(), hi.abs()) if self.signed else hi.clamp_min(0)
+        return (rng / self.qmax).clamp_min(torch.finfo(torch.float32).tiny).float().reshape(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.observer_enabled and not self.dynamic:
+            self.observer(self.batch_range(x.detach()))
+        if not self.dynamic and not self.calibrated:
+            raise RuntimeError(f"{self.bits}-bit activation quantizer used before calibration; run triqdef.quant.calibrate")
+        zero_point = torch.zeros(1, dtype=torch.int32, device=x.device)
+        return torch.fake_quantize_per_tensor_affine(x, self.scale(x).to(x.device), zero_point, self.qmin, self.qmax)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, signed={self.signed}, range={self.range_estimator}, dynamic={self.dynamic}"
+
+
+class _Switchable:
+    """Mixin: a module with an ``active_bits`` attribute set by :func:`use_bitwidth`."""
+
+    active_bits: int = FP_BITS
+
+
+class QuantConv2d(nn.Conv2d, _Switchable):
+    """``nn.Conv2d`` whose weight is fake-quantized per output channel at the active bit-width.
+
+    Same parameters (and state-dict keys) as the convolution it replaces.
+    ``min_bits`` raises the precision of this layer (first layer: 8).
+    """
+
+    min_bits: int | None = None
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, min_bits: int | None = None) -> QuantConv2d:
+        new = copy.deepcopy(conv)
+        new.__class__ = cls
+        new.min_bits = min_bits
+        new.active_bits = FP_BITS
+        return new
+
+    def effective_bits(self) -> int:
+        b = self.active_bits
+        return b if b == FP_BITS or self.min_bits is None else max(b, self.min_bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, quantize_weight(self.weight, self.effective_bits()), self.bias)
+
+
+class QuantLinear(nn.Linear, _Switchable):
+    """``nn.Linear`` whose weight is fake-quantized per output row at the active bit-width."""
+
+    min_bits: int | None = None
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, min_bits: int | None = None) -> QuantLinear:
+        new = copy.deepcopy(linear)
+        new.__class__ = cls
+        new.min_bits = min_bits
+        new.active_bits = FP_BITS
+        return new
+
+    effective_bits = QuantConv2d.effective_bits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, quantize_weight(self.weight, self.effective_bits()), self.bias)
+
+
+class SwitchableBatchNorm2d(nn.Module, _Switchable):
+    """One ``BatchNorm2d`` per bit-width (statistics and affine parameters), selected by ``active_bits``."""
+
+    def __init__(self, bn: nn.BatchNorm2d, bits: Sequence[int]):
+        super().__init__()
+        self.bns = nn.ModuleDict({str(b): copy.deepcopy(bn) for b in bits})
+        self.active_bits = FP_BITS if FP_BITS in bits else bits[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bns[str(self.active_bits)](x)
+
+
+class QuantReLU(nn.Module, _Switchable):
+    """ReLU (or ReLU6) followed by the active bit-width's activation quantizer (identity at 32 bits)."""
+
+    def __init__(self, bits: Sequence[int], averaging_constant: float = 0.01, six: bool = False, range_estimator: str = "max"):
+        super().__init__()
+        self.six = six
+        self.quantizers = nn.ModuleDict(
+            {str(b): ActivationQuantizer(b, averaging_constant=averaging_constant, range_estimator=range_estimator)
+             for b in bits if b != FP_BITS}
+        )
+        self.active_bits = FP_BITS
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(x) if self.six else F.relu(x)
+        if self.active_bits == FP_BITS:
+            return x
+        return self.quantizers[str(self.active_bits)](x)
+
+
+def _switchables(model: nn.Module) -> Iterator[nn.Module]:
+    return (m for m in model.modules() if isinstance(m, _Switchable))
+
+
+def model_bits(model: nn.Module) -> tuple[int, ...]:
+    """The bit-widths a quantized model was built for (``quantize_model``)."""
+    bits = getattr(model, "triqdef_bits", None)
+    if bits is None:
+        raise TriqdefError("model is not switchable-precision: build it with triqdef.quant.quantize_model")
+    return tuple(bits)
+
+
+def set_bitwidth(model: nn.Module, bits: int) -> None:
+    """Select the active bit-width of every quantizer and BN of ``model``."""
+    check_bits(bits)
+    if bits not in model_bits(model):
+        raise TriqdefError(f"bit-width {bits} not in this model's bit-widths {model_bits(model)}")
+    for m in _switchables(model):
+        m.active_bits = bits
+    model.triqdef_active_bits = bits
+
+
+@contextlib.contextmanager
+def use_bitwidth(model: nn.Module, bits: int):
+    """Context manager: run ``model`` at ``bits`` inside the block, restore the previous bit-width after."""
+    previous = getattr(model, "triqdef_active_bits", FP_BITS)
+    set_bitwidth(model, bits)
+    try:
+        yield model
+    finally:
+        set_bitwidth(model, previous)
+
+
+def quantize_model(
+    model: nn.Module,
+    bits: Iterable[int],
+    first_last_bits: int | None = 8,
+    averaging_constant: float = 0.01,
+    range_estimator: str = "max",
+) -> nn.Module:
+    """Wrap a float model into a switchable-precision model for the bit-widths ``bits``.
+
+    Returns a new model (the input is not modified) in which every ``Conv2d`` /
+    ``Linear`` fake-quantizes its weight, every ``BatchNorm2d`` becomes one BN
+    per bit-width (each a copy of the original), and every ``ReLU``/``ReLU6``
+    module quantizes its output per bit-width. The first conv and the last
+    linear layer use ``max(b, first_last_bits)`` bits (``None``: ``b``). The
+    active bit-width starts at 32 (or the highest in ``bits``).
+
+    Modules reused several times in ``forward`` (e.g. torchvision's
+    ``BasicBlock.relu``) share one observer; the CIFAR models of
+    :mod:`triqdef.models` never reuse a module.
+    """
+    bit_set = check_bit_set(bits)
+    if first_last_bits is not None:
+        check_bits(first_last_bits)
+    qmodel = copy.deepcopy(model)
+    named = list(qmodel.named_modules())
+    convs = [n for n, m in named if isinstance(m, nn.Conv2d)]
+    linears = [n for n, m in named if isinstance(m, nn.Linear)]
+    first, last = (convs[0] if convs else None), (linears[-1] if linears else None)
+
+    def replace(parent: nn.Module, prefix: str) -> None:
+        for name, child in list(parent.named_children()):
+            full = f"{prefix}.{name}" if prefix else name
+            edge = first_last_bits if full in (first, last) else None
+            if isinstance(child, nn.Conv2d):
+                setattr(parent, name, QuantConv2d.from_float(child, edge))
+            elif isinstance(child, nn.Linear):
+                setattr(parent, name, QuantLinear.from_float(child, edge))
+            elif isinstance(child, nn.BatchNorm2d):
+                setattr(parent, name, SwitchableBatchNorm2d(child, bit_set))
+            elif isinstance(child, (nn.ReLU, nn.ReLU6)):
+                setattr(parent, name, QuantReLU(bit_set, averaging_constant, isinstance(child, nn.ReLU6), range_estimator))
+            else:
+                replace(child, full)
+
+    replace(qmodel, "")
+    qmodel.triqdef_bits = bit_set
+    qmodel.triqdef_first_last_bits = first_last_bits
+    qmodel.triqdef_range_estimator = range_estimator
+    set_bitwidth(qmodel, bit_set[0])
+    return qmodel
+
+
+def activation_quantizers(model: nn.Module, bits: int | None = None) -> list[ActivationQuantizer]:
+    qs = [m for m in model.modules() if isinstance(m, ActivationQuantizer)]
+    return [q for q in qs if bits is None or q.bits == bits]
+
+
+def batchnorms(model: nn.Module, bits: int) -> list[nn.BatchNorm2d]:
+    return [m.bns[str(bits)] for m in model.modules() if isinstance(m, SwitchableBatchNorm2d)]
+
+
+@contextlib.contextmanager
+def frozen_statistics(model: nn.Module):
+    """Inside the block, observers do not update and BN running statistics stay fixed.
+
+    BN still normalises with batch statistics in training mode (momentum 0).
+    """
+    qs = activation_quantizers(model)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved_q = [q.observer_enabled for q in qs]
+    saved_bn = [bn.momentum for bn in bns]
+    for q in qs:
+        q.observer_enabled = False
+    for bn in bns:
+        bn.momentum = 0.0
+    try:
+        yield model
+    finally:
+        for q, s in zip(qs, saved_q):
+            q.observer_enabled = s
+        for bn, s in zip(bns, saved_bn):
+            bn.momentum = s
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, images: Iterable[torch.Tensor], bits: int, reset: bool = True) -> int:
+    """Calibrate the observers and BN statistics of one bit-width, no weight update.
+
+    Runs ``model`` at ``bits`` in training mode over the batches ``images``
+    (floats in [0, 1]). The observers' moving averages become the plain mean
+    of the per-batch min/max, and the BN running statistics the cumulative
+    average over the batches (``momentum=None``); both are reset first unless
+    ``reset=False``. Returns the number of images seen.
+    """
+    was_training = model.training
+    qs, bns = activation_quantizers(model, bits), batchnorms(model, bits)
+    saved_momentum = [bn.momentum for bn in bns]
+    saved_c = [q.observer.averaging_constant for q in qs]
+    if reset:
+        for q in qs:
+            q.observer.reset_min_max_vals()
+        for bn in bns:
+            bn.reset_running_stats()
+    for bn in bns:
+        bn.momentum = None
+    model.train()
+    seen = 0
+    try:
+        with use_bitwidth(model, bits):
+            for k, x in enumerate(images):
+                for q in qs:
+                    q.observer.averaging_constant = 1.0 / (k + 1)
+                model(x)
+                seen += x.shape[0]
+    finally:
+        for bn, mom in zip(bns, saved_momentum):
+            bn.momentum = mom
+        for q, c in zip(qs, saved_c):
+            q.observer.averaging_constant = c
+        model.train(was_training)
+    if seen == 0:
+        raise TriqdefError("calibration got no images: expected a non-empty held-out split")
+    return seen
+
+
+def post_training_quantize(
+    fp_model: nn.Module, bits: Iterable[int], calibration: Sequence[torch.Tensor], first_last_bits: int | None = 8,
+    range_estimator: str = "max",
+) -> nn.Module:
+    """PTQ: wrap the float model and calibrate each bit-width's observers and BN statistics; no training."""
+    qmodel = quantize_model(fp_model, bits, first_last_bits, range_estimator=range_estimator)
+    for b in model_bits(qmodel):
+        if b != FP_BITS:
+            calibrate(qmodel, calibration, b)
+    return qmodel.eval()
+
+
+def dynamic_quantization(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Dynamic quantization: activation ranges taken per batch instead of from calibrated observers.
+
+    Weights are quantized at run time either way; modifies ``model`` in place and returns it.
+    """
+    for q in activation_quantizers(model):
+        q.dynamic = enabled
+    return model

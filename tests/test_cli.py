@@ -1,0 +1,104 @@
+"""Bad input through the CLI: one line 'triqdef: error: ...', exit status 2, no traceback, nothing overwritten."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(args, tmp_path, env_extra=None):
+    env = dict(os.environ, TRIQDEF_OUTPUT=str(tmp_path / "out"), TRIQDEF_OFFLINE="1", TQDM_DISABLE="1",
+               PYTHONPATH=str(ROOT / "lib"), **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "triqdef", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("[triqdef")]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("triqdef: error:") and "Traceback" not in proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def params_with(tmp_path, **overrides):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        node = params
+        *head, last = dotted.split(".")
+        for k in head:
+            node = node[k]
+        node[last] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return str(path)
+
+
+def test_help_lists_the_stages(tmp_path):
+    out = run(["--help"], tmp_path)
+    assert out.returncode == 0
+    for cmd in ("data", "train", "evaluate"):
+        assert cmd in out.stdout
+
+
+def test_unknown_profile(tmp_path):
+    assert_one_line_error(run(["--profile", "laptop", "data", "info"], tmp_path), "unknown profile 'laptop'", "smoke")
+
+
+def test_missing_and_invalid_params_file(tmp_path):
+    assert_one_line_error(run(["--params", str(tmp_path / "nope.yaml"), "data", "info"], tmp_path), "nope.yaml", "not found")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: [unclosed\n")
+    assert_one_line_error(run(["--params", str(bad), "data", "info"], tmp_path), "not valid YAML")
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("data.smoke.train_size", -5, "train_size"),
+    ("data.smoke.test_size", 0, "test_size"),
+    ("model.common.name", "resnet21", "model.name = 'resnet21'"),
+    ("quant.common.bits", [32, 7, 1], "bit-width 1"),
+    ("train_fp.smoke.epochs", 0, "train_fp.epochs"),
+])
+def test_bad_parameters(tmp_path, key, value, needle):
+    p = params_with(tmp_path, **{key: value})
+    cmd = ["train", "qat"] if key.startswith("quant") else ["train", "fp"]
+    assert_one_line_error(run(["--params", p, "--profile", "smoke", *cmd], tmp_path, {"TRIQDEF_DATA_DIR": str(tmp_path / "nodata")}
+                              if key.startswith("model") else None), needle)
+
+
+def test_missing_data_and_missing_archive(tmp_path):
+    env = {"TRIQDEF_DATA_DIR": str(tmp_path / "nodata")}
+    assert_one_line_error(run(["--profile", "smoke", "data", "info"], tmp_path, env), "triqdef data fetch")
+    env["CIFAR10_ARCHIVE"] = str(tmp_path / "missing.tar.gz")
+    assert_one_line_error(run(["data", "fetch"], tmp_path, env), "missing.tar.gz")
+    corrupt = tmp_path / "corrupt.tar.gz"
+    corrupt.write_bytes(b"\x1f\x8b\x08not really gzip")
+    env["CIFAR10_ARCHIVE"] = str(corrupt)
+    assert_one_line_error(run(["data", "fetch"], tmp_path, env), "corrupt.tar.gz")
+    assert not (tmp_path / "nodata").exists()
+
+
+def test_bad_checkpoints_leave_earlier_results_intact(tmp_path):
+    out = tmp_path / "out"
+    assert_one_line_error(run(["evaluate", str(tmp_path / "missing.pt")], tmp_path), "missing.pt", "not found")
+    # a corrupt FP checkpoint where train_qat expects one; an earlier QAT metrics file must survive
+    fp = out / "results" / "models" / "fp" / "resnet20.pt"
+    fp.parent.mkdir(parents=True)
+    fp.write_bytes(b"PK\x03\x04 truncated")
+    metrics = out / "results" / "metrics" / "train_qat.json"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text(json.dumps({"earlier": True}))
+    sample_env = {"TRIQDEF_DATA_DIR": str(tmp_path / "data"), "CIFAR10_ARCHIVE": str(ROOT / "lib/triqdef/_sample/cifar10-sample-jpeg.tar.gz")}
+    assert run(["--quiet", "data", "fetch", "--no-download"], tmp_path, sample_env).returncode == 0
+    assert_one_line_error(run(["--profile", "smoke", "train", "qat"], tmp_path, sample_env), "resnet20.pt", "corrupt")
+    assert json.loads(metrics.read_text()) == {"earlier": True}
+    # a valid checkpoint of the wrong kind
+    torch.save({"format": "triqdef-checkpoint/1", "meta": {"kind": "qat", "model": "resnet20"}, "model": {}}, fp)
+    assert_one_line_error(run(["--profile", "smoke", "train", "qat"], tmp_path, sample_env), "expected 'fp'")

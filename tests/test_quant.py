@@ -1,0 +1,195 @@
+"""Quantizers against an independent integer reference (NumPy round-and-clip), not against torch's own ops."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from triqdef import quant
+from triqdef.errors import TriqdefError
+from triqdef.models import build_model
+
+
+def numpy_weight_reference(w: np.ndarray, bits: int) -> np.ndarray:
+    """Per-output-channel symmetric quantization, round half to even, signed restricted range."""
+    qmax = 2 ** (bits - 1) - 1
+    flat = w.reshape(w.shape[0], -1)
+    scale = np.abs(flat).max(axis=1, keepdims=True) / qmax
+    q = np.clip(np.rint(flat / scale), -qmax, qmax)
+    return (q * scale).reshape(w.shape)
+
+
+@pytest.mark.parametrize("bits", [8, 5, 4, 3, 2])
+@pytest.mark.parametrize("shape", [(16, 3, 3, 3), (10, 64)])
+def test_weight_quantizer_matches_numpy_reference(bits, shape, rng):
+    w = torch.randn(*shape, generator=rng)
+    got = quant.quantize_weight(w, bits).numpy()
+    ref = numpy_weight_reference(w.numpy().astype(np.float64), bits)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    # at most 2^b - 1 distinct levels per output channel
+    for c in range(shape[0]):
+        assert len(np.unique(got[c])) <= 2**bits - 1
+
+
+def test_two_bit_weights_are_ternary_hand_computed():
+    w = torch.tensor([[0.9, -0.3, 0.2, -0.5], [0.1, 0.04, -0.06, 0.0]])
+    # channel 0: scale 0.9 -> round(w/0.9) = [1, -0.333->0, 0.222->0, -0.556->-1]
+    # channel 1: scale 0.1 -> [1, 0.4->0, -0.6->-1, 0]
+    expected = torch.tensor([[0.9, 0.0, 0.0, -0.9], [0.1, 0.0, -0.1, 0.0]])
+    torch.testing.assert_close(quant.quantize_weight(w, 2), expected)
+
+
+def test_32_bits_is_identity_and_bad_bits_rejected():
+    w = torch.randn(4, 4)
+    assert quant.quantize_weight(w, 32) is w
+    for bad in (1, 0, 17, 33, "8", 8.0, True):
+        with pytest.raises(TriqdefError, match="bit-width"):
+            quant.quantize_weight(w, bad)
+
+
+def test_weight_gradient_is_straight_through(rng):
+    w = torch.randn(8, 5, generator=rng, requires_grad=True)
+    g = torch.randn(8, 5, generator=rng)
+    (quant.quantize_weight(w, 4) * g).sum().backward()
+    torch.testing.assert_close(w.grad, g)
+
+
+def test_activation_quantizer_matches_reference_and_clips(rng):
+    q = quant.ActivationQuantizer(4)
+    q.train()
+    x = torch.rand(64, generator=rng) * 3.0
+    q(x)  # first observation sets the range
+    scale = q.observer.max_val.item() / 15
+    y = torch.tensor([0.0, 0.4 * scale, 0.6 * scale, 7.2 * scale, 15 * scale, 40 * scale])
+    q.eval()
+    out = q(y).numpy()
+    ref = np.clip(np.rint(y.numpy() / scale), 0, 15) * scale
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-7)
+    # straight-through inside the range, zero gradient where clipped
+    y.requires_grad_(True)
+    q(y).sum().backward()
+    assert y.grad.tolist() == [1, 1, 1, 1, 1, 0]
+
+
+def test_observer_is_moving_average_and_frozen_in_eval():
+    q = quant.ActivationQuantizer(8, averaging_constant=0.01).train()
+    q(torch.tensor([0.0, 2.0]))
+    q(torch.tensor([0.0, 4.0]))
+    assert q.observer.max_val.item() == pytest.approx(2.0 + 0.01 * (4.0 - 2.0))
+    q.eval()
+    q(torch.tensor([0.0, 100.0]))
+    assert q.observer.max_val.item() == pytest.approx(2.02)
+
+
+def test_double_backprop_through_fake_quant(rng):
+    model = quant.quantize_model(build_model("resnet20"), [32, 4])
+    x = torch.rand(4, 3, 32, 32, generator=rng)
+    quant.calibrate(model, [x], 4)
+    model.train()
+    with quant.use_bitwidth(model, 4):
+        x = x.clone().requires_grad_(True)
+        loss = model(x).logsumexp(1).sum()
+        (g,) = torch.autograd.grad(loss, x, create_graph=True)
+        g.abs().mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def _snapshot(model, bits):
+    qs = quant.activation_quantizers(model, bits)
+    bns = quant.batchnorms(model, bits)
+    return [q.observer.max_val.clone() for q in qs] + [t.clone() for bn in bns for t in (bn.running_mean, bn.running_var, bn.weight.data)]
+
+
+def test_switching_bitwidth_leaves_other_bitwidths_untouched(rng):
+    model = quant.quantize_model(build_model("resnet20"), [32, 8, 4, 2])
+    x = torch.rand(8, 3, 32, 32, generator=rng)
+    for b in (8, 4, 2):
+        quant.calibrate(model, [x], b)
+    before = {b: _snapshot(model, b) for b in (32, 8, 2)}
+    model.train()
+    with quant.use_bitwidth(model, 4):
+        model(torch.rand(8, 3, 32, 32, generator=rng) * 2)
+    changed4 = any(not torch.equal(a, b) for a, b in zip(_snapshot(model, 4), _snapshot(model, 4)))
+    assert not changed4  # snapshot is deterministic
+    for b in (32, 8, 2):
+        assert all(torch.equal(a, c) for a, c in zip(before[b], _snapshot(model, b))), f"{b}-bit state changed"
+
+
+def test_use_bitwidth_restores_and_validates():
+    model = quant.quantize_model(build_model("resnet20"), [32, 8])
+    assert model.triqdef_active_bits == 32
+    with quant.use_bitwidth(model, 8):
+        assert {m.active_bits for m in model.modules() if isinstance(m, quant._Switchable)} == {8}
+    assert model.triqdef_active_bits == 32
+    with pytest.raises(TriqdefError, match="not in this model's bit-widths"):
+        with quant.use_bitwidth(model, 4):
+            pass
+
+
+def test_first_and_last_layer_precision():
+    model = quant.quantize_model(build_model("resnet20"), [32, 2], first_last_bits=8)
+    convs = [m for m in model.modules() if isinstance(m, quant.QuantConv2d)]
+    lin = [m for m in model.modules() if isinstance(m, quant.QuantLinear)]
+    with quant.use_bitwidth(model, 2):
+        assert convs[0].effective_bits() == 8 and lin[-1].effective_bits() == 8
+        assert all(c.effective_bits() == 2 for c in convs[1:])
+    every = quant.quantize_model(build_model("resnet20"), [32, 2], first_last_bits=None)
+    with quant.use_bitwidth(every, 2):
+        assert all(m.effective_bits() == 2 for m in every.modules() if isinstance(m, (quant.QuantConv2d, quant.QuantLinear)))
+
+
+def test_quantize_model_keeps_fp_weights_and_32bit_equals_fp(rng):
+    fp = build_model("resnet20").eval()
+    model = quant.quantize_model(fp, [32, 8]).eval()
+    x = torch.rand(4, 3, 32, 32, generator=rng)
+    torch.testing.assert_close(model(x), fp(x))
+    assert all(isinstance(m, quant.QuantReLU) for m in model.modules() if isinstance(m, (nn.ReLU, quant.QuantReLU)))
+
+
+def test_ptq_and_dynamic_quantization(rng):
+    fp = build_model("resnet20")
+    calib = [torch.rand(16, 3, 32, 32, generator=rng)]
+    for m in fp.modules():  # give the float BN the calibration statistics too, so 8-bit PTQ ~ FP
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        fp.train()(calib[0])
+    fp.eval()
+    ptq = quant.post_training_quantize(fp, [32, 8, 4], calib)
+    x = torch.rand(4, 3, 32, 32, generator=rng)
+    with quant.use_bitwidth(ptq, 8):
+        y8 = ptq(x)
+    assert torch.allclose(y8, fp(x), atol=0.1 * fp(x).abs().max().item())
+    quant.dynamic_quantization(ptq)
+    with quant.use_bitwidth(ptq, 4):
+        assert torch.isfinite(ptq(x)).all()
+    # an uncalibrated quantizer is refused rather than silently used
+    raw = quant.quantize_model(fp, [32, 4]).eval()
+    with quant.use_bitwidth(raw, 4), pytest.raises(RuntimeError, match="calibration"):
+        raw(x)
+
+
+def test_mse_clip_matches_numpy_grid_search(rng):
+    x = torch.relu(torch.randn(5000, generator=rng)) ** 2  # heavy-tailed, post-ReLU-like
+    for bits in (2, 4):
+        qmax = 2**bits - 1
+        v = x.numpy().astype(np.float64)
+        top = v.max()
+        best = min(np.linspace(0.05, 1.0, 20) * top,
+                   key=lambda c: np.mean((np.clip(np.rint(v / (c / qmax)), 0, qmax) * (c / qmax) - v) ** 2))
+        assert quant.mse_clip(x, 0, qmax).item() == pytest.approx(best, rel=1e-5)
+    # the MSE clip is below the max for a heavy tail at 2 bits
+    assert quant.mse_clip(x, 0, 3) < x.max()
+
+
+def test_mse_range_estimator_is_moving_average_of_batch_clips(rng):
+    q = quant.ActivationQuantizer(2, averaging_constant=0.5, range_estimator="mse").train()
+    a, b = torch.rand(4000, generator=rng), torch.rand(4000, generator=rng) * 3
+    q(a)
+    q(b)
+    expected = quant.mse_clip(a, 0, 3) + 0.5 * (quant.mse_clip(b, 0, 3) - quant.mse_clip(a, 0, 3))
+    assert q.observer.max_val.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert q.observer.min_val.item() == 0.0
+    with pytest.raises(TriqdefError, match="range estimator"):
+        quant.ActivationQuantizer(2, range_estimator="percentile")

@@ -1,0 +1,127 @@
+import copy
+
+import pytest
+import torch
+
+from triqdef import quant
+from triqdef.augment import apply_crop_flip, random_crop_flip
+from triqdef.errors import TriqdefError
+from triqdef.models import build_model
+from triqdef.train import TrainConfig, accuracy, fit, model_from_checkpoint, read_checkpoint, save_checkpoint
+
+
+def toy_data(n=256, seed=0):
+    """Learnable toy CIFAR-shaped data: the class sets the mean colour of the image."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    base = (labels.float() / 9.0)[:, None, None, None]
+    noise = torch.rand(n, 3, 32, 32, generator=g) * 0.5
+    images = ((base * 0.5 + noise) * 255).clamp(0, 255).to(torch.uint8)
+    images[:, 0] = (labels[:, None, None] * 25).to(torch.uint8)
+    return images, labels
+
+
+def test_batched_crop_flip_equals_torchvision_per_image():
+    import torchvision.transforms.v2.functional as TF
+
+    x = torch.randint(0, 255, (6, 3, 32, 32), dtype=torch.uint8)
+    top, left = torch.tensor([0, 8, 3, 4, 1, 7]), torch.tensor([8, 0, 5, 4, 2, 6])
+    flip = torch.tensor([True, False, True, False, False, True])
+    out = apply_crop_flip(x, top, left, flip, 4)
+    for i in range(6):
+        ref = TF.crop(TF.pad(x[i], [4, 4, 4, 4], fill=0), int(top[i]), int(left[i]), 32, 32)
+        ref = TF.horizontal_flip(ref) if flip[i] else ref
+        assert torch.equal(out[i], ref)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(random_crop_flip(x, g1), random_crop_flip(x, g2))
+
+
+def _cfg(**kw):
+    return TrainConfig(**{**dict(epochs=2, batch_size=32, lr=0.05, schedule="onecycle", checkpoint_every=100), **kw})
+
+
+def test_short_training_lowers_the_loss(tmp_path):
+    images, labels = toy_data()
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    res = fit(model, images, labels, _cfg(epochs=6), seed=0, out_path=tmp_path / "m.pt",
+              meta={"kind": "fp", "model": "resnet20"}, work_dir=tmp_path / "work", progress=False)
+    losses = [h["loss_fp"] for h in res["history"]]
+    assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4
+    assert accuracy(model, images, labels) > 0.35  # chance is 0.1
+
+
+def test_multibit_qat_step_trains_every_bitwidth(tmp_path):
+    images, labels = toy_data(128)
+    model = quant.quantize_model(build_model("resnet20"), [32, 4, 2])
+    quant.calibrate(model, [images[:64].float() / 255], 4)
+    quant.calibrate(model, [images[:64].float() / 255], 2)
+    res = fit(model, images, labels, _cfg(epochs=1), seed=0, out_path=tmp_path / "q.pt",
+              meta={"kind": "qat", "model": "resnet20", "bits": [32, 4, 2]}, work_dir=tmp_path, bits=[32, 4, 2], progress=False)
+    assert {"loss_32", "loss_4", "loss_2"} <= set(res["history"][0])
+
+
+@pytest.mark.parametrize("bits", [None, [32, 4]])
+def test_resume_equals_uninterrupted_run(tmp_path, bits):
+    images, labels = toy_data(192)
+    cfg = _cfg(epochs=2, checkpoint_every=2)  # 6 batches/epoch -> 12 steps
+
+    def make():
+        torch.manual_seed(1)
+        m = build_model("resnet20")
+        if bits:
+            m = quant.quantize_model(m, bits)
+            quant.calibrate(m, [images[:64].float() / 255], 4)
+        return m
+
+    meta = {"kind": "qat" if bits else "fp", "model": "resnet20", "bits": bits}
+    straight = make()
+    fit(straight, images, labels, cfg, seed=5, out_path=tmp_path / "a.pt", meta=meta, work_dir=tmp_path / "wa", bits=bits, progress=False)
+
+    interrupted = make()
+    r = fit(interrupted, images, labels, cfg, seed=5, out_path=tmp_path / "b.pt", meta=meta, work_dir=tmp_path / "wb",
+            bits=bits, progress=False, stop_after=5)
+    assert r["interrupted"] and not (tmp_path / "b.pt").exists()
+    resumed = make()  # a fresh process would rebuild the model from scratch
+    fit(resumed, images, labels, cfg, seed=5, out_path=tmp_path / "b.pt", meta=meta, work_dir=tmp_path / "wb", bits=bits, progress=False)
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not list((tmp_path / "wb").glob("*.partial.pt"))  # partial checkpoint removed when done
+
+
+def test_checkpoint_roundtrip_and_bad_checkpoints(tmp_path):
+    model = quant.quantize_model(build_model("resnet20"), [32, 8])
+    quant.calibrate(model, [torch.rand(8, 3, 32, 32)], 8)
+    meta = {"kind": "qat", "model": "resnet20", "bits": [32, 8], "first_last_bits": 8}
+    path = save_checkpoint(tmp_path / "q.pt", model, meta)
+    loaded, m = model_from_checkpoint(path, kind="qat", model_name="resnet20")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+
+    with pytest.raises(TriqdefError, match="not found"):
+        read_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "corrupt.pt").write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(TriqdefError, match="corrupt"):
+        read_checkpoint(tmp_path / "corrupt.pt")
+    torch.save({"hello": 1}, tmp_path / "foreign.pt")
+    with pytest.raises(TriqdefError, match="not a triqdef checkpoint"):
+        read_checkpoint(tmp_path / "foreign.pt")
+    with pytest.raises(TriqdefError, match="expected 'fp'"):
+        model_from_checkpoint(path, kind="fp")
+    with pytest.raises(TriqdefError, match="expected 'vgg16_bn'"):
+        model_from_checkpoint(path, model_name="vgg16_bn")
+    mismatched = save_checkpoint(tmp_path / "mm.pt", model, dict(meta, bits=[32, 8, 4]))
+    with pytest.raises(TriqdefError, match="does not match"):
+        model_from_checkpoint(mismatched)
+
+
+@pytest.mark.parametrize("field,value,msg", [
+    ("epochs", 0, "epochs"), ("epochs", -1, "epochs"), ("batch_size", 0, "batch_size"),
+    ("schedule", "cosine", "schedule"), ("lr", -0.1, "lr"), ("checkpoint_every", 0, "checkpoint_every"),
+])
+def test_bad_train_params_rejected(field, value, msg):
+    section = {"epochs": 1, "batch_size": 128, "lr": 0.1, "schedule": "step", field: value}
+    with pytest.raises(TriqdefError, match=msg):
+        TrainConfig.from_params(section, "train_fp")

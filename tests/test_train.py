@@ -94,7 +94,8 @@ def test_resume_equals_uninterrupted_run(tmp_path, bits):
 def test_checkpoint_roundtrip_and_bad_checkpoints(tmp_path):
     model = quant.quantize_model(build_model("resnet20"), [32, 8])
     quant.calibrate(model, [torch.rand(8, 3, 32, 32)], 8)
-    meta = {"kind": "qat", "model": "resnet20", "bits": [32, 8], "first_last_bits": 8}
+    meta = {"kind": "qat", "model": "resnet20", "bits": [32, 8], "first_last_bits": 8,
+            "environment": {"torch": torch.__version__}}  # TorchVersion is not a plain str: must still load
     path = save_checkpoint(tmp_path / "q.pt", model, meta)
     loaded, m = model_from_checkpoint(path, kind="qat", model_name="resnet20")
     for k, v in model.state_dict().items():

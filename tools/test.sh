@@ -17,6 +17,7 @@ triqdef --quiet data fetch > /dev/null
 triqdef --quiet data prepare
 triqdef --quiet train fp
 triqdef --quiet train qat --all-layers both
+triqdef --quiet patches make
 
 echo "== nbval (smoke profile)"
 python -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks/

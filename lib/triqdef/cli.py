@@ -60,6 +60,14 @@ def _cmd_train_qat(args, params) -> int:
     return 0
 
 
+def _cmd_patches_make(args, params) -> int:
+    from .patchsets import run_make_patches
+
+    m = run_make_patches(params, progress=not args.quiet)
+    print(json.dumps({k: m[k] for k in ("n_patches", "wall_time_s", "seconds_per_patch_mean")}))
+    return 0
+
+
 def _cmd_evaluate(args, params) -> int:
     from . import quant
     from .pipeline import load_data
@@ -74,6 +82,18 @@ def _cmd_evaluate(args, params) -> int:
             quant.check_bits(b)
         out[str(b or 32)] = accuracy(model, splits.test.images, splits.test.labels, bits=b)
     print(json.dumps({"checkpoint": args.checkpoint, "n_test": int(splits.test.labels.numel()), "accuracy": out}))
+    return 0
+
+
+def _cmd_bench_throughput(args, params) -> int:
+    from .bench import train_throughput
+    from .meta import provenance, write_json
+
+    res = train_throughput(args.model, args.bits, args.single_bits, args.batch_size, args.steps, args.warmup)
+    res["provenance"] = provenance(params)
+    if args.out:
+        write_json(args.out, res)
+    print(json.dumps(res))
     return 0
 
 
@@ -102,6 +122,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--all-layers", choices=("no", "yes", "both"), default="no",
                    help="quantize the first/last layer at b too ('yes'), or train both variants")
     q.set_defaults(func=_cmd_train_qat)
+
+    pa = sub.add_parser("patches", help="adversarial patch sets (LAVAN, GAP)")
+    pasub = pa.add_subparsers(dest="what", metavar="WHAT")
+    pasub.required = True
+    pasub.add_parser("make", help="make the training pool, seen and unseen patch sets (params: patches)").set_defaults(
+        func=_cmd_patches_make)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="what", metavar="WHAT")
+    bsub.required = True
+    bt = bsub.add_parser("throughput", help="images/s of FP, fake-quantized and joint multi-bit QAT training steps")
+    bt.add_argument("--model", default="resnet20")
+    bt.add_argument("--bits", type=int, nargs="+", default=[32, 8, 5, 4, 2])
+    bt.add_argument("--single-bits", type=int, default=4, help="bit-width of the single fake-quantized step")
+    bt.add_argument("--batch-size", type=int, default=128)
+    bt.add_argument("--steps", type=int, default=20)
+    bt.add_argument("--warmup", type=int, default=3)
+    bt.add_argument("--out", default=None, help="also write the JSON here")
+    bt.set_defaults(func=_cmd_bench_throughput)
 
     e = sub.add_parser("evaluate", help="clean test accuracy of a checkpoint per bit-width")
     e.add_argument("checkpoint")

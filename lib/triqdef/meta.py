@@ -35,7 +35,7 @@ def git_commit() -> str:
 def environment() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "cpu_threads": torch.get_num_threads(),
         "machine": platform.machine(),
@@ -69,6 +69,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` as plain JSON types (str for anything else), so it loads with ``torch.load(weights_only=True)``."""
+    return json.loads(json.dumps(obj, default=str))
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

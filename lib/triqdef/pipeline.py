@@ -99,6 +99,7 @@ def work_dir() -> Path:
 
 def run_train_fp(params: dict, progress: bool = True) -> dict:
     """Stage ``train_fp``: the float model every table starts from (trained from scratch)."""
+    t_stage = time.perf_counter()
     cfg = TrainConfig.from_params(section(params, "train_fp"), "train_fp")
     name, seed = model_name(params), params["base"]["seed"]
     device = resolve_device(params["base"].get("device", "auto"))
@@ -113,7 +114,8 @@ def run_train_fp(params: dict, progress: bool = True) -> dict:
     acc = accuracy(model, splits.test.images, splits.test.labels)
     metrics = {"model": name, "test_accuracy": acc, "n_test": int(splits.test.labels.numel()),
                "steps": res["steps"], "wall_time_s": res["wall_time_s"], "train_images_per_s": res["images_per_s"],
-               "data": data_record(splits), "profile": params["base"]["profile"]}
+               "data": data_record(splits), "profile": params["base"]["profile"],
+               "stage_wall_time_s": round(time.perf_counter() - t_stage, 1)}
     write_json(paths.metrics_dir() / "train_fp.json", metrics)
     log.info("FP %s: test accuracy %.2f%% on %d images, %.0f s", name, 100 * acc, metrics["n_test"], res["wall_time_s"])
     return metrics
@@ -126,6 +128,7 @@ def run_train_qat(params: dict, all_layers: bool = False, progress: bool = True)
     statistics of every bit-width are calibrated on the held-out split first.
     ``all_layers=True`` quantizes the first and last layer at ``b`` too.
     """
+    t_stage = time.perf_counter()
     cfg = TrainConfig.from_params(section(params, "train_qat"), "train_qat")
     qs = quant_settings(params)
     flb = None if all_layers else qs["first_last_bits"]
@@ -149,7 +152,8 @@ def run_train_qat(params: dict, all_layers: bool = False, progress: bool = True)
     accs = {str(b): accuracy(model, splits.test.images, splits.test.labels, bits=b) for b in qs["bits"]}
     metrics = {"model": name, "first_last_bits": flb, "test_accuracy": accs, "n_test": int(splits.test.labels.numel()),
                "steps": res["steps"], "wall_time_s": res["wall_time_s"], "calibration_s": calib_s,
-               "train_images_per_s": res["images_per_s"], "data": data_record(splits), "profile": params["base"]["profile"]}
+               "train_images_per_s": res["images_per_s"], "data": data_record(splits), "profile": params["base"]["profile"],
+               "stage_wall_time_s": round(time.perf_counter() - t_stage, 1)}
     write_json(paths.metrics_dir() / f"train_qat{'_all_layers' if all_layers else ''}.json", metrics)
     log.info("QAT %s (first/last %s): %s", name, flb, {b: f"{100 * a:.1f}%" for b, a in accs.items()})
     return metrics

@@ -17,7 +17,8 @@ def save_table(df: pd.DataFrame, name: str, meta: dict, directory: Path | None =
     with atomic_path(csv) as tmp:
         df.to_csv(tmp, index=False)
     prov = f"_profile `{meta.get('profile')}`, data `{meta.get('data', {}).get('source')}`, commit `{str(meta.get('commit'))[:12]}`_"
-    body = df.to_markdown(index=False, floatfmt=floatfmt)
+    shown = df.astype(object).where(df.notna(), None)  # blank cells, not "nan"
+    body = shown.to_markdown(index=False, floatfmt=floatfmt, missingval="")
     write_text(md, (f"{caption}\n\n" if caption else "") + body + "\n\n" + prov + "\n")
     write_json(js, dict(meta, table=name, caption=caption, columns=list(df.columns)))
     return {"csv": csv, "md": md, "json": js}

@@ -35,8 +35,9 @@ from tqdm.auto import tqdm
 from . import quant
 from .augment import random_crop_flip
 from .config import require_fraction, require_positive_int
+from .data import to_float
 from .errors import TriqdefError
-from .meta import atomic_path
+from .meta import atomic_path, plain
 from .models import MODEL_NAMES, build_model
 
 log = logging.getLogger("triqdef.train")
@@ -118,10 +119,6 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: in
     return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
 
 
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    return images.float().div_(255.0)
-
-
 def step_batch(images: torch.Tensor, labels: torch.Tensor, step: int, seed: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The (augmented, float) batch of a given step: depends only on (seed, step)."""
     per_epoch = images.shape[0] // cfg.batch_size
@@ -135,9 +132,10 @@ def step_batch(images: torch.Tensor, labels: torch.Tensor, step: int, seed: int,
 
 
 def iter_batches(images: torch.Tensor, batch_size: int, labels: torch.Tensor | None = None, device=None) -> Iterator:
-    """Float batches in order (no augmentation): ``x`` or ``(x, y)``."""
+    """Float batches in order (no augmentation): ``x`` or ``(x, y)``; ``images`` uint8 or already in [0, 1]."""
     for i in range(0, images.shape[0], batch_size):
-        x = to_float(images[i : i + batch_size]).to(device or "cpu")
+        x = images[i : i + batch_size]
+        x = (to_float(x) if x.dtype == torch.uint8 else x.float()).to(device or "cpu")
         yield x if labels is None else (x, labels[i : i + batch_size].to(device or "cpu"))
 
 
@@ -174,7 +172,7 @@ class _nullcontext:
 def save_checkpoint(path: Path, model: nn.Module, meta: dict, **state: Any) -> Path:
     """Write a checkpoint atomically: ``{"format", "meta", "model", ...state}``."""
     with atomic_path(path) as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, "meta": meta, "model": model.state_dict(), **state}, tmp)
+        torch.save({"format": CHECKPOINT_FORMAT, "meta": plain(meta), "model": model.state_dict(), **state}, tmp)
     return Path(path)
 
 

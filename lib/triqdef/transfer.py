@@ -1,0 +1,74 @@
+"""Patch transfer: success of a set of patches on a set of views (model at a bit-width), as records.
+
+Records first, tables after (RobustBench style): :func:`transfer_records`
+returns one row per (patch, view) with the targeted ASR, the untargeted
+fooling rate and the common-subset ASR, each with its number of images;
+:func:`pivot_rates` turns them into a paper-style table (mean over the
+patches of a pool, DESIGN "Attacks and the success rate").
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from . import quant
+from .attacks import Patch, patched_predictions
+from .success import common_subset, fooling_rate, targeted_asr
+from .train import predict
+
+
+def view_predictions(views: dict[str, tuple[nn.Module, int | None]], images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Clean predictions of every view."""
+    return {name: predict(model, images, bits) for name, (model, bits) in views.items()}
+
+
+def transfer_records(patches: list[Patch], views: dict[str, tuple[nn.Module, int | None]], images: torch.Tensor,
+                     labels: torch.Tensor, clean: dict[str, torch.Tensor] | None = None) -> pd.DataFrame:
+    """One record per (patch, view): ASR, fooling rate, common-subset ASR and their denominators.
+
+    ``images`` are uint8 or float in [0, 1]; ``views`` maps a label to
+    ``(model, bits)`` (``bits=None`` for a float model).
+    """
+    clean = clean or view_predictions(views, images)
+    common = common_subset(list(clean.values()), labels)
+    rows = []
+    for i, patch in enumerate(patches):
+        for name, (model, bits) in views.items():
+            adv = patched_predictions(model, images, patch, bits)
+            asr = targeted_asr(clean[name], adv, labels, patch.target)
+            fool = fooling_rate(clean[name], adv, labels, patch.target)
+            com = targeted_asr(clean[name], adv, labels, patch.target, subset=common)
+            rows.append({"patch": i, "set": patch.info.get("set"), "attack": patch.attack, "size": patch.size,
+                         "target": patch.target, "source_bits": patch.source_bits, "view": name,
+                         "asr": 100 * asr.value, "n_asr": asr.n, "fooling": 100 * fool.value, "n_fooling": fool.n,
+                         "asr_common": 100 * com.value, "n_common": com.n})
+    return pd.DataFrame(rows)
+
+
+def pivot_rates(records: pd.DataFrame, value: str = "asr", index=("attack",), columns: str = "view",
+                column_order: list[str] | None = None) -> pd.DataFrame:
+    """Mean of ``value`` over patches, one row per ``index``, one column per view, plus the mean
+    number of images each rate is computed over (``n`` columns) and the number of patches."""
+    n_col = {"asr": "n_asr", "fooling": "n_fooling", "asr_common": "n_common"}[value]
+    idx = list(index)
+    table = records.pivot_table(index=idx, columns=columns, values=value, aggfunc="mean")
+    counts = records.pivot_table(index=idx, columns=columns, values=n_col, aggfunc="mean").round(0)
+    order = column_order or list(table.columns)
+    table = table[order]
+    counts = counts[order].add_prefix("n ")
+    npatch = records.groupby(idx)["patch"].nunique().rename("patches")
+    return table.join(counts).join(npatch).reset_index()
+
+
+@contextlib.contextmanager
+def dynamic(model: nn.Module):
+    """Temporarily run a switchable-precision model with dynamic (per-batch) activation ranges."""
+    quant.dynamic_quantization(model, True)
+    try:
+        yield model
+    finally:
+        quant.dynamic_quantization(model, False)

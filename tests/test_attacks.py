@@ -1,0 +1,127 @@
+import pytest
+import torch
+
+from triqdef import quant
+from triqdef.attacks import GAP, LAVAN, Patch, apply_patch, make_attack, outside_region_location, region_locations
+from triqdef.errors import TriqdefError
+from triqdef.success import common_subset, fooling_rate, targeted_asr
+
+
+def make_patch(size=3, loc=(2, 5)):
+    content = torch.arange(3 * size * size, dtype=torch.float32).reshape(3, size, size) / (3 * size * size)
+    return Patch(content, loc, target=1, attack="lavan", source_model="toy", source_bits=None)
+
+
+def test_apply_patch_puts_exactly_the_patch_pixels_at_its_location():
+    x = torch.rand(2, 3, 16, 16)
+    p = make_patch()
+    out = apply_patch(x, p)
+    assert torch.equal(out[:, :, 2:5, 5:8], p.content.expand(2, -1, -1, -1))
+    mask = torch.ones(16, 16, dtype=torch.bool)
+    mask[2:5, 5:8] = False
+    assert torch.equal(out[:, :, mask], x[:, :, mask])
+
+
+def test_moving_a_patch_moves_content_and_mask():
+    x = torch.zeros(1, 3, 16, 16)
+    p = make_patch()
+    a, b = apply_patch(x, p), apply_patch(x, p.moved((10, 0)))
+    assert torch.equal(b[:, :, 10:13, 0:3], a[:, :, 2:5, 5:8])
+    assert b[:, :, 2:5, 5:8].abs().sum() == 0
+    assert p.moved((10, 0)).content is p.content and p.location == (2, 5)
+
+
+def test_per_image_locations_and_bad_locations():
+    x = torch.zeros(2, 3, 8, 8)
+    out = apply_patch(x, torch.ones(3, 2, 2), torch.tensor([[0, 0], [6, 6]]))
+    assert out[0, :, :2, :2].min() == 1 and out[1, :, 6:, 6:].min() == 1 and out.sum() == 2 * 3 * 4
+    with pytest.raises(TriqdefError, match="does not fit"):
+        apply_patch(x, torch.ones(3, 2, 2), (7, 0))
+
+
+def test_regions():
+    assert region_locations(6) == (4, 22)
+    g = torch.Generator().manual_seed(0)
+    lo, hi = region_locations(6)
+    for _ in range(50):
+        r, c = outside_region_location(6, g)
+        assert not (lo <= r <= hi and lo <= c <= hi)
+        assert 0 <= r <= 26 and 0 <= c <= 26
+
+
+def test_rates_on_hand_made_predictions():
+    labels = torch.tensor([0, 1, 2, 3, 3, 5, 6, 7])
+    clean = torch.tensor([0, 1, 2, 3, 0, 5, 6, 0])   # images 4 and 7 wrong when clean
+    adv = torch.tensor([3, 3, 2, 3, 3, 3, 1, 3])
+    # target 3: eligible = correct & label != 3 -> images 0, 1, 2, 5, 6 (5 images); hits (adv == 3): 0, 1, 5
+    r = targeted_asr(clean, adv, labels, target=3)
+    assert r.n == 5 and r.value == pytest.approx(3 / 5)
+    f = fooling_rate(clean, adv, labels, target=3)
+    assert f.n == 5 and f.value == pytest.approx(4 / 5)  # 0, 1, 5, 6 changed
+    other = torch.tensor([0, 9, 2, 3, 3, 5, 6, 7])   # a second model, wrong on image 1
+    common = common_subset([clean, other], labels)
+    rc = targeted_asr(clean, adv, labels, target=3, subset=common)
+    assert rc.n == 4 and rc.value == pytest.approx(2 / 4)
+    empty = targeted_asr(clean, adv, labels, target=3, subset=torch.zeros(8, dtype=torch.bool))
+    assert empty.n == 0 and empty.value != empty.value  # NaN
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.relu = torch.nn.ReLU()
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.relu(self.conv(x)).amax((2, 3)))
+
+
+def tiny_trained():
+    """A small model trained to tell 4 colour classes apart."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(256) % 4
+    colours = torch.tensor([[0.8, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.2, 0.8], [0.7, 0.7, 0.2]])
+    x = (colours[labels][:, :, None, None] + 0.1 * torch.randn(256, 3, 16, 16, generator=g)).clamp(0, 1)
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = torch.optim.Adam(model.parameters(), 0.02)
+    for _ in range(150):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), labels).backward()
+        opt.step()
+    assert (model(x).argmax(1) == labels).float().mean() > 0.95
+    return model.eval(), x, labels
+
+
+@pytest.mark.parametrize("attack", ["lavan", "gap"])
+@pytest.mark.parametrize("bits", [None, 4])
+def test_attacks_raise_the_target_probability(attack, bits):
+    model, x, labels = tiny_trained()
+    if bits is not None:
+        model = quant.quantize_model(model, [32, 4])
+        quant.calibrate(model, [x], 4)
+        model.eval()
+    target = 2
+    att = make_attack(attack, model, bits=bits, size=5, target=target, steps=60, step_size=0.1, batch_size=64, border=2, seed=1)
+    patch = att(x, labels)
+    assert patch.size == 5 and patch.attack == attack and patch.source_bits == bits and patch.target == target
+
+    def p_target(images):
+        ctx = quant.use_bitwidth(model, bits) if bits else torch.no_grad()
+        with ctx, torch.no_grad():
+            return torch.softmax(model(images), 1)[:, target][labels != target].mean().item()
+
+    random_patch = patch.moved(patch.location)
+    random_patch.content = torch.rand_like(patch.content, generator=torch.Generator().manual_seed(5))
+    assert p_target(apply_patch(x, patch)) > p_target(apply_patch(x, random_patch)) + 0.2
+
+
+def test_bad_attack_arguments():
+    model = TinyNet()
+    with pytest.raises(TriqdefError, match="unknown attack"):
+        make_attack("pgd", model)
+    with pytest.raises(TriqdefError, match="patch size"):
+        LAVAN(model, size=0)
+    with pytest.raises(TriqdefError):
+        GAP(model, bits=4)  # a float model has no bit-widths

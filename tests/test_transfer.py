@@ -1,0 +1,49 @@
+import pandas as pd
+import torch
+
+from triqdef import quant
+from triqdef.alignment import compare, feature_maps, input_gradients, raw_gradient_cosine, taps_for
+from triqdef.attacks import Patch
+from triqdef.models import build_model
+from triqdef.transfer import pivot_rates, transfer_records
+
+
+class ConstantNet(torch.nn.Module):
+    """Predicts class 1 when the top-left pixel is bright (a patch), else the image's own label channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        logits = torch.nn.functional.one_hot((x[:, 1, 10, 10] * 9).round().long(), 10).float()
+        bright = x[:, 0, 0, 0] > 0.99
+        logits[bright] = torch.nn.functional.one_hot(torch.tensor(1), 10).float()
+        return logits + 0 * self.w
+
+
+def test_transfer_records_and_pivot():
+    labels = torch.tensor([0, 2, 3, 4, 1, 5])
+    images = torch.zeros(6, 3, 12, 12)
+    images[:, 1, 10, 10] = labels.float() / 9
+    patch = Patch(torch.ones(3, 2, 2), (0, 0), target=1, attack="lavan", source_model="toy", source_bits=None, info={"set": "seen"})
+    far = patch.moved((4, 4))
+    recs = transfer_records([patch, far], {"m": (ConstantNet(), None)}, images, labels)
+    assert list(recs["asr"]) == [100.0, 0.0] and list(recs["n_asr"]) == [5, 5]
+    table = pivot_rates(recs)
+    assert table.loc[0, "m"] == 50.0 and table.loc[0, "n m"] == 5 and table.loc[0, "patches"] == 2
+
+
+def test_alignment_maps_and_metrics():
+    model = quant.quantize_model(build_model("resnet20"), [32, 4])
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    quant.calibrate(model, [x], 4)
+    maps = feature_maps(model, x, 4, taps_for("resnet20"))
+    assert [m.shape for m in maps.values()] == [(6, 32, 32), (6, 16, 16), (6, 8, 8)]
+    assert all(float(m.min()) >= 0 and float(m.max()) <= 1 for m in maps.values())
+    y = torch.randint(0, 10, (6,))
+    g32, g4 = input_gradients(model, x, y, 32), input_gradients(model, x, y, 4)
+    assert g32.shape == x.shape and torch.isfinite(g4).all()
+    assert raw_gradient_cosine(g32, g32).allclose(torch.ones(6))
+    res = compare(maps["layer1.0.relu1"], maps["layer1.0.relu1"], ["edge_iou", "hog_cosine"], torch.Generator().manual_seed(0))
+    assert res["edge_iou"]["value"] == 1.0 and res["hog_cosine"]["value"] > res["hog_cosine"]["chance"]

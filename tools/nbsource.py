@@ -137,6 +137,8 @@ summary = {"profile": profile, "n_test": int(len(splits.test.labels)), "data_sou
            "accuracy": {r["model"]: {c: r[c] for c in table.columns if c.endswith("bit") and pd.notna(r[c])}
                         for _, r in table.iterrows()},
            "table1_asr": {r["attack"]: {v: r[v] for v in views_t1} for _, r in t1.iterrows()},
+           "seconds_per_patch_evaluation": {"n_images": int(len(test_y)),
+                                            **rec_t1.groupby("view")["eval_s"].mean().round(2).to_dict()},
            "notebook_wall_time_s": round(time.perf_counter() - t_start, 1)}
 write_json(paths.metrics_dir() / "motivation.json", summary)
 summary

@@ -303,15 +303,7 @@ def make_attack(name: str, model: nn.Module, **kw) -> _UniversalPatchAttack:
 def patched_predictions(model: nn.Module, images: torch.Tensor, patch: Patch, bits: int | None = None,
                         batch_size: int = 500) -> torch.Tensor:
     """Predicted labels of ``model`` (eval mode, at ``bits``) on ``images`` with ``patch`` at its location."""
-    device = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    out = []
-    ctx = quant.use_bitwidth(model, bits) if bits is not None else _Null()
-    with ctx:
-        for i in range(0, images.shape[0], batch_size):
-            x = images[i : i + batch_size]
-            x = (to_float(x) if x.dtype == torch.uint8 else x.float()).to(device)
-            out.append(model(apply_patch(x, patch)).argmax(1).cpu())
-    model.train(was)
-    return torch.cat(out)
+    from .train import predict
+
+    x = to_float(images) if images.dtype == torch.uint8 else images.float()
+    return predict(model, apply_patch(x, patch), bits, batch_size)

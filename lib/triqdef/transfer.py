@@ -10,6 +10,7 @@ patches of a pool, DESIGN "Attacks and the success rate").
 from __future__ import annotations
 
 import contextlib
+import time
 
 import pandas as pd
 import torch
@@ -38,14 +39,17 @@ def transfer_records(patches: list[Patch], views: dict[str, tuple[nn.Module, int
     rows = []
     for i, patch in enumerate(patches):
         for name, (model, bits) in views.items():
+            t0 = time.perf_counter()
             adv = patched_predictions(model, images, patch, bits)
+            seconds = time.perf_counter() - t0
             asr = targeted_asr(clean[name], adv, labels, patch.target)
             fool = fooling_rate(clean[name], adv, labels, patch.target)
             com = targeted_asr(clean[name], adv, labels, patch.target, subset=common)
             rows.append({"patch": i, "set": patch.info.get("set"), "attack": patch.attack, "size": patch.size,
                          "target": patch.target, "source_bits": patch.source_bits, "view": name,
                          "asr": 100 * asr.value, "n_asr": asr.n, "fooling": 100 * fool.value, "n_fooling": fool.n,
-                         "asr_common": 100 * com.value, "n_common": com.n})
+                         "asr_common": 100 * com.value, "n_common": com.n, "eval_s": seconds,
+                         "n_images": int(labels.numel())})
     return pd.DataFrame(rows)
 
 

@@ -102,3 +102,14 @@ def test_bad_checkpoints_leave_earlier_results_intact(tmp_path):
     # a valid checkpoint of the wrong kind
     torch.save({"format": "triqdef-checkpoint/1", "meta": {"kind": "qat", "model": "resnet20"}, "model": {}}, fp)
     assert_one_line_error(run(["--profile", "smoke", "train", "qat"], tmp_path, sample_env), "expected 'fp'")
+
+
+def test_patches_and_bench_refuse_bad_input(tmp_path):
+    p = params_with(tmp_path, **{"patches.common.attacks": ["lavan", "pgd"]})
+    env = {"TRIQDEF_DATA_DIR": str(tmp_path / "data"), "CIFAR10_ARCHIVE": str(ROOT / "lib/triqdef/_sample/cifar10-sample-jpeg.tar.gz")}
+    assert run(["--quiet", "data", "fetch", "--no-download"], tmp_path, env).returncode == 0
+    # no checkpoints yet: the missing FP checkpoint is named
+    assert_one_line_error(run(["--profile", "smoke", "patches", "make"], tmp_path, env), "resnet20.pt", "not found")
+    assert_one_line_error(run(["--params", p, "--profile", "smoke", "patches", "make"], tmp_path, env), "'pgd'")
+    assert_one_line_error(run(["bench", "throughput", "--batch-size", "0"], tmp_path), "batch_size")
+    assert_one_line_error(run(["bench", "throughput", "--bits", "32", "7", "1"], tmp_path), "bit-width 1")

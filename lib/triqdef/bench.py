@@ -8,6 +8,7 @@ the joint multi-bit QAT step (every bit-width of the set on the same batch).
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
@@ -22,11 +23,7 @@ from .models import build_model, input_size
 def _step(model, opt, x, y, bits_list):
     opt.zero_grad(set_to_none=True)
     for b in bits_list:
-        ctx = quant.use_bitwidth(model, b) if b is not None else None
-        if ctx:
-            with ctx:
-                (F.cross_entropy(model(x), y) / len(bits_list)).backward()
-        else:
+        with quant.use_bitwidth(model, b) if b is not None else contextlib.nullcontext():
             (F.cross_entropy(model(x), y) / len(bits_list)).backward()
     opt.step()
 

@@ -7,7 +7,6 @@ import time
 import pandas as pd
 import torch.nn as nn
 
-from . import quant
 from .train import accuracy
 
 
@@ -30,7 +29,3 @@ def clean_accuracy_table(models: dict[str, tuple[nn.Module, list[int]]], images,
         row["eval_s"] = round(time.perf_counter() - t0, 2)
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def eval_bits(model: nn.Module) -> list[int]:
-    return list(quant.model_bits(model)) if hasattr(model, "triqdef_bits") else [quant.FP_BITS]

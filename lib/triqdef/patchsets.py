@@ -150,6 +150,7 @@ def run_make_patches(params: dict, progress: bool = True) -> dict:
 
     cfg = section(params, "patches")
     seed = params["base"]["seed"]
+    specs = plan(cfg, seed)  # validate the parameters before any expensive loading
     device = resolve_device(params["base"].get("device", "auto"))
     name = pipeline.model_name(params)
     splits = pipeline.load_data(params)
@@ -159,7 +160,6 @@ def run_make_patches(params: dict, progress: bool = True) -> dict:
     images, labels = splits.train.images[idx], splits.train.labels[idx]
     fp, fp_meta = model_from_checkpoint(pipeline.fp_checkpoint(params), kind="fp", model_name=name)
     qat, qat_meta = model_from_checkpoint(pipeline.qat_checkpoint(params), kind="qat", model_name=name)
-    specs = plan(cfg, seed)
     t0 = time.perf_counter()
     patches, seconds = make_patches(specs, {"fp": fp.to(device), "qat": qat.to(device)}, images, labels, cfg, name, progress)
     wall = time.perf_counter() - t0

@@ -9,14 +9,12 @@ patches of a pool, DESIGN "Attacks and the success rate").
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import pandas as pd
 import torch
 import torch.nn as nn
 
-from . import quant
 from .attacks import Patch, patched_predictions
 from .success import common_subset, fooling_rate, targeted_asr
 from .train import predict
@@ -66,13 +64,3 @@ def pivot_rates(records: pd.DataFrame, value: str = "asr", index=("attack",), co
     counts = counts[order].add_prefix("n ")
     npatch = records.groupby(idx)["patch"].nunique().rename("patches")
     return table.join(counts).join(npatch).reset_index()
-
-
-@contextlib.contextmanager
-def dynamic(model: nn.Module):
-    """Temporarily run a switchable-precision model with dynamic (per-batch) activation ranges."""
-    quant.dynamic_quantization(model, True)
-    try:
-        yield model
-    finally:
-        quant.dynamic_quantization(model, False)

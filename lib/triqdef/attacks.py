@@ -20,6 +20,7 @@ decays with a cosine from ``step_size`` to ``step_size / 10``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -189,7 +190,7 @@ class _UniversalPatchAttack:
         content = torch.rand(3, self.size, self.size, generator=g).to(device)
         was_training = self.model.training
         self.model.eval()
-        ctx = quant.use_bitwidth(self.model, self.bits) if self.bits is not None else _Null()
+        ctx = quant.use_bitwidth(self.model, self.bits) if self.bits is not None else contextlib.nullcontext()
         with ctx:
             for step in tqdm(range(self.steps), desc=f"{self.name} t={self.target}", disable=not self.progress, leave=False):
                 idx = torch.randint(0, images.shape[0], (min(self.batch_size, images.shape[0]),), generator=g)
@@ -204,14 +205,6 @@ class _UniversalPatchAttack:
             location = tuple(random_locations(1, self.size, g, images.shape[-1], self.border)[0].tolist())
         return Patch(content.detach().cpu(), tuple(int(v) for v in location), self.target, self.name,
                      self.source_model, self.bits, self.settings())
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 class LAVAN(_UniversalPatchAttack):

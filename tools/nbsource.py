@@ -137,6 +137,8 @@ summary = {"profile": profile, "n_test": int(len(splits.test.labels)), "data_sou
            "accuracy": {r["model"]: {c: r[c] for c in table.columns if c.endswith("bit") and pd.notna(r[c])}
                         for _, r in table.iterrows()},
            "table1_asr": {r["attack"]: {v: r[v] for v in views_t1} for _, r in t1.iterrows()},
+           "table8_asr": {f"{r['source']} -> {r['target']} {r['attack']}": {c: r[c] for c in t8.columns
+                          if c == "FP" or c.endswith("-bit")} for _, r in t8.iterrows()},
            "seconds_per_patch_evaluation": {"n_images": int(len(test_y)),
                                             **rec_t1.groupby("view")["eval_s"].mean().round(2).to_dict()},
            "notebook_wall_time_s": round(time.perf_counter() - t_start, 1)}
@@ -308,5 +310,47 @@ pd.concat([t9.assign(table="9"), t11.assign(table="11")], ignore_index=True)
 """),
 ]
 
+MOTIVATION_CROSS_ARCH = [
+    ("md", """
+## Table 8: transfer across architectures and bit-widths
+
+The seen 6×6 LAVAN / GAP patches made on the FP ResNet-20 (those of Table 1), on the
+second architecture of the `cross_arch` stage (its FP model and its multi-bit QAT
+model at each bit-width), and that architecture's own FP-made patches on ResNet-20
+(FP and standard QAT). The last block is the second architecture's patches on its own
+FP model (white-box), the reference for how strong they are. In the `cpu` profile the
+second architecture is trained briefly (see the `cross_arch` params), and its clean
+accuracy is printed in the caption.
+"""),
+    ("code", """
+from triqdef import crossarch
+from triqdef.train import accuracy
+
+xa = crossarch.load_models(params)
+t8_bits = xa["qat_meta"]["bits"]
+directions = [
+    {"source": pipeline.model_name(params), "patches": seen, "target": xa["name"], "fp": xa["fp"], "qat": xa["qat"], "bits": t8_bits},
+    {"source": xa["name"], "patches": xa["patches"], "target": pipeline.model_name(params), "fp": fp_model, "qat": qat_model,
+     "bits": [b for b in t8_bits if b in qat_meta["bits"]]},
+    {"source": xa["name"], "patches": xa["patches"], "target": f"{xa['name']} (white-box)", "fp": xa["fp"], "qat": None, "bits": []},
+]
+rec_t8, t8 = crossarch.table8_records(directions, test_x, test_y)
+x_acc = {"FP": 100 * accuracy(xa["fp"], test_x, test_y)}
+x_acc.update({f"{b}-bit": 100 * accuracy(xa["qat"], test_x, test_y, bits=b) for b in t8_bits})
+min_acc = 100 * params["cross_arch"]["min_accuracy"]
+flag = "" if x_acc["FP"] >= min_acc else f" (FP BELOW cross_arch.min_accuracy = {min_acc:.0f}%)"
+cap = (f"Targeted ASR (%) across architectures: {pipeline.model_name(params)} ↔ {xa['name']}, 6×6 patches, {len(test_y)} test "
+       f"images, profile `{profile}`. {xa['name']} clean accuracy: "
+       + ", ".join(f"{k} {v:.1f}%" for k, v in x_acc.items()) + flag
+       + f" ({xa['fp_meta']['steps']} FP steps, {xa['qat_meta']['steps']} QAT steps). "
+       "Paper Table 8 (200-epoch models): ResNet-20 → ResNet-56 84.2 / 79.6 / 77.7 / 75.2, "
+       "ResNet-56 → ResNet-20 84.1 / 77.7 / 75.3 / 71.8 at 32 / 8 / 4 / 2 bits.")
+save_table(t8, "table8_cross_architecture", dict(meta, second_model=xa["name"], second_model_accuracy=x_acc,
+                                                   second_model_steps={"fp": xa["fp_meta"]["steps"], "qat": xa["qat_meta"]["steps"]}),
+           caption=cap)
+t8
+"""),
+]
+
 if __name__ == "__main__":
-    build("01_motivation", MOTIVATION[:-1] + MOTIVATION_TRANSFER + MOTIVATION_ALIGNMENT + MOTIVATION[-1:])
+    build("01_motivation", MOTIVATION[:-1] + MOTIVATION_TRANSFER + MOTIVATION_ALIGNMENT + MOTIVATION_CROSS_ARCH + MOTIVATION[-1:])

@@ -18,6 +18,7 @@ triqdef --quiet data prepare
 triqdef --quiet train fp
 triqdef --quiet train qat --all-layers both
 triqdef --quiet patches make
+triqdef --quiet train cross-arch
 
 echo "== nbval (smoke profile)"
 python -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks/

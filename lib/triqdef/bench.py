@@ -68,3 +68,146 @@ def train_throughput(model_name: str = "resnet20", bits=(32, 8, 5, 4, 2), single
         if k != "fp":
             out[k]["time_ratio_to_fp"] = round(out[k]["ms_per_step"] / fp_ms, 2)
     return out
+
+
+# --------------------------------------------------------------------------- TriQDef vs QAT training step
+
+
+class SavedTensorMeter:
+    """Bytes of tensors saved for backward (current and peak), counted through ``saved_tensors_hooks``.
+
+    Each storage counts once while any graph holds it; it is released when the
+    graph that saved it is freed (after its backward). Device-agnostic, so it
+    measures on a CPU what ``torch.cuda.max_memory_allocated`` would on a GPU
+    for the autograd graphs (the model and optimizer state are the same for
+    the two steps compared and are left out).
+    """
+
+    def __init__(self):
+        self.current = self.peak = 0
+        self._count: dict[int, list[int]] = {}
+
+    def _add(self, key: int, nbytes: int) -> None:
+        entry = self._count.setdefault(key, [0, nbytes])
+        if entry[0] == 0:
+            self.current += nbytes
+            self.peak = max(self.peak, self.current)
+        entry[0] += 1
+
+    def _remove(self, key: int) -> None:
+        entry = self._count[key]
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.current -= entry[1]
+            del self._count[key]
+
+    def hooks(self):
+        meter = self
+
+        class _Held:
+            __slots__ = ("tensor", "key")
+
+            def __init__(self, t):
+                self.tensor = t
+                st = t.untyped_storage()
+                self.key = st.data_ptr() or id(st)
+                meter._add(self.key, st.nbytes())
+
+            def __del__(self):
+                meter._remove(self.key)
+
+        return torch.autograd.graph.saved_tensors_hooks(_Held, lambda h: h.tensor)
+
+
+def _qat_step(model, opt, x, y, bits):
+    opt.zero_grad(set_to_none=True)
+    for b in bits:
+        with quant.use_bitwidth(model, b):
+            (F.cross_entropy(model(x), y) / len(bits)).backward()
+    opt.step()
+
+
+def train_step_benchmark(settings, model_name: str = "resnet20", bits=(32, 8, 4, 2), batch_size: int = 64,
+                         steps: int = 10, warmup: int = 2, seed: int = 0, pool_size: int = 10, patch_size: int = 6,
+                         device: str = "auto") -> dict:
+    """Time a TriQDef step (``settings``: :class:`triqdef.defenses.TriQDefSettings`, every bit-width of ``bits``
+    active) against a vanilla multi-bit QAT step on the same batch, alternating, in one process.
+
+    Times are the mean over every measured step (GPDP may run only every
+    ``gpdp_every`` steps: the mean includes the steps without it). Peak memory
+    is the peak of the bytes saved for backward, measured for each step type on
+    its own (:class:`SavedTensorMeter`), plus ``torch.cuda.max_memory_allocated``
+    on a GPU.
+    """
+    from .bact import Schedule
+    from .defenses import TriQDefStep
+    from .train import resolve_device
+
+    dev = resolve_device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    require_positive_int(batch_size, "batch_size")
+    require_positive_int(steps, "steps")
+    bit_set = quant.check_bit_set(bits)
+    g = torch.Generator().manual_seed(seed)
+    side = input_size(model_name)
+    x = torch.rand(batch_size, 3, side, side, generator=g)
+    y = torch.randint(0, 10, (batch_size,), generator=g)
+    pool = torch.rand(pool_size, 3, patch_size, patch_size, generator=g)
+    x, y = x.to(dev), y.to(dev)
+    models = {}
+    for k in ("triqdef", "qat"):
+        torch.manual_seed(seed)
+        m = quant.quantize_model(build_model(model_name), list(bit_set), range_estimator="mse").to(dev)
+        for b in bit_set:
+            if b != quant.FP_BITS:
+                quant.calibrate(m, [x], b)
+        models[k] = m.train()
+    opts = {k: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for k, m in models.items()}
+    tq = TriQDefStep(settings, Schedule.constant(bit_set, warmup + steps), pool, [x], seed)
+
+    def triqdef_step(i):
+        opts["triqdef"].zero_grad(set_to_none=True)
+        tq(models["triqdef"], x, y, i + 1)  # step >= 1: the schedule's step 0 would calibrate
+        opts["triqdef"].step()
+
+    def qat_step(i):
+        _qat_step(models["qat"], opts["qat"], x, y, list(bit_set))
+
+    runners = {"triqdef": triqdef_step, "qat": qat_step}
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for i in range(warmup + steps):
+        for k, run in runners.items():
+            sync()
+            t0 = time.perf_counter()
+            run(i)
+            sync()
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t0)
+    peaks, cuda_peaks = {}, {}
+    for k, run in runners.items():  # one at a time, so one does not hide the other
+        meter = SavedTensorMeter()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        with meter.hooks():
+            for i in range(max(settings.gpdp_every, 1)):  # covers a step with GPDP
+                run(i)
+        peaks[k] = meter.peak / 2**20
+        if dev.type == "cuda":
+            cuda_peaks[k] = torch.cuda.max_memory_allocated() / 2**20
+    out = {"model": model_name, "bits": list(bit_set), "batch_size": batch_size, "steps": steps, "warmup": warmup,
+           "threads": torch.get_num_threads(), "device": str(dev)}
+    for k, ts in times.items():
+        out[f"{k}_ms"] = round(1000 * statistics.mean(ts), 1)
+        out[f"{k}_ms_median"] = round(1000 * statistics.median(ts), 1)
+        out[f"{k}_peak_mb"] = round(peaks[k], 1)
+        if k in cuda_peaks:
+            out[f"{k}_cuda_peak_mb"] = round(cuda_peaks[k], 1)
+    out["time_ratio"] = round(out["triqdef_ms"] / out["qat_ms"], 3)
+    out["mem_ratio"] = round(out["triqdef_peak_mb"] / out["qat_peak_mb"], 3)
+    out["memory_measure"] = "peak bytes saved for backward (saved_tensors_hooks), each step type measured on its own"
+    out["settings"] = {"gpdp_sub_batch": settings.gpdp_sub_batch, "gpdp_every": settings.gpdp_every,
+                       "downsample": settings.penalty.downsample, "rho": settings.rho, "taps": list(settings.taps),
+                       "lambda_fdp": settings.lambda_fdp, "lambda_gpdp": settings.lambda_gpdp,
+                       "pair_reduction": settings.penalty.pair_reduction, "patch_source": settings.patch_source}
+    return out

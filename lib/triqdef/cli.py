@@ -97,6 +97,41 @@ def _cmd_bench_throughput(args, params) -> int:
     return 0
 
 
+def _cmd_train_cross_arch(args, params) -> int:
+    from .crossarch import run_cross_arch
+
+    m = run_cross_arch(params, progress=not args.quiet)
+    print(json.dumps({"model": m["model"], "fp_test_accuracy": m["fp"]["test_accuracy"],
+                      "qat_test_accuracy": m["qat"]["test_accuracy"], "n_patches": m["n_patches"],
+                      "stage_wall_time_s": m["stage_wall_time_s"]}))
+    return 0
+
+
+def _cmd_bench_train_step(args, params) -> int:
+    from .bench import train_step_benchmark
+    from .defenses import triqdef_settings
+    from .meta import provenance, write_json
+
+    settings = triqdef_settings(params, args.model, gpdp_sub_batch=args.gpdp_sub_batch, gpdp_every=args.gpdp_every,
+                                downsample=args.downsample)
+    res = train_step_benchmark(settings, args.model, args.bits, args.batch_size, args.steps, args.warmup,
+                               device=params["base"].get("device", "auto"))
+    res["provenance"] = provenance(params)
+    if args.out:
+        write_json(args.out, res)
+    print(json.dumps({k: v for k, v in res.items() if k != "provenance"}))
+    return 0
+
+
+def _cmd_train_defense(args, params) -> int:
+    from .defense_runs import run_defense
+
+    for method in args.methods:
+        m = run_defense(params, method, args.variant, progress=not args.quiet)
+        print(json.dumps({k: m[k] for k in ("run", "test_accuracy", "n_test", "wall_time_s", "ms_per_step")}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="triqdef", description="TriQDef reproduction: data, training and evaluation stages of the DVC pipeline.")
     p.add_argument("--params", default=None, help="params file (default: params.yaml at the project root)")
@@ -122,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--all-layers", choices=("no", "yes", "both"), default="no",
                    help="quantize the first/last layer at b too ('yes'), or train both variants")
     q.set_defaults(func=_cmd_train_qat)
+    de = tsub.add_parser("defense", help="a defense from the FP checkpoint: qat | pbat | dwq | triqdef (params: defenses, triqdef, pbat, dwq)")
+    de.add_argument("methods", nargs="+", metavar="METHOD", help="qat, pbat, dwq or triqdef")
+    de.add_argument("--variant", default=None, help="a TriQDef ablation of ablations.variants (e.g. no_fdp)")
+    de.set_defaults(func=_cmd_train_defense)
+    tsub.add_parser("cross-arch", help="Table 8's second architecture: FP, multi-bit QAT and its patches (params: cross_arch)"
+                    ).set_defaults(func=_cmd_train_cross_arch)
 
     pa = sub.add_parser("patches", help="adversarial patch sets (LAVAN, GAP)")
     pasub = pa.add_subparsers(dest="what", metavar="WHAT")
@@ -141,6 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--warmup", type=int, default=3)
     bt.add_argument("--out", default=None, help="also write the JSON here")
     bt.set_defaults(func=_cmd_bench_throughput)
+
+    bs = bsub.add_parser("train-step", help="ms and peak memory of a TriQDef training step vs a vanilla multi-bit QAT step")
+    bs.add_argument("--model", default="resnet20")
+    bs.add_argument("--bits", type=int, nargs="+", default=[32, 8, 4, 2])
+    bs.add_argument("--batch-size", type=int, default=64)
+    bs.add_argument("--steps", type=int, default=10)
+    bs.add_argument("--warmup", type=int, default=2)
+    bs.add_argument("--gpdp-sub-batch", type=int, default=None, help="override triqdef.gpdp_sub_batch")
+    bs.add_argument("--gpdp-every", type=int, default=None, help="override triqdef.gpdp_every")
+    bs.add_argument("--downsample", type=int, default=None, help="override triqdef.downsample")
+    bs.add_argument("--out", default=None, help="also write the JSON here")
+    bs.set_defaults(func=_cmd_bench_train_step)
 
     e = sub.add_parser("evaluate", help="clean test accuracy of a checkpoint per bit-width")
     e.add_argument("checkpoint")

@@ -457,6 +457,11 @@ def soft_hog(
     return _blocks_l2hys(hist)
 
 
+def descriptor_cosine(u: torch.Tensor, v: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Row-wise cosine of descriptors ``(N, D)``: ``u.v / max(|u| |v|, eps)``, ``(N,)``; 0 (finite gradient) for a zero row."""
+    return _cosine_rows(u, v, eps)
+
+
 def _cosine_rows(u: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
     """Row-wise cosine ``u.v / max(|u| |v|, eps)``; 0 (finite gradient) for a zero row."""
     dot = (u * v).sum(dim=1)

@@ -84,21 +84,29 @@ def quant_settings(params: dict) -> dict:
             "range_estimator": rng}
 
 
-def fp_checkpoint(params: dict) -> Path:
-    return paths.models_dir() / "fp" / f"{model_name(params)}.pt"
+def fp_checkpoint(params: dict, root: Path | None = None) -> Path:
+    """``<root>/fp/<model>.pt``; ``root`` defaults to ``results/models`` (stage ``train_fp``)."""
+    return (root or paths.models_dir()) / "fp" / f"{model_name(params)}.pt"
 
 
-def qat_checkpoint(params: dict, all_layers: bool = False) -> Path:
+def qat_checkpoint(params: dict, all_layers: bool = False, root: Path | None = None) -> Path:
+    """``<root>/qat/<model>[_all_layers].pt``; ``root`` defaults to ``results/models`` (stage ``train_qat``)."""
     suffix = "_all_layers" if all_layers else ""
-    return paths.models_dir() / "qat" / f"{model_name(params)}{suffix}.pt"
+    return (root or paths.models_dir()) / "qat" / f"{model_name(params)}{suffix}.pt"
 
 
 def work_dir() -> Path:
     return paths.results_dir() / ".work"
 
 
-def run_train_fp(params: dict, progress: bool = True) -> dict:
-    """Stage ``train_fp``: the float model every table starts from (trained from scratch)."""
+def run_train_fp(params: dict, progress: bool = True, root: Path | None = None,
+                 metrics_name: str | None = "train_fp") -> dict:
+    """Stage ``train_fp``: the float model every table starts from (trained from scratch).
+
+    ``root`` and ``metrics_name`` let another stage (``cross_arch``) train a
+    second architecture into its own output folder; ``metrics_name=None``
+    writes no metrics file.
+    """
     t_stage = time.perf_counter()
     cfg = TrainConfig.from_params(section(params, "train_fp"), "train_fp")
     name, seed = model_name(params), params["base"]["seed"]
@@ -108,7 +116,7 @@ def run_train_fp(params: dict, progress: bool = True) -> dict:
     model = build_model(name)
     meta = provenance(params, {"kind": "fp", "model": name, "bits": None, "params": section(params, "train_fp"),
                                "data": data_record(splits), "num_classes": 10})
-    out = fp_checkpoint(params)
+    out = fp_checkpoint(params, root)
     res = fit(model, splits.train.images, splits.train.labels, cfg, seed=seed, out_path=out, meta=meta,
               work_dir=work_dir(), device=device, progress=progress)
     acc = accuracy(model, splits.test.images, splits.test.labels)
@@ -116,17 +124,20 @@ def run_train_fp(params: dict, progress: bool = True) -> dict:
                "steps": res["steps"], "wall_time_s": res["wall_time_s"], "train_images_per_s": res["images_per_s"],
                "data": data_record(splits), "profile": params["base"]["profile"],
                "stage_wall_time_s": round(time.perf_counter() - t_stage, 1)}
-    write_json(paths.metrics_dir() / "train_fp.json", metrics)
+    if metrics_name:
+        write_json(paths.metrics_dir() / f"{metrics_name}.json", metrics)
     log.info("FP %s: test accuracy %.2f%% on %d images, %.0f s", name, 100 * acc, metrics["n_test"], res["wall_time_s"])
     return metrics
 
 
-def run_train_qat(params: dict, all_layers: bool = False, progress: bool = True) -> dict:
+def run_train_qat(params: dict, all_layers: bool = False, progress: bool = True, root: Path | None = None,
+                  metrics_name: str | None = "train_qat") -> dict:
     """Stage ``train_qat``: standard multi-bit QAT on one shared backbone, fine-tuned from the FP weights.
 
     Each bit-width's BN starts as a copy of the FP BN; observers and BN
     statistics of every bit-width are calibrated on the held-out split first.
     ``all_layers=True`` quantizes the first and last layer at ``b`` too.
+    ``root`` / ``metrics_name`` as in :func:`run_train_fp`.
     """
     t_stage = time.perf_counter()
     cfg = TrainConfig.from_params(section(params, "train_qat"), "train_qat")
@@ -135,7 +146,7 @@ def run_train_qat(params: dict, all_layers: bool = False, progress: bool = True)
     name, seed = model_name(params), params["base"]["seed"]
     device = resolve_device(params["base"].get("device", "auto"))
     splits = load_data(params)
-    fp_path = fp_checkpoint(params)
+    fp_path = fp_checkpoint(params, root)
     fp_model, fp_meta = model_from_checkpoint(fp_path, kind="fp", model_name=name)
     model = quant.quantize_model(fp_model, qs["bits"], flb, qs["averaging_constant"], qs["range_estimator"]).to(device)
     t0 = time.perf_counter()
@@ -146,7 +157,7 @@ def run_train_qat(params: dict, all_layers: bool = False, progress: bool = True)
                                "params": section(params, "train_qat"), "quant": qs, "data": data_record(splits),
                                "init": {"checkpoint": str(fp_path.relative_to(paths.output_root())), "commit": fp_meta.get("commit")},
                                "num_classes": 10})
-    out = qat_checkpoint(params, all_layers)
+    out = qat_checkpoint(params, all_layers, root)
     res = fit(model, splits.train.images, splits.train.labels, cfg, seed=seed, out_path=out, meta=meta,
               work_dir=work_dir(), bits=qs["bits"], device=device, progress=progress)
     accs = {str(b): accuracy(model, splits.test.images, splits.test.labels, bits=b) for b in qs["bits"]}
@@ -154,6 +165,7 @@ def run_train_qat(params: dict, all_layers: bool = False, progress: bool = True)
                "steps": res["steps"], "wall_time_s": res["wall_time_s"], "calibration_s": calib_s,
                "train_images_per_s": res["images_per_s"], "data": data_record(splits), "profile": params["base"]["profile"],
                "stage_wall_time_s": round(time.perf_counter() - t_stage, 1)}
-    write_json(paths.metrics_dir() / f"train_qat{'_all_layers' if all_layers else ''}.json", metrics)
+    if metrics_name:
+        write_json(paths.metrics_dir() / f"{metrics_name}{'_all_layers' if all_layers else ''}.json", metrics)
     log.info("QAT %s (first/last %s): %s", name, flb, {b: f"{100 * a:.1f}%" for b, a in accs.items()})
     return metrics

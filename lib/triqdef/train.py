@@ -17,11 +17,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,7 @@ def predict(model: nn.Module, images: torch.Tensor, bits: int | None = None, bat
     was = model.training
     model.eval()
     preds = []
-    ctx = quant.use_bitwidth(model, bits) if bits is not None else _nullcontext()
+    ctx = quant.use_bitwidth(model, bits) if bits is not None else contextlib.nullcontext()
     with ctx:
         for x in iter_batches(images, batch_size, device=device):
             preds.append(model(x).argmax(1).cpu())
@@ -157,14 +158,6 @@ def predict(model: nn.Module, images: torch.Tensor, bits: int | None = None, bat
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, bits: int | None = None) -> float:
     """Top-1 accuracy in [0, 1]."""
     return (predict(model, images, bits) == labels).float().mean().item()
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -237,6 +230,7 @@ def fit(
     device: torch.device | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    step_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor, int], dict[str, float]] | None = None,
 ) -> dict:
     """Train ``model`` on (images uint8 N×3×H×W, labels) and write the final checkpoint to ``out_path``.
 
@@ -245,6 +239,11 @@ def fit(
     cross-entropy over ``bits`` (one graph at a time). Resumes from a partial
     checkpoint in ``work_dir`` written by an identical run. ``stop_after``
     (tests) stops after that many steps, as an interruption would.
+    ``step_fn(model, x, y, step)``, when given, replaces the cross-entropy
+    step: it computes the losses and calls ``backward`` (the loop zeroes the
+    gradients before and steps the optimizer after) and returns the values
+    to log; the defenses (:mod:`triqdef.defenses`) are such functions. It
+    must depend only on (seed, step) and the model's state, for resuming.
     Returns ``{"history": [...], "steps": n, "wall_time_s": t, "images_per_s": r}``.
     """
     device = device or torch.device("cpu")
@@ -273,8 +272,10 @@ def fit(
         torch.manual_seed(seed * 1_000_003 + step)  # dropout
         opt.zero_grad(set_to_none=True)
         record: dict[str, float] = {"step": step, "lr": opt.param_groups[0]["lr"]}
-        for b in bits or [None]:
-            ctx = quant.use_bitwidth(model, b) if b is not None else _nullcontext()
+        if step_fn is not None:
+            record.update(step_fn(model, x, y, step))
+        for b in (bits or [None]) if step_fn is None else []:
+            ctx = quant.use_bitwidth(model, b) if b is not None else contextlib.nullcontext()
             with ctx:
                 logits = model(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)

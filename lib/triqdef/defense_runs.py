@@ -1,0 +1,130 @@
+"""Stage ``defenses``: train each defense from the shared FP checkpoint (DESIGN "Models that every table shares").
+
+Every method (standard multi-bit QAT, PBAT, DWQ, TriQDef and its ablation
+variants) starts from the same FP weights and runs the same number of steps
+on the same data and batches (the ``defenses`` params section); the rows of
+Tables 4, 5, 7 and 13 then differ only by the method. Checkpoints go to
+``results/models/defenses/<run>.pt``, metrics (clean accuracy per bit-width,
+time, images/s, the logged loss terms' last values) to
+``results/metrics/defenses/<run>.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from . import paths, pipeline, quant
+from .bact import Schedule
+from .config import section
+from .errors import TriqdefError
+from .meta import provenance, write_json
+from .train import TrainConfig, accuracy, calibrate_all, fit, model_from_checkpoint, resolve_device
+
+log = logging.getLogger("triqdef.defenses")
+
+METHODS = ("qat", "pbat", "dwq", "triqdef")
+
+
+def run_name(method: str, variant: str | None = None) -> str:
+    return method if not variant else f"{method}-{variant}"
+
+
+def checkpoint(run: str) -> Path:
+    return paths.models_dir() / "defenses" / f"{run}.pt"
+
+
+def variants(params: dict) -> dict[str, dict]:
+    """TriQDef variants of the ablations (``ablations.variants``: name -> overrides of the ``triqdef`` section)."""
+    if "ablations" not in params:
+        return {}
+    v = section(params, "ablations").get("variants") or {}
+    if not isinstance(v, dict):
+        raise TriqdefError(f"parameter ablations.variants = {v!r}: expected a mapping name -> triqdef overrides")
+    return v
+
+
+def pool_contents(patches_path: Path | None = None) -> torch.Tensor:
+    """Contents (P, 3, s, s) of the training pool (set ``pool``) of the patch stage."""
+    from .patchsets import load_patchset, select
+
+    patches, _ = load_patchset(patches_path or paths.results_dir() / "patches" / "patches.pt")
+    pool = select(patches, "pool")
+    if not pool:
+        raise TriqdefError("the patch file has no 'pool' set: expected the training pool of 'triqdef patches make'")
+    return torch.stack([p.content for p in pool])
+
+
+def build_step(method: str, params: dict, model, splits, total_steps: int, overrides: dict | None = None):
+    """The step function (or None for plain multi-bit QAT) and a description of the settings used."""
+    from .defenses import DWQStep, PBATStep, TriQDefStep, triqdef_settings
+
+    seed = params["base"]["seed"]
+    qs = pipeline.quant_settings(params)
+    if method == "qat":
+        return None, {}
+    if method == "pbat":
+        cfg = section(params, "pbat")
+        size = section(params, "patches").get("size", 6)
+        return PBATStep(qs["bits"], seed, cfg.get("rho", 0.5), size, cfg.get("attack_steps", 3), cfg.get("step_size", 0.1),
+                        section(params, "patches").get("border", 4)), dict(cfg, size=size)
+    if method == "dwq":
+        cfg = section(params, "dwq")
+        return DWQStep(qs["bits"], seed, cfg.get("eps", 8 / 255), cfg.get("alpha", 2 / 255), cfg.get("attack_steps", 3)), cfg
+    if method == "triqdef":
+        cfg = dict(section(params, "triqdef"), **(overrides or {}))
+        name = pipeline.model_name(params)
+        settings = triqdef_settings({"triqdef": cfg}, name)
+        schedule = Schedule(cfg.get("bact") or [{"bits": qs["bits"], "share": 1.0}], total_steps)
+        if set(schedule.all_bits) != set(qs["bits"]):
+            raise TriqdefError(f"parameter triqdef.bact ends with bits {list(schedule.all_bits)}: expected quant.bits {qs['bits']}")
+        pool = pool_contents() if settings.patch_source == "pool" else None
+        holdout = list(pipeline.calibration_batches(splits))
+        return TriQDefStep(settings, schedule, pool, holdout, seed), dict(cfg, bact_schedule=schedule.to_list())
+    raise TriqdefError(f"unknown defense {method!r}: expected one of {', '.join(METHODS)}")
+
+
+def run_defense(params: dict, method: str, variant: str | None = None, progress: bool = True) -> dict:
+    """Train one defense (``variant``: a TriQDef ablation of ``ablations.variants``) and record its metrics."""
+    t_stage = time.perf_counter()
+    if method not in METHODS:
+        raise TriqdefError(f"unknown defense {method!r}: expected one of {', '.join(METHODS)}")
+    overrides = None
+    if variant:
+        vs = variants(params)
+        if method != "triqdef" or variant not in vs:
+            raise TriqdefError(f"unknown variant {variant!r} of {method}: expected one of {', '.join(vs) or '(none)'} (ablations.variants)")
+        overrides = vs[variant]
+    run = run_name(method, variant)
+    cfg = TrainConfig.from_params(section(params, "defenses"), "defenses")
+    qs = pipeline.quant_settings(params)
+    name, seed = pipeline.model_name(params), params["base"]["seed"]
+    device = resolve_device(params["base"].get("device", "auto"))
+    splits = pipeline.load_data(params)
+    fp_path = pipeline.fp_checkpoint(params)
+    fp_model, fp_meta = model_from_checkpoint(fp_path, kind="fp", model_name=name)
+    model = quant.quantize_model(fp_model, qs["bits"], qs["first_last_bits"], qs["averaging_constant"], qs["range_estimator"]).to(device)
+    total = cfg.total_steps(len(splits.train.labels))
+    step_fn, settings = build_step(method, params, model, splits, total, overrides)
+    if method != "triqdef":  # TriQDef calibrates each bit-width when BACT enables it
+        calibrate_all(model, splits.holdout.images, cfg.batch_size, device=device)
+    meta = provenance(params, {"kind": "defense", "method": method, "variant": variant, "run": run, "model": name,
+                               "bits": qs["bits"], "first_last_bits": qs["first_last_bits"], "range_estimator": qs["range_estimator"],
+                               "params": section(params, "defenses"), "settings": settings, "quant": qs,
+                               "data": pipeline.data_record(splits), "num_classes": 10,
+                               "init": {"checkpoint": str(fp_path.relative_to(paths.output_root())), "commit": fp_meta.get("commit")}})
+    res = fit(model, splits.train.images, splits.train.labels, cfg, seed=seed, out_path=checkpoint(run), meta=meta,
+              work_dir=pipeline.work_dir(), bits=qs["bits"], device=device, progress=progress, step_fn=step_fn)
+    accs = {str(b): accuracy(model, splits.test.images, splits.test.labels, bits=b) for b in qs["bits"]}
+    last = res["history"][-1] if res["history"] else {}
+    metrics = {"run": run, "method": method, "variant": variant, "model": name, "test_accuracy": accs,
+               "n_test": int(splits.test.labels.numel()), "steps": res["steps"], "wall_time_s": res["wall_time_s"],
+               "train_images_per_s": res["images_per_s"], "ms_per_step": 1000 * res["wall_time_s"] / max(res["steps"], 1),
+               "last_step": last, "settings": settings, "data": pipeline.data_record(splits),
+               "profile": params["base"]["profile"], "stage_wall_time_s": round(time.perf_counter() - t_stage, 1)}
+    write_json(paths.metrics_dir() / "defenses" / f"{run}.json", metrics)
+    log.info("%s: %s", run, {b: f"{100 * a:.1f}%" for b, a in accs.items()})
+    return metrics

@@ -1,0 +1,322 @@
+"""Training steps of TriQDef (paper section 3, Algorithms 1 and 2) and of the PBAT and DWQ baselines.
+
+Each defense is a *step function* for :func:`triqdef.train.fit`: called with
+``(model, x, y, step)`` on a switchable-precision model, it computes its losses,
+calls ``backward`` and returns the values to log. Everything random depends
+on (seed, step) only, so an interrupted run resumes exactly.
+
+* :class:`TriQDefStep`: L_total = L_clean + λ_adv L_adv + λ_FDP L_FDP + λ_GPDP L_GPDP
+  (section 3.3), over the bit-widths the BACT schedule has active
+  (:mod:`triqdef.bact`); a share ρ of each batch is patched with patches drawn
+  from the training pool (random pool patch and random location inside the
+  training region, per image) or optimised on the fly. FDP (eq. 2) is on the
+  tap layers' features of the patched part and GPDP (eq. 3) on the input
+  gradients of a sub-batch of it (double backprop, its own forward, eval-mode
+  BN so the sub-batch does not couple to the rest of the batch). Both are
+  computed one bit-width at a time (:func:`triqdef.losses.one_sided_penalty`):
+  a first pass without a graph gives every bit-width's descriptors and updates
+  the observers and BN statistics; the second pass, with the graph and the
+  statistics frozen, sees exactly the same quantizer scales and BN batch
+  statistics, so the accumulated gradient is that of the full penalty.
+* :class:`PBATStep` (DESIGN "Models"): every bit-width each step; the patched
+  half gets per-image patches made by signed-gradient steps at that bit-width
+  (random location, untargeted); clean + adversarial cross-entropy.
+* :class:`DWQStep` (Fu et al. 2021): one random bit-width per step; PGD-ℓ∞
+  adversarial examples made at that bit-width; cross-entropy on them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import quant
+from .attacks import patch_canvas, random_locations
+from .bact import Schedule, enable_bits
+from .errors import TriqdefError
+from .losses import PenaltySettings, describe, one_sided_penalty, pairwise_penalty
+
+
+def _generator(seed: int, step: int, salt: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 7919 + salt)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+@contextlib.contextmanager
+def tap_outputs(model: nn.Module, taps: Sequence[str]):
+    """Collect the outputs of the named modules during the block; the hooks are removed on exit."""
+    modules = dict(model.named_modules())
+    missing = [t for t in taps if t not in modules]
+    if missing:
+        raise TriqdefError(f"tap layers {missing} not found in the model: expected module names such as "
+                           f"{[n for n in modules if n.endswith('relu1')][:3]}")
+    out: dict[str, torch.Tensor] = {}
+    hooks = [modules[t].register_forward_hook(lambda m, i, o, t=t: out.__setitem__(t, o)) for t in taps]
+    try:
+        yield out
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def paste_per_image(images: torch.Tensor, contents: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
+    """``x ⊙ (1 − M) + P ⊙ M`` with one patch per image: ``contents`` (N, 3, s, s), ``locations`` (N, 2)."""
+    canv, masks = [], []
+    for c, loc in zip(contents, locations):
+        cv, m = patch_canvas(c, loc.view(1, 2), images.shape[-2], images.shape[-1])
+        canv.append(cv)
+        masks.append(m)
+    canvas, mask = torch.cat(canv), torch.cat(masks)
+    return images * (1 - mask) + canvas * mask
+
+
+# --------------------------------------------------------------------------- TriQDef
+
+
+@dataclass
+class TriQDefSettings:
+    """The hyper-parameters of section 3.3 / 4.1 (a ``triqdef`` params section)."""
+
+    lambda_adv: float = 1.0
+    lambda_fdp: float = 0.8
+    lambda_gpdp: float = 0.5
+    rho: float = 0.5
+    penalty: PenaltySettings = field(default_factory=PenaltySettings)
+    taps: Sequence[str] = ("layer1.0.relu1", "layer2.0.relu1", "layer3.0.relu1")
+    gpdp_sub_batch: int = 8
+    gpdp_every: int = 1
+    patch_source: str = "pool"  # pool | on_the_fly
+    otf_steps: int = 3
+    otf_step_size: float = 0.1
+    border: int = 4
+    label_smoothing: float = 0.0
+
+    def __post_init__(self):
+        for name in ("lambda_adv", "lambda_fdp", "lambda_gpdp"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+                raise TriqdefError(f"parameter triqdef.{name} = {v!r}: expected a number >= 0")
+        if not isinstance(self.rho, (int, float)) or not 0 < self.rho < 1:
+            raise TriqdefError(f"parameter triqdef.rho = {self.rho!r}: expected a number in (0, 1)")
+        for name in ("gpdp_sub_batch", "gpdp_every", "otf_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise TriqdefError(f"parameter triqdef.{name} = {v!r}: expected a positive integer")
+        if self.patch_source not in ("pool", "on_the_fly"):
+            raise TriqdefError(f"parameter triqdef.patch_source = {self.patch_source!r}: expected 'pool' or 'on_the_fly'")
+
+    @classmethod
+    def from_params(cls, cfg: dict) -> TriQDefSettings:
+        pen_keys = set(PenaltySettings.__dataclass_fields__)
+        own = {k: v for k, v in cfg.items() if k in cls.__dataclass_fields__ and k != "penalty"}
+        pen = PenaltySettings(**{k: v for k, v in cfg.items() if k in pen_keys})
+        if "taps" in own and isinstance(own["taps"], list):
+            own["taps"] = tuple(own["taps"])
+        return cls(penalty=pen, **own)
+
+
+def triqdef_settings(params: dict, model_name: str, **overrides) -> TriQDefSettings:
+    """:class:`TriQDefSettings` from the ``triqdef`` params section, the taps of ``model_name``, and overrides (None = keep)."""
+    from .config import section
+
+    cfg = dict(section(params, "triqdef"))
+    taps = cfg.pop("taps", {})
+    if model_name not in taps:
+        raise TriqdefError(f"parameter triqdef.taps has no entry for model {model_name!r}: expected module names of its FDP tap layers")
+    cfg.pop("bact", None)
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return TriQDefSettings.from_params(dict(cfg, taps=list(taps[model_name])))
+
+
+class TriQDefStep:
+    """One TriQDef training step (see the module docstring); ``log`` keys: loss_clean, loss_adv, fdp, gpdp, total, n_bits."""
+
+    def __init__(self, settings: TriQDefSettings, schedule: Schedule, pool: torch.Tensor | None,
+                 holdout_batches: Sequence[torch.Tensor], seed: int):
+        self.s, self.schedule, self.seed = settings, schedule, seed
+        self.pool = pool  # (P, 3, s, s) training-pool patch contents
+        self.holdout = list(holdout_batches)
+        if settings.patch_source == "pool" and (pool is None or len(pool) == 0):
+            raise TriqdefError("TriQDef with patch_source 'pool' needs the training pool: expected the 'pool' set of "
+                               "results/patches/patches.pt (run 'triqdef patches make')")
+
+    # -- patches
+    def _patched(self, model, x, y, step, active) -> torch.Tensor:
+        g = _generator(self.seed, step, 1)
+        n = x.shape[0]
+        if self.s.patch_source == "pool":
+            idx = torch.randint(0, len(self.pool), (n,), generator=g)
+            contents = self.pool[idx].to(x.device)
+            size = contents.shape[-1]
+        else:
+            size = self.pool.shape[-1] if self.pool is not None and len(self.pool) else 6
+            contents = self._on_the_fly(model, x, y, g, active, size)
+        loc = random_locations(n, size, g, x.shape[-1], self.s.border).to(x.device)
+        return paste_per_image(x, contents, loc)
+
+    def _on_the_fly(self, model, x, y, g, active, size) -> torch.Tensor:
+        """K signed steps on one universal patch, expectation over location and over the active bit-widths."""
+        patch = torch.rand(3, size, size, generator=g).to(x.device)
+        with _eval_mode(model):
+            for _ in range(self.s.otf_steps):
+                b = active[int(torch.randint(0, len(active), (1,), generator=g))]
+                loc = random_locations(x.shape[0], size, g, x.shape[-1], self.s.border).to(x.device)
+                p = patch.clone().requires_grad_(True)
+                with quant.use_bitwidth(model, b):
+                    loss = F.cross_entropy(model(paste_per_image(x, p.expand(x.shape[0], -1, -1, -1), loc)), y)
+                (grad,) = torch.autograd.grad(loss, p)
+                patch = (patch + self.s.otf_step_size * grad.sign()).clamp(0, 1)
+        return patch.expand(x.shape[0], -1, -1, -1)
+
+    # -- penalties
+    def _fdp_descriptors(self, feats: dict[str, torch.Tensor], n_clean: int):
+        return [describe(feats[t][n_clean:], "feature", self.s.penalty) for t in self.s.taps]
+
+    def _input_gradient(self, model, xs, ys, b, create_graph: bool) -> torch.Tensor:
+        xs = xs.detach().clone().requires_grad_(True)
+        with quant.use_bitwidth(model, b):
+            loss = F.cross_entropy(model(xs), ys, reduction="sum")
+        (g,) = torch.autograd.grad(loss, xs, create_graph=create_graph)
+        return g
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, float]:
+        s = self.s
+        new = self.schedule.enabled_at(step)
+        if new:
+            prev = [b for b in self.schedule.active(step) if b not in new]
+            enable_bits(model, new, prev, [h.to(x.device) for h in self.holdout])
+        active = self.schedule.active(step)
+        n_bits = len(active)
+        n_adv = max(1, int(round(s.rho * x.shape[0])))
+        n_clean = x.shape[0] - n_adv
+        x_adv = self._patched(model, x[n_clean:], y[n_clean:], step, active)
+        xb = torch.cat([x[:n_clean], x_adv])
+        use_fdp = s.lambda_fdp > 0 and n_bits >= 2
+        use_gpdp = s.lambda_gpdp > 0 and n_bits >= 2 and step % s.gpdp_every == 0
+        rec: dict[str, float] = {"n_bits": n_bits}
+
+        detached_fdp = {}
+        if use_fdp:  # pass 1: every bit-width's descriptors, no graph; the only pass that updates statistics
+            with torch.no_grad(), tap_outputs(model, s.taps) as feats:
+                for b in active:
+                    with quant.use_bitwidth(model, b):
+                        model(xb)
+                    detached_fdp[b] = self._fdp_descriptors(feats, n_clean)
+            rec["fdp"] = float(pairwise_penalty(detached_fdp, s.penalty))
+        freeze = quant.frozen_statistics(model) if use_fdp else contextlib.nullcontext()
+        clean_sum = adv_sum = 0.0
+        with freeze, tap_outputs(model, s.taps if use_fdp else []) as feats:
+            for b in active:  # pass 2: one bit-width's graph at a time
+                with quant.use_bitwidth(model, b):
+                    logits = model(xb)
+                ce_clean = F.cross_entropy(logits[:n_clean], y[:n_clean], label_smoothing=s.label_smoothing)
+                ce_adv = F.cross_entropy(logits[n_clean:], y[n_clean:], label_smoothing=s.label_smoothing)
+                loss = (ce_clean + s.lambda_adv * ce_adv) / n_bits
+                if use_fdp:
+                    others = {o: d for o, d in detached_fdp.items() if o != b}
+                    loss = loss + s.lambda_fdp * one_sided_penalty(self._fdp_descriptors(feats, n_clean), others, n_bits, s.penalty)
+                loss.backward()
+                clean_sum += ce_clean.item()
+                adv_sum += ce_adv.item()
+                rec[f"acc_adv_{b}"] = (logits[n_clean:].argmax(1) == y[n_clean:]).float().mean().item()
+        rec["loss_clean"], rec["loss_adv"] = clean_sum / n_bits, adv_sum / n_bits
+
+        if use_gpdp:  # GPDP on a sub-batch of the patched part, in its own eval-mode forward
+            xs, ys = x_adv[: s.gpdp_sub_batch], y[n_clean:][: s.gpdp_sub_batch]
+            with _eval_mode(model):
+                detached = {b: [describe(self._input_gradient(model, xs, ys, b, False), "gradient", s.penalty)]
+                            for b in active}
+                rec["gpdp"] = float(pairwise_penalty(detached, s.penalty))
+                for b in active:
+                    own = [describe(self._input_gradient(model, xs, ys, b, True), "gradient", s.penalty)]
+                    others = {o: d for o, d in detached.items() if o != b}
+                    (s.lambda_gpdp * one_sided_penalty(own, others, n_bits, s.penalty)).backward()
+        rec["total"] = (rec["loss_clean"] + s.lambda_adv * rec["loss_adv"] + s.lambda_fdp * rec.get("fdp", 0.0)
+                        + s.lambda_gpdp * rec.get("gpdp", 0.0))
+        return rec
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+class PBATStep:
+    """PBAT: each active bit-width, a share ρ of the batch patched with per-image patches optimised at that bit-width."""
+
+    def __init__(self, bits: Sequence[int], seed: int, rho: float = 0.5, size: int = 6, attack_steps: int = 3,
+                 step_size: float = 0.1, border: int = 4):
+        self.bits, self.seed, self.rho, self.size = list(bits), seed, rho, size
+        self.attack_steps, self.step_size, self.border = attack_steps, step_size, border
+
+    def _patches(self, model, x, y, b, g) -> torch.Tensor:
+        n = x.shape[0]
+        contents = torch.rand(n, 3, self.size, self.size, generator=g).to(x.device)
+        loc = random_locations(n, self.size, g, x.shape[-1], self.border).to(x.device)
+        with _eval_mode(model), quant.use_bitwidth(model, b):
+            for _ in range(self.attack_steps):
+                c = contents.clone().requires_grad_(True)
+                loss = F.cross_entropy(model(paste_per_image(x, c, loc)), y)
+                (grad,) = torch.autograd.grad(loss, c)
+                contents = (contents + self.step_size * grad.sign()).clamp(0, 1)
+        return paste_per_image(x, contents, loc).detach()
+
+    def __call__(self, model, x, y, step) -> dict[str, float]:
+        n_adv = max(1, int(round(self.rho * x.shape[0])))
+        n_clean = x.shape[0] - n_adv
+        rec: dict[str, float] = {}
+        clean_sum = adv_sum = 0.0
+        for b in self.bits:
+            x_adv = self._patches(model, x[n_clean:], y[n_clean:], b, _generator(self.seed, step, b))
+            with quant.use_bitwidth(model, b):
+                logits = model(torch.cat([x[:n_clean], x_adv]))
+            ce_clean = F.cross_entropy(logits[:n_clean], y[:n_clean])
+            ce_adv = F.cross_entropy(logits[n_clean:], y[n_clean:])
+            ((ce_clean + ce_adv) / len(self.bits)).backward()
+            clean_sum, adv_sum = clean_sum + ce_clean.item(), adv_sum + ce_adv.item()
+            rec[f"acc_adv_{b}"] = (logits[n_clean:].argmax(1) == y[n_clean:]).float().mean().item()
+        rec["loss_clean"], rec["loss_adv"] = clean_sum / len(self.bits), adv_sum / len(self.bits)
+        return rec
+
+
+def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bits: int | None, eps: float, alpha: float, steps: int,
+             generator: torch.Generator) -> torch.Tensor:
+    """PGD-ℓ∞ (Madry et al. 2018) with a random start, at one bit-width, in eval mode."""
+    delta = (torch.rand(x.shape, generator=generator).to(x.device) * 2 - 1) * eps
+    ctx = quant.use_bitwidth(model, bits) if bits is not None else contextlib.nullcontext()
+    with _eval_mode(model), ctx:
+        for _ in range(steps):
+            d = delta.clone().requires_grad_(True)
+            loss = F.cross_entropy(model((x + d).clamp(0, 1)), y)
+            (grad,) = torch.autograd.grad(loss, d)
+            delta = (delta + alpha * grad.sign()).clamp(-eps, eps)
+    return (x + delta).clamp(0, 1).detach()
+
+
+class DWQStep:
+    """DWQ (Fu et al. 2021): one random bit-width per step, PGD-ℓ∞ examples at that bit-width, CE on them."""
+
+    def __init__(self, bits: Sequence[int], seed: int, eps: float = 8 / 255, alpha: float = 2 / 255, attack_steps: int = 3):
+        self.bits, self.seed, self.eps, self.alpha, self.attack_steps = list(bits), seed, eps, alpha, attack_steps
+
+    def __call__(self, model, x, y, step) -> dict[str, float]:
+        g = _generator(self.seed, step, 2)
+        b = self.bits[int(torch.randint(0, len(self.bits), (1,), generator=g))]
+        x_adv = pgd_linf(model, x, y, b, self.eps, self.alpha, self.attack_steps, g)
+        with quant.use_bitwidth(model, b):
+            logits = model(x_adv)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        return {"bits": b, "loss_adv": loss.item(), "acc_adv": (logits.argmax(1) == y).float().mean().item()}

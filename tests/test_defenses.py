@@ -1,0 +1,146 @@
+"""BACT schedules, the TriQDef / PBAT / DWQ steps, and the saved-tensor memory meter."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from triqdef import quant
+from triqdef.bact import Schedule, copy_batchnorm, enable_bits
+from triqdef.bench import SavedTensorMeter
+from triqdef.defenses import DWQStep, PBATStep, TriQDefSettings, TriQDefStep, pgd_linf, tap_outputs
+from triqdef.errors import TriqdefError
+from triqdef.losses import FeatureDisalignmentPenalty, PenaltySettings
+from triqdef.models import build_model
+
+TAPS = ("layer1.0.relu1", "layer2.0.relu1", "layer3.0.relu1")
+
+
+def _qmodel(bits=(32, 8, 4, 2), seed=0):
+    torch.manual_seed(seed)
+    m = quant.quantize_model(build_model("resnet20"), list(bits), range_estimator="max")
+    x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for b in bits:
+        if b != 32:
+            quant.calibrate(m, [x], b)
+    return m.double().train(), x.double()
+
+
+def test_schedule_stages_and_validation():
+    s = Schedule([{"bits": [32, 8], "share": 0.3}, {"bits": [32, 8, 5, 4], "share": 0.3}, {"bits": [32, 8, 5, 4, 2], "share": 0.4}], 100)
+    assert [st.start for st in s.stages] == [0, 30, 60]
+    assert s.active(0) == (32, 8) and s.active(29) == (32, 8) and s.active(30) == (32, 8, 5, 4) and s.active(99) == s.all_bits
+    assert s.enabled_at(0) == (32, 8) and s.enabled_at(30) == (5, 4) and s.enabled_at(60) == (2,) and s.enabled_at(31) == ()
+    with pytest.raises(TriqdefError, match="sum to"):
+        Schedule([{"bits": [32, 8], "share": 0.5}], 10)
+    with pytest.raises(TriqdefError, match="superset"):
+        Schedule([{"bits": [32, 8], "share": 0.5}, {"bits": [32, 4], "share": 0.5}], 10)
+    with pytest.raises(TriqdefError, match="bit-width 1"):
+        Schedule([{"bits": [32, 1], "share": 1.0}], 10)
+
+
+def test_enable_bits_copies_bn_of_lowest_active_then_calibrates():
+    m, x = _qmodel((32, 8, 4))
+    bn = next(mod for mod in m.modules() if isinstance(mod, quant.SwitchableBatchNorm2d))
+    with torch.no_grad():
+        bn.bns["8"].weight.fill_(3.0)
+    q4 = quant.activation_quantizers(m, 4)[0]
+    q4.observer.reset_min_max_vals()
+    enable_bits(m, [4], [32, 8], [x])
+    assert torch.all(bn.bns["4"].weight == 3.0)  # affine copied from the lowest active (8-bit) BN
+    assert q4.calibrated
+    copy_batchnorm(m, 32, 4)
+    assert torch.equal(bn.bns["4"].weight, bn.bns["32"].weight)
+
+
+def test_triqdef_fdp_gradient_equals_all_graphs_held():
+    """The one-bit-at-a-time step gives the gradient of L_clean + L_adv + L_FDP computed with every graph held."""
+    bits = (32, 8, 4)
+    m, x = _qmodel(bits)
+    y = torch.arange(16) % 10
+    pool = torch.rand(3, 3, 6, 6, dtype=torch.float64)
+    s = TriQDefSettings(lambda_gpdp=0.0, taps=TAPS, penalty=PenaltySettings())
+    ref = copy.deepcopy(m)
+    step = TriQDefStep(s, Schedule.constant(bits, 10), pool, [x], seed=0)
+    rec = step(m, x, y, 3)
+    got = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    n_clean = 8
+    x_adv = step._patched(ref, x[n_clean:], y[n_clean:], 3, bits)
+    xb = torch.cat([x[:n_clean], x_adv])
+    with torch.no_grad():  # the statistics update the step makes in its first pass
+        for b in bits:
+            with quant.use_bitwidth(ref, b):
+                ref(xb)
+    feats, ce = {}, 0.0
+    with quant.frozen_statistics(ref), tap_outputs(ref, TAPS) as out:
+        for b in bits:
+            with quant.use_bitwidth(ref, b):
+                logits = ref(xb)
+            feats[b] = [out[t][n_clean:] for t in TAPS]
+            ce = ce + (F.cross_entropy(logits[:n_clean], y[:n_clean]) + F.cross_entropy(logits[n_clean:], y[n_clean:])) / len(bits)
+        fdp = FeatureDisalignmentPenalty(s.penalty)(feats)
+        (ce + 0.8 * fdp).backward()
+    assert rec["fdp"] == pytest.approx(fdp.item(), rel=1e-9)
+    for n, p in ref.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(got[n], p.grad, rtol=1e-6, atol=1e-10), n
+    assert not any(mod._forward_hooks for mod in m.modules())  # no hooks left from training
+
+
+def test_triqdef_step_logs_every_term_and_bact_calibrates_new_bits():
+    m, x = _qmodel((32, 8, 4, 2))
+    m = m.float()
+    x = x.float()
+    y = torch.arange(16) % 10
+    q2 = quant.activation_quantizers(m, 2)[0]
+    q2.observer.reset_min_max_vals()
+    sched = Schedule([{"bits": [32, 8], "share": 0.5}, {"bits": [32, 8, 4, 2], "share": 0.5}], 4)
+    step = TriQDefStep(TriQDefSettings(taps=TAPS, gpdp_sub_batch=4), sched, torch.rand(2, 3, 6, 6), [x], seed=0)
+    rec = step(m, x, y, 0)
+    assert rec["n_bits"] == 2 and not q2.calibrated
+    rec = step(m, x, y, 2)
+    assert rec["n_bits"] == 4 and q2.calibrated
+    for k in ("loss_clean", "loss_adv", "fdp", "gpdp", "total"):
+        assert torch.isfinite(torch.tensor(rec[k])), k
+    grads = [p.grad for p in m.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_triqdef_settings_validation():
+    with pytest.raises(TriqdefError, match="rho"):
+        TriQDefSettings(rho=1.5)
+    with pytest.raises(TriqdefError, match="lambda_fdp"):
+        TriQDefSettings(lambda_fdp=-1)
+    with pytest.raises(TriqdefError, match="patch_source"):
+        TriQDefSettings(patch_source="nope")
+    with pytest.raises(TriqdefError, match="pool"):
+        TriQDefStep(TriQDefSettings(), Schedule.constant((32, 8), 2), None, [], 0)
+
+
+def test_pbat_and_dwq_steps_and_pgd_budget():
+    m, x = _qmodel((32, 8))
+    m, x = m.float(), x.float()
+    y = torch.arange(16) % 10
+    rec = PBATStep((32, 8), seed=0, attack_steps=2)(m, x, y, 0)
+    assert set(rec) >= {"loss_clean", "loss_adv"} and all(torch.isfinite(torch.tensor(v)) for v in rec.values())
+    rec = DWQStep((32, 8), seed=0, attack_steps=2)(m, x, y, 0)
+    assert rec["bits"] in (32, 8)
+    adv = pgd_linf(m, x, y, 8, 8 / 255, 2 / 255, 3, torch.Generator().manual_seed(0))
+    assert (adv - x).abs().max() <= 8 / 255 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    with quant.use_bitwidth(m, 8):
+        m.eval()
+        assert F.cross_entropy(m(adv), y) > F.cross_entropy(m(x), y)
+
+
+def test_saved_tensor_meter_counts_and_releases():
+    meter = SavedTensorMeter()
+    w = torch.randn(256, 256, requires_grad=True)
+    with meter.hooks():
+        x = torch.randn(64, 256)
+        loss = (x @ w).relu().sum()  # saves x (64x256 floats) and the relu output (64x256)
+    assert meter.peak >= 2 * 64 * 256 * 4
+    loss.backward()
+    del loss
+    assert meter.current == 0

@@ -144,3 +144,76 @@ def test_saved_tensor_meter_counts_and_releases():
     loss.backward()
     del loss
     assert meter.current == 0
+
+
+def test_random_bitwidth_per_image_picks_each_images_draw_and_whitebox_patch():
+    from triqdef.robustness import RandomBitWidth, defense_records, whitebox_patches
+
+    m, x = _qmodel((32, 8, 2))
+    m, x = m.float().eval(), x.float()
+    rb = RandomBitWidth(m, [32, 8, 2], seed=3)
+    out = rb(x)
+    draw = torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(3))
+    for i, b in enumerate([32, 8, 2]):
+        with quant.use_bitwidth(m, b):
+            ref = m(x)
+        assert torch.allclose(out[draw == i], ref[draw == i])
+    assert torch.equal(rb(x), out)  # the same draw on every call: clean and patched see the same bit-widths
+    y = torch.arange(16) % 10
+    patches = whitebox_patches(m, [8, 2], x, y, 1, {"steps": 2, "batch_size": 8}, seed=0, source_model="resnet20")
+    assert patches[0].info["set"] == "whitebox" and patches[0].content.shape == (3, 6, 6)
+    rec = defense_records({"m": m}, {"whitebox": patches}, [8, 2], x, y, random_precision=["m"], rp_bits=[8, 2])
+    assert set(rec["view"]) == {"8-bit", "2-bit", "random"} and (rec["n_images"] == 16).all()
+
+
+def test_deployed_models_have_the_same_structure_and_outputs():
+    from triqdef.deploy import extract_bitwidth, latency_ratio, same_structure, structure
+
+    a, x = _qmodel((32, 8, 4))
+    b, _ = _qmodel((32, 8, 4), seed=1)
+    a, b, x = a.float().eval(), b.float().eval(), x.float()
+    with tap_outputs(a, TAPS):  # hooks during training do not reach the deployed model
+        da = extract_bitwidth(a, 4, "resnet20")
+    db = extract_bitwidth(b, 4, "resnet20")
+    assert same_structure(da, db) and structure(da)["hooks"] == 0
+    with quant.use_bitwidth(a, 4):
+        assert torch.allclose(da(x), a(x), atol=1e-5)
+    assert not any(".8." in k for k in da.state_dict())
+    r = latency_ratio(da, db, x[:4], repeats=10, warmup=1)
+    assert r["ratio_median"] > 0 and r["repeats"] == 10
+
+
+def test_grad_cam_shapes_and_range():
+    from triqdef.gradcam import grad_cam
+
+    m, x = _qmodel((32, 4))
+    m, x = m.float(), x.float()
+    cam = grad_cam(m, x[:3], torch.tensor([0, 1, 2]), 4)
+    assert cam.shape == (3, 32, 32) and cam.min() >= 0 and cam.max() <= 1 + 1e-6
+    assert not any(mod._forward_hooks for mod in m.modules())
+
+
+def test_asr_table_groups_unseen_sets_and_keeps_counts():
+    import pandas as pd
+
+    from triqdef.robustness import asr_table
+
+    rows = []
+    for model in ("A", "B"):
+        for i, (s, a) in enumerate([("seen", "lavan"), ("unseen_bits4", "lavan"), ("unseen_size8", "gap"), ("whitebox", "lavan")]):
+            for v, asr in (("32-bit", 10.0), ("4-bit", 20.0)):
+                rows.append({"model": model, "patch_set": s, "attack": a, "view": v, "asr": asr + i, "n_asr": 100, "patch": i})
+    t = asr_table(pd.DataFrame(rows))
+    assert list(t["group"].unique()) == ["seen", "unseen", "whitebox"]
+    row = t[(t.model == "A") & (t.group == "unseen")].iloc[0]
+    assert row["lavan 4-bit"] == 21.0 and row["gap 32-bit"] == 12.0 and row["patches"] == 2 and row["n images"] == 100
+
+
+def test_float_model_of_the_32_bit_path():
+    from triqdef.deploy import to_float_model
+
+    m, x = _qmodel((32, 8))
+    m, x = m.float().eval(), x.float()
+    fp = to_float_model(m, "resnet20")
+    with quant.use_bitwidth(m, 32):
+        assert torch.allclose(fp(x), m(x), atol=1e-5)

@@ -19,6 +19,8 @@ triqdef --quiet train fp
 triqdef --quiet train qat --all-layers both
 triqdef --quiet patches make
 triqdef --quiet train cross-arch
+triqdef --quiet train defense pbat dwq triqdef
+triqdef --quiet train ablations
 
 echo "== nbval (smoke profile)"
 python -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks/

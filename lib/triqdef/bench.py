@@ -127,54 +127,11 @@ def _qat_step(model, opt, x, y, bits):
     opt.step()
 
 
-def train_step_benchmark(settings, model_name: str = "resnet20", bits=(32, 8, 4, 2), batch_size: int = 64,
-                         steps: int = 10, warmup: int = 2, seed: int = 0, pool_size: int = 10, patch_size: int = 6,
-                         device: str = "auto") -> dict:
-    """Time a TriQDef step (``settings``: :class:`triqdef.defenses.TriQDefSettings`, every bit-width of ``bits``
-    active) against a vanilla multi-bit QAT step on the same batch, alternating, in one process.
-
-    Times are the mean over every measured step (GPDP may run only every
-    ``gpdp_every`` steps: the mean includes the steps without it). Peak memory
-    is the peak of the bytes saved for backward, measured for each step type on
-    its own (:class:`SavedTensorMeter`), plus ``torch.cuda.max_memory_allocated``
-    on a GPU.
-    """
-    from .bact import Schedule
-    from .defenses import TriQDefStep
-    from .train import resolve_device
-
-    dev = resolve_device(device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-
-    require_positive_int(batch_size, "batch_size")
-    require_positive_int(steps, "steps")
-    bit_set = quant.check_bit_set(bits)
-    g = torch.Generator().manual_seed(seed)
-    side = input_size(model_name)
-    x = torch.rand(batch_size, 3, side, side, generator=g)
-    y = torch.randint(0, 10, (batch_size,), generator=g)
-    pool = torch.rand(pool_size, 3, patch_size, patch_size, generator=g)
-    x, y = x.to(dev), y.to(dev)
-    models = {}
-    for k in ("triqdef", "qat"):
-        torch.manual_seed(seed)
-        m = quant.quantize_model(build_model(model_name), list(bit_set), range_estimator="mse").to(dev)
-        for b in bit_set:
-            if b != quant.FP_BITS:
-                quant.calibrate(m, [x], b)
-        models[k] = m.train()
-    opts = {k: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for k, m in models.items()}
-    tq = TriQDefStep(settings, Schedule.constant(bit_set, warmup + steps), pool, [x], seed)
-
-    def triqdef_step(i):
-        opts["triqdef"].zero_grad(set_to_none=True)
-        tq(models["triqdef"], x, y, i + 1)  # step >= 1: the schedule's step 0 would calibrate
-        opts["triqdef"].step()
-
-    def qat_step(i):
-        _qat_step(models["qat"], opts["qat"], x, y, list(bit_set))
-
-    runners = {"triqdef": triqdef_step, "qat": qat_step}
+def compare_steps(runners: dict, steps: int, warmup: int, peak_runs: int = 1, device=None) -> dict:
+    """Time training-step callables ``runners[name](i)`` alternating (mean and median ms over every measured
+    step), then measure each one's peak saved-for-backward memory on its own over ``peak_runs`` steps."""
+    cuda = device is not None and torch.device(device).type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     times: dict[str, list[float]] = {k: [] for k in runners}
     for i in range(warmup + steps):
         for k, run in runners.items():
@@ -184,30 +141,94 @@ def train_step_benchmark(settings, model_name: str = "resnet20", bits=(32, 8, 4,
             sync()
             if i >= warmup:
                 times[k].append(time.perf_counter() - t0)
-    peaks, cuda_peaks = {}, {}
+    out = {}
     for k, run in runners.items():  # one at a time, so one does not hide the other
         meter = SavedTensorMeter()
-        if torch.cuda.is_available():
+        if cuda:
             torch.cuda.reset_peak_memory_stats()
         with meter.hooks():
-            for i in range(max(settings.gpdp_every, 1)):  # covers a step with GPDP
-                run(i)
-        peaks[k] = meter.peak / 2**20
-        if dev.type == "cuda":
-            cuda_peaks[k] = torch.cuda.max_memory_allocated() / 2**20
+            for i in range(peak_runs):
+                run(warmup + steps + i)
+        out[k] = {"ms": round(1000 * statistics.mean(times[k]), 1), "ms_median": round(1000 * statistics.median(times[k]), 1),
+                  "peak_mb": round(meter.peak / 2**20, 1)}
+        if cuda:
+            out[k]["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+def _bench_models(model_name, bit_set, x, seed, names, dev):
+    models = {}
+    for k in names:
+        torch.manual_seed(seed)
+        m = quant.quantize_model(build_model(model_name), list(bit_set), range_estimator="mse").to(dev)
+        for b in bit_set:
+            if b != quant.FP_BITS:
+                quant.calibrate(m, [x], b)
+        models[k] = m.train()
+    return models
+
+
+def _runner(model, opt, step_fn, x, y, bits, records: list | None = None):
+    def run(i):
+        if step_fn is None:
+            _qat_step(model, opt, x, y, bits)
+        else:
+            opt.zero_grad(set_to_none=True)
+            rec = step_fn(model, x, y, i + 1)  # step >= 1: a BACT schedule's step 0 would calibrate
+            opt.step()
+            if records is not None:
+                records.append(rec)
+    return run
+
+
+def train_step_benchmark(settings, model_name: str = "resnet20", bits=(32, 8, 4, 2), batch_size: int = 64,
+                         steps: int = 10, warmup: int = 2, seed: int = 0, pool_size: int = 10, patch_size: int = 6,
+                         device: str = "auto", extra_steps: dict | None = None) -> dict:
+    """Time a TriQDef step (``settings``: :class:`triqdef.defenses.TriQDefSettings`, every bit-width of ``bits``
+    active: BACT's last stage) against a vanilla multi-bit QAT step (cross-entropy only) on the same batch,
+    alternating, in one process.
+
+    Times are the mean over every measured step (GPDP may run only every
+    ``gpdp_every`` steps: the mean includes the steps without it). Peak memory
+    is the peak of the bytes saved for backward, measured for each step type on
+    its own (:class:`SavedTensorMeter`), plus ``torch.cuda.max_memory_allocated``
+    on a GPU. ``extra_steps``: more step functions (name -> ``f(model, x, y, step)``)
+    timed in the same rotation (Table 17's DWQ and PBAT).
+    """
+    from .bact import Schedule
+    from .defenses import TriQDefStep
+    from .train import resolve_device
+
+    require_positive_int(batch_size, "batch_size")
+    require_positive_int(steps, "steps")
+    bit_set = quant.check_bit_set(bits)
+    dev = resolve_device(device)
+    g = torch.Generator().manual_seed(seed)
+    side = input_size(model_name)
+    x = torch.rand(batch_size, 3, side, side, generator=g)
+    y = torch.randint(0, 10, (batch_size,), generator=g)
+    pool = torch.rand(pool_size, 3, patch_size, patch_size, generator=g)
+    x, y = x.to(dev), y.to(dev)
+    step_fns = {"triqdef": TriQDefStep(settings, Schedule.constant(bit_set, 10**9), pool, [x], seed), "qat": None}
+    step_fns.update(extra_steps or {})
+    models = _bench_models(model_name, bit_set, x, seed, list(step_fns), dev)
+    tq_records: list[dict] = []
+    runners = {k: _runner(models[k], torch.optim.SGD(models[k].parameters(), lr=1e-3, momentum=0.9), fn, x, y, list(bit_set),
+                          tq_records if k == "triqdef" else None)
+               for k, fn in step_fns.items()}
+    res = compare_steps(runners, steps, warmup, peak_runs=max(settings.gpdp_every, 1), device=dev)
+    measured = tq_records[warmup:warmup + steps]
     out = {"model": model_name, "bits": list(bit_set), "batch_size": batch_size, "steps": steps, "warmup": warmup,
            "threads": torch.get_num_threads(), "device": str(dev)}
-    for k, ts in times.items():
-        out[f"{k}_ms"] = round(1000 * statistics.mean(ts), 1)
-        out[f"{k}_ms_median"] = round(1000 * statistics.median(ts), 1)
-        out[f"{k}_peak_mb"] = round(peaks[k], 1)
-        if k in cuda_peaks:
-            out[f"{k}_cuda_peak_mb"] = round(cuda_peaks[k], 1)
+    for k, r in res.items():
+        out.update({f"{k}_{m}": v for m, v in r.items()})
+    out["triqdef_phases_ms"] = {k: round(statistics.mean(r[k] for r in measured), 1)
+                                for k in ("ms_fdp_pass", "ms_main_pass", "ms_gpdp")}
     out["time_ratio"] = round(out["triqdef_ms"] / out["qat_ms"], 3)
     out["mem_ratio"] = round(out["triqdef_peak_mb"] / out["qat_peak_mb"], 3)
     out["memory_measure"] = "peak bytes saved for backward (saved_tensors_hooks), each step type measured on its own"
     out["settings"] = {"gpdp_sub_batch": settings.gpdp_sub_batch, "gpdp_every": settings.gpdp_every,
-                       "downsample": settings.penalty.downsample, "rho": settings.rho, "taps": list(settings.taps),
-                       "lambda_fdp": settings.lambda_fdp, "lambda_gpdp": settings.lambda_gpdp,
+                       "gpdp_joint": settings.gpdp_joint, "downsample": settings.penalty.downsample, "rho": settings.rho,
+                       "taps": list(settings.taps), "lambda_fdp": settings.lambda_fdp, "lambda_gpdp": settings.lambda_gpdp,
                        "pair_reduction": settings.penalty.pair_reduction, "patch_source": settings.patch_source}
     return out

@@ -113,13 +113,22 @@ def _cmd_bench_train_step(args, params) -> int:
     from .meta import provenance, write_json
 
     settings = triqdef_settings(params, args.model, gpdp_sub_batch=args.gpdp_sub_batch, gpdp_every=args.gpdp_every,
-                                downsample=args.downsample)
+                                downsample=args.downsample,
+                                gpdp_joint=None if args.gpdp_joint is None else args.gpdp_joint == "yes")
     res = train_step_benchmark(settings, args.model, args.bits, args.batch_size, args.steps, args.warmup,
                                device=params["base"].get("device", "auto"))
     res["provenance"] = provenance(params)
     if args.out:
         write_json(args.out, res)
     print(json.dumps({k: v for k, v in res.items() if k != "provenance"}))
+    return 0
+
+
+def _cmd_train_ablations(args, params) -> int:
+    from .defense_runs import run_ablations
+
+    for m in run_ablations(params, progress=not args.quiet):
+        print(json.dumps({k: m[k] for k in ("run", "test_accuracy", "n_test", "wall_time_s", "ms_per_step")}))
     return 0
 
 
@@ -161,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("methods", nargs="+", metavar="METHOD", help="qat, pbat, dwq or triqdef")
     de.add_argument("--variant", default=None, help="a TriQDef ablation of ablations.variants (e.g. no_fdp)")
     de.set_defaults(func=_cmd_train_defense)
+    tsub.add_parser("ablations", help="the TriQDef variants of ablations.run (Tables 7 and 13)").set_defaults(
+        func=_cmd_train_ablations)
     tsub.add_parser("cross-arch", help="Table 8's second architecture: FP, multi-bit QAT and its patches (params: cross_arch)"
                     ).set_defaults(func=_cmd_train_cross_arch)
 
@@ -192,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--gpdp-sub-batch", type=int, default=None, help="override triqdef.gpdp_sub_batch")
     bs.add_argument("--gpdp-every", type=int, default=None, help="override triqdef.gpdp_every")
     bs.add_argument("--downsample", type=int, default=None, help="override triqdef.downsample")
+    bs.add_argument("--gpdp-joint", choices=("yes", "no"), default=None, help="override triqdef.gpdp_joint")
     bs.add_argument("--out", default=None, help="also write the JSON here")
     bs.set_defaults(func=_cmd_bench_train_step)
 

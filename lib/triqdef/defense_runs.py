@@ -33,8 +33,10 @@ def run_name(method: str, variant: str | None = None) -> str:
     return method if not variant else f"{method}-{variant}"
 
 
-def checkpoint(run: str) -> Path:
-    return paths.models_dir() / "defenses" / f"{run}.pt"
+def checkpoint(method: str, variant: str | None = None) -> Path:
+    """``results/models/defenses/<method>.pt``; ablation variants in ``results/models/ablations/<method>-<variant>.pt``."""
+    folder = "ablations" if variant else "defenses"
+    return paths.models_dir() / folder / f"{run_name(method, variant)}.pt"
 
 
 def variants(params: dict) -> dict[str, dict]:
@@ -45,6 +47,21 @@ def variants(params: dict) -> dict[str, dict]:
     if not isinstance(v, dict):
         raise TriqdefError(f"parameter ablations.variants = {v!r}: expected a mapping name -> triqdef overrides")
     return v
+
+
+def ablation_runs(params: dict) -> list[str]:
+    """The variants the active profile trains (``ablations.run``), each checked against ``ablations.variants``."""
+    run = section(params, "ablations").get("run") or []
+    known = variants(params)
+    for v in run:
+        if v not in known:
+            raise TriqdefError(f"parameter ablations.run names {v!r}: expected one of {', '.join(known)}")
+    return list(run)
+
+
+def run_ablations(params: dict, progress: bool = True) -> list[dict]:
+    """Stage ``ablations``: every TriQDef variant of ``ablations.run``."""
+    return [run_defense(params, "triqdef", v, progress) for v in ablation_runs(params)]
 
 
 def pool_contents(patches_path: Path | None = None) -> torch.Tensor:
@@ -116,7 +133,7 @@ def run_defense(params: dict, method: str, variant: str | None = None, progress:
                                "params": section(params, "defenses"), "settings": settings, "quant": qs,
                                "data": pipeline.data_record(splits), "num_classes": 10,
                                "init": {"checkpoint": str(fp_path.relative_to(paths.output_root())), "commit": fp_meta.get("commit")}})
-    res = fit(model, splits.train.images, splits.train.labels, cfg, seed=seed, out_path=checkpoint(run), meta=meta,
+    res = fit(model, splits.train.images, splits.train.labels, cfg, seed=seed, out_path=checkpoint(method, variant), meta=meta,
               work_dir=pipeline.work_dir(), bits=qs["bits"], device=device, progress=progress, step_fn=step_fn)
     accs = {str(b): accuracy(model, splits.test.images, splits.test.labels, bits=b) for b in qs["bits"]}
     last = res["history"][-1] if res["history"] else {}
@@ -125,6 +142,6 @@ def run_defense(params: dict, method: str, variant: str | None = None, progress:
                "train_images_per_s": res["images_per_s"], "ms_per_step": 1000 * res["wall_time_s"] / max(res["steps"], 1),
                "last_step": last, "settings": settings, "data": pipeline.data_record(splits),
                "profile": params["base"]["profile"], "stage_wall_time_s": round(time.perf_counter() - t_stage, 1)}
-    write_json(paths.metrics_dir() / "defenses" / f"{run}.json", metrics)
+    write_json(paths.metrics_dir() / ("ablations" if variant else "defenses") / f"{run}.json", metrics)
     log.info("%s: %s", run, {b: f"{100 * a:.1f}%" for b, a in accs.items()})
     return metrics

@@ -14,10 +14,11 @@ on (seed, step) only, so an interrupted run resumes exactly.
   gradients of a sub-batch of it (double backprop, its own forward, eval-mode
   BN so the sub-batch does not couple to the rest of the batch). Both are
   computed one bit-width at a time (:func:`triqdef.losses.one_sided_penalty`):
-  a first pass without a graph gives every bit-width's descriptors and updates
-  the observers and BN statistics; the second pass, with the graph and the
-  statistics frozen, sees exactly the same quantizer scales and BN batch
-  statistics, so the accumulated gradient is that of the full penalty.
+  a first pass without a graph, which stops at the last tap layer, gives every
+  bit-width's descriptors and updates the observers and BN statistics up to
+  there; the second pass, with the graph, keeps those frozen (and updates the
+  later layers' itself), so it sees exactly the same quantizer scales and BN
+  batch statistics, and the accumulated gradient is that of the full penalty.
 * :class:`PBATStep` (DESIGN "Models"): every bit-width each step; the patched
   half gets per-image patches made by signed-gradient steps at that bit-width
   (random location, untargeted); clean + adversarial cross-entropy.
@@ -28,6 +29,7 @@ on (seed, step) only, so an interrupted run resumes exactly.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -73,6 +75,63 @@ def tap_outputs(model: nn.Module, taps: Sequence[str]):
             h.remove()
 
 
+class _StopForward(Exception):
+    """Raised by the hook of the last tap layer to end a forward pass that only needs the taps."""
+
+
+@contextlib.contextmanager
+def _stop_after(model: nn.Module, name: str):
+    def stop(module, inputs, output):
+        raise _StopForward
+
+    handle = dict(model.named_modules())[name].register_forward_hook(stop)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _statistics_modules(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (quant.ActivationQuantizer, nn.BatchNorm2d))]
+
+
+@contextlib.contextmanager
+def _record_statistics_modules(model: nn.Module, ran: list):
+    """Append to ``ran`` every observer / BN module that runs inside the block (each once)."""
+    seen: set[int] = set()
+
+    def note(module, inputs, output):
+        if id(module) not in seen:
+            seen.add(id(module))
+            ran.append(module)
+
+    handles = [m.register_forward_hook(note) for m in _statistics_modules(model)]
+    try:
+        yield ran
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def _frozen_statistics_of(modules: Sequence[nn.Module]):
+    """:func:`triqdef.quant.frozen_statistics` for the given observer / BN modules only."""
+    saved = [(m, m.observer_enabled if isinstance(m, quant.ActivationQuantizer) else m.momentum) for m in modules]
+    for m, _ in saved:
+        if isinstance(m, quant.ActivationQuantizer):
+            m.observer_enabled = False
+        else:
+            m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, v in saved:
+            if isinstance(m, quant.ActivationQuantizer):
+                m.observer_enabled = v
+            else:
+                m.momentum = v
+
+
 def paste_per_image(images: torch.Tensor, contents: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
     """``x ⊙ (1 − M) + P ⊙ M`` with one patch per image: ``contents`` (N, 3, s, s), ``locations`` (N, 2)."""
     canv, masks = [], []
@@ -99,6 +158,7 @@ class TriQDefSettings:
     taps: Sequence[str] = ("layer1.0.relu1", "layer2.0.relu1", "layer3.0.relu1")
     gpdp_sub_batch: int = 8
     gpdp_every: int = 1
+    gpdp_joint: bool = False  # hold every bit-width's sub-batch graph at once (no detached first pass)
     patch_source: str = "pool"  # pool | on_the_fly
     otf_steps: int = 3
     otf_step_size: float = 0.1
@@ -209,15 +269,20 @@ class TriQDefStep:
         use_gpdp = s.lambda_gpdp > 0 and n_bits >= 2 and step % s.gpdp_every == 0
         rec: dict[str, float] = {"n_bits": n_bits}
 
-        detached_fdp = {}
-        if use_fdp:  # pass 1: every bit-width's descriptors, no graph; the only pass that updates statistics
-            with torch.no_grad(), tap_outputs(model, s.taps) as feats:
+        detached_fdp, ran = {}, []
+        t0 = time.perf_counter()
+        if use_fdp:  # pass 1: every bit-width's descriptors, no graph, stopping at the last tap
+            with torch.no_grad(), tap_outputs(model, s.taps) as feats, _record_statistics_modules(model, ran), \
+                    _stop_after(model, s.taps[-1]):
                 for b in active:
-                    with quant.use_bitwidth(model, b):
+                    with quant.use_bitwidth(model, b), contextlib.suppress(_StopForward):
                         model(xb)
                     detached_fdp[b] = self._fdp_descriptors(feats, n_clean)
             rec["fdp"] = float(pairwise_penalty(detached_fdp, s.penalty))
-        freeze = quant.frozen_statistics(model) if use_fdp else contextlib.nullcontext()
+        # pass 2 sees the statistics pass 1 left in the modules up to the last tap (frozen there), and updates
+        # the later ones (that pass 1 did not reach) itself: every module's statistics update once per step
+        freeze = _frozen_statistics_of(ran) if use_fdp else contextlib.nullcontext()
+        t1 = time.perf_counter()
         clean_sum = adv_sum = 0.0
         with freeze, tap_outputs(model, s.taps if use_fdp else []) as feats:
             for b in active:  # pass 2: one bit-width's graph at a time
@@ -234,17 +299,27 @@ class TriQDefStep:
                 adv_sum += ce_adv.item()
                 rec[f"acc_adv_{b}"] = (logits[n_clean:].argmax(1) == y[n_clean:]).float().mean().item()
         rec["loss_clean"], rec["loss_adv"] = clean_sum / n_bits, adv_sum / n_bits
+        t2 = time.perf_counter()
 
         if use_gpdp:  # GPDP on a sub-batch of the patched part, in its own eval-mode forward
             xs, ys = x_adv[: s.gpdp_sub_batch], y[n_clean:][: s.gpdp_sub_batch]
             with _eval_mode(model):
-                detached = {b: [describe(self._input_gradient(model, xs, ys, b, False), "gradient", s.penalty)]
-                            for b in active}
-                rec["gpdp"] = float(pairwise_penalty(detached, s.penalty))
-                for b in active:
-                    own = [describe(self._input_gradient(model, xs, ys, b, True), "gradient", s.penalty)]
-                    others = {o: d for o, d in detached.items() if o != b}
-                    (s.lambda_gpdp * one_sided_penalty(own, others, n_bits, s.penalty)).backward()
+                if s.gpdp_joint:  # every bit-width's (small) double-backprop graph at once, one backward
+                    descs = {b: [describe(self._input_gradient(model, xs, ys, b, True), "gradient", s.penalty)]
+                             for b in active}
+                    pen = pairwise_penalty(descs, s.penalty)
+                    (s.lambda_gpdp * pen).backward()
+                    rec["gpdp"] = float(pen)
+                else:
+                    detached = {b: [describe(self._input_gradient(model, xs, ys, b, False), "gradient", s.penalty)]
+                                for b in active}
+                    rec["gpdp"] = float(pairwise_penalty(detached, s.penalty))
+                    for b in active:
+                        own = [describe(self._input_gradient(model, xs, ys, b, True), "gradient", s.penalty)]
+                        others = {o: d for o, d in detached.items() if o != b}
+                        (s.lambda_gpdp * one_sided_penalty(own, others, n_bits, s.penalty)).backward()
+        t3 = time.perf_counter()
+        rec.update(ms_fdp_pass=1000 * (t1 - t0), ms_main_pass=1000 * (t2 - t1), ms_gpdp=1000 * (t3 - t2))
         rec["total"] = (rec["loss_clean"] + s.lambda_adv * rec["loss_adv"] + s.lambda_fdp * rec.get("fdp", 0.0)
                         + s.lambda_gpdp * rec.get("gpdp", 0.0))
         return rec

@@ -1,0 +1,43 @@
+"""Grad-CAM (Selvaraju et al. 2017) of a switchable-precision model at a bit-width (paper Figure 3, section 4.6).
+
+The heatmap of class c at a layer with activations A (C, h, w) is
+ReLU(Σ_k w_k A_k) with w_k the spatial mean of ∂y_c/∂A_k, bilinearly upsampled
+to the input and min-max normalised per image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import quant
+from .errors import TriqdefError
+
+
+def grad_cam(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, bits: int | None, layer: str = "layer3") -> torch.Tensor:
+    """Heatmaps (N, H, W) in [0, 1] of ``classes`` for ``images`` (N, 3, H, W) in [0, 1], eval mode."""
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        raise TriqdefError(f"Grad-CAM layer {layer!r} not found: expected a module name such as 'layer3'")
+    store: dict[str, torch.Tensor] = {}
+    handle = modules[layer].register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    was = model.training
+    model.eval()
+    try:
+        ctx = quant.use_bitwidth(model, bits) if bits is not None else contextlib.nullcontext()
+        with ctx, torch.enable_grad():
+            logits = model(images)
+            score = logits.gather(1, classes.view(-1, 1)).sum()
+            (grad,) = torch.autograd.grad(score, store["a"])
+    finally:
+        handle.remove()
+        model.train(was)
+    acts = store["a"].detach()
+    cam = F.relu((grad.mean(dim=(2, 3), keepdim=True) * acts).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    lo = cam.flatten(1).amin(1).view(-1, 1, 1)
+    hi = cam.flatten(1).amax(1).view(-1, 1, 1)
+    return ((cam - lo) / (hi - lo).clamp_min(1e-12)).cpu()

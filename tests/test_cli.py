@@ -113,3 +113,27 @@ def test_patches_and_bench_refuse_bad_input(tmp_path):
     assert_one_line_error(run(["--params", p, "--profile", "smoke", "patches", "make"], tmp_path, env), "'pgd'")
     assert_one_line_error(run(["bench", "throughput", "--batch-size", "0"], tmp_path), "batch_size")
     assert_one_line_error(run(["bench", "throughput", "--bits", "32", "7", "1"], tmp_path), "bit-width 1")
+
+
+def test_defense_commands_refuse_bad_input(tmp_path):
+    assert_one_line_error(run(["--profile", "smoke", "train", "defense", "fgsm"], tmp_path), "unknown defense 'fgsm'", "triqdef")
+    assert_one_line_error(run(["--profile", "smoke", "train", "defense", "triqdef", "--variant", "nope"], tmp_path),
+                          "unknown variant 'nope'", "no_fdp")
+    p = params_with(tmp_path, **{"ablations.smoke.run": ["no_fdp", "typo"]})
+    assert_one_line_error(run(["--params", p, "--profile", "smoke", "train", "ablations"], tmp_path), "ablations.run", "'typo'")
+    p = params_with(tmp_path, **{"triqdef.common.rho": 2})
+    assert_one_line_error(run(["--params", p, "--profile", "smoke", "bench", "train-step", "--steps", "1"], tmp_path),
+                          "triqdef.rho")
+    p = params_with(tmp_path, **{"triqdef.common.bact": [{"bits": [32, 8], "share": 0.5}]})
+    assert_one_line_error(run(["--params", p, "--profile", "smoke", "train", "defense", "triqdef"], tmp_path), "shares sum")
+
+
+def test_defense_needs_the_fp_checkpoint(tmp_path):
+    env = {"TRIQDEF_DATA_DIR": str(tmp_path / "data"), "CIFAR10_ARCHIVE": str(ROOT / "lib/triqdef/_sample/cifar10-sample-jpeg.tar.gz")}
+    assert run(["--quiet", "data", "fetch", "--no-download"], tmp_path, env).returncode == 0
+    assert_one_line_error(run(["--profile", "smoke", "train", "defense", "dwq"], tmp_path, env), "resnet20.pt", "not found")
+
+
+def test_cross_arch_refuses_unknown_model(tmp_path):
+    p = params_with(tmp_path, **{"cross_arch.common.model": "resnet7"})
+    assert_one_line_error(run(["--params", p, "--profile", "smoke", "train", "cross-arch"], tmp_path), "model.name", "resnet7")

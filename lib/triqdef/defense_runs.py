@@ -61,6 +61,8 @@ def ablation_runs(params: dict) -> list[str]:
 
 def run_ablations(params: dict, progress: bool = True) -> list[dict]:
     """Stage ``ablations``: every TriQDef variant of ``ablations.run``."""
+    for v in ablation_runs(params):  # every variant's settings, before the first (long) run
+        validate_settings("triqdef", params, variants(params)[v])
     return [run_defense(params, "triqdef", v, progress) for v in ablation_runs(params)]
 
 
@@ -104,6 +106,22 @@ def build_step(method: str, params: dict, model, splits, total_steps: int, overr
     raise TriqdefError(f"unknown defense {method!r}: expected one of {', '.join(METHODS)}")
 
 
+def validate_settings(method: str, params: dict, overrides: dict | None = None) -> None:
+    """Check a method's params (TriQDef settings and BACT stages, PBAT / DWQ numbers) without loading anything."""
+    from .defenses import triqdef_settings
+
+    if method == "triqdef":
+        cfg = dict(section(params, "triqdef"), **(overrides or {}))
+        triqdef_settings({"triqdef": cfg}, pipeline.model_name(params))
+        Schedule(cfg.get("bact") or [{"bits": pipeline.quant_settings(params)["bits"], "share": 1.0}], 100)
+    for name, keys in (("pbat", ("rho", "attack_steps", "step_size")), ("dwq", ("eps", "alpha", "attack_steps"))):
+        if method == name:
+            for k in keys:
+                v = section(params, name).get(k)
+                if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0):
+                    raise TriqdefError(f"parameter {name}.{k} = {v!r}: expected a positive number")
+
+
 def run_defense(params: dict, method: str, variant: str | None = None, progress: bool = True) -> dict:
     """Train one defense (``variant``: a TriQDef ablation of ``ablations.variants``) and record its metrics."""
     t_stage = time.perf_counter()
@@ -118,6 +136,7 @@ def run_defense(params: dict, method: str, variant: str | None = None, progress:
     run = run_name(method, variant)
     cfg = TrainConfig.from_params(section(params, "defenses"), "defenses")
     qs = pipeline.quant_settings(params)
+    validate_settings(method, params, overrides)  # before any expensive loading
     name, seed = pipeline.model_name(params), params["base"]["seed"]
     device = resolve_device(params["base"].get("device", "auto"))
     splits = pipeline.load_data(params)

@@ -141,6 +141,13 @@ def _cmd_train_defense(args, params) -> int:
     return 0
 
 
+def _cmd_report(args, params) -> int:
+    from .report import write_report
+
+    print(write_report(params))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="triqdef", description="TriQDef reproduction: data, training and evaluation stages of the DVC pipeline.")
     p.add_argument("--params", default=None, help="params file (default: params.yaml at the project root)")
@@ -206,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--gpdp-joint", choices=("yes", "no"), default=None, help="override triqdef.gpdp_joint")
     bs.add_argument("--out", default=None, help="also write the JSON here")
     bs.set_defaults(func=_cmd_bench_train_step)
+
+    sub.add_parser("report", help="write results/REPORT.md: every paper claim beside our figure").set_defaults(func=_cmd_report)
 
     e = sub.add_parser("evaluate", help="clean test accuracy of a checkpoint per bit-width")
     e.add_argument("checkpoint")

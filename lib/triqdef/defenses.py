@@ -9,16 +9,20 @@ on (seed, step) only, so an interrupted run resumes exactly.
   (section 3.3), over the bit-widths the BACT schedule has active
   (:mod:`triqdef.bact`); a share ρ of each batch is patched with patches drawn
   from the training pool (random pool patch and random location inside the
-  training region, per image) or optimised on the fly. FDP (eq. 2) is on the
-  tap layers' features of the patched part and GPDP (eq. 3) on the input
+  training region, per image) or optimised on the fly. The clean and the
+  patched part each have their own forward (and BN batch statistics), as in
+  adversarial-training code that forwards the two halves separately. FDP
+  (eq. 2) is on the tap layers' features of the patched part and GPDP (eq. 3) on the input
   gradients of a sub-batch of it (double backprop, its own forward, eval-mode
   BN so the sub-batch does not couple to the rest of the batch). Both are
   computed one bit-width at a time (:func:`triqdef.losses.one_sided_penalty`):
-  a first pass without a graph, which stops at the last tap layer, gives every
-  bit-width's descriptors and updates the observers and BN statistics up to
-  there; the second pass, with the graph, keeps those frozen (and updates the
-  later layers' itself), so it sees exactly the same quantizer scales and BN
-  batch statistics, and the accumulated gradient is that of the full penalty.
+  a first pass without a graph over the patched part, which stops at the last
+  tap layer, gives the descriptors of every bit-width but the first (whose
+  second-pass descriptors serve instead) and updates their observers and
+  BN statistics up to there; the second pass, with the graph, keeps those
+  frozen (and updates the later layers' itself), so it sees exactly the same
+  quantizer scales and BN batch statistics, and the accumulated gradient is
+  that of the full penalty.
 * :class:`PBATStep` (DESIGN "Models"): every bit-width each step; the patched
   half gets per-image patches made by signed-gradient steps at that bit-width
   (random location, untargeted); clean + adversarial cross-entropy.
@@ -243,8 +247,8 @@ class TriQDefStep:
         return patch.expand(x.shape[0], -1, -1, -1)
 
     # -- penalties
-    def _fdp_descriptors(self, feats: dict[str, torch.Tensor], n_clean: int):
-        return [describe(feats[t][n_clean:], "feature", self.s.penalty) for t in self.s.taps]
+    def _fdp_descriptors(self, feats: dict[str, torch.Tensor]):
+        return [describe(feats[t], "feature", self.s.penalty) for t in self.s.taps]
 
     def _input_gradient(self, model, xs, ys, b, create_graph: bool) -> torch.Tensor:
         xs = xs.detach().clone().requires_grad_(True)
@@ -264,52 +268,57 @@ class TriQDefStep:
         n_adv = max(1, int(round(s.rho * x.shape[0])))
         n_clean = x.shape[0] - n_adv
         x_adv = self._patched(model, x[n_clean:], y[n_clean:], step, active)
-        xb = torch.cat([x[:n_clean], x_adv])
+        x_clean, y_clean, y_adv = x[:n_clean], y[:n_clean], y[n_clean:]
         use_fdp = s.lambda_fdp > 0 and n_bits >= 2
         use_gpdp = s.lambda_gpdp > 0 and n_bits >= 2 and step % s.gpdp_every == 0
         rec: dict[str, float] = {"n_bits": n_bits}
 
         detached_fdp, ran = {}, []
         t0 = time.perf_counter()
-        if use_fdp:  # pass 1: every bit-width's descriptors, no graph, stopping at the last tap
+        if use_fdp:  # pass 1: the descriptors of the patched half, no graph, stopping at the last tap, for every
+            # bit-width but the first one pass 2 runs (that one's pass-2 descriptors are the same; pass 2 gives them)
             with torch.no_grad(), tap_outputs(model, s.taps) as feats, _record_statistics_modules(model, ran), \
                     _stop_after(model, s.taps[-1]):
-                for b in active:
+                for b in active[1:]:
                     with quant.use_bitwidth(model, b), contextlib.suppress(_StopForward):
-                        model(xb)
-                    detached_fdp[b] = self._fdp_descriptors(feats, n_clean)
-            rec["fdp"] = float(pairwise_penalty(detached_fdp, s.penalty))
-        # pass 2 sees the statistics pass 1 left in the modules up to the last tap (frozen there), and updates
-        # the later ones (that pass 1 did not reach) itself: every module's statistics update once per step
-        freeze = _frozen_statistics_of(ran) if use_fdp else contextlib.nullcontext()
+                        model(x_adv)
+                    detached_fdp[b] = self._fdp_descriptors(feats)
         t1 = time.perf_counter()
         clean_sum = adv_sum = 0.0
-        with freeze, tap_outputs(model, s.taps if use_fdp else []) as feats:
-            for b in active:  # pass 2: one bit-width's graph at a time
-                with quant.use_bitwidth(model, b):
-                    logits = model(xb)
-                ce_clean = F.cross_entropy(logits[:n_clean], y[:n_clean], label_smoothing=s.label_smoothing)
-                ce_adv = F.cross_entropy(logits[n_clean:], y[n_clean:], label_smoothing=s.label_smoothing)
-                loss = (ce_clean + s.lambda_adv * ce_adv) / n_bits
-                if use_fdp:
-                    others = {o: d for o, d in detached_fdp.items() if o != b}
-                    loss = loss + s.lambda_fdp * one_sided_penalty(self._fdp_descriptors(feats, n_clean), others, n_bits, s.penalty)
-                loss.backward()
-                clean_sum += ce_clean.item()
-                adv_sum += ce_adv.item()
-                rec[f"acc_adv_{b}"] = (logits[n_clean:].argmax(1) == y[n_clean:]).float().mean().item()
+        for b in active:  # pass 2: one bit-width's graph at a time
+            with quant.use_bitwidth(model, b):
+                # the patched half first: up to the last tap it sees the statistics pass 1 left (frozen there), so
+                # its descriptors are exactly pass 1's; the later layers' statistics update here, once per step
+                freeze = _frozen_statistics_of(ran) if use_fdp else contextlib.nullcontext()
+                with freeze, tap_outputs(model, s.taps if use_fdp else []) as feats:
+                    logits_adv = model(x_adv)
+                    own = self._fdp_descriptors(feats) if use_fdp else None
+                logits_clean = model(x_clean)  # its own forward (and BN batch statistics), as the patched half
+            ce_clean = F.cross_entropy(logits_clean, y_clean, label_smoothing=s.label_smoothing)
+            ce_adv = F.cross_entropy(logits_adv, y_adv, label_smoothing=s.label_smoothing)
+            loss = (ce_clean + s.lambda_adv * ce_adv) / n_bits
+            if use_fdp:
+                others = {o: d for o, d in detached_fdp.items() if o != b}
+                loss = loss + s.lambda_fdp * one_sided_penalty(own, others, n_bits, s.penalty)
+                if b not in detached_fdp:  # the first bit-width: no pass 1, its own descriptors serve the others
+                    detached_fdp[b] = [d.detach() for d in own]
+                    rec["fdp"] = float(pairwise_penalty({k: detached_fdp[k] for k in active}, s.penalty))
+            loss.backward()
+            clean_sum += ce_clean.item()
+            adv_sum += ce_adv.item()
+            rec[f"acc_adv_{b}"] = (logits_adv.argmax(1) == y_adv).float().mean().item()
         rec["loss_clean"], rec["loss_adv"] = clean_sum / n_bits, adv_sum / n_bits
         t2 = time.perf_counter()
 
         if use_gpdp:  # GPDP on a sub-batch of the patched part, in its own eval-mode forward
-            xs, ys = x_adv[: s.gpdp_sub_batch], y[n_clean:][: s.gpdp_sub_batch]
+            xs, ys = x_adv[: s.gpdp_sub_batch], y_adv[: s.gpdp_sub_batch]
             with _eval_mode(model):
                 if s.gpdp_joint:  # every bit-width's (small) double-backprop graph at once, one backward
                     descs = {b: [describe(self._input_gradient(model, xs, ys, b, True), "gradient", s.penalty)]
                              for b in active}
                     pen = pairwise_penalty(descs, s.penalty)
                     (s.lambda_gpdp * pen).backward()
-                    rec["gpdp"] = float(pen)
+                    rec["gpdp"] = pen.item()
                 else:
                     detached = {b: [describe(self._input_gradient(model, xs, ys, b, False), "gradient", s.penalty)]
                                 for b in active}

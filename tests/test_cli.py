@@ -126,12 +126,18 @@ def test_defense_commands_refuse_bad_input(tmp_path):
                           "triqdef.rho")
     p = params_with(tmp_path, **{"triqdef.common.bact": [{"bits": [32, 8], "share": 0.5}]})
     assert_one_line_error(run(["--params", p, "--profile", "smoke", "train", "defense", "triqdef"], tmp_path), "shares sum")
+    p = params_with(tmp_path, **{"defenses.smoke.init": "imagenet"})
+    assert_one_line_error(run(["--params", p, "--profile", "smoke", "train", "defense", "pbat"], tmp_path),
+                          "defenses.init", "'imagenet'", "fp, qat")
 
 
-def test_defense_needs_the_fp_checkpoint(tmp_path):
+def test_defense_needs_its_start_checkpoint(tmp_path):
     env = {"TRIQDEF_DATA_DIR": str(tmp_path / "data"), "CIFAR10_ARCHIVE": str(ROOT / "lib/triqdef/_sample/cifar10-sample-jpeg.tar.gz")}
     assert run(["--quiet", "data", "fetch", "--no-download"], tmp_path, env).returncode == 0
-    assert_one_line_error(run(["--profile", "smoke", "train", "defense", "dwq"], tmp_path, env), "resnet20.pt", "not found")
+    for init, folder in (("qat", "qat"), ("fp", "fp")):
+        p = params_with(tmp_path, **{"defenses.smoke.init": init})
+        assert_one_line_error(run(["--params", p, "--profile", "smoke", "train", "defense", "dwq"], tmp_path, env),
+                              f"{folder}/resnet20.pt", "not found")
 
 
 def test_cross_arch_refuses_unknown_model(tmp_path):

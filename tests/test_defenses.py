@@ -108,6 +108,26 @@ def test_triqdef_step_logs_every_term_and_bact_calibrates_new_bits():
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
+def test_bact_from_a_trained_multibit_checkpoint_leaves_bn_and_quantizers_alone(monkeypatch):
+    import triqdef.defenses as defenses_mod
+
+    calls = []
+    monkeypatch.setattr(defenses_mod, "enable_bits", lambda *a, **k: calls.append(a))
+    m, x = _qmodel((32, 8, 4, 2))
+    m, x = m.float(), x.float()
+    bn = next(mod for mod in m.modules() if isinstance(mod, quant.SwitchableBatchNorm2d))
+    with torch.no_grad():
+        bn.bns["2"].weight.fill_(3.0)
+    sched = Schedule([{"bits": [32, 8], "share": 0.5}, {"bits": [32, 8, 4, 2], "share": 0.5}], 4)
+    step = TriQDefStep(TriQDefSettings(taps=TAPS, gpdp_sub_batch=4), sched, torch.rand(2, 3, 6, 6), [x], seed=0,
+                       calibrate_new_bits=False)
+    step(m, x, torch.arange(16) % 10, 2)
+    assert not calls and torch.all(bn.bns["2"].weight == 3.0)
+    step.calibrate_new_bits = True
+    step(m, x, torch.arange(16) % 10, 2)
+    assert len(calls) == 1 and calls[0][1] == (4, 2)
+
+
 def test_triqdef_settings_validation():
     with pytest.raises(TriqdefError, match="rho"):
         TriQDefSettings(rho=1.5)

@@ -357,10 +357,11 @@ TRAINING = [
     ("md", """
 # 02 · Training: TriQDef against standard QAT, PBAT and DWQ
 
-Paper sections 3–4 and appendix D. Reads the standard-QAT model of the `train_qat`
-stage, the PBAT, DWQ and TriQDef models of the `defense` stages (every one a
-fine-tune of the same FP checkpoint for the same steps on the same batches) and the
-patch sets of the `patches` stage, and writes
+Paper sections 3–4 and appendix D. Reads the standard-QAT, PBAT, DWQ and TriQDef
+models of the `defense` stages (every one a fine-tune of the same checkpoint,
+`defenses.init`, for the same steps on the same batches: the `cpu` profile starts
+them all from the standard multi-bit QAT model of `train_qat`, the `paper` profile
+from the FP weights) and the patch sets of the `patches` stage, and writes
 
 * Table 4: clean accuracy per bit-width (standard QAT, PBAT, DWQ, TriQDef);
 * Table 5: targeted ASR of LAVAN and GAP on the seen and unseen patch sets at
@@ -408,16 +409,15 @@ test_x, test_y = splits.test.images[:n_eval], splits.test.labels[:n_eval]
 print(f"profile {profile}; data {splits.source['source']}; {n_eval} test images for the patch tables; bits {qs['bits']}")
 """),
     ("code", """
-qat_model, qat_meta = model_from_checkpoint(pipeline.qat_checkpoint(params), kind="qat", model_name=name)
-models, metas = {"Standard QAT": qat_model}, {"Standard QAT": qat_meta}
-for label, run in (("PBAT", "pbat"), ("DWQ", "dwq"), ("TriQDef", "triqdef")):
+models, metas = {}, {}
+for label, run in (("Standard QAT", "qat"), ("PBAT", "pbat"), ("DWQ", "dwq"), ("TriQDef", "triqdef")):
     models[label], metas[label] = model_from_checkpoint(defense_checkpoint(run), kind="defense", model_name=name)
-same_recipe = {k: v for k, v in section(params, "defenses").items() if k != "checkpoint_every"} == \\
-    {k: v for k, v in section(params, "train_qat").items() if k != "checkpoint_every"}
-print("standard QAT = the train_qat stage's model; same steps and recipe as the defenses:", same_recipe)
+init = {k: m["init"] for k, m in metas.items()}
+print("every row starts from", sorted({i["checkpoint"] for i in init.values()}), "and runs",
+      sorted({m["params"].get("steps") or m["params"].get("epochs") for m in metas.values()}), "steps / epochs of the defenses recipe")
 meta = provenance(params, {"data": pipeline.data_record(splits), "n_eval": n_eval,
-                           "checkpoints": {k: m.get("commit") for k, m in metas.items()},
-                           "steps": {k: m.get("steps") for k, m in metas.items()}, "qat_same_recipe_as_defenses": same_recipe})
+                           "checkpoints": {k: m.get("commit") for k, m in metas.items()}, "init": init,
+                           "steps": {k: m.get("steps") for k, m in metas.items()}})
 """),
     ("md", "## Table 4: clean accuracy per bit-width"),
     ("code", """
@@ -541,6 +541,12 @@ for j, b in enumerate(cam_bits):
 for ax in axes.flat:
     ax.axis("off")
 save_figure(fig, "figure3_gradcam_triqdef")
+n_cam = min(64, n_eval)  # how alike are the maps: cosine of each b-bit map to the fp map of the same image
+xc, yc = test_x[:n_cam].float() / 255, test_y[:n_cam]
+cam_fp = grad_cam(models["TriQDef"], xc, yc, 32).flatten(1)
+cam_cos = {f"{b}-bit": round(float(torch.nn.functional.cosine_similarity(grad_cam(models["TriQDef"], xc, yc, b).flatten(1),
+                                                                          cam_fp, dim=1).mean()), 3) for b in cam_bits[1:]}
+print(f"mean cosine of the TriQDef Grad-CAM maps to the fp map over {n_cam} test images:", cam_cos)
 acc = t4.set_index("model")
 dev = {c: round(acc.loc["TriQDef", c] - acc.loc["Standard QAT", c], 2) for c in acc.columns if c.endswith("bit")}
 print("TriQDef minus standard QAT clean accuracy (points):", dev)
@@ -564,7 +570,7 @@ for ax in axes:
 save_figure(fig, "triqdef_loss_terms")
 summary = {"profile": profile, "n_eval": n_eval, "table4": t4.to_dict(orient="records"),
            "table5": t5.to_dict(orient="records"), "bench": {k: v for k, v in tb.items() if k != "settings"},
-           "clean_deviation_triqdef_minus_qat": dev, "notebook_wall_time_s": round(time.perf_counter() - t_start, 1)}
+           "clean_deviation_triqdef_minus_qat": dev, "gradcam_cosine_to_fp": cam_cos, "notebook_wall_time_s": round(time.perf_counter() - t_start, 1)}
 write_json(paths.metrics_dir() / "training.json", summary)
 summary["notebook_wall_time_s"]
 """),
@@ -616,15 +622,18 @@ print(f"profile {profile}; variants {runs}; {n_eval} test images")
 """),
     ("md", "## Table 7: without FDP, without GPDP, full TriQDef (seen and unseen patches)"),
     ("code", """
-labels7 = {"no_fdp": "w/o FDP", "no_gpdp": "w/o GPDP", "full": "Full TriQDef"}
-m7 = {labels7[k]: models[k] for k in ("no_fdp", "no_gpdp", "full") if k in models}
+labels7 = {"no_fdp": "w/o FDP", "no_gpdp": "w/o GPDP", "full": "Full TriQDef",
+           "every_step_full_res": "Full TriQDef, GPDP every step, full-resolution maps"}
+m7 = {labels7[k]: models[k] for k in labels7 if k in models}
+print("full TriQDef speed settings:", {k: metas["full"]["settings"].get(k) for k in ("gpdp_every", "downsample", "gpdp_sub_batch")})
 sets = {"seen": select(patches, "seen")}
 sets.update({k: select(patches, k) for k in robustness.UNSEEN_SETS})
 rec7 = robustness.defense_records(m7, sets, rob["bits"], test_x, test_y)
 t7 = robustness.asr_table(rec7, "group", [f"{b}-bit" for b in rob["bits"]])
 save_table(t7, "table7_ablation", meta,
            caption=(f"Targeted ASR (%) of the seen and unseen patch sets on TriQDef without FDP (λ_FDP = 0), without GPDP "
-                    f"(λ_GPDP = 0) and in full, {n_eval} test images, profile `{profile}`. Paper Table 7 (ResNet-56, LAVAN, "
+                    f"(λ_GPDP = 0) and in full, {n_eval} test images, profile `{profile}`; the last row (when trained) "
+                    "turns off the speed settings (GPDP every step, maps at full resolution). Paper Table 7 (ResNet-56, LAVAN, "
                     "32/5/4/2): w/o FDP 65.2 / 61.1 / 59.7 / 55.9 (seen and unseen rows identical in the paper), "
                     "w/o GPDP seen 43.2 / 41.7 / 39.4 / 37.6, full seen 32.4 / 30.2 / 28.4 / 26.2."))
 t7
@@ -632,7 +641,7 @@ t7
     ("md", "## Table 13: sensitivity to (α, β) and (λ_FDP, λ_GPDP): clean and robust accuracy, and ASR"),
     ("code", """
 grid = {"full": "default (α, β) = (0.5, 1.0), (λ_FDP, λ_GPDP) = (0.8, 0.5)"}
-grid.update({v: ", ".join(f"{k} = {x}" for k, x in variants(params)[v].items()) for v in runs if v not in ("no_fdp", "no_gpdp")})
+grid.update({v: ", ".join(f"{k} = {x}" for k, x in variants(params)[v].items()) for v in runs if v not in ("no_fdp", "no_gpdp", "every_step_full_res")})
 seen_lavan = select(patches, "seen", "lavan")
 rows = []
 for v, desc in grid.items():

@@ -1,9 +1,15 @@
-"""Stage ``defenses``: train each defense from the shared FP checkpoint (DESIGN "Models that every table shares").
+"""Stage ``defenses``: train each defense from one shared checkpoint (DESIGN "Models that every table shares").
 
 Every method (standard multi-bit QAT, PBAT, DWQ, TriQDef and its ablation
-variants) starts from the same FP weights and runs the same number of steps
+variants) starts from the same checkpoint and runs the same number of steps
 on the same data and batches (the ``defenses`` params section); the rows of
-Tables 4, 5, 7 and 13 then differ only by the method. Checkpoints go to
+Tables 4, 5, 7 and 13 then differ only by the method. ``defenses.init``
+names that checkpoint: ``fp`` (the FP weights; new quantizers calibrated, as
+the paper fine-tunes) or ``qat`` (the standard multi-bit QAT model of stage
+``train_qat``; every bit-width's quantizers and BN are then already trained,
+and BACT only gates which bit-widths enter the loss). The ``cpu`` profile
+uses ``qat`` so that a few hundred steps measure the defense rather than the
+recovery from quantization. Checkpoints go to
 ``results/models/defenses/<run>.pt``, metrics (clean accuracy per bit-width,
 time, images/s, the logged loss terms' last values) to
 ``results/metrics/defenses/<run>.json``.
@@ -77,8 +83,40 @@ def pool_contents(patches_path: Path | None = None) -> torch.Tensor:
     return torch.stack([p.content for p in pool])
 
 
-def build_step(method: str, params: dict, model, splits, total_steps: int, overrides: dict | None = None):
-    """The step function (or None for plain multi-bit QAT) and a description of the settings used."""
+INITS = ("fp", "qat")
+
+
+def init_kind(params: dict) -> str:
+    """``defenses.init``: the checkpoint every defense starts from (``fp`` or ``qat``)."""
+    init = section(params, "defenses").get("init", "fp")
+    if init not in INITS:
+        raise TriqdefError(f"parameter defenses.init = {init!r}: expected one of {', '.join(INITS)}")
+    return init
+
+
+def initial_model(params: dict, init: str):
+    """(path, switchable-precision model, meta) of the shared starting checkpoint of every defense."""
+    qs, name = pipeline.quant_settings(params), pipeline.model_name(params)
+    if init == "fp":
+        path = pipeline.fp_checkpoint(params)
+        fp_model, meta = model_from_checkpoint(path, kind="fp", model_name=name)
+        model = quant.quantize_model(fp_model, qs["bits"], qs["first_last_bits"], qs["averaging_constant"], qs["range_estimator"])
+        return path, model, meta
+    path = pipeline.qat_checkpoint(params)
+    model, meta = model_from_checkpoint(path, kind="qat", model_name=name)
+    if list(meta.get("bits") or []) != list(qs["bits"]) or meta.get("first_last_bits") != qs["first_last_bits"]:
+        raise TriqdefError(f"checkpoint {path} has bits {meta.get('bits')} (first/last {meta.get('first_last_bits')}): "
+                           f"expected quant.bits {qs['bits']} (first/last {qs['first_last_bits']}); re-run stage train_qat")
+    return path, model, meta
+
+
+def build_step(method: str, params: dict, model, splits, total_steps: int, overrides: dict | None = None,
+               calibrate_new_bits: bool = True):
+    """The step function (or None for plain multi-bit QAT) and a description of the settings used.
+
+    ``calibrate_new_bits``: TriQDef's BACT copies BN and calibrates the quantizers of each newly enabled
+    bit-width (from FP weights); False when the start checkpoint already trained every bit-width.
+    """
     from .defenses import DWQStep, PBATStep, TriQDefStep, triqdef_settings
 
     seed = params["base"]["seed"]
@@ -102,7 +140,8 @@ def build_step(method: str, params: dict, model, splits, total_steps: int, overr
             raise TriqdefError(f"parameter triqdef.bact ends with bits {list(schedule.all_bits)}: expected quant.bits {qs['bits']}")
         pool = pool_contents() if settings.patch_source == "pool" else None
         holdout = list(pipeline.calibration_batches(splits))
-        return TriQDefStep(settings, schedule, pool, holdout, seed), dict(cfg, bact_schedule=schedule.to_list())
+        return (TriQDefStep(settings, schedule, pool, holdout, seed, calibrate_new_bits=calibrate_new_bits),
+                dict(cfg, bact_schedule=schedule.to_list(), bact_calibrates=calibrate_new_bits))
     raise TriqdefError(f"unknown defense {method!r}: expected one of {', '.join(METHODS)}")
 
 
@@ -137,21 +176,23 @@ def run_defense(params: dict, method: str, variant: str | None = None, progress:
     cfg = TrainConfig.from_params(section(params, "defenses"), "defenses")
     qs = pipeline.quant_settings(params)
     validate_settings(method, params, overrides)  # before any expensive loading
+    init_kind(params)
     name, seed = pipeline.model_name(params), params["base"]["seed"]
     device = resolve_device(params["base"].get("device", "auto"))
     splits = pipeline.load_data(params)
-    fp_path = pipeline.fp_checkpoint(params)
-    fp_model, fp_meta = model_from_checkpoint(fp_path, kind="fp", model_name=name)
-    model = quant.quantize_model(fp_model, qs["bits"], qs["first_last_bits"], qs["averaging_constant"], qs["range_estimator"]).to(device)
+    init = init_kind(params)
+    init_path, model, init_meta = initial_model(params, init)
+    model = model.to(device)
     total = cfg.total_steps(len(splits.train.labels))
-    step_fn, settings = build_step(method, params, model, splits, total, overrides)
-    if method != "triqdef":  # TriQDef calibrates each bit-width when BACT enables it
+    step_fn, settings = build_step(method, params, model, splits, total, overrides, calibrate_new_bits=(init == "fp"))
+    if method != "triqdef" and init == "fp":  # TriQDef calibrates each bit-width when BACT enables it
         calibrate_all(model, splits.holdout.images, cfg.batch_size, device=device)
     meta = provenance(params, {"kind": "defense", "method": method, "variant": variant, "run": run, "model": name,
                                "bits": qs["bits"], "first_last_bits": qs["first_last_bits"], "range_estimator": qs["range_estimator"],
-                               "params": section(params, "defenses"), "settings": settings, "quant": qs,
+                               "averaging_constant": qs["averaging_constant"], "params": section(params, "defenses"), "settings": settings, "quant": qs,
                                "data": pipeline.data_record(splits), "num_classes": 10,
-                               "init": {"checkpoint": str(fp_path.relative_to(paths.output_root())), "commit": fp_meta.get("commit")}})
+                               "init": {"kind": init, "checkpoint": str(init_path.relative_to(paths.output_root())),
+                                        "commit": init_meta.get("commit")}})
     res = fit(model, splits.train.images, splits.train.labels, cfg, seed=seed, out_path=checkpoint(method, variant), meta=meta,
               work_dir=pipeline.work_dir(), bits=qs["bits"], device=device, progress=progress, step_fn=step_fn)
     accs = {str(b): accuracy(model, splits.test.images, splits.test.labels, bits=b) for b in qs["bits"]}

@@ -210,8 +210,9 @@ class TriQDefStep:
     """One TriQDef training step (see the module docstring); ``log`` keys: loss_clean, loss_adv, fdp, gpdp, total, n_bits."""
 
     def __init__(self, settings: TriQDefSettings, schedule: Schedule, pool: torch.Tensor | None,
-                 holdout_batches: Sequence[torch.Tensor], seed: int):
+                 holdout_batches: Sequence[torch.Tensor], seed: int, calibrate_new_bits: bool = True):
         self.s, self.schedule, self.seed = settings, schedule, seed
+        self.calibrate_new_bits = calibrate_new_bits  # False: the start checkpoint trained every bit-width already
         self.pool = pool  # (P, 3, s, s) training-pool patch contents
         self.holdout = list(holdout_batches)
         if settings.patch_source == "pool" and (pool is None or len(pool) == 0):
@@ -260,7 +261,7 @@ class TriQDefStep:
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, float]:
         s = self.s
         new = self.schedule.enabled_at(step)
-        if new:
+        if new and self.calibrate_new_bits:
             prev = [b for b in self.schedule.active(step) if b not in new]
             enable_bits(model, new, prev, [h.to(x.device) for h in self.holdout])
         active = self.schedule.active(step)

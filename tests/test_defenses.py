@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from triqdef import quant
 from triqdef.bact import Schedule, copy_batchnorm, enable_bits
 from triqdef.bench import SavedTensorMeter
-from triqdef.defenses import DWQStep, PBATStep, TriQDefSettings, TriQDefStep, pgd_linf, tap_outputs
+from triqdef.attacks import patch_canvas
+from triqdef.defenses import DWQStep, PBATStep, TriQDefSettings, TriQDefStep, paste_per_image, pgd_linf, tap_outputs
 from triqdef.errors import TriqdefError
 from triqdef.losses import FeatureDisalignmentPenalty, PenaltySettings
 from triqdef.models import build_model
@@ -152,6 +153,25 @@ def test_pbat_and_dwq_steps_and_pgd_budget():
     with quant.use_bitwidth(m, 8):
         m.eval()
         assert F.cross_entropy(m(adv), y) > F.cross_entropy(m(x), y)
+
+
+def test_paste_per_image_equals_the_canvas_and_mask_reference_values_and_gradients():
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(5, 3, 32, 32, generator=g, requires_grad=True)
+    c = torch.rand(5, 3, 6, 6, generator=g, requires_grad=True)
+    loc = torch.tensor([[0, 0], [26, 26], [4, 20], [13, 7], [0, 26]])
+    w = torch.randn(5, 3, 32, 32, generator=g)
+    ours = paste_per_image(x, c, loc)
+    canv, masks = zip(*(patch_canvas(c[i], loc[i:i + 1], 32, 32) for i in range(5)))
+    canvas, mask = torch.cat(canv), torch.cat(masks)
+    ref = x * (1 - mask) + canvas * mask
+    assert torch.equal(ours, ref)
+    gx, gc = torch.autograd.grad((ours * w).sum(), (x, c))
+    rx, rc = torch.autograd.grad((ref * w).sum(), (x, c))
+    assert torch.allclose(gx, rx) and torch.allclose(gc, rc) and gc.abs().sum() > 0
+    assert torch.equal(ours[1, :, 26:, 26:], c[1]) and torch.equal(ours[1, :, :26], x[1, :, :26])
+    with pytest.raises(TriqdefError, match="inside 32x32"):
+        paste_per_image(x, c, torch.tensor([[0, 0]] * 4 + [[27, 0]]))
 
 
 def test_saved_tensor_meter_counts_and_releases():

@@ -19,7 +19,7 @@ triqdef --quiet train fp
 triqdef --quiet train qat --all-layers both
 triqdef --quiet patches make
 triqdef --quiet train cross-arch
-triqdef --quiet train defense pbat dwq triqdef
+triqdef --quiet train defense qat pbat dwq triqdef
 triqdef --quiet train ablations
 
 echo "== nbval (smoke profile)"

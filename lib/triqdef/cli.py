@@ -51,12 +51,26 @@ def _cmd_train_fp(args, params) -> int:
 
 
 def _cmd_train_qat(args, params) -> int:
+    from . import paths
+    from .config import section
+    from .meta import write_json
     from .pipeline import run_train_qat
 
-    variants = [False, True] if args.all_layers == "both" else [args.all_layers == "yes"]
+    choice = args.all_layers
+    if choice is None:  # from params: train_qat.<profile>.every_layer_variant (also train the every-layer-at-b model)
+        flag = section(params, "train_qat").get("every_layer_variant", True)
+        if not isinstance(flag, bool):
+            raise TriqdefError(f"parameter train_qat.every_layer_variant = {flag!r}: expected true or false")
+        choice = "both" if flag else "no"
+    variants = [False, True] if choice == "both" else [choice == "yes"]
     for all_layers in variants:
         m = run_train_qat(params, all_layers=all_layers, progress=not args.quiet)
         print(json.dumps({k: m[k] for k in ("model", "first_last_bits", "test_accuracy", "n_test", "wall_time_s")}))
+    if choice == "no":  # the stage declares this file: say why it holds no model
+        write_json(paths.metrics_dir() / "train_qat_all_layers.json",
+                   {"skipped": True, "profile": params["base"]["profile"],
+                    "reason": "train_qat.every_layer_variant is false in this profile (time budget); "
+                              "run 'triqdef train qat --all-layers yes' for the every-layer-at-b model"})
     return 0
 
 
@@ -170,8 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     tsub.required = True
     tsub.add_parser("fp", help="float model from scratch (params: train_fp)").set_defaults(func=_cmd_train_fp)
     q = tsub.add_parser("qat", help="standard multi-bit QAT from the FP checkpoint (params: train_qat, quant)")
-    q.add_argument("--all-layers", choices=("no", "yes", "both"), default="no",
-                   help="quantize the first/last layer at b too ('yes'), or train both variants")
+    q.add_argument("--all-layers", choices=("no", "yes", "both"), default=None,
+                   help="quantize the first/last layer at b too ('yes'), or train both variants "
+                        "(default: 'both' if train_qat.every_layer_variant, else 'no')")
     q.set_defaults(func=_cmd_train_qat)
     de = tsub.add_parser("defense", help="a defense from the FP checkpoint: qat | pbat | dwq | triqdef (params: defenses, triqdef, pbat, dwq)")
     de.add_argument("methods", nargs="+", metavar="METHOD", help="qat, pbat, dwq or triqdef")

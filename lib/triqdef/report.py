@@ -313,6 +313,52 @@ CLAIMS = [
 ]
 
 
+# --------------------------------------------------------------------------- pipeline time
+
+BUDGET_MIN = {"smoke": 5, "cpu": 90}  # DESIGN "Profiles": the whole pipeline's budget on 2 CPU cores
+
+
+def _stage_seconds(rec: dict) -> float | None:
+    for key in ("stage_wall_time_s", "notebook_wall_time_s", "wall_time_s"):
+        if isinstance(rec.get(key), (int, float)):
+            return float(rec[key])
+    return None
+
+
+def stage_times(results: Path) -> pd.DataFrame:
+    """One row per metrics file under ``results/metrics`` (a stage, or one run of the ``defense`` / ``ablations``
+    stages) with the wall time it recorded (the stage's, the notebook's, or the training run's)."""
+    rows = []
+    folder = results / "metrics"
+    for path in sorted(folder.rglob("*.json")) if folder.is_dir() else []:
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if rec.get("skipped"):
+            rows.append({"stage": str(path.relative_to(folder).with_suffix("")), "seconds": 0.0, "note": "skipped: " + rec.get("reason", "")})
+            continue
+        sec = _stage_seconds(rec)
+        if sec is not None:
+            rows.append({"stage": str(path.relative_to(folder).with_suffix("")), "seconds": round(sec, 1), "note": ""})
+    return pd.DataFrame(rows, columns=["stage", "seconds", "note"])
+
+
+def _time_section(results: Path, profile: str) -> list[str]:
+    t = stage_times(results)
+    if t.empty:
+        return ["## Pipeline time", "", "(no stage has recorded its time yet)", ""]
+    total = t["seconds"].sum() / 60
+    budget = BUDGET_MIN.get(profile)
+    verdict = "" if budget is None else (f" Budget of the `{profile}` profile: {budget} min: **{'within' if total <= budget else 'over'}**.")
+    lines = ["## Pipeline time", "",
+             f"Wall time each stage recorded in `results/metrics` (the process's own clock: interpreter start-up and DVC's "
+             f"bookkeeping, a few seconds a stage, are not counted). Total **{total:.1f} min**.{verdict}", "",
+             "| stage | seconds | note |", "|---|---|---|"]
+    lines += [f"| {r.stage} | {r.seconds:.0f} | {r.note} |" for r in t.itertuples()]
+    return lines + [""]
+
+
 def build_report(results: Path | None = None, params: dict | None = None) -> str:
     results = results or paths.results_dir()
     lines = ["# TriQDef reproduction report", "",
@@ -334,6 +380,7 @@ def build_report(results: Path | None = None, params: dict | None = None) -> str
         except (KeyError, IndexError) as exc:
             ours, verdict = f"(result incomplete: {exc})", "not measured"
         lines.append(f"| {c.where} | {c.claim} | {c.paper} | {ours} | `{profile}` | **{verdict}** | {c.note} |")
+    lines += [""] + _time_section(results, profile)
     return "\n".join(lines) + "\n"
 
 

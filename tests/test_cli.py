@@ -143,3 +143,9 @@ def test_defense_needs_its_start_checkpoint(tmp_path):
 def test_cross_arch_refuses_unknown_model(tmp_path):
     p = params_with(tmp_path, **{"cross_arch.common.model": "resnet7"})
     assert_one_line_error(run(["--params", p, "--profile", "smoke", "train", "cross-arch"], tmp_path), "model.name", "resnet7")
+
+
+def test_train_qat_refuses_a_non_boolean_every_layer_variant(tmp_path):
+    p = params_with(tmp_path, **{"train_qat.cpu.every_layer_variant": "maybe"})
+    assert_one_line_error(run(["--params", str(p), "--profile", "cpu", "train", "qat"], tmp_path),
+                          "train_qat.every_layer_variant", "expected true or false")

@@ -335,12 +335,11 @@ def stage_times(results: Path) -> pd.DataFrame:
             rec = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
+        stage = str(path.relative_to(folder).with_suffix(""))
         if rec.get("skipped"):
-            rows.append({"stage": str(path.relative_to(folder).with_suffix("")), "seconds": 0.0, "note": "skipped: " + rec.get("reason", "")})
-            continue
-        sec = _stage_seconds(rec)
-        if sec is not None:
-            rows.append({"stage": str(path.relative_to(folder).with_suffix("")), "seconds": round(sec, 1), "note": ""})
+            rows.append({"stage": stage, "seconds": 0.0, "note": "skipped: " + rec.get("reason", "")})
+        elif (sec := _stage_seconds(rec)) is not None:
+            rows.append({"stage": stage, "seconds": round(sec, 1), "note": ""})
     return pd.DataFrame(rows, columns=["stage", "seconds", "note"])
 
 

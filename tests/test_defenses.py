@@ -249,6 +249,19 @@ def test_asr_table_groups_unseen_sets_and_keeps_counts():
     assert row["lavan 4-bit"] == 21.0 and row["gap 32-bit"] == 12.0 and row["patches"] == 2 and row["n images"] == 100
 
 
+def test_asr_table_counts_patches_of_every_set_in_a_group():
+    """Patch indices restart in every set: the unseen group of two sets of two patches has four patches."""
+    import pandas as pd
+
+    from triqdef.robustness import asr_table
+
+    rows = [{"model": "A", "patch_set": s, "attack": "lavan", "view": "4-bit", "asr": 5.0, "n_asr": 10, "patch": i}
+            for s in ("unseen_bits4", "unseen_size8") for i in (0, 1)]
+    t = asr_table(pd.DataFrame(rows))
+    assert t["patches"].tolist() == [4]
+    assert asr_table(pd.DataFrame(rows), by="patch_set")["patches"].tolist() == [2, 2]
+
+
 def test_float_model_of_the_32_bit_path():
     from triqdef.deploy import to_float_model
 

@@ -48,3 +48,28 @@ def test_unknown_model_rejected():
     with pytest.raises(TriqdefError, match="unknown model 'resnet21'.*resnet20"):
         build_model("resnet21")
     assert "resnet20" in MODEL_NAMES and "inception_v3" in MODEL_NAMES
+
+
+def test_models_are_channels_last_and_agree_with_the_contiguous_layout():
+    """build_model lays 4-D weights out channels-last (speed, README "Speed"); the outputs, the input gradient
+    and the layout after quantize_model / load_state_dict match a contiguous copy to float rounding."""
+    torch.manual_seed(0)
+    cl = quant.quantize_model(build_model("resnet20"), [32, 4]).eval()
+    conv_weights = [p for p in cl.parameters() if p.dim() == 4]
+    assert conv_weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in conv_weights)
+    x = torch.rand(4, 3, 32, 32)
+    quant.calibrate(cl, [x], 4)
+    plain = quant.quantize_model(build_model("resnet20"), [32, 4]).to(memory_format=torch.contiguous_format).eval()
+    plain.load_state_dict(cl.state_dict())  # the same observer ranges
+    assert all(p.is_contiguous() for p in plain.parameters())
+    for bits in (32, 4):
+        xs = [x.clone().requires_grad_(True) for _ in range(2)]
+        with quant.use_bitwidth(cl, bits), quant.use_bitwidth(plain, bits):
+            out_cl, out_plain = cl(xs[0]), plain(xs[1])
+            out_cl.sum().backward()
+            out_plain.sum().backward()
+        assert torch.allclose(out_cl, out_plain, atol=1e-4)
+        assert torch.allclose(xs[0].grad, xs[1].grad, atol=1e-4)
+    reloaded = build_model("resnet20")
+    reloaded.load_state_dict(build_model("resnet20").state_dict())
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in reloaded.parameters() if p.dim() == 4)

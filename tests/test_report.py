@@ -38,3 +38,16 @@ def test_pipeline_time_section_sums_the_recorded_stage_times(tmp_path):
     (tmp_path / "metrics" / "patches.json").write_text(json.dumps({"wall_time_s": 6.0}))
     assert "Total **90.1 min**" in build_report(tmp_path, {"base": {"profile": "cpu", "seed": 0}}) and "**over**" in build_report(
         tmp_path, {"base": {"profile": "cpu", "seed": 0}})
+
+
+def test_save_table_formats_columns_on_their_own(tmp_path):
+    """A per-column float format keeps a ratio's decimals (Table 17's 1.44×) while other columns show one."""
+    import pandas as pd
+
+    from triqdef.tables import save_table
+
+    df = pd.DataFrame({"method": ["QAT", "TriQDef"], "ms": [941.04, 1358.25], "time ×": [1.0, 1.443]})
+    paths = save_table(df, "t", {"profile": "cpu"}, directory=tmp_path, floatfmt={"time ×": ".2f"})
+    md = paths["md"].read_text()
+    assert "1.44" in md and "1358.2" in md and "1358.25" not in md
+    assert pd.read_csv(paths["csv"])["time ×"].tolist() == [1.0, 1.443]

@@ -33,6 +33,11 @@ def test_transfer_records_and_pivot():
     table = pivot_rates(recs)
     assert table.loc[0, "m"] == 50.0 and table.loc[0, "n m"] == 5 and table.loc[0, "patches"] == 2
 
+    # no image in the common subset (tiny models): the table keeps its rows and columns, empty
+    empty = pivot_rates(recs.assign(asr_common=float("nan"), n_common=0), "asr_common", column_order=["m", "other"])
+    assert list(empty.columns) == ["attack", "m", "other", "n m", "n other", "patches"]
+    assert empty["m"].isna().all() and empty["patches"].tolist() == [2]
+
 
 def test_alignment_maps_and_metrics():
     model = quant.quantize_model(build_model("resnet20"), [32, 4])

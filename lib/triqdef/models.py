@@ -179,14 +179,25 @@ IMAGENET_MODELS: dict[str, Callable[[int], nn.Module]] = {
 }
 MODEL_NAMES = tuple(CIFAR_MODELS) + tuple(IMAGENET_MODELS)
 
+# Every model's 4-D weights are kept channels-last (NHWC): oneDNN's convolutions then run NHWC end to end.
+# On the 2-core CPU (ResNet-20, batch 128) a float training step took 212 ms against 266 ms contiguous (1.25x),
+# a 5-bit-width joint QAT step 1.41-1.50 s against 1.76-2.01 s, inference 1.1x (README "Speed").
+# Values agree with the contiguous layout to float rounding; copies (deepcopy, load_state_dict) keep the layout.
+MEMORY_FORMAT = torch.channels_last
+
 
 def build_model(name: str, num_classes: int | None = None) -> nn.Module:
-    """Build a model by name (see ``MODEL_NAMES``); CIFAR models default to 10 classes, ImageNet to 1000."""
+    """Build a model by name (see ``MODEL_NAMES``); CIFAR models default to 10 classes, ImageNet to 1000.
+
+    The weights are laid out as :data:`MEMORY_FORMAT` (channels-last).
+    """
     if name in CIFAR_MODELS:
-        return CIFAR_MODELS[name](num_classes or 10)
-    if name in IMAGENET_MODELS:
-        return IMAGENET_MODELS[name](num_classes or 1000)
-    raise TriqdefError(f"unknown model {name!r}: expected one of {', '.join(MODEL_NAMES)}")
+        model = CIFAR_MODELS[name](num_classes or 10)
+    elif name in IMAGENET_MODELS:
+        model = IMAGENET_MODELS[name](num_classes or 1000)
+    else:
+        raise TriqdefError(f"unknown model {name!r}: expected one of {', '.join(MODEL_NAMES)}")
+    return model.to(memory_format=MEMORY_FORMAT)
 
 
 def input_size(name: str) -> int:

@@ -106,7 +106,8 @@ def asr_table(records: pd.DataFrame, by: str = "group", views: Sequence[str] | N
     table = mean[cols]
     table.columns = [f"{a} {v}" for a, v in cols]
     table["n images"] = rec.groupby(keys, sort=False)[n_col].mean().round(0)
-    table["patches"] = rec.groupby(keys, sort=False)["patch"].nunique()
+    # a patch is a (set, index) pair: the unseen group holds several sets whose indices repeat
+    table["patches"] = rec.drop_duplicates([*keys, "patch_set", "patch"]).groupby(keys, sort=False).size()
     return table.reset_index()
 
 

@@ -10,14 +10,20 @@ from . import paths
 from .meta import atomic_path, write_json, write_text
 
 
-def save_table(df: pd.DataFrame, name: str, meta: dict, directory: Path | None = None, caption: str = "", floatfmt: str = ".1f") -> dict[str, Path]:
-    """Write ``name.csv``, ``name.md`` (with caption and provenance line) and ``name.json`` (metadata) atomically."""
+def save_table(df: pd.DataFrame, name: str, meta: dict, directory: Path | None = None, caption: str = "",
+               floatfmt: str | dict[str, str] = ".1f") -> dict[str, Path]:
+    """Write ``name.csv``, ``name.md`` (with caption and provenance line) and ``name.json`` (metadata) atomically.
+
+    ``floatfmt``: the Markdown number format, one for every column or ``{column: format}`` (others ``.1f``).
+    """
     directory = Path(directory or paths.tables_dir())
     csv, md, js = directory / f"{name}.csv", directory / f"{name}.md", directory / f"{name}.json"
     with atomic_path(csv) as tmp:
         df.to_csv(tmp, index=False)
     prov = f"_profile `{meta.get('profile')}`, data `{meta.get('data', {}).get('source')}`, commit `{str(meta.get('commit'))[:12]}`_"
     shown = df.astype(object).where(df.notna(), None)  # blank cells, not "nan"
+    if isinstance(floatfmt, dict):
+        floatfmt = [floatfmt.get(c, ".1f") for c in df.columns]
     body = shown.to_markdown(index=False, floatfmt=floatfmt, missingval="")
     write_text(md, (f"{caption}\n\n" if caption else "") + body + "\n\n" + prov + "\n")
     write_json(js, dict(meta, table=name, caption=caption, columns=list(df.columns)))

@@ -39,7 +39,7 @@ from .config import require_fraction, require_positive_int
 from .data import to_float
 from .errors import TriqdefError
 from .meta import atomic_path, plain
-from .models import MODEL_NAMES, build_model
+from .models import MEMORY_FORMAT, MODEL_NAMES, build_model
 
 log = logging.getLogger("triqdef.train")
 
@@ -268,7 +268,7 @@ def fit(
     t0 = time.perf_counter() - elapsed
     for step in range(start, total):
         x, y = step_batch(images, labels, step, seed, cfg)
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(device, memory_format=MEMORY_FORMAT), y.to(device)
         torch.manual_seed(seed * 1_000_003 + step)  # dropout
         opt.zero_grad(set_to_none=True)
         record: dict[str, float] = {"step": step, "lr": opt.param_groups[0]["lr"]}

@@ -60,7 +60,10 @@ def pivot_rates(records: pd.DataFrame, value: str = "asr", index=("attack",), co
     table = records.pivot_table(index=idx, columns=columns, values=value, aggfunc="mean")
     counts = records.pivot_table(index=idx, columns=columns, values=n_col, aggfunc="mean").round(0)
     order = column_order or list(table.columns)
-    table = table[order]
-    counts = counts[order].add_prefix("n ")
-    npatch = records.groupby(idx)["patch"].nunique().rename("patches")
-    return table.join(counts).join(npatch).reset_index()
+    # reindex, not index: a view whose every rate is NaN (no image in the common subset) is dropped by
+    # pivot_table and comes back as an empty column
+    table = table.reindex(columns=order)
+    counts = counts.reindex(columns=order).add_prefix("n ")
+    patch_key = ["patch_set", "patch"] if "patch_set" in records else ["patch"]
+    npatch = records.drop_duplicates([*idx, *patch_key]).groupby(idx).size().rename("patches")
+    return table.join(counts).join(npatch, how="outer").reset_index()

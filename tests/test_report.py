@@ -51,3 +51,12 @@ def test_save_table_formats_columns_on_their_own(tmp_path):
     md = paths["md"].read_text()
     assert "1.44" in md and "1358.2" in md and "1358.25" not in md
     assert pd.read_csv(paths["csv"])["time ×"].tolist() == [1.0, 1.443]
+
+
+def test_a_claim_whose_run_the_profile_leaves_out_says_so(tmp_path):
+    (tmp_path / "tables").mkdir()
+    cols = {f"lavan {b}-bit": [5.0, 6.0] for b in (32, 5, 4, 2)}
+    pd.DataFrame(dict(model=["Full TriQDef"] * 2, group=["seen", "unseen"], **cols)).to_csv(
+        tmp_path / "tables" / "table7_ablation.csv", index=False)
+    row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| App. D (speed)"))
+    assert "not run in this profile" in row and "every_step_full_res" in row and "**not measured**" in row

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from . import quant
 from .config import require_positive_int
-from .models import build_model, input_size
+from .models import MEMORY_FORMAT, build_model, input_size
 
 
 def _step(model, opt, x, y, bits_list):
@@ -208,7 +208,7 @@ def train_step_benchmark(settings, model_name: str = "resnet20", bits=(32, 8, 4,
     x = torch.rand(batch_size, 3, side, side, generator=g)
     y = torch.randint(0, 10, (batch_size,), generator=g)
     pool = torch.rand(pool_size, 3, patch_size, patch_size, generator=g)
-    x, y = x.to(dev), y.to(dev)
+    x, y = x.to(dev, memory_format=MEMORY_FORMAT), y.to(dev)  # as the training loop feeds its batches
     step_fns = {"triqdef": TriQDefStep(settings, Schedule.constant(bit_set, 10**9), pool, [x], seed), "qat": None}
     step_fns.update(extra_steps or {})
     models = _bench_models(model_name, bit_set, x, seed, list(step_fns), dev)

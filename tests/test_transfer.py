@@ -52,3 +52,19 @@ def test_alignment_maps_and_metrics():
     assert raw_gradient_cosine(g32, g32).allclose(torch.ones(6))
     res = compare(maps["layer1.0.relu1"], maps["layer1.0.relu1"], ["edge_iou", "hog_cosine"], torch.Generator().manual_seed(0))
     assert res["edge_iou"]["value"] == 1.0 and res["hog_cosine"]["value"] > res["hog_cosine"]["chance"]
+
+
+def test_first_test_images_takes_a_prefix_and_refuses_a_bad_count():
+    import pytest
+    from types import SimpleNamespace
+
+    from triqdef.errors import TriqdefError
+    from triqdef.evaluate import first_test_images
+
+    splits = SimpleNamespace(test=SimpleNamespace(images=torch.zeros(5, 3, 2, 2), labels=torch.arange(5)))
+    assert first_test_images(splits, None, "p")[1].tolist() == [0, 1, 2, 3, 4]
+    assert first_test_images(splits, 3, "p")[1].tolist() == [0, 1, 2]
+    assert len(first_test_images(splits, 99, "p")[1]) == 5
+    for bad in (0, -2, 2.5, "all"):
+        with pytest.raises(TriqdefError, match="motivation.test_images"):
+            first_test_images(splits, bad, "motivation.test_images")

@@ -159,12 +159,12 @@ QAT model at each bit-width. `n` columns: images each rate is computed over
 """),
     ("code", """
 from triqdef.patchsets import load_patchset, select
+from triqdef.evaluate import first_test_images
 from triqdef.transfer import pivot_rates, transfer_records, view_predictions
 
 patches, patch_meta = load_patchset(paths.results_dir() / "patches" / "patches.pt")
-n_patch_eval = min(params["motivation"].get("test_images") or len(splits.test.labels), len(splits.test.labels))
-test_x, test_y = splits.test.images[:n_patch_eval], splits.test.labels[:n_patch_eval]  # the patch tables' images
-print(f"patch tables (1, 8, 9, 11) on {n_patch_eval} of {len(splits.test.labels)} test images")
+test_x, test_y = first_test_images(splits, params["motivation"].get("test_images"), "motivation.test_images")
+print(f"patch tables (1, 8, 9, 11) on {len(test_y)} of {len(splits.test.labels)} test images")
 views_t1 = {"32 (FP, white-box)": (fp_model, None)}
 views_t1.update({f"{b}": (qat_model, b) for b in qat_meta["bits"]})
 clean_t1 = view_predictions(views_t1, test_x)
@@ -393,7 +393,7 @@ import torch
 from triqdef import deploy, paths, pipeline, quant, robustness
 from triqdef.config import load_params, section
 from triqdef.defense_runs import checkpoint as defense_checkpoint
-from triqdef.evaluate import clean_accuracy_table
+from triqdef.evaluate import clean_accuracy_table, first_test_images
 from triqdef.meta import provenance, write_json
 from triqdef.patchsets import load_patchset, select
 from triqdef.plots import smooth, use_style
@@ -408,8 +408,8 @@ splits = pipeline.load_data(params)
 qs = pipeline.quant_settings(params)
 rob = section(params, "robustness")
 name = pipeline.model_name(params)
-n_eval = min(rob["test_images"], len(splits.test.labels))
-test_x, test_y = splits.test.images[:n_eval], splits.test.labels[:n_eval]
+test_x, test_y = first_test_images(splits, rob["test_images"], "robustness.test_images")
+n_eval = len(test_y)
 print(f"profile {profile}; data {splits.source['source']}; {n_eval} test images for the patch tables; bits {qs['bits']}")
 """),
     ("code", """
@@ -608,6 +608,7 @@ from triqdef.defense_runs import ablation_runs, checkpoint, variants
 from triqdef.meta import provenance, write_json
 from triqdef.patchsets import load_patchset, select
 from triqdef.tables import save_table
+from triqdef.evaluate import first_test_images
 from triqdef.train import accuracy, model_from_checkpoint
 
 logging.basicConfig(level=logging.WARNING)
@@ -616,8 +617,8 @@ params = load_params(params_file, profile)
 splits = pipeline.load_data(params)
 rob = section(params, "robustness")
 name = pipeline.model_name(params)
-n_eval = min(rob["test_images"], len(splits.test.labels))
-test_x, test_y = splits.test.images[:n_eval], splits.test.labels[:n_eval]
+test_x, test_y = first_test_images(splits, rob["test_images"], "robustness.test_images")
+n_eval = len(test_y)
 runs = ablation_runs(params)
 models, metas = {}, {}
 models["full"], metas["full"] = model_from_checkpoint(checkpoint("triqdef"), kind="defense", model_name=name)

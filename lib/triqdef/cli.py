@@ -56,12 +56,13 @@ def _cmd_train_qat(args, params) -> int:
     from .meta import write_json
     from .pipeline import run_train_qat
 
-    choice = args.all_layers
+    choice, why = args.all_layers, "--all-layers no was given"
     if choice is None:  # from params: train_qat.<profile>.every_layer_variant (also train the every-layer-at-b model)
         flag = section(params, "train_qat").get("every_layer_variant", True)
         if not isinstance(flag, bool):
             raise TriqdefError(f"parameter train_qat.every_layer_variant = {flag!r}: expected true or false")
         choice = "both" if flag else "no"
+        why = "train_qat.every_layer_variant is false in this profile (time budget)"
     variants = [False, True] if choice == "both" else [choice == "yes"]
     for all_layers in variants:
         m = run_train_qat(params, all_layers=all_layers, progress=not args.quiet)
@@ -69,8 +70,7 @@ def _cmd_train_qat(args, params) -> int:
     if choice == "no":  # the stage declares this file: say why it holds no model
         write_json(paths.metrics_dir() / "train_qat_all_layers.json",
                    {"skipped": True, "profile": params["base"]["profile"],
-                    "reason": "train_qat.every_layer_variant is false in this profile (time budget); "
-                              "run 'triqdef train qat --all-layers yes' for the every-layer-at-b model"})
+                    "reason": f"{why}; run 'triqdef train qat --all-layers yes' for the every-layer-at-b model"})
     return 0
 
 

@@ -5,9 +5,22 @@ from __future__ import annotations
 import time
 
 import pandas as pd
+import torch
 import torch.nn as nn
 
+from .config import require_positive_int
 from .train import accuracy
+
+
+def first_test_images(splits, n: int | None, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` test images and labels of ``splits`` (all of them when ``n`` is None or larger).
+
+    ``name`` is the parameter that set ``n`` (e.g. ``robustness.test_images``), named in the
+    one-line error a non-positive or non-integer value gets.
+    """
+    total = len(splits.test.labels)
+    k = total if n is None else min(require_positive_int(n, name), total)
+    return splits.test.images[:k], splits.test.labels[:k]
 
 
 def clean_accuracy_table(models: dict[str, tuple[nn.Module, list[int]]], images, labels, columns: list[int]) -> pd.DataFrame:

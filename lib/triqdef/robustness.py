@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from . import quant
 from .attacks import LAVAN, Patch
-from .transfer import transfer_records, view_predictions
+from .transfer import patch_counts, transfer_records, view_predictions
 
 UNSEEN_SETS = ("unseen_bits4", "unseen_bits2", "unseen_size8", "unseen_size10", "unseen_location")
 
@@ -106,8 +106,7 @@ def asr_table(records: pd.DataFrame, by: str = "group", views: Sequence[str] | N
     table = mean[cols]
     table.columns = [f"{a} {v}" for a, v in cols]
     table["n images"] = rec.groupby(keys, sort=False)[n_col].mean().round(0)
-    # a patch is a (set, index) pair: the unseen group holds several sets whose indices repeat
-    table["patches"] = rec.drop_duplicates([*keys, "patch_set", "patch"]).groupby(keys, sort=False).size()
+    table["patches"] = patch_counts(rec, keys)
     return table.reset_index()
 
 

@@ -51,6 +51,13 @@ def transfer_records(patches: list[Patch], views: dict[str, tuple[nn.Module, int
     return pd.DataFrame(rows)
 
 
+def patch_counts(records: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """Number of patches per group of ``keys``. A patch is a (``patch_set``, ``patch``) pair when the records carry
+    the set (indices restart in every set, so a group of several sets holds each index several times)."""
+    patch_key = ["patch_set", "patch"] if "patch_set" in records else ["patch"]
+    return records.drop_duplicates([*keys, *patch_key]).groupby(keys, sort=False).size()
+
+
 def pivot_rates(records: pd.DataFrame, value: str = "asr", index=("attack",), columns: str = "view",
                 column_order: list[str] | None = None) -> pd.DataFrame:
     """Mean of ``value`` over patches, one row per ``index``, one column per view, plus the mean
@@ -64,6 +71,5 @@ def pivot_rates(records: pd.DataFrame, value: str = "asr", index=("attack",), co
     # pivot_table and comes back as an empty column
     table = table.reindex(columns=order)
     counts = counts.reindex(columns=order).add_prefix("n ")
-    patch_key = ["patch_set", "patch"] if "patch_set" in records else ["patch"]
-    npatch = records.drop_duplicates([*idx, *patch_key]).groupby(idx).size().rename("patches")
+    npatch = patch_counts(records, idx).rename("patches")
     return table.join(counts).join(npatch, how="outer").reset_index()

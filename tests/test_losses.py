@@ -99,6 +99,10 @@ def test_identical_maps_give_the_maximum_and_bad_settings_fail():
     val = pairwise_penalty({8: [d], 4: [d]}, s)
     dice = P.soft_dice(d.edges, d.edges).mean()
     assert torch.allclose(val, 2 * (0.5 * dice + 1.0), atol=1e-5)
+    with pytest.raises(TriqdefError, match="same layers"):
+        pairwise_penalty({8: [d, d], 4: [d]}, s)
+    with pytest.raises(TriqdefError, match="same layers"):
+        one_sided_penalty([d, d], {4: [d]}, 2, s)
     with pytest.raises(TriqdefError, match="pair_reduction"):
         PenaltySettings(pair_reduction="max")
     with pytest.raises(TriqdefError, match="downsample"):

@@ -274,6 +274,11 @@ def test_edge_iou():
         lambda: P.sobel_edges(np.zeros((2, 8, 8))),  # not a tensor
         lambda: P.reduce_feature_map(torch.rand(2, 8, 8)),
         lambda: P.to_map(torch.rand(2, 3, 8, 8), kind="logits"),
+        lambda: P.to_map(torch.rand(2, 3, 8, 8).index_fill(1, torch.tensor([2]), float("nan"))),  # one NaN channel
+        lambda: P.to_map(torch.rand(2, 3, 8, 8).index_fill(1, torch.tensor([0]), float("inf")), kind="gradient"),
+        lambda: P.to_map(torch.rand(2, 8, 8)),  # wrong ndim
+        lambda: P.soft_edge_hog(torch.rand(2, 6, 8)),  # smaller than 8x8
+        lambda: P.soft_edge_hog(torch.rand(2, 8, 8), q=-0.1),
         lambda: P.soft_binarize(torch.rand(2, 8, 8), q=1.5),
         lambda: P.soft_binarize(torch.rand(2, 8, 8), k=0),
         lambda: P.soft_hog(torch.rand(2, 8, 8), temperature=-1.0),
@@ -287,6 +292,23 @@ def test_invalid_inputs_rejected(call):
         call()
     assert isinstance(info.value, TriqdefError)
     assert str(info.value)
+
+
+def test_penalty_fast_path_equals_the_checked_functions():
+    """soft_edge_hog / batched_soft_dice / descriptor_cosine (validated once, broadcast) give exactly the
+    values of the public per-stage functions that the hand-written references use."""
+    g = torch.Generator().manual_seed(11)
+    m = torch.rand(3, 16, 16, generator=g, dtype=torch.float64)
+    edges, hog = P.soft_edge_hog(m, k=50.0, q=0.8)
+    assert torch.equal(edges, P.soft_binarize(P.sobel_edges(m), 50.0, 0.8)) and torch.equal(hog, P.soft_hog(m))
+    others = torch.rand(4, 3, 16, 16, generator=g, dtype=torch.float64)
+    stacked = P.batched_soft_dice(edges, others)
+    assert stacked.shape == (4, 3)
+    for k in range(4):
+        torch.testing.assert_close(stacked[k], P.soft_dice(edges, others[k]), rtol=1e-14, atol=0)
+    other_hogs = torch.rand(4, 3, hog.shape[-1], generator=g, dtype=torch.float64)
+    torch.testing.assert_close(P.descriptor_cosine(hog, other_hogs)[2],
+                               torch.nn.functional.cosine_similarity(hog, other_hogs[2], dim=1), rtol=1e-12, atol=0)
 
 
 def test_half_precision_promoted():

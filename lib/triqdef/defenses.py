@@ -17,8 +17,10 @@ on (seed, step) only, so an interrupted run resumes exactly.
   BN so the sub-batch does not couple to the rest of the batch). Both are
   computed one bit-width at a time (:func:`triqdef.losses.one_sided_penalty`):
   a first pass without a graph over the patched part, which stops at the last
-  tap layer, gives the descriptors of every bit-width but the first (whose
-  second-pass descriptors serve instead) and updates their observers and
+  tap layer, gives the descriptors of every bit-width but the first one the
+  second pass takes (whose second-pass descriptors serve instead; a
+  fake-quantized one, so that the first pass runs the cheaper full-precision
+  forward in its place) and updates their observers and
   BN statistics up to there; the second pass, with the graph, keeps those
   frozen (and updates the later layers' itself), so it sees exactly the same
   quantizer scales and BN batch statistics, and the accumulated gradient is
@@ -63,9 +65,12 @@ def _eval_mode(model: nn.Module):
 
 
 @contextlib.contextmanager
-def tap_outputs(model: nn.Module, taps: Sequence[str]):
-    """Collect the outputs of the named modules during the block; the hooks are removed on exit."""
-    modules = dict(model.named_modules())
+def tap_outputs(model: nn.Module, taps: Sequence[str], modules: dict[str, nn.Module] | None = None):
+    """Collect the outputs of the named modules during the block; the hooks are removed on exit.
+
+    ``modules``: ``dict(model.named_modules())`` when the caller has it (walking the model costs ~1 ms).
+    """
+    modules = dict(model.named_modules()) if modules is None else modules
     missing = [t for t in taps if t not in modules]
     if missing:
         raise TriqdefError(f"tap layers {missing} not found in the model: expected module names such as "
@@ -84,24 +89,24 @@ class _StopForward(Exception):
 
 
 @contextlib.contextmanager
-def _stop_after(model: nn.Module, name: str):
+def _stop_after(module: nn.Module):
     def stop(module, inputs, output):
         raise _StopForward
 
-    handle = dict(model.named_modules())[name].register_forward_hook(stop)
+    handle = module.register_forward_hook(stop)
     try:
         yield
     finally:
         handle.remove()
 
 
-def _statistics_modules(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, (quant.ActivationQuantizer, nn.BatchNorm2d))]
+def _statistics_modules(modules) -> list[nn.Module]:
+    return [m for m in modules if isinstance(m, (quant.ActivationQuantizer, nn.BatchNorm2d))]
 
 
 @contextlib.contextmanager
-def _record_statistics_modules(model: nn.Module, ran: list):
-    """Append to ``ran`` every observer / BN module that runs inside the block (each once)."""
+def _record_statistics_modules(modules, ran: list):
+    """Append to ``ran`` every observer / BN module among ``modules`` that runs inside the block (each once)."""
     seen: set[int] = set()
 
     def note(module, inputs, output):
@@ -109,7 +114,7 @@ def _record_statistics_modules(model: nn.Module, ran: list):
             seen.add(id(module))
             ran.append(module)
 
-    handles = [m.register_forward_hook(note) for m in _statistics_modules(model)]
+    handles = [m.register_forward_hook(note) for m in _statistics_modules(modules)]
     try:
         yield ran
     finally:
@@ -283,24 +288,28 @@ class TriQDefStep:
         use_gpdp = s.lambda_gpdp > 0 and n_bits >= 2 and step % s.gpdp_every == 0
         rec: dict[str, float] = {"n_bits": n_bits}
 
+        # pass 2 takes a fake-quantized bit-width first, so that pass 1 runs the cheap full-precision forward
+        # instead of a fake-quantized one (ResNet-20, 32 patched images: ~20 against ~45 ms on 2 CPU cores)
+        order = sorted(active, key=lambda b: b == quant.FP_BITS)
+        modules = dict(model.named_modules()) if use_fdp else None
         detached_fdp, ran = {}, []
         t0 = time.perf_counter()
         if use_fdp:  # pass 1: the descriptors of the patched half, no graph, stopping at the last tap, for every
             # bit-width but the first one pass 2 runs (that one's pass-2 descriptors are the same; pass 2 gives them)
-            with torch.no_grad(), tap_outputs(model, s.taps) as feats, _record_statistics_modules(model, ran), \
-                    _stop_after(model, s.taps[-1]):
-                for b in active[1:]:
+            with torch.no_grad(), tap_outputs(model, s.taps, modules) as feats, \
+                    _record_statistics_modules(modules.values(), ran), _stop_after(modules[s.taps[-1]]):
+                for b in order[1:]:
                     with quant.use_bitwidth(model, b), contextlib.suppress(_StopForward):
                         model(x_adv)
                     detached_fdp[b] = self._fdp_descriptors(feats)
         t1 = time.perf_counter()
         clean_sum = adv_sum = 0.0
-        for b in active:  # pass 2: one bit-width's graph at a time
+        for b in order:  # pass 2: one bit-width's graph at a time
             with quant.use_bitwidth(model, b):
                 # the patched half first: up to the last tap it sees the statistics pass 1 left (frozen there), so
                 # its descriptors are exactly pass 1's; the later layers' statistics update here, once per step
                 freeze = _frozen_statistics_of(ran) if use_fdp else contextlib.nullcontext()
-                with freeze, tap_outputs(model, s.taps if use_fdp else []) as feats:
+                with freeze, tap_outputs(model, s.taps if use_fdp else [], modules) as feats:
                     logits_adv = model(x_adv)
                     own = self._fdp_descriptors(feats) if use_fdp else None
                 logits_clean = model(x_clean)  # its own forward (and BN batch statistics), as the patched half

@@ -85,14 +85,23 @@ def describe(x: torch.Tensor, kind: str, settings: PenaltySettings) -> Descripto
     f = settings.downsample
     if f > 1 and min(m.shape[-2:]) // f >= P.HOG_MIN_SIZE:
         m = P.minmax_normalize(F.avg_pool2d(m.unsqueeze(1), f).squeeze(1))
-    return Descriptor(P.soft_binarize(P.sobel_edges(m), settings.k, settings.q), P.soft_hog(m))
+    return Descriptor(*P.soft_edge_hog(m, settings.k, settings.q))
 
 
 def pair_similarity(a: Descriptor, b: Descriptor, settings: PenaltySettings) -> torch.Tensor:
-    """P(a, b) = α SoftDice(edges) + β cos(SoftHOG), averaged over the samples (a scalar)."""
-    dice = P.soft_dice(a.edges, b.edges)
+    """P(a, b) = α SoftDice(edges) + β cos(SoftHOG), averaged over the samples.
+
+    ``b`` may be a stack of K descriptors (edges ``(K, N, H, W)``, hog
+    ``(K, N, D)``): the result is then ``(K,)``, P of ``a`` with each.
+    """
+    dice = P.batched_soft_dice(a.edges, b.edges)
     cos = P.descriptor_cosine(a.hog, b.hog)
-    return settings.alpha * dice.mean() + settings.beta * cos.mean()
+    return settings.alpha * dice.mean(dim=-1) + settings.beta * cos.mean(dim=-1)
+
+
+def _stack(descs: Sequence[Descriptor]) -> Descriptor:
+    """K descriptors of one layer as one stacked descriptor (edges ``(K, N, H, W)``, hog ``(K, N, D)``)."""
+    return Descriptor(torch.stack([d.edges for d in descs]), torch.stack([d.hog for d in descs]))
 
 
 def _n_ordered_pairs(n_bits: int) -> int:
@@ -109,11 +118,16 @@ def pairwise_penalty(descs: Mapping[int, Sequence[Descriptor]], settings: Penalt
     if len(bits) < 2:
         first = next(iter(descs.values()))[0] if descs else None
         return first.hog.new_zeros(()) if first is not None else torch.zeros(())
+    n_layers = {len(d) for d in descs.values()}
+    if len(n_layers) != 1:
+        raise TriqdefError(f"descriptors of {sorted(n_layers)} layers: expected the same layers for every bit-width")
+    first, second = zip(*[(i, j) for i in range(len(bits)) for j in range(i + 1, len(bits))])
     total = 0.0
-    for i, bi in enumerate(bits):
-        for bj in bits[i + 1:]:
-            for a, b in zip(descs[bi], descs[bj], strict=True):
-                total = total + 2.0 * pair_similarity(a, b, settings)  # (i, j) and (j, i): P is symmetric
+    for layer in range(n_layers.pop()):  # every unordered pair of bit-widths in one stacked call per layer
+        stacked = _stack([descs[b][layer] for b in bits])
+        a = Descriptor(stacked.edges[list(first)], stacked.hog[list(first)])
+        b = Descriptor(stacked.edges[list(second)], stacked.hog[list(second)])
+        total = total + 2.0 * pair_similarity(a, b, settings).sum()  # (i, j) and (j, i): P is symmetric
     if settings.pair_reduction == "mean":
         total = total / _n_ordered_pairs(len(bits))
     return total
@@ -131,10 +145,13 @@ def one_sided_penalty(own: Sequence[Descriptor], others: Mapping[int, Sequence[D
     """
     if n_bits < 2 or not others:
         return own[0].hog.new_zeros(())
+    if any(len(d) != len(own) for d in others.values()):
+        raise TriqdefError(f"descriptors of {len(own)} layers against others' {[len(d) for d in others.values()]}: "
+                           "expected the same layers for every bit-width")
     total = 0.0
-    for desc in others.values():
-        for a, b in zip(own, desc, strict=True):
-            total = total + 2.0 * pair_similarity(a, b.detach(), settings)
+    for layer, a in enumerate(own):  # against every other bit-width in one stacked call per layer
+        theirs = _stack([d[layer] for d in others.values()]).detach()
+        total = total + 2.0 * pair_similarity(a, theirs, settings).sum()
     if settings.pair_reduction == "mean":
         total = total / _n_ordered_pairs(n_bits)
     return total

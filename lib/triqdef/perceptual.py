@@ -35,6 +35,9 @@ HOG: :func:`hog` (equal to ``skimage.feature.hog``), :func:`soft_hog`,
 Other: :func:`cosine_similarity_maps` (:class:`MapCosine`),
 :func:`perceptual_similarity` (:class:`PerceptualSimilarity`, the bracket of
 eq. 2 / eq. 3 for one pair), :func:`derangement`, :func:`chance_baseline`.
+The penalties' fast path (:mod:`triqdef.losses`): :func:`soft_edge_hog` (both
+descriptors of a map, validated once), :func:`batched_soft_dice` and
+:func:`descriptor_cosine` (no validation, broadcast over a stack of bit-widths).
 
 Invalid input (wrong ndim or shape, non-floating dtype, NaN/inf, a map smaller
 than 8x8 for HOG, a bad parameter) raises :class:`PerceptualInputError`, which
@@ -66,10 +69,13 @@ __all__ = [
     "sobel_edges",
     "soft_binarize",
     "soft_dice",
+    "batched_soft_dice",
     "soft_edge_dice",
     "edge_iou",
     "hog",
     "soft_hog",
+    "soft_edge_hog",
+    "descriptor_cosine",
     "hog_cosine",
     "cosine_similarity_maps",
     "perceptual_similarity",
@@ -105,8 +111,8 @@ class PerceptualInputError(TriqdefError, ValueError):
 # --------------------------------------------------------------------------- validation
 
 
-def _check(x, name: str, ndim: int, layout: str, min_hw: int = 1) -> torch.Tensor:
-    """Validate a tensor: type, ndim, floating dtype, spatial size, finite values.
+def _check(x, name: str, ndim: int, layout: str, min_hw: int = 1, finite: bool = True) -> torch.Tensor:
+    """Validate a tensor: type, ndim, floating dtype, spatial size, finite values (unless ``finite=False``).
 
     Half-precision inputs are promoted to float32 (quantile, atan2 and the
     small epsilons need it); float32/float64 are returned unchanged.
@@ -125,11 +131,16 @@ def _check(x, name: str, ndim: int, layout: str, min_hw: int = 1) -> torch.Tenso
             f"{name}: maps must be at least {min_hw}x{min_hw}, got {h}x{w} (shape {tuple(x.shape)})"
             + ("; HOG needs at least one 2x2 block of 4x4-pixel cells, never downsample below 8x8" if min_hw == HOG_MIN_SIZE else "")
         )
-    if x.numel() and not bool(torch.isfinite(x.detach()).all()):
-        raise PerceptualInputError(f"{name}: contains NaN or infinite values")
+    if finite:
+        _check_finite(x, name)
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
     return x
+
+
+def _check_finite(x: torch.Tensor, name: str) -> None:
+    if x.numel() and not bool(torch.isfinite(x.detach()).all()):
+        raise PerceptualInputError(f"{name}: contains NaN or infinite values")
 
 
 def _check_pair(a, b, min_hw: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,8 +211,10 @@ def minmax_normalize(m: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     Input gradients are tiny (and ``k = 100`` in :func:`soft_binarize`
     assumes a fixed range), hence the normalisation (DESIGN.md).
     """
-    m = _check(m, "m", 3, "(N, H, W)")
-    eps = float(eps)
+    return _minmax(_check(m, "m", 3, "(N, H, W)"), float(eps))
+
+
+def _minmax(m: torch.Tensor, eps: float) -> torch.Tensor:
     flat = m.flatten(1)
     lo = flat.amin(dim=1).view(-1, 1, 1)
     hi = flat.amax(dim=1).view(-1, 1, 1)
@@ -218,13 +231,12 @@ def to_map(x: torch.Tensor, kind: str = "feature", eps: float = 1e-12) -> torch.
     ``kind="gradient"``: :func:`reduce_input_gradient` (GPDP, eq. 3);
     then :func:`minmax_normalize`.
     """
-    if kind == "feature":
-        m = reduce_feature_map(x)
-    elif kind == "gradient":
-        m = reduce_input_gradient(x)
-    else:
+    if kind not in ("feature", "gradient"):
         raise PerceptualInputError(f"kind must be 'feature' or 'gradient', got {kind!r}")
-    return minmax_normalize(m, eps)
+    x = _check(x, "x", 4, "(N, C, H, W)", finite=False)
+    m = x.mean(dim=1) if kind == "feature" else x.abs().mean(dim=1)
+    _check_finite(m, "x")  # a NaN or inf in x reaches its channel mean: C times fewer elements to check
+    return _minmax(m, float(eps))
 
 
 # --------------------------------------------------------------------------- edges
@@ -249,10 +261,13 @@ def sobel_edges(m: torch.Tensor, eps: float = 1e-12, normalized: bool = True) ->
     magnitudes in ``[0, sqrt(2)/2]`` (the scale ``k = 100`` of
     :func:`soft_binarize` acts on).
     """
-    m = _check(m, "m", 3, "(N, H, W)")
+    return _sobel(_check(m, "m", 3, "(N, H, W)"), float(eps), normalized)
+
+
+def _sobel(m: torch.Tensor, eps: float, normalized: bool) -> torch.Tensor:
     x = F.pad(m.unsqueeze(1), (1, 1, 1, 1), mode="replicate")
     g = F.conv2d(x, _sobel_kernels(m.dtype, m.device, normalized))
-    return torch.sqrt(g[:, 0] ** 2 + g[:, 1] ** 2 + float(eps))
+    return torch.sqrt(g[:, 0] ** 2 + g[:, 1] ** 2 + eps)
 
 
 def _quantile(x: torch.Tensor, q: float) -> torch.Tensor:
@@ -270,9 +285,10 @@ def soft_binarize(e: torch.Tensor, k: float = 100.0, q: float = 0.85, detach_thr
     has a gradient almost everywhere). ``detach_threshold=True`` treats
     ``tau`` as a constant, like a batch statistic.
     """
-    e = _check(e, "e", 3, "(N, H, W)")
-    k = _check_positive(k, "k")
-    q = _check_q(q)
+    return _soft_binarize(_check(e, "e", 3, "(N, H, W)"), _check_positive(k, "k"), _check_q(q), detach_threshold)
+
+
+def _soft_binarize(e: torch.Tensor, k: float, q: float, detach_threshold: bool) -> torch.Tensor:
     tau = _quantile(e, q)
     if detach_threshold:
         tau = tau.detach()
@@ -287,8 +303,18 @@ def soft_dice(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tens
     0 for two empty masks.
     """
     a, b = _check_pair(a, b)
-    fa, fb = a.flatten(1), b.flatten(1)
-    return 2.0 * (fa * fb).sum(dim=1) / (fa.sum(dim=1) + fb.sum(dim=1) + float(eps))
+    return batched_soft_dice(a, b, eps)
+
+
+def batched_soft_dice(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """:func:`soft_dice` without validation, over the last two dims: ``(..., H, W)`` x2 (broadcast) -> ``(...)``.
+
+    The penalties' inner loop (:mod:`triqdef.losses`): one bit-width's masks
+    ``(N, H, W)`` against a stack of the others' ``(K, N, H, W)`` in one call.
+    Its inputs come from :func:`soft_edge_hog`, which validated the maps.
+    """
+    fa, fb = a.flatten(-2), b.flatten(-2)
+    return 2.0 * (fa * fb).sum(dim=-1) / (fa.sum(dim=-1) + fb.sum(dim=-1) + float(eps))
 
 
 def soft_edge_dice(
@@ -442,8 +468,10 @@ def soft_hog(
     descriptor above 0.97 on real images.
     """
     x = _check(x, "x", 3, "(N, H, W)", HOG_MIN_SIZE)
-    temperature = _check_positive(temperature, "temperature")
-    eps = _check_positive(eps, "eps")
+    return _soft_hog(x, _check_positive(temperature, "temperature"), _check_positive(eps, "eps"))
+
+
+def _soft_hog(x: torch.Tensor, temperature: float, eps: float) -> torch.Tensor:
     g_row, g_col = _hog_gradients(x)
     r2 = g_row**2 + g_col**2
     mag = torch.sqrt(r2 + eps) - math.sqrt(eps)
@@ -457,15 +485,36 @@ def soft_hog(
     return _blocks_l2hys(hist)
 
 
+def soft_edge_hog(
+    m: torch.Tensor,
+    k: float = 100.0,
+    q: float = 0.85,
+    temperature: float = DEFAULT_SOFT_HOG_TEMPERATURE,
+    sobel_eps: float = 1e-12,
+    hog_eps: float = 1e-12,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two descriptors of eq. 2 / eq. 3 of ``(N, H, W)`` maps: ``S(E(m))`` ``(N, H, W)`` and ``SoftHOG(m)`` ``(N, D)``.
+
+    Equal to ``soft_binarize(sobel_edges(m), k, q)`` and ``soft_hog(m)``, with
+    ``m`` and the parameters validated once instead of at every stage (the
+    checks, each a pass over the map and a host sync, were a quarter of FDP's
+    cost per training step).
+    """
+    m = _check(m, "m", 3, "(N, H, W)", HOG_MIN_SIZE)
+    edges = _soft_binarize(_sobel(m, float(sobel_eps), True), _check_positive(k, "k"), _check_q(q), False)
+    return edges, _soft_hog(m, _check_positive(temperature, "temperature"), _check_positive(hog_eps, "hog_eps"))
+
+
 def descriptor_cosine(u: torch.Tensor, v: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Row-wise cosine of descriptors ``(N, D)``: ``u.v / max(|u| |v|, eps)``, ``(N,)``; 0 (finite gradient) for a zero row."""
+    """Row-wise cosine of descriptors ``(..., D)`` (broadcast): ``u.v / max(|u| |v|, eps)``, ``(...)``; 0 (finite
+    gradient) for a zero row. No validation (the penalties' inner loop, like :func:`batched_soft_dice`)."""
     return _cosine_rows(u, v, eps)
 
 
 def _cosine_rows(u: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
-    """Row-wise cosine ``u.v / max(|u| |v|, eps)``; 0 (finite gradient) for a zero row."""
-    dot = (u * v).sum(dim=1)
-    nn2 = (u * u).sum(dim=1) * (v * v).sum(dim=1)
+    """Row-wise cosine ``u.v / max(|u| |v|, eps)`` over the last dim; 0 (finite gradient) for a zero row."""
+    dot = (u * v).sum(dim=-1)
+    nn2 = (u * u).sum(dim=-1) * (v * v).sum(dim=-1)
     return dot / torch.sqrt(torch.clamp(nn2, min=float(eps) ** 2))
 
 

@@ -113,6 +113,22 @@ def test_patches_and_bench_refuse_bad_input(tmp_path):
     assert_one_line_error(run(["--params", p, "--profile", "smoke", "patches", "make"], tmp_path, env), "'pgd'")
     assert_one_line_error(run(["bench", "throughput", "--batch-size", "0"], tmp_path), "batch_size")
     assert_one_line_error(run(["bench", "throughput", "--bits", "32", "7", "1"], tmp_path), "bit-width 1")
+    assert_one_line_error(run(["--profile", "smoke", "bench", "train-step", "--repeat", "0"], tmp_path), "--repeat")
+
+
+def test_repeated_train_step_runs_average_every_step():
+    from triqdef.cli import _repeated_train_step
+
+    def one(tq, qat, peak):
+        return {"triqdef_ms": tq, "qat_ms": qat, "triqdef_ms_median": tq, "qat_ms_median": qat, "time_ratio": round(tq / qat, 3),
+                "triqdef_peak_mb": peak, "qat_peak_mb": 100.0, "mem_ratio": peak / 100.0, "steps": 20,
+                "triqdef_phases_ms": {"ms_fdp_pass": tq / 10, "ms_main_pass": tq / 2, "ms_gpdp": 0.0}}
+
+    out = _repeated_train_step([one(900.0, 600.0, 102.0), one(1100.0, 700.0, 103.0), one(1000.0, 650.0, 102.0)])
+    assert out["triqdef_ms"] == 1000.0 and out["qat_ms"] == 650.0 and out["time_ratio"] == round(1000 / 650, 3)
+    assert out["time_ratio_min"] == 1.5 and out["time_ratio_max"] == round(1100 / 700, 3) and out["repeat"] == 3
+    assert out["triqdef_peak_mb"] == 103.0 and out["mem_ratio"] == 1.03 and len(out["runs"]) == 3
+    assert out["triqdef_phases_ms"]["ms_main_pass"] == 500.0 and "triqdef_ms_median" not in out
 
 
 def test_defense_commands_refuse_bad_input(tmp_path):

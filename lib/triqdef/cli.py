@@ -145,8 +145,8 @@ def _repeated_train_step(runs: list[dict]) -> dict:
 
 def _cmd_bench_train_step(args, params) -> int:
     from .bench import train_step_benchmark
-    from .defenses import triqdef_settings
     from .config import require_positive_int
+    from .defenses import triqdef_settings
     from .meta import provenance, write_json
 
     settings = triqdef_settings(params, args.model, gpdp_sub_batch=args.gpdp_sub_batch, gpdp_every=args.gpdp_every,

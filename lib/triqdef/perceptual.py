@@ -189,8 +189,7 @@ def reduce_feature_map(x: torch.Tensor) -> torch.Tensor:
     Paper Algorithm 1 (``Sobel(mean(f))``); the taps are post-ReLU, so the map
     is non-negative.
     """
-    x = _check(x, "x", 4, "(N, C, H, W)")
-    return x.mean(dim=1)
+    return _CHANNEL_MAPS["feature"](_check(x, "x", 4, "(N, C, H, W)"))
 
 
 def reduce_input_gradient(g: torch.Tensor) -> torch.Tensor:
@@ -198,8 +197,11 @@ def reduce_input_gradient(g: torch.Tensor) -> torch.Tensor:
 
     Used for GPDP (eq. 3). ``|g|`` has gradient ``sign(g)`` (0 at 0), which is finite.
     """
-    g = _check(g, "g", 4, "(N, C, H, W)")
-    return g.abs().mean(dim=1)
+    return _CHANNEL_MAPS["gradient"](_check(g, "g", 4, "(N, C, H, W)"))
+
+
+#: One map per sample from ``(N, C, H, W)``, unchecked: the bodies of the two functions above (and of :func:`to_map`).
+_CHANNEL_MAPS = {"feature": lambda x: x.mean(dim=1), "gradient": lambda g: g.abs().mean(dim=1)}
 
 
 def minmax_normalize(m: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -231,10 +233,9 @@ def to_map(x: torch.Tensor, kind: str = "feature", eps: float = 1e-12) -> torch.
     ``kind="gradient"``: :func:`reduce_input_gradient` (GPDP, eq. 3);
     then :func:`minmax_normalize`.
     """
-    if kind not in ("feature", "gradient"):
+    if kind not in _CHANNEL_MAPS:
         raise PerceptualInputError(f"kind must be 'feature' or 'gradient', got {kind!r}")
-    x = _check(x, "x", 4, "(N, C, H, W)", finite=False)
-    m = x.mean(dim=1) if kind == "feature" else x.abs().mean(dim=1)
+    m = _CHANNEL_MAPS[kind](_check(x, "x", 4, "(N, C, H, W)", finite=False))
     _check_finite(m, "x")  # a NaN or inf in x reaches its channel mean: C times fewer elements to check
     return _minmax(m, float(eps))
 

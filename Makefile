@@ -1,6 +1,6 @@
 # triqdef: the two commands a user needs.
 #   make repro   environment + data + `dvc repro` (cpu profile by default; see params.yaml)
-#   make test    unit tests + the smoke pipeline + nbval on every notebook (smoke profile)
+#   make test    unit tests + `dvc repro` of dvc.yaml (smoke profile) in a temporary copy + nbval on every notebook
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +11,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 help:
 	@echo "make repro  - create/reuse $(VENV), fetch CIFAR-10, run the DVC pipeline (profile: base.profile in params.yaml)"
-	@echo "make test   - unit tests, smoke pipeline in a temporary folder, nbval on notebooks/ (smoke profile)"
+	@echo "make test   - unit tests, dvc repro (smoke profile) in a temporary copy of the repository, nbval on notebooks/"
 
 env: $(VENV)/.installed
 

@@ -1,10 +1,16 @@
+import math
+
 import pytest
 import torch
 
 from triqdef import quant
-from triqdef.attacks import GAP, LAVAN, Patch, apply_patch, make_attack, outside_region_location, region_locations
+import torch.nn.functional as F
+
+from triqdef.attacks.patches import (GAP, LAVAN, Patch, apply_patch, make_attack, outside_region_location, paste,
+                                     region_locations)
+from triqdef.attacks.signed_gradient import cosine_decay, signed_gradient_steps
 from triqdef.errors import TriqdefError
-from triqdef.success import common_subset, fooling_rate, targeted_asr
+from triqdef.attacks.success import common_subset, fooling_rate, targeted_asr
 
 
 def make_patch(size=3, loc=(2, 5)):
@@ -37,6 +43,94 @@ def test_per_image_locations_and_bad_locations():
     assert out[0, :, :2, :2].min() == 1 and out[1, :, 6:, 6:].min() == 1 and out.sum() == 2 * 3 * 4
     with pytest.raises(TriqdefError, match="does not fit"):
         apply_patch(x, torch.ones(3, 2, 2), (7, 0))
+
+
+def canvas_paste(images, contents, locations, masks=None):
+    """The reference paste: ``x * (1 - M) + P * M`` on full-image canvases, one padded copy of the
+    content (and of its mask) per image, as the package pasted before :func:`paste`."""
+    n, (height, width) = images.shape[0], images.shape[-2:]
+    k = contents.shape[-1]
+    canv, msk = [], []
+    for i in range(n):
+        r, c = int(locations[i, 0]), int(locations[i, 1])
+        pad = (c, width - k - c, r, height - k - r)
+        content = contents if contents.ndim == 3 else contents[i]
+        mask = torch.ones_like(content[:1]) if masks is None else masks[i]
+        canv.append(F.pad(content, pad))
+        msk.append(F.pad(mask, pad))
+    canvas, mask = torch.stack(canv), torch.stack(msk)
+    return images * (1 - mask) + canvas * mask
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_paste_equals_the_canvas_and_mask_reference_values_and_gradients_bitwise(shared):
+    """Per-image contents (PBAT, TriQDef) and one shared content (LAVAN, GAP, evaluation): the same values and
+    the same gradients, to the bit, as the canvas reference; with 64 images a shared content's gradient is a sum
+    whose order matters."""
+    g = torch.Generator().manual_seed(3)
+    n = 64
+    x = torch.rand(n, 3, 32, 32, generator=g, requires_grad=True)
+    c = torch.rand(*(() if shared else (n,)), 3, 6, 6, generator=g, requires_grad=True)
+    loc = torch.randint(0, 27, (n, 2), generator=g)
+    loc[:3] = torch.tensor([[0, 0], [26, 26], [0, 26]])
+    w = torch.randn(n, 3, 32, 32, generator=g) * 1e3
+    ours, ref = paste(x, c, loc), canvas_paste(x, c, loc)
+    assert torch.equal(ours, ref)
+    gx, gc = torch.autograd.grad((ours * w).sum(), (x, c))
+    rx, rc = torch.autograd.grad((ref * w).sum(), (x, c))
+    assert torch.equal(gx, rx) and torch.equal(gc, rc) and gc.abs().sum() > 0
+    if shared:  # the check has teeth: torch's reduction of an expanded content sums in another order
+        (ge,) = torch.autograd.grad((paste(x, c.expand(n, -1, -1, -1), loc) * w).sum(), c)
+        assert not torch.equal(ge, rc) and torch.allclose(ge, rc)
+    own = c if shared else c[1]
+    assert torch.equal(ours[1, :, 26:, 26:], own) and torch.equal(ours[1, :, :26], x[1, :, :26])
+
+
+def test_paste_through_soft_masks_equals_the_reference_and_checks_its_input():
+    """GAP's transformed patches: a (2s)x(2s) canvas blended through its own soft mask per image."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(5, 3, 32, 32, generator=g, requires_grad=True)
+    c = torch.rand(5, 3, 12, 12, generator=g, requires_grad=True)
+    m = torch.rand(5, 1, 12, 12, generator=g, requires_grad=True)
+    loc = torch.tensor([[0, 0], [20, 20], [3, 17], [11, 5], [0, 20]])
+    w = torch.randn(5, 3, 32, 32, generator=g)
+    ours, ref = paste(x, c, loc, m), canvas_paste(x, c, loc, m)
+    assert torch.equal(ours, ref)
+    ours_g = torch.autograd.grad((ours * w).sum(), (x, c, m))
+    ref_g = torch.autograd.grad((ref * w).sum(), (x, c, m))
+    assert all(torch.equal(a, b) for a, b in zip(ours_g, ref_g))
+    with pytest.raises(TriqdefError, match="inside 32x32"):
+        paste(x, c, torch.tensor([[0, 0]] * 4 + [[21, 0]]), m)
+    with pytest.raises(TriqdefError, match="one per image"):
+        paste(x, c[:4], loc[:4])
+
+
+def test_signed_gradient_steps_are_the_plain_loop():
+    """Descent with a decaying step (LAVAN, GAP) and ascent with a fixed one (PGD, PBAT) against hand-written loops."""
+    g = torch.Generator().manual_seed(0)
+    target, start = torch.rand(3, 4, 4, generator=g), torch.rand(3, 4, 4, generator=g)
+    seen = []
+
+    def loss(v, k):
+        seen.append(k)
+        return ((v - target) ** 3).sum()
+
+    got = signed_gradient_steps(loss, start, 5, cosine_decay(0.05, 5), (0, 1), descend=True)
+    ref = start
+    for k in range(5):
+        v = ref.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(((v - target) ** 3).sum(), v)
+        ref = (ref - 0.05 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / 5))) * grad.sign()).clamp(0, 1)
+    assert torch.equal(got, ref) and seen == list(range(5)) and not got.requires_grad
+    got = signed_gradient_steps(lambda v, k: ((v - target) ** 3).sum(), start, 3, 0.1, (-0.2, 0.2))
+    ref = start
+    for _ in range(3):
+        v = ref.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(((v - target) ** 3).sum(), v)
+        ref = (ref + 0.1 * grad.sign()).clamp(-0.2, 0.2)
+    assert torch.equal(got, ref)
+    decay = cosine_decay(0.05, 10)
+    assert decay(0) == pytest.approx(0.05) and decay(10) == pytest.approx(0.005)
 
 
 def test_regions():

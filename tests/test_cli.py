@@ -62,9 +62,9 @@ def test_missing_and_invalid_params_file(tmp_path):
 @pytest.mark.parametrize("key,value,needle", [
     ("data.smoke.train_size", -5, "train_size"),
     ("data.smoke.test_size", 0, "test_size"),
-    ("model.common.name", "resnet21", "model.name = 'resnet21'"),
+    ("model.common.name", "resnet21", "model.smoke.name = 'resnet21'"),
     ("quant.common.bits", [32, 7, 1], "bit-width 1"),
-    ("train_fp.smoke.epochs", 0, "train_fp.epochs"),
+    ("train_fp.smoke.epochs", 0, "train_fp.smoke.epochs"),
 ])
 def test_bad_parameters(tmp_path, key, value, needle):
     p = params_with(tmp_path, **{key: value})
@@ -139,12 +139,12 @@ def test_defense_commands_refuse_bad_input(tmp_path):
     assert_one_line_error(run(["--params", p, "--profile", "smoke", "train", "ablations"], tmp_path), "ablations.run", "'typo'")
     p = params_with(tmp_path, **{"triqdef.common.rho": 2})
     assert_one_line_error(run(["--params", p, "--profile", "smoke", "bench", "train-step", "--steps", "1"], tmp_path),
-                          "triqdef.rho")
+                          "triqdef.smoke.rho")
     p = params_with(tmp_path, **{"triqdef.common.bact": [{"bits": [32, 8], "share": 0.5}]})
     assert_one_line_error(run(["--params", p, "--profile", "smoke", "train", "defense", "triqdef"], tmp_path), "shares sum")
     p = params_with(tmp_path, **{"defenses.smoke.init": "imagenet"})
     assert_one_line_error(run(["--params", p, "--profile", "smoke", "train", "defense", "pbat"], tmp_path),
-                          "defenses.init", "'imagenet'", "fp, qat")
+                          "defenses.smoke.init", "'imagenet'", "'fp', 'qat'")
 
 
 def test_defense_needs_its_start_checkpoint(tmp_path):
@@ -158,10 +158,10 @@ def test_defense_needs_its_start_checkpoint(tmp_path):
 
 def test_cross_arch_refuses_unknown_model(tmp_path):
     p = params_with(tmp_path, **{"cross_arch.common.model": "resnet7"})
-    assert_one_line_error(run(["--params", p, "--profile", "smoke", "train", "cross-arch"], tmp_path), "model.name", "resnet7")
+    assert_one_line_error(run(["--params", p, "--profile", "smoke", "train", "cross-arch"], tmp_path), "cross_arch.smoke.model", "resnet7")
 
 
 def test_train_qat_refuses_a_non_boolean_every_layer_variant(tmp_path):
     p = params_with(tmp_path, **{"train_qat.cpu.every_layer_variant": "maybe"})
     assert_one_line_error(run(["--params", str(p), "--profile", "cpu", "train", "qat"], tmp_path),
-                          "train_qat.every_layer_variant", "expected true or false")
+                          "train_qat.cpu.every_layer_variant", "expected true or false")

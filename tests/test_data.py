@@ -1,4 +1,4 @@
-"""Tests for triqdef.data: source fallback, archive formats, subsets, the committed sample.
+"""Tests for triqdef.data.cifar: source fallback, archive formats, subsets, the committed sample.
 
 Everything runs offline (TRIQDEF_OFFLINE=1) on tiny synthetic archives built in
 tmp_path; only the committed-sample tests decode real (13,000 small) JPEGs.
@@ -26,8 +26,11 @@ try:
 except ImportError:  # running from a checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
-from triqdef import data, paths
-from triqdef.data import CLASSES, Splits, fetch, load_splits, make_sample, to_float
+from triqdef import paths
+
+from triqdef.data import cifar as data
+from triqdef.config import DataParams, build
+from triqdef.data.cifar import CLASSES, Splits, fetch, load_splits, make_sample, to_float
 from triqdef.errors import TriqdefError
 
 # --------------------------------------------------------------------------- archive builders
@@ -135,8 +138,8 @@ def prepared(tmp_path, monkeypatch, dest) -> Path:
     return dest
 
 
-def _cfg(train=50, holdout=20, test=30, balanced=True) -> dict:
-    return {"train_size": train, "holdout_size": holdout, "test_size": test, "class_balanced": balanced}
+def _cfg(train=50, holdout=20, test=30, balanced=True) -> DataParams:
+    return DataParams(train_size=train, holdout_size=holdout, test_size=test, class_balanced=balanced)
 
 
 # --------------------------------------------------------------------------- source order
@@ -192,7 +195,7 @@ def test_missing_cifar10_archive_is_an_error(tmp_path, monkeypatch, dest, tiny_s
 
 
 def test_no_archive_falls_back_to_committed_sample(dest, tiny_sample, caplog):
-    with caplog.at_level(logging.INFO, logger="triqdef.data"):
+    with caplog.at_level(logging.INFO, logger="triqdef.data.cifar"):
         src = fetch(progress=False)
     assert src["source"] == "sample" and src["origin"] == tiny_sample.name
     assert src["sha256"] == _sha256(tiny_sample)
@@ -312,7 +315,7 @@ def test_official_download_failure_falls_through(tmp_path, monkeypatch, dest, ca
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", Unreachable)
     monkeypatch.setenv("CIFAR10_ARCHIVE", str(make_jpeg_archive(tmp_path / "a.tar.gz")))
     monkeypatch.delenv("TRIQDEF_OFFLINE")
-    with caplog.at_level(logging.INFO, logger="triqdef.data"):
+    with caplog.at_level(logging.INFO, logger="triqdef.data.cifar"):
         assert fetch(progress=False)["source"] == "jpeg-mirror"
     assert len(calls) == 1
     msgs = [r.getMessage() for r in caplog.records if "official download unavailable" in r.getMessage()]
@@ -383,7 +386,7 @@ def test_load_splits_unbalanced_and_zero_holdout(prepared):
 
 
 def test_load_splits_clamps_and_records(prepared, caplog):
-    with caplog.at_level(logging.WARNING, logger="triqdef.data"):
+    with caplog.at_level(logging.WARNING, logger="triqdef.data.cifar"):
         s = load_splits(_cfg(train=1000, holdout=30, test=70, balanced=True), seed=0)
     assert s.sizes["requested"] == {"train": 1000, "holdout": 30, "test": 70}
     assert s.sizes["actual"] == {"train": 170, "holdout": 30, "test": 50}
@@ -396,22 +399,22 @@ def test_load_splits_clamps_and_records(prepared, caplog):
 
 @pytest.mark.parametrize("key", ["train_size", "holdout_size", "test_size"])
 @pytest.mark.parametrize("value", [0, -1, "10", 2.5, True, None])
-def test_load_splits_rejects_bad_sizes(prepared, key, value):
+def test_data_params_reject_bad_sizes(key, value):
+    """A bad subset size is refused when the config is read, with its full key."""
     if key == "holdout_size" and value == 0:
         pytest.skip("holdout_size may be 0")
-    cfg = _cfg()
-    cfg[key] = value
-    with pytest.raises(TriqdefError, match=key):
-        load_splits(cfg, seed=0)
+    mapping = {"train_size": 50, "holdout_size": 20, "test_size": 30, "class_balanced": True, key: value}
+    with pytest.raises(TriqdefError, match=f"data.cpu.{key}"):
+        build(DataParams, mapping, "data.cpu")
 
 
-def test_load_splits_rejects_bad_flag_and_missing_key(prepared):
-    with pytest.raises(TriqdefError, match="class_balanced"):
-        load_splits(dict(_cfg(), class_balanced="yes"), seed=0)
-    cfg = _cfg()
-    del cfg["test_size"]
-    with pytest.raises(TriqdefError, match="test_size"):
-        load_splits(cfg, seed=0)
+def test_data_params_reject_bad_flag_and_missing_key():
+    good = {"train_size": 50, "holdout_size": 20, "test_size": 30, "class_balanced": True}
+    with pytest.raises(TriqdefError, match="data.cpu.class_balanced = 'yes': expected true or false"):
+        build(DataParams, dict(good, class_balanced="yes"), "data.cpu")
+    del good["test_size"]
+    with pytest.raises(TriqdefError, match="data.cpu.test_size is missing"):
+        build(DataParams, good, "data.cpu")
 
 
 def test_load_splits_without_prepared_copy(dest):

@@ -1,6 +1,7 @@
 """BACT schedules, the TriQDef / PBAT / DWQ steps, and the saved-tensor memory meter."""
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -8,12 +9,13 @@ import torch.nn.functional as F
 
 from triqdef import quant
 from triqdef.bact import Schedule, copy_batchnorm, enable_bits
-from triqdef.bench import SavedTensorMeter
-from triqdef.attacks import patch_canvas
-from triqdef.defenses import DWQStep, PBATStep, TriQDefSettings, TriQDefStep, paste_per_image, pgd_linf, tap_outputs
+from triqdef.eval.bench import SavedTensorMeter
+from triqdef.attacks.signed_gradient import pgd_linf
+from triqdef.defenses.steps import DWQStep, PBATStep, TriQDefSettings, TriQDefStep
 from triqdef.errors import TriqdefError
 from triqdef.losses import FeatureDisalignmentPenalty, PenaltySettings
 from triqdef.models import build_model
+from triqdef.taps import tap_outputs
 
 TAPS = ("layer1.0.relu1", "layer2.0.relu1", "layer3.0.relu1")
 
@@ -110,7 +112,7 @@ def test_triqdef_step_logs_every_term_and_bact_calibrates_new_bits():
 
 
 def test_bact_from_a_trained_multibit_checkpoint_leaves_bn_and_quantizers_alone(monkeypatch):
-    import triqdef.defenses as defenses_mod
+    import triqdef.defenses.steps as defenses_mod
 
     calls = []
     monkeypatch.setattr(defenses_mod, "enable_bits", lambda *a, **k: calls.append(a))
@@ -131,13 +133,15 @@ def test_bact_from_a_trained_multibit_checkpoint_leaves_bn_and_quantizers_alone(
 
 def test_triqdef_settings_validation():
     with pytest.raises(TriqdefError, match="rho"):
-        TriQDefSettings(rho=1.5)
+        TriQDefSettings(rho=1.5, taps=TAPS)
     with pytest.raises(TriqdefError, match="lambda_fdp"):
-        TriQDefSettings(lambda_fdp=-1)
+        TriQDefSettings(lambda_fdp=-1, taps=TAPS)
     with pytest.raises(TriqdefError, match="patch_source"):
-        TriQDefSettings(patch_source="nope")
+        TriQDefSettings(patch_source="nope", taps=TAPS)
+    with pytest.raises(TriqdefError, match="triqdef.taps is empty"):
+        TriQDefSettings()
     with pytest.raises(TriqdefError, match="pool"):
-        TriQDefStep(TriQDefSettings(), Schedule.constant((32, 8), 2), None, [], 0)
+        TriQDefStep(TriQDefSettings(taps=TAPS), Schedule.constant((32, 8), 2), None, [], 0)
 
 
 def test_pbat_and_dwq_steps_and_pgd_budget():
@@ -155,25 +159,6 @@ def test_pbat_and_dwq_steps_and_pgd_budget():
         assert F.cross_entropy(m(adv), y) > F.cross_entropy(m(x), y)
 
 
-def test_paste_per_image_equals_the_canvas_and_mask_reference_values_and_gradients():
-    g = torch.Generator().manual_seed(3)
-    x = torch.rand(5, 3, 32, 32, generator=g, requires_grad=True)
-    c = torch.rand(5, 3, 6, 6, generator=g, requires_grad=True)
-    loc = torch.tensor([[0, 0], [26, 26], [4, 20], [13, 7], [0, 26]])
-    w = torch.randn(5, 3, 32, 32, generator=g)
-    ours = paste_per_image(x, c, loc)
-    canv, masks = zip(*(patch_canvas(c[i], loc[i:i + 1], 32, 32) for i in range(5)))
-    canvas, mask = torch.cat(canv), torch.cat(masks)
-    ref = x * (1 - mask) + canvas * mask
-    assert torch.equal(ours, ref)
-    gx, gc = torch.autograd.grad((ours * w).sum(), (x, c))
-    rx, rc = torch.autograd.grad((ref * w).sum(), (x, c))
-    assert torch.allclose(gx, rx) and torch.allclose(gc, rc) and gc.abs().sum() > 0
-    assert torch.equal(ours[1, :, 26:, 26:], c[1]) and torch.equal(ours[1, :, :26], x[1, :, :26])
-    with pytest.raises(TriqdefError, match="inside 32x32"):
-        paste_per_image(x, c, torch.tensor([[0, 0]] * 4 + [[27, 0]]))
-
-
 def test_saved_tensor_meter_counts_and_releases():
     meter = SavedTensorMeter()
     w = torch.randn(256, 256, requires_grad=True)
@@ -187,7 +172,7 @@ def test_saved_tensor_meter_counts_and_releases():
 
 
 def test_random_bitwidth_per_image_picks_each_images_draw_and_whitebox_patch():
-    from triqdef.robustness import RandomBitWidth, defense_records, whitebox_patches
+    from triqdef.eval.robustness import RandomBitWidth, defense_records, whitebox_patches
 
     m, x = _qmodel((32, 8, 2))
     m, x = m.float().eval(), x.float()
@@ -200,14 +185,15 @@ def test_random_bitwidth_per_image_picks_each_images_draw_and_whitebox_patch():
         assert torch.allclose(out[draw == i], ref[draw == i])
     assert torch.equal(rb(x), out)  # the same draw on every call: clean and patched see the same bit-widths
     y = torch.arange(16) % 10
-    patches = whitebox_patches(m, [8, 2], x, y, 1, {"steps": 2, "batch_size": 8}, seed=0, source_model="resnet20")
+    cfg = SimpleNamespace(size=6, step_size=0.05, batch_size=8, border=4)  # the fields of config.PatchParams it reads
+    patches = whitebox_patches(m, [8, 2], x, y, 1, cfg, steps=2, seed=0, source_model="resnet20")
     assert patches[0].info["set"] == "whitebox" and patches[0].content.shape == (3, 6, 6)
     rec = defense_records({"m": m}, {"whitebox": patches}, [8, 2], x, y, random_precision=["m"], rp_bits=[8, 2])
     assert set(rec["view"]) == {"8-bit", "2-bit", "random"} and (rec["n_images"] == 16).all()
 
 
 def test_deployed_models_have_the_same_structure_and_outputs():
-    from triqdef.deploy import extract_bitwidth, latency_ratio, same_structure, structure
+    from triqdef.eval.deploy import extract_bitwidth, latency_ratio, same_structure, structure
 
     a, x = _qmodel((32, 8, 4))
     b, _ = _qmodel((32, 8, 4), seed=1)
@@ -224,7 +210,7 @@ def test_deployed_models_have_the_same_structure_and_outputs():
 
 
 def test_grad_cam_shapes_and_range():
-    from triqdef.gradcam import grad_cam
+    from triqdef.eval.gradcam import grad_cam
 
     m, x = _qmodel((32, 4))
     m, x = m.float(), x.float()
@@ -236,7 +222,7 @@ def test_grad_cam_shapes_and_range():
 def test_asr_table_groups_unseen_sets_and_keeps_counts():
     import pandas as pd
 
-    from triqdef.robustness import asr_table
+    from triqdef.eval.robustness import asr_table
 
     rows = []
     for model in ("A", "B"):
@@ -253,7 +239,7 @@ def test_asr_table_counts_patches_of_every_set_in_a_group():
     """Patch indices restart in every set: the unseen group of two sets of two patches has four patches."""
     import pandas as pd
 
-    from triqdef.robustness import asr_table
+    from triqdef.eval.robustness import asr_table
 
     rows = [{"model": "A", "patch_set": s, "attack": "lavan", "view": "4-bit", "asr": 5.0, "n_asr": 10, "patch": i}
             for s in ("unseen_bits4", "unseen_size8") for i in (0, 1)]
@@ -263,7 +249,7 @@ def test_asr_table_counts_patches_of_every_set_in_a_group():
 
 
 def test_float_model_of_the_32_bit_path():
-    from triqdef.deploy import to_float_model
+    from triqdef.eval.deploy import to_float_model
 
     m, x = _qmodel((32, 8))
     m, x = m.float().eval(), x.float()

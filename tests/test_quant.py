@@ -126,6 +126,47 @@ def test_use_bitwidth_restores_and_validates():
             pass
 
 
+def test_use_bitwidth_none_is_a_no_op_on_float_and_quantized_models():
+    fp = build_model("resnet20")
+    with quant.use_bitwidth(fp, None) as m:  # a float model has no bit-widths: nothing is looked up
+        assert m is fp
+    model = quant.quantize_model(build_model("resnet20"), [32, 8])
+    with quant.use_bitwidth(model, 8), quant.use_bitwidth(model, None):
+        assert model.triqdef_active_bits == 8
+    assert model.triqdef_active_bits == 32
+
+
+def test_frozen_statistics_of_a_model_or_of_some_modules(rng):
+    model = quant.quantize_model(build_model("resnet20"), [32, 4]).train()
+    quant.calibrate(model, [torch.rand(4, 3, 32, 32, generator=rng)], 4)
+    stats = quant.statistics_modules(model.modules())
+    assert stats and all(isinstance(m, (quant.ActivationQuantizer, torch.nn.BatchNorm2d)) for m in stats)
+    first, rest = stats[:3], stats[3:]
+    with quant.frozen_statistics(first):
+        assert all(not m.observer_enabled if isinstance(m, quant.ActivationQuantizer) else m.momentum == 0.0 for m in first)
+        assert all(m.observer_enabled if isinstance(m, quant.ActivationQuantizer) else m.momentum == 0.1 for m in rest)
+    with quant.frozen_statistics(model) as same:
+        assert same is model and all(getattr(m, "observer_enabled", False) is False and getattr(m, "momentum", 0.0) == 0.0
+                                     for m in stats)
+        before = _snapshot(model, 4)
+        with quant.use_bitwidth(model, 4):
+            model(torch.rand(4, 3, 32, 32, generator=rng) * 3)
+        assert all(torch.equal(a, b) for a, b in zip(before, _snapshot(model, 4)))
+    assert all(m.observer_enabled if isinstance(m, quant.ActivationQuantizer) else m.momentum == 0.1 for m in stats)
+
+
+def test_eval_and_training_mode_restore_the_mode_even_after_an_error():
+    model = build_model("resnet20").train()
+    with quant.eval_mode(model) as m:
+        assert m is model and not any(mod.training for mod in model.modules())
+    assert all(mod.training for mod in model.modules())
+    model.eval()
+    with pytest.raises(ValueError), quant.training_mode(model, True):
+        assert all(mod.training for mod in model.modules())
+        raise ValueError
+    assert not any(mod.training for mod in model.modules())
+
+
 def test_first_and_last_layer_precision():
     model = quant.quantize_model(build_model("resnet20"), [32, 2], first_last_bits=8)
     convs = [m for m in model.modules() if isinstance(m, quant.QuantConv2d)]

@@ -2,7 +2,10 @@
 
 import pandas as pd
 
-from triqdef.report import CLAIMS, build_report
+from triqdef.config import load_config
+from triqdef.reporting.report import CLAIMS, build_report
+
+CPU = load_config(profile="cpu")
 
 
 def test_missing_results_are_not_measured(tmp_path):
@@ -32,19 +35,18 @@ def test_pipeline_time_section_sums_the_recorded_stage_times(tmp_path):
     (tmp_path / "metrics" / "motivation.json").write_text(json.dumps({"notebook_wall_time_s": 60.0}))
     (tmp_path / "metrics" / "defenses" / "pbat.json").write_text(json.dumps({"stage_wall_time_s": 5220.0}))
     (tmp_path / "metrics" / "train_qat_all_layers.json").write_text(json.dumps({"skipped": True, "reason": "budget"}))
-    text = build_report(tmp_path, {"base": {"profile": "cpu", "seed": 0}})
+    text = build_report(tmp_path, CPU)
     assert "Total **90.0 min**" in text and "**within**" in text and "| defenses/pbat | 5220 |" in text
     assert "skipped: budget" in text
     (tmp_path / "metrics" / "patches.json").write_text(json.dumps({"wall_time_s": 6.0}))
-    assert "Total **90.1 min**" in build_report(tmp_path, {"base": {"profile": "cpu", "seed": 0}}) and "**over**" in build_report(
-        tmp_path, {"base": {"profile": "cpu", "seed": 0}})
+    assert "Total **90.1 min**" in build_report(tmp_path, CPU) and "**over**" in build_report(tmp_path, CPU)
 
 
 def test_save_table_formats_columns_on_their_own(tmp_path):
     """A per-column float format keeps a ratio's decimals (Table 17's 1.44×) while other columns show one."""
     import pandas as pd
 
-    from triqdef.tables import save_table
+    from triqdef.reporting.tables import save_table
 
     df = pd.DataFrame({"method": ["QAT", "TriQDef"], "ms": [941.04, 1358.25], "time ×": [1.0, 1.443]})
     paths = save_table(df, "t", {"profile": "cpu"}, directory=tmp_path, floatfmt={"time ×": ".2f"})

@@ -1,13 +1,14 @@
-import copy
 
 import pytest
 import torch
 
 from triqdef import quant
-from triqdef.augment import apply_crop_flip, random_crop_flip
+from triqdef.data.augment import apply_crop_flip, random_crop_flip
 from triqdef.errors import TriqdefError
 from triqdef.models import build_model
-from triqdef.train import TrainConfig, accuracy, fit, model_from_checkpoint, read_checkpoint, save_checkpoint
+from triqdef.eval.accuracy import accuracy
+from triqdef.config import TrainParams, build
+from triqdef.training.loop import fit, model_from_checkpoint, read_checkpoint, save_checkpoint
 
 
 def toy_data(n=256, seed=0):
@@ -37,7 +38,9 @@ def test_batched_crop_flip_equals_torchvision_per_image():
 
 
 def _cfg(**kw):
-    return TrainConfig(**{**dict(epochs=2, batch_size=32, lr=0.05, schedule="onecycle", checkpoint_every=100), **kw})
+    base = dict(epochs=2, batch_size=32, lr=0.05, schedule="onecycle", checkpoint_every=100, momentum=0.9, weight_decay=1e-4,
+                nesterov=False, milestones=(0.5, 0.75), pct_start=0.25, label_smoothing=0.0, augment=True)
+    return TrainParams(**{**base, **kw})
 
 
 def test_short_training_lowers_the_loss(tmp_path):
@@ -123,6 +126,8 @@ def test_checkpoint_roundtrip_and_bad_checkpoints(tmp_path):
     ("schedule", "cosine", "schedule"), ("lr", -0.1, "lr"), ("checkpoint_every", 0, "checkpoint_every"),
 ])
 def test_bad_train_params_rejected(field, value, msg):
-    section = {"epochs": 1, "batch_size": 128, "lr": 0.1, "schedule": "step", field: value}
-    with pytest.raises(TriqdefError, match=msg):
-        TrainConfig.from_params(section, "train_fp")
+    section = {"epochs": 1, "batch_size": 128, "lr": 0.1, "schedule": "step", "checkpoint_every": 10, "momentum": 0.9,
+               "weight_decay": 1e-4, "nesterov": False, "milestones": [0.5, 0.75], "pct_start": 0.25,
+               "label_smoothing": 0.0, "augment": True, field: value}
+    with pytest.raises(TriqdefError, match=f"train_fp.cpu.{msg}"):
+        build(TrainParams, section, "train_fp.cpu")

@@ -1,11 +1,11 @@
-import pandas as pd
 import torch
 
 from triqdef import quant
-from triqdef.alignment import compare, feature_maps, input_gradients, raw_gradient_cosine, taps_for
-from triqdef.attacks import Patch
+from triqdef.config import load_config
+from triqdef.eval.alignment import compare, feature_maps, input_gradients, raw_gradient_cosine
+from triqdef.attacks.patches import Patch
 from triqdef.models import build_model
-from triqdef.transfer import pivot_rates, transfer_records
+from triqdef.eval.transfer import pivot_rates, transfer_records
 
 
 class ConstantNet(torch.nn.Module):
@@ -43,7 +43,7 @@ def test_alignment_maps_and_metrics():
     model = quant.quantize_model(build_model("resnet20"), [32, 4])
     x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     quant.calibrate(model, [x], 4)
-    maps = feature_maps(model, x, 4, taps_for("resnet20"))
+    maps = feature_maps(model, x, 4, load_config(profile="smoke").triqdef.taps_of("resnet20"))
     assert [m.shape for m in maps.values()] == [(6, 32, 32), (6, 16, 16), (6, 8, 8)]
     assert all(float(m.min()) >= 0 and float(m.max()) <= 1 for m in maps.values())
     y = torch.randint(0, 10, (6,))
@@ -59,7 +59,7 @@ def test_first_test_images_takes_a_prefix_and_refuses_a_bad_count():
     from types import SimpleNamespace
 
     from triqdef.errors import TriqdefError
-    from triqdef.evaluate import first_test_images
+    from triqdef.eval.accuracy import first_test_images
 
     splits = SimpleNamespace(test=SimpleNamespace(images=torch.zeros(5, 3, 2, 2), labels=torch.arange(5)))
     assert first_test_images(splits, None, "p")[1].tolist() == [0, 1, 2, 3, 4]

@@ -1,27 +1,58 @@
 #!/usr/bin/env bash
 # The project's test command (`make test`, called by .ci/run):
-#   1. unit tests;
-#   2. the smoke-profile pipeline (the same CLI stages as dvc.yaml) in a temporary output folder;
-#   3. nbval on every source notebook, in the smoke profile, on those outputs.
+#   1. unit tests (tests/, among them the check that dvc.yaml lists every stage's code and params: tools/dvc_deps.py);
+#   2. `dvc repro` of the whole dvc.yaml in the smoke profile, in a temporary copy of the repository
+#      (the files git tracks or would track, without results/ and dvc.lock), data from `triqdef data fetch` offline;
+#   3. nbval on every source notebook, in the smoke profile, on that copy's outputs.
+# Options: --no-unit skips step 1. Environment: TRIQDEF_SMOKE_COPY=DIR makes the copy in DIR instead of a fresh
+# temporary folder; CIFAR10_ARCHIVE is passed on to `triqdef data fetch` (offline default: the committed sample).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo=$PWD
 export TQDM_DISABLE=1 MPLBACKEND=Agg
+# dvc runs the stages' `triqdef` / `papermill` commands: they must be the ones beside this interpreter
+PATH="$(python -c 'import os, sys; print(os.path.dirname(sys.executable))'):$PATH"
+export PATH
 start=$(date +%s)
 
-python -m pytest -q tests
+[[ ${1:-} == --no-unit ]] || python -m pytest -q tests
+t_unit=$(date +%s)
 
-export TRIQDEF_PROFILE=smoke
-export TRIQDEF_OUTPUT="${TRIQDEF_SMOKE_OUTPUT:-$(mktemp -d -t triqdef-smoke-XXXXXX)}"
-echo "== smoke pipeline in $TRIQDEF_OUTPUT"
-triqdef --quiet data fetch > /dev/null
-triqdef --quiet data prepare
-triqdef --quiet train fp
-triqdef --quiet train qat --all-layers both
-triqdef --quiet patches make
-triqdef --quiet train cross-arch
-triqdef --quiet train defense qat pbat dwq triqdef
-triqdef --quiet train ablations
+copy="${TRIQDEF_SMOKE_COPY:-$(mktemp -d -t triqdef-smoke-XXXXXX)}"
+mkdir -p "$copy"
+echo "== smoke pipeline: dvc repro in $copy"
+# the files git tracks or would track, less the outputs (results/, dvc.lock): the pipeline runs from scratch
+git -C "$repo" ls-files -z --cached --others --exclude-standard \
+  | while IFS= read -r -d '' f; do [[ -e $f && $f != results/* && $f != dvc.lock ]] && printf '%s\0' "$f"; done \
+  | tar --null -T - -cf - | tar -xf - -C "$copy"
+(
+  cd "$copy"
+  # the copy's own code and outputs: nothing of the real repository's results/ is read or written
+  unset TRIQDEF_OUTPUT TRIQDEF_PROFILE TRIQDEF_DATA_DIR
+  export PYTHONPATH="$copy/lib${PYTHONPATH:+:$PYTHONPATH}" TRIQDEF_OFFLINE=1
+  python - <<'EOF'
+import re
+from pathlib import Path
 
-echo "== nbval (smoke profile)"
-python -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks/
-echo "make test: done in $(( $(date +%s) - start )) s"
+import yaml
+
+p = Path("params.yaml")
+text, n = re.subn(r"(?m)^(base:\n(?:[ \t]+.*\n|\s*\n)*?[ \t]+profile:[ \t]*)\w+", r"\1smoke", p.read_text(), count=1)
+assert n == 1 and yaml.safe_load(text)["base"]["profile"] == "smoke", "params.yaml: base.profile not found"
+p.write_text(text)
+EOF
+  printf '[core]\n    no_scm = true\n' > .dvc/config.local   # the copy is no git repository
+  triqdef --quiet data fetch > /dev/null
+  dvc repro --no-commit --quiet
+)
+t_repro=$(date +%s)
+
+echo "== nbval (smoke profile) on $copy/results"
+(
+  cd "$copy"
+  export PYTHONPATH="$copy/lib${PYTHONPATH:+:$PYTHONPATH}" TRIQDEF_OFFLINE=1 TRIQDEF_PROFILE=smoke TRIQDEF_OUTPUT="$copy"
+  python -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks/
+)
+end=$(date +%s)
+[[ -n ${TRIQDEF_SMOKE_COPY:-} ]] || rm -rf "$copy"   # kept on failure (set -e stops before this line)
+echo "make test: done in $(( end - start )) s (unit tests $(( t_unit - start )) s, dvc repro $(( t_repro - t_unit )) s, nbval $(( end - t_repro )) s)"

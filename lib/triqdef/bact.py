@@ -1,4 +1,4 @@
-"""Bit-width-Aware Curriculum Training (BACT, paper section 3.4; DESIGN "Quantization").
+"""Bit-width-Aware Curriculum Training (BACT, paper section 3.4; docs/design.md#bact).
 
 A schedule is a list of stages ``[{"bits": [32, 8], "share": 0.3}, ...]``:
 the active bit-widths and the share of the training steps each stage lasts
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from . import quant
-from .errors import TriqdefError
+from triqdef import quant
+from triqdef.errors import TriqdefError
 
 log = logging.getLogger("triqdef.bact")
 

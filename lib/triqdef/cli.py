@@ -14,81 +14,78 @@ import logging
 import os
 import sys
 
-from .errors import TriqdefError
+from triqdef.errors import TriqdefError
 
 log = logging.getLogger("triqdef")
 
 
-def _cmd_data_fetch(args, params) -> int:
-    from . import data
+def _cmd_data_fetch(args, cfg) -> int:
+    from triqdef.data import cifar as data
 
     src = data.fetch(allow_download=not args.no_download, progress=not args.quiet)
     print(json.dumps(src, indent=2))
     return 0
 
 
-def _cmd_data_info(args, params) -> int:
-    from .pipeline import data_record, load_data
+def _cmd_data_info(args, cfg) -> int:
+    from triqdef.stages.common import data_record, load_data
 
-    print(json.dumps(data_record(load_data(params)), indent=2))
+    print(json.dumps(data_record(load_data(cfg)), indent=2))
     return 0
 
 
-def _cmd_data_prepare(args, params) -> int:
-    from .pipeline import run_prepare
+def _cmd_data_prepare(args, cfg) -> int:
+    from triqdef.stages import prepare
 
-    rec = run_prepare(params)
+    rec = prepare.run_prepare(cfg.only(prepare.PARAMS))
     print(json.dumps({k: rec[k] for k in ("source", "sizes")}))
     return 0
 
 
-def _cmd_train_fp(args, params) -> int:
-    from .pipeline import run_train_fp
+def _cmd_train_fp(args, cfg) -> int:
+    from triqdef.stages import train_fp
 
-    m = run_train_fp(params, progress=not args.quiet)
+    m = train_fp.run_train_fp(cfg.only(train_fp.PARAMS), progress=not args.quiet)
     print(json.dumps({k: m[k] for k in ("model", "test_accuracy", "n_test", "wall_time_s")}))
     return 0
 
 
-def _cmd_train_qat(args, params) -> int:
-    from . import paths
-    from .config import section
-    from .meta import write_json
-    from .pipeline import run_train_qat
+def _cmd_train_qat(args, cfg) -> int:
+    from triqdef.meta import write_metrics
+    from triqdef.stages import train_qat
 
+    cfg = cfg.only(train_qat.PARAMS)
     choice, why = args.all_layers, "--all-layers no was given"
     if choice is None:  # from params: train_qat.<profile>.every_layer_variant (also train the every-layer-at-b model)
-        flag = section(params, "train_qat").get("every_layer_variant", True)
-        if not isinstance(flag, bool):
-            raise TriqdefError(f"parameter train_qat.every_layer_variant = {flag!r}: expected true or false")
-        choice = "both" if flag else "no"
+        choice = "both" if cfg.train_qat.every_layer_variant else "no"
         why = "train_qat.every_layer_variant is false in this profile (time budget)"
     variants = [False, True] if choice == "both" else [choice == "yes"]
     for all_layers in variants:
-        m = run_train_qat(params, all_layers=all_layers, progress=not args.quiet)
+        m = train_qat.run_train_qat(cfg, all_layers=all_layers, progress=not args.quiet)
         print(json.dumps({k: m[k] for k in ("model", "first_last_bits", "test_accuracy", "n_test", "wall_time_s")}))
     if choice == "no":  # the stage declares this file: say why it holds no model
-        write_json(paths.metrics_dir() / "train_qat_all_layers.json",
-                   {"skipped": True, "profile": params["base"]["profile"],
-                    "reason": f"{why}; run 'triqdef train qat --all-layers yes' for the every-layer-at-b model"})
+        write_metrics("train_qat_all_layers", {"skipped": True},
+                      {"skipped": True, "profile": cfg.base.profile,
+                       "reason": f"{why}; run 'triqdef train qat --all-layers yes' for the every-layer-at-b model"})
     return 0
 
 
-def _cmd_patches_make(args, params) -> int:
-    from .patchsets import run_make_patches
+def _cmd_patches_make(args, cfg) -> int:
+    from triqdef.stages import patches
 
-    m = run_make_patches(params, progress=not args.quiet)
+    m = patches.run_make_patches(cfg.only(patches.PARAMS), progress=not args.quiet)
     print(json.dumps({k: m[k] for k in ("n_patches", "wall_time_s", "seconds_per_patch_mean")}))
     return 0
 
 
-def _cmd_evaluate(args, params) -> int:
-    from . import quant
-    from .pipeline import load_data
-    from .train import accuracy, model_from_checkpoint
+def _cmd_evaluate(args, cfg) -> int:
+    from triqdef import quant
+    from triqdef.stages.common import load_data
+    from triqdef.eval.accuracy import accuracy
+    from triqdef.training.loop import model_from_checkpoint
 
     model, meta = model_from_checkpoint(args.checkpoint)
-    splits = load_data(params)
+    splits = load_data(cfg)
     bits = args.bits or (meta.get("bits") or [None])
     out = {}
     for b in bits:
@@ -99,22 +96,22 @@ def _cmd_evaluate(args, params) -> int:
     return 0
 
 
-def _cmd_bench_throughput(args, params) -> int:
-    from .bench import train_throughput
-    from .meta import provenance, write_json
+def _cmd_bench_throughput(args, cfg) -> int:
+    from triqdef.eval.bench import train_throughput
+    from triqdef.meta import provenance, write_json
 
     res = train_throughput(args.model, args.bits, args.single_bits, args.batch_size, args.steps, args.warmup)
-    res["provenance"] = provenance(params)
+    res["provenance"] = provenance(cfg)
     if args.out:
         write_json(args.out, res)
     print(json.dumps(res))
     return 0
 
 
-def _cmd_train_cross_arch(args, params) -> int:
-    from .crossarch import run_cross_arch
+def _cmd_train_cross_arch(args, cfg) -> int:
+    from triqdef.stages import cross_arch
 
-    m = run_cross_arch(params, progress=not args.quiet)
+    m = cross_arch.run_cross_arch(cfg.only(cross_arch.PARAMS), progress=not args.quiet)
     print(json.dumps({"model": m["model"], "fp_test_accuracy": m["fp"]["test_accuracy"],
                       "qat_test_accuracy": m["qat"]["test_accuracy"], "n_patches": m["n_patches"],
                       "stage_wall_time_s": m["stage_wall_time_s"]}))
@@ -143,47 +140,48 @@ def _repeated_train_step(runs: list[dict]) -> dict:
     return out
 
 
-def _cmd_bench_train_step(args, params) -> int:
-    from .bench import train_step_benchmark
-    from .config import require_positive_int
-    from .defenses import triqdef_settings
-    from .meta import provenance, write_json
+def _cmd_bench_train_step(args, cfg) -> int:
+    from triqdef.eval.bench import train_step_benchmark
+    from triqdef.config import require_positive_int
+    from triqdef.defenses.steps import triqdef_settings
+    from triqdef.meta import provenance, write_json
 
-    settings = triqdef_settings(params, args.model, gpdp_sub_batch=args.gpdp_sub_batch, gpdp_every=args.gpdp_every,
+    settings = triqdef_settings(cfg.triqdef, args.model, gpdp_sub_batch=args.gpdp_sub_batch, gpdp_every=args.gpdp_every,
                                 downsample=args.downsample,
                                 gpdp_joint=None if args.gpdp_joint is None else args.gpdp_joint == "yes")
     require_positive_int(args.repeat, "--repeat")
     runs = [train_step_benchmark(settings, args.model, args.bits, args.batch_size, args.steps, args.warmup,
-                                 device=params["base"].get("device", "auto")) for _ in range(args.repeat)]
+                                 device=cfg.base.device) for _ in range(args.repeat)]
     res = runs[0] if len(runs) == 1 else _repeated_train_step(runs)
-    res["provenance"] = provenance(params)
+    res["provenance"] = provenance(cfg)
     if args.out:
         write_json(args.out, res)
     print(json.dumps({k: v for k, v in res.items() if k != "provenance"}))
     return 0
 
 
-def _cmd_train_ablations(args, params) -> int:
-    from .defense_runs import run_ablations
+def _cmd_train_ablations(args, cfg) -> int:
+    from triqdef.stages import ablations
 
-    for m in run_ablations(params, progress=not args.quiet):
+    for m in ablations.run_ablations(cfg.only(ablations.PARAMS), progress=not args.quiet):
         print(json.dumps({k: m[k] for k in ("run", "test_accuracy", "n_test", "wall_time_s", "ms_per_step")}))
     return 0
 
 
-def _cmd_train_defense(args, params) -> int:
-    from .defense_runs import run_defense
+def _cmd_train_defense(args, cfg) -> int:
+    from triqdef.stages import defense
 
+    cfg = cfg.only(defense.PARAMS + (("ablations",) if args.variant else ()))  # a variant: Tables 7 / 13's overrides
     for method in args.methods:
-        m = run_defense(params, method, args.variant, progress=not args.quiet)
+        m = defense.run_defense(cfg, method, args.variant, progress=not args.quiet)
         print(json.dumps({k: m[k] for k in ("run", "test_accuracy", "n_test", "wall_time_s", "ms_per_step")}))
     return 0
 
 
-def _cmd_report(args, params) -> int:
-    from .report import write_report
+def _cmd_report(args, cfg) -> int:
+    from triqdef.stages import report
 
-    print(write_report(params))
+    print(report.run_report(cfg.only(report.PARAMS)))
     return 0
 
 
@@ -271,10 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("TQDM_DISABLE"):
         args.quiet = True
     try:
-        from .config import load_params
+        from triqdef.config import load_config
 
-        params = load_params(args.params, args.profile)
-        return args.func(args, params)
+        return args.func(args, load_config(args.params, args.profile))
     except TriqdefError as exc:
         print(f"triqdef: error: {exc}", file=sys.stderr)
         return exc.exit_code

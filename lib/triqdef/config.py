@@ -1,26 +1,473 @@
-"""Parameters: ``params.yaml`` with a shared ``base`` section and one section per stage.
+"""Parameters: ``params.yaml`` read once into typed, validated, frozen objects.
 
-Every stage section holds one sub-mapping per profile (``smoke``, ``cpu``,
-``paper``); :func:`load_params` returns the sections resolved for the active
-profile, which is ``base.profile`` unless overridden (CLI ``--profile`` or the
-``TRIQDEF_PROFILE`` environment variable). ``dvc exp run -S train_fp.cpu.epochs=3``
-therefore changes one profile's value only.
+``params.yaml`` holds a ``base`` section (profile, seed, device) and one
+section per stage; every stage section has one sub-mapping per profile
+(``smoke``, ``cpu``, ``paper``) and optionally ``common`` keys shared by all
+profiles. :func:`load_config` resolves every section for the active profile
+(``base.profile`` unless the CLI's ``--profile`` or ``TRIQDEF_PROFILE``
+overrides it) into the dataclasses below, and checks every value there: a bad
+or missing value ends with one ``triqdef: error:`` line naming its key, e.g.
+``parameter train_fp.cpu.lr = -1: expected a number > 0``.
+
+Why dataclasses (and not pydantic or OmegaConf): they are the standard
+library, frozen instances are hashable and printable, and the checks we need
+(types, ranges, choices) fit in :func:`_convert` below; the error text is ours.
+
+Values live in one place, ``params.yaml`` (its ``common`` entries are the
+defaults every profile shares): the dataclasses below give types and checks,
+not values. A key missing from the resolved section is an error naming it;
+only ``epochs`` / ``steps`` (one of the two) and ``motivation.test_images``
+(None: every test image) may be left out.
+
+``dvc exp run -S train_fp.cpu.epochs=3`` changes one profile's value only.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import os
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union
 
 import yaml
 
-from .errors import TriqdefError
-from .paths import project_root
+from triqdef.errors import TriqdefError
+from triqdef.paths import project_root
 
 PROFILES = ("smoke", "cpu", "paper")
 
+
+def _check(**rules: Any) -> dict:
+    """Field metadata: ``gt``/``ge``/``le`` bounds, checked by :func:`_convert`."""
+    return {"rules": rules}
+
+
+# --------------------------------------------------------------------------- sections
+
+@dataclass(frozen=True, kw_only=True)
+class Base:
+    profile: Literal["smoke", "cpu", "paper"]
+    seed: int = field(metadata=_check(ge=0))
+    device: Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataParams:
+    """Subsets drawn from the prepared CIFAR-10 copy (:func:`triqdef.data.cifar.load_splits`)."""
+
+    train_size: int = field(metadata=_check(gt=0))
+    holdout_size: int = field(metadata=_check(ge=0))
+    test_size: int = field(metadata=_check(gt=0))
+    class_balanced: bool
+
+
+def _check_model_name(name: str, key: str) -> None:
+    from triqdef.models import MODEL_NAMES  # the one list of buildable models
+
+    if name not in MODEL_NAMES:
+        raise TriqdefError(f"parameter {key} = {name!r}: expected one of {', '.join(MODEL_NAMES)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelParams:
+    name: str
+
+    def __post_init__(self) -> None:
+        _check_model_name(self.name, "name")
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantParams:
+    """docs/design.md#quantization: one backbone, per-bit observers and BN (:func:`triqdef.quant.quantize_model`)."""
+
+    bits: tuple[int, ...]
+    first_last_bits: int | None          # first conv / last linear at max(b, 8); None: every layer at b
+    averaging_constant: float = field(metadata=_check(gt=0, le=1))
+    activation_range: Literal["mse", "max"]
+
+    def __post_init__(self) -> None:
+        from triqdef import quant  # the bit-width checks live with the quantizers
+
+        quant.check_bit_set(self.bits)
+        if self.first_last_bits is not None:
+            quant.check_bits(self.first_last_bits)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainParams:
+    """One training run (paper 4.1: SGD, momentum 0.9, weight decay 1e-4, batch 128).
+
+    ``steps`` overrides ``epochs`` when set; ``milestones`` are fractions of
+    the run (``schedule: step``), ``pct_start`` the warm-up share of ``onecycle``.
+    """
+
+    lr: float = field(metadata=_check(gt=0))
+    checkpoint_every: int = field(metadata=_check(gt=0))
+    epochs: float | None = field(default=None, metadata=_check(gt=0))
+    steps: int | None = field(default=None, metadata=_check(gt=0))
+    batch_size: int = field(metadata=_check(gt=0))
+    momentum: float = field(metadata=_check(ge=0, le=1))
+    weight_decay: float = field(metadata=_check(ge=0))
+    nesterov: bool
+    schedule: Literal["step", "onecycle"]
+    milestones: tuple[float, ...]
+    pct_start: float = field(metadata=_check(ge=0, le=1))
+    label_smoothing: float = field(metadata=_check(ge=0, le=1))
+    augment: bool
+
+    def __post_init__(self) -> None:
+        if self.steps is None and self.epochs is None:
+            raise TriqdefError("parameter epochs or steps is missing: expected a positive number of epochs or steps")
+
+    def total_steps(self, n_train: int) -> int:
+        """Optimiser steps of the run on ``n_train`` images (``steps``, or ``epochs`` x batches per epoch)."""
+        if n_train < self.batch_size:
+            raise TriqdefError(f"training set of {n_train} images is smaller than one batch ({self.batch_size})")
+        if self.steps is not None:
+            return self.steps
+        return max(1, int(round(self.epochs * (n_train // self.batch_size))))
+
+
+@dataclass(frozen=True, kw_only=True)
+class QATParams(TrainParams):
+    every_layer_variant: bool   # also train the every-layer-at-b model (Table 4's second standard-QAT row)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DefenseParams(TrainParams):
+    """Every defense's fine-tune (docs/design.md#one-shared-checkpoint-for-every-defense)."""
+
+    init: Literal["fp", "qat"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatchParams:
+    """docs/design.md#patch-sets: LAVAN and GAP, training pool / seen / unseen (bits, size, location)."""
+
+    steps: int = field(metadata=_check(gt=0))
+    pool_per_attack: int = field(metadata=_check(gt=0))
+    seen_per_attack: int = field(metadata=_check(gt=0))
+    unseen_per_kind: int = field(metadata=_check(gt=0))
+    attack_images: int = field(metadata=_check(gt=0))
+    attacks: tuple[Literal["lavan", "gap"], ...]
+    size: int = field(metadata=_check(gt=0))
+    unseen_bits: tuple[int, ...]
+    unseen_sizes: tuple[int, ...]
+    extra_sizes: tuple[int, ...]
+    border: int = field(metadata=_check(ge=0))
+    step_size: float = field(metadata=_check(gt=0))
+    batch_size: int = field(metadata=_check(gt=0))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrossArchParams:
+    """Table 8: the second architecture, its own training overrides and patches (stage ``cross_arch``)."""
+
+    model: str
+    bits: tuple[int, ...]
+    patches_per_attack: int = field(metadata=_check(gt=0))
+    min_accuracy: float = field(metadata=_check(ge=0, le=1))
+    train_fp: dict[str, Any]    # overrides of train_fp for this model
+    train_qat: dict[str, Any]   # overrides of train_qat
+
+    def __post_init__(self) -> None:
+        _check_model_name(self.model, "model")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BactStage:
+    bits: tuple[int, ...]
+    share: float = field(metadata=_check(gt=0, le=1))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriQDefParams:
+    """Paper 3.3 and 4.1 (eq. 2-4), docs/design.md#losses; ``bact``: the curriculum stages (docs/design.md#bact)."""
+
+    taps: dict[str, tuple[str, ...]]   # FDP tap layers per architecture: the one list every stage and notebook reads
+    bact: tuple[BactStage, ...]
+    lambda_adv: float = field(metadata=_check(ge=0))
+    lambda_fdp: float = field(metadata=_check(ge=0))
+    lambda_gpdp: float = field(metadata=_check(ge=0))
+    rho: float = field(metadata=_check(ge=0, le=1))
+    alpha: float = field(metadata=_check(ge=0))
+    beta: float = field(metadata=_check(ge=0))
+    k: float = field(metadata=_check(gt=0))
+    q: float = field(metadata=_check(ge=0, le=1))
+    pair_reduction: Literal["mean", "sum"]
+    gpdp_sub_batch: int = field(metadata=_check(gt=0))
+    gpdp_every: int = field(metadata=_check(gt=0))
+    gpdp_joint: bool
+    downsample: int = field(metadata=_check(gt=0))
+    patch_source: Literal["pool", "on_the_fly"]
+    otf_steps: int = field(metadata=_check(gt=0))
+    otf_step_size: float = field(metadata=_check(gt=0))
+
+    def taps_of(self, model_name: str) -> tuple[str, ...]:
+        """The FDP tap layers of ``model_name`` (post-ReLU conv1 of each stage's first block)."""
+        if model_name not in self.taps:
+            raise TriqdefError(f"parameter triqdef.taps has no entry for model {model_name!r}: "
+                               "expected module names of its FDP tap layers")
+        return self.taps[model_name]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PBATParams:
+    """docs/design.md#pbat: every bit-width each step, a share ``rho`` of the batch with per-image untargeted patches."""
+
+    rho: float = field(metadata=_check(ge=0, le=1))
+    attack_steps: int = field(metadata=_check(gt=0))
+    step_size: float = field(metadata=_check(gt=0))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DWQParams:
+    """Fu et al. 2021: one random bit-width per step, PGD-linf at that bit-width."""
+
+    eps: float = field(metadata=_check(gt=0))
+    alpha: float = field(metadata=_check(gt=0))
+    attack_steps: int = field(metadata=_check(gt=0))
+
+
+@dataclass(frozen=True, kw_only=True)
+class AblationParams:
+    """Tables 7 and 13: TriQDef variants (overrides of ``triqdef``) and the ones this profile trains."""
+
+    variants: dict[str, dict[str, Any]]
+    run: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for v in self.run:
+            if v not in self.variants:
+                raise TriqdefError(f"parameter ablations.run names {v!r}: expected one of {', '.join(self.variants)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RobustnessParams:
+    """Notebooks 02 / 03: evaluating the defended models (Tables 2, 5, 7, 13, 17, 18)."""
+
+    bits: tuple[int, ...]
+    test_images: int = field(metadata=_check(gt=0))
+    whitebox_patches: int = field(metadata=_check(gt=0))
+    whitebox_steps: int = field(metadata=_check(gt=0))
+    bench_steps: int = field(metadata=_check(gt=0))
+    latency_batch: int = field(metadata=_check(gt=0))
+    latency_repeats: int = field(metadata=_check(gt=0))
+
+
+@dataclass(frozen=True, kw_only=True)
+class MotivationParams:
+    """Notebook 01: ``n_align`` test images for Tables 3, 12 and Figure 2; ``test_images`` for the patch tables (None: all)."""
+
+    n_align: int = field(metadata=_check(gt=0))
+    test_images: int | None = field(default=None, metadata=_check(gt=0))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Every section of ``params.yaml``, resolved for one profile and validated."""
+
+    base: Base
+    data: DataParams
+    model: ModelParams
+    quant: QuantParams
+    train_fp: TrainParams
+    train_qat: QATParams
+    patches: PatchParams
+    cross_arch: CrossArchParams
+    defenses: DefenseParams
+    triqdef: TriQDefParams
+    pbat: PBATParams
+    dwq: DWQParams
+    ablations: AblationParams
+    robustness: RobustnessParams
+    motivation: MotivationParams
+
+    @property
+    def profile(self) -> str:
+        return self.base.profile
+
+    @property
+    def seed(self) -> int:
+        return self.base.seed
+
+    def only(self, sections: typing.Iterable[str]) -> "StageConfig":
+        """A view that refuses every section but ``sections`` (and ``base``): what a stage declares it reads."""
+        return StageConfig(self, frozenset(sections) | {"base"})
+
+    def replace(self, **sections: Any) -> "Config":
+        return dataclasses.replace(self, **sections)
+
+
+class StageConfig:
+    """:class:`Config` seen by one stage: reading a section it did not declare (``PARAMS``) is an error.
+
+    So a stage module's ``PARAMS`` tuple, which ``dvc.yaml``'s ``params:`` lists
+    are checked against (``tools/dvc_deps.py``), cannot silently fall short.
+    """
+
+    def __init__(self, config: Config, sections: frozenset[str]):
+        object.__setattr__(self, "_config", config)
+        object.__setattr__(self, "_sections", sections)
+
+    def __getattr__(self, name: str) -> Any:
+        config, sections = object.__getattribute__(self, "_config"), object.__getattribute__(self, "_sections")
+        if name in SECTIONS and name not in sections:
+            raise TriqdefError(f"params section {name!r} is read by a stage that does not declare it: "
+                               f"add it to the stage's PARAMS ({', '.join(sorted(sections))})")
+        return getattr(config, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a stage's config is read-only")
+
+    def replace(self, **sections: Any) -> "StageConfig":
+        config = object.__getattribute__(self, "_config")
+        return StageConfig(config.replace(**sections), object.__getattribute__(self, "_sections"))
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+# --------------------------------------------------------------------------- conversion and checks
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list ({_type_name(typing.get_args(tp)[0])} each)"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(tp))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            type(None): "null", Any: "any value"}.get(tp, str(tp))
+
+
+class _Bad(Exception):
+    pass
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# scalar type -> (accepts the YAML value?, conversion); YAML's true/false are not numbers here
+_SCALARS = {
+    type(None): (lambda v: v is None, lambda v: v),
+    bool: (lambda v: isinstance(v, bool), lambda v: v),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), lambda v: v),
+    float: (_is_number, float),
+    str: (lambda v: isinstance(v, str), lambda v: v),
+}
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as type ``tp`` (lists become tuples, mappings dataclasses), or :class:`_Bad`."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise _Bad
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _convert(value, arg, key)
+            except _Bad:
+                continue
+        raise _Bad
+    if tp in _SCALARS:
+        accepts, as_type = _SCALARS[tp]
+        if accepts(value):
+            return as_type(value)
+        raise _Bad
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _Bad
+        (item,) = typing.get_args(tp)[:1]
+        return tuple(_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _Bad
+        _, item = typing.get_args(tp)
+        return {str(k): _convert(v, item, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _Bad
+        return build(tp, value, key)
+    raise TypeError(f"config field type {tp!r} is not supported")
+
+
+def _check_rules(value: Any, rules: dict, key: str) -> None:
+    if value is None or not rules:
+        return
+    for rule, bound in rules.items():
+        ok = {"gt": value > bound, "ge": value >= bound, "le": value <= bound}[rule]
+        if not ok:
+            want = {"gt": f"> {bound}", "ge": f">= {bound}", "le": f"<= {bound}"}[rule]
+            raise TriqdefError(f"parameter {key} = {value!r}: expected a number {want}")
+
+
+def build(cls: type, mapping: dict, where: str) -> Any:
+    """An instance of dataclass ``cls`` from ``mapping``, every key checked; ``where`` prefixes the error's key."""
+    if not isinstance(mapping, dict):
+        raise TriqdefError(f"parameter {where} = {mapping!r}: expected a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = [k for k in mapping if k not in fields]
+    if unknown:
+        raise TriqdefError(f"parameter {where}.{unknown[0]} is unknown: expected one of {', '.join(fields)}")
+    values = {}
+    for name, f in fields.items():
+        key = f"{where}.{name}"
+        if name not in mapping:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise TriqdefError(f"parameter {key} is missing: expected {_type_name(hints[name])}")
+            continue
+        try:
+            values[name] = _convert(mapping[name], hints[name], key)
+        except _Bad:
+            raise TriqdefError(f"parameter {key} = {mapping[name]!r}: expected {_type_name(hints[name])}") from None
+        _check_rules(mapping[name], f.metadata.get("rules", {}), key)
+    try:
+        return cls(**values)
+    except TriqdefError as exc:  # a check in __post_init__: name the section
+        raise TriqdefError(str(exc).replace("parameter ", f"parameter {where}.", 1) if str(exc).startswith("parameter ")
+                           else f"{where}: {exc}") from None
+
+
+def override(obj: Any, changes: dict, where: str) -> Any:
+    """``obj`` (a section dataclass) with ``changes`` applied, checked as if they were in ``params.yaml``."""
+    current = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return build(type(obj), _as_plain({**current, **changes}), where)
+
+
+def _as_plain(obj: Any) -> Any:
+    """Dataclasses and tuples as the mappings and lists ``params.yaml`` would hold."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _as_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_as_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _as_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def as_dict(obj: Any) -> Any:
+    """A section (or the whole :class:`Config`) as plain mappings and lists, for provenance records."""
+    if isinstance(obj, StageConfig):
+        obj = object.__getattribute__(obj, "_config")
+    return _as_plain(obj)
+
+
+# --------------------------------------------------------------------------- loading
 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
@@ -42,39 +489,44 @@ def check_profile(profile: str) -> str:
     return profile
 
 
-def load_params(path: str | Path | None = None, profile: str | None = None) -> dict[str, Any]:
-    """Read ``params.yaml`` and resolve every section for one profile.
+def load_config(path: str | Path | None = None, profile: str | None = None,
+                sections: typing.Iterable[str] | None = None) -> Config | StageConfig:
+    """Read ``params.yaml`` once and resolve every section for one profile into a :class:`Config`.
 
-    Returns ``{"base": {...}, "<section>": {...resolved...}, "_raw": {...}}``
-    where ``base.profile`` is the profile actually used.
+    ``profile``: None takes ``TRIQDEF_PROFILE``, else ``base.profile``.
+    ``sections``: the sections a stage declares (its ``PARAMS``); the result
+    then refuses the others (:class:`StageConfig`).
     """
     path = Path(path) if path else project_root() / "params.yaml"
     raw = _read_yaml(path)
-    profile = profile or os.environ.get("TRIQDEF_PROFILE") or raw["base"].get("profile", "cpu")
-    check_profile(profile)
-    out: dict[str, Any] = {"base": dict(raw["base"], profile=profile), "_raw": copy.deepcopy(raw)}
-    for name, section in raw.items():
-        if name == "base":
-            continue
-        if isinstance(section, dict) and any(p in section for p in PROFILES):
-            if profile not in section:
-                raise TriqdefError(f"params section {name!r} has no {profile!r} entry: expected keys {', '.join(PROFILES)}")
-            resolved = dict(section.get("common", {}))
-            resolved.update(section[profile] or {})
-            out[name] = resolved
-        else:
-            out[name] = section
-    return out
+    profile = check_profile(profile or os.environ.get("TRIQDEF_PROFILE") or raw["base"].get("profile", "cpu"))
+    resolved: dict[str, Any] = {"base": dict(raw["base"], profile=profile)}
+    hints = typing.get_type_hints(Config)
+    for name in SECTIONS[1:]:
+        section = raw.get(name)
+        if not isinstance(section, dict):
+            raise TriqdefError(f"params file {path} has no section {name!r}: expected {name}: {{common, smoke, cpu, paper}}")
+        if profile not in section:
+            raise TriqdefError(f"params section {name!r} has no {profile!r} entry: expected keys {', '.join(PROFILES)}")
+        unknown = [k for k in section if k not in (*PROFILES, "common")]
+        if unknown:
+            raise TriqdefError(f"params section {name!r} has key {unknown[0]!r}: expected common, {', '.join(PROFILES)}")
+        resolved[name] = {**(section.get("common") or {}), **(section[profile] or {})}
+    unknown = [k for k in raw if k not in SECTIONS]
+    if unknown:
+        raise TriqdefError(f"params file {path} has an unknown section {unknown[0]!r}: expected {', '.join(SECTIONS)}")
+    built = {}
+    for name in SECTIONS:
+        where = name if name == "base" else f"{name}.{profile}"
+        built[name] = build(hints[name], resolved[name], where)
+    config = Config(**built)
+    return config.only(sections) if sections is not None else config
 
 
-def section(params: dict, name: str) -> dict:
-    if name not in params:
-        raise TriqdefError(f"params has no section {name!r}")
-    return params[name]
-
+# --------------------------------------------------------------------------- checks of plain arguments
 
 def require_positive_int(value: Any, name: str, allow_zero: bool = False) -> int:
-    """Validate a size/count parameter: an integer > 0 (or >= 0)."""
+    """Validate a size/count argument: an integer > 0 (or >= 0)."""
     ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
     if not ok:
         want = "an integer >= 0" if allow_zero else "a positive integer"

@@ -9,14 +9,14 @@ a tap layer's channel mean for FDP, the channel mean of |∇_x| for GPDP), ``S``
 the soft binarisation (k, q), averaged over the samples, and summed over the
 ordered pairs of active bit-widths b_i ≠ b_j (each unordered pair twice, as
 eq. 2 and 3 are written; ``pair_reduction="mean"`` divides by the number of
-ordered pairs) and, for FDP, over the tap layers. DESIGN.md: the soft
-binarisation is used in both penalties (eq. 3 and Algorithm 2 leave it out).
+ordered pairs) and, for FDP, over the tap layers. docs/design.md#soft-binarisation-in-both-penalties:
+the soft binarisation is used in both penalties (eq. 3 and Algorithm 2 leave it out).
 
 Two ways to get the gradient:
 
 * :func:`pairwise_penalty` on descriptors that all carry a graph (every
   bit-width's graph held at once; the reference, and the ``nn.Module`` forms);
-* :func:`one_sided_penalty`, the memory-bounded form (DESIGN "Losses"): all
+* :func:`one_sided_penalty`, the memory-bounded form (docs/design.md#one-bit-width-at-a-time): all
   bit-widths' descriptors are first computed without a graph; then, one
   bit-width i at a time, its descriptors are recomputed with a graph and
   paired with the others' detached ones. For a symmetric P the passes of i and
@@ -35,8 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import perceptual as P
-from .errors import TriqdefError
+from triqdef import perceptual as P
+from triqdef.errors import TriqdefError
 
 PAIR_REDUCTIONS = ("sum", "mean")
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from .paths import project_root
+from triqdef.errors import TriqdefError
+from triqdef.paths import project_root
 
 
 def git_commit() -> str:
@@ -42,12 +43,12 @@ def environment() -> dict[str, Any]:
     }
 
 
-def provenance(params: dict, extra: dict | None = None) -> dict[str, Any]:
-    """The metadata block written beside every table, figure and checkpoint."""
+def provenance(cfg: Any, extra: dict | None = None) -> dict[str, Any]:
+    """The metadata block written beside every table, figure and checkpoint (``cfg``: a :class:`triqdef.config.Config`)."""
     out = {
         "commit": git_commit(),
-        "profile": params["base"]["profile"],
-        "seed": params["base"].get("seed"),
+        "profile": cfg.base.profile,
+        "seed": cfg.base.seed,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "environment": environment(),
     }
@@ -86,3 +87,61 @@ def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def write_metrics(name: str, headline: dict[str, Any], details: dict[str, Any] | None = None) -> Path:
+    """Write a stage's metrics: ``results/metrics/<name>.json`` and ``results/metadata/<name>.json``.
+
+    The metrics file holds only the headline numbers a reader compares between
+    commits (``dvc metrics show`` / ``dvc metrics diff``): accuracy per
+    bit-width, the rates a table summarises, and ``stage_wall_time_s``. Every
+    other record (provenance, settings, data source and sizes, per-set
+    timings) goes in the metadata file beside it, which is not a DVC metric.
+    Returns the metrics file's path.
+    """
+    from triqdef import paths
+
+    results = paths.results_dir()
+    path = write_json(results / "metrics" / f"{name}.json", plain(headline))
+    if details is not None:
+        write_json(results / "metadata" / f"{name}.json", plain(details))
+    return path
+
+
+def write_curve(name: str, rows: list[dict[str, Any]]) -> Path:
+    """Write a per-step curve (a training run's logged history) to ``results/plots/<name>.csv``.
+
+    One row per step, one column per logged value (first-seen order; empty
+    where a step did not log that value), so ``dvc plots show`` draws it
+    (``plots:`` in ``dvc.yaml``: ``x: step``). Returns the file's path.
+    """
+    import csv
+    import io
+
+    from triqdef import paths
+
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(paths.results_dir() / "plots" / f"{name}.csv", buf.getvalue())
+
+
+def read_torch_file(path: str | Path, fmt: str, what: str, written_by: str) -> dict:
+    """Load a file written by ``torch.save`` (a dict whose ``"format"`` is ``fmt``) on the CPU, weights only.
+
+    A missing, corrupt or foreign file is a one-line error that names ``what`` the file should be (e.g.
+    ``"checkpoint"``) and ``written_by``, the command that writes it (e.g. ``"'triqdef train'"``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TriqdefError(f"{what} {path} not found: expected the output of {written_by}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise TriqdefError(f"{what} {path} is corrupt or unreadable ({reason}): expected a triqdef {what}") from None
+    if not isinstance(blob, dict) or blob.get("format") != fmt:
+        raise TriqdefError(f"{what} {path} is not a triqdef {what}: expected format {fmt}")
+    return blob

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import TriqdefError
+from triqdef.errors import TriqdefError
 
 
 def project_root(start: Path | None = None) -> Path:

@@ -12,7 +12,8 @@ binarisation at the per-sample ``q``-quantile ``tau`` of ``A`` (``k = 100``,
 ``q = 0.85``), ``SoftDice(A, B) = 2 sum(AB) / (sum A + sum B + eps)`` and
 ``SoftHOG`` a differentiable HOG (9 unsigned orientations, 4x4-pixel cells,
 2x2-cell blocks, L2-Hys). ``S`` is applied in both penalties: eq. 2 has it,
-eq. 3 and Algorithm 1 leave it out (DESIGN.md, "Perceptual metrics").
+eq. 3 and Algorithms 1 and 2 leave it out
+(docs/design.md#soft-binarisation-in-both-penalties).
 
 Shapes
 ------
@@ -47,13 +48,14 @@ is both a :class:`ValueError` and a :class:`triqdef.errors.TriqdefError`.
 from __future__ import annotations
 
 import math
+import inspect
 from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import TriqdefError
+from triqdef.errors import TriqdefError
 
 __all__ = [
     "PerceptualInputError",
@@ -211,7 +213,7 @@ def minmax_normalize(m: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     is treated as constant and mapped to zeros, with a zero (finite) gradient;
     the division uses a safe denominator, so no NaN reaches the backward pass.
     Input gradients are tiny (and ``k = 100`` in :func:`soft_binarize`
-    assumes a fixed range), hence the normalisation (DESIGN.md).
+    assumes a fixed range), hence the normalisation (docs/design.md#one-map-per-sample).
     """
     return _minmax(_check(m, "m", 3, "(N, H, W)"), float(eps))
 
@@ -567,7 +569,7 @@ def perceptual_similarity(
     ``alpha * SoftDice(S(E(a)), S(E(b))) + beta * cos(SoftHOG(a), SoftHOG(b))``.
 
     ``a``, ``b``: ``(N, H, W)`` maps from :func:`to_map`, at least 8x8;
-    returns ``(N,)``. ``S`` is applied in both penalties (DESIGN.md).
+    returns ``(N,)``. ``S`` is applied in both penalties (docs/design.md#soft-binarisation-in-both-penalties).
     """
     a, b = _check_pair(a, b, HOG_MIN_SIZE)
     dice = soft_edge_dice(a, b, k, q, sobel_eps, dice_eps, detach_threshold)
@@ -604,7 +606,7 @@ def chance_baseline(
     Every sample of ``a`` is paired with the map of a *different* sample of
     ``b`` (no sample with itself), so the value is what the metric gives for
     unrelated images. Every similarity table and heatmap reports it next to
-    the metric (DESIGN.md; e.g. two random 32x32 maps have a HOG cosine of
+    the metric (docs/design.md#chance-baseline; e.g. two random 32x32 maps have a HOG cosine of
     about 0.65-0.70). ``metric`` maps two ``(N, ...)`` tensors to ``(N,)``;
     ``a`` and ``b`` need the same batch size ``N >= 2``. Computed without a
     graph (``torch.no_grad``); returns the ``(N,)`` values (average them).
@@ -625,118 +627,35 @@ def chance_baseline(
 
 
 class _PairMetric(nn.Module):
-    def __init__(self, reduction: str = "mean") -> None:
+    """A pairwise metric function as a module: ``(N, H, W) x2 -> (N,)``, reduced by ``reduction``.
+
+    Keyword arguments are the function's own (same names, same defaults: they are
+    not repeated here); ``metric`` is the function.
+    """
+
+    metric: Callable[..., torch.Tensor]
+
+    def __init__(self, reduction: str = "mean", **kwargs) -> None:
         super().__init__()
+        inspect.signature(type(self).metric).bind(None, None, **kwargs)  # unknown keyword -> TypeError, as the function
         self.reduction = _check_reduction(reduction)
+        self.kwargs = kwargs
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return _reduce(type(self).metric(a, b, **self.kwargs), self.reduction)
 
     def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}"
+        return ", ".join([*(f"{k}={v}" for k, v in self.kwargs.items()), f"reduction={self.reduction!r}"])
 
 
-class SoftDice(_PairMetric):
-    """Module form of :func:`soft_dice` (eq. 2 / eq. 3): ``(N, H, W) x2 -> (N,)`` reduced by ``reduction``."""
-
-    def __init__(self, eps: float = 1e-6, reduction: str = "mean") -> None:
-        super().__init__(reduction)
-        self.eps = eps
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return _reduce(soft_dice(a, b, self.eps), self.reduction)
+def _module_form(name: str, metric: Callable[..., torch.Tensor], doc: str) -> type[_PairMetric]:
+    """A :class:`_PairMetric` subclass named ``name`` that computes ``metric``."""
+    return type(name, (_PairMetric,), {"metric": staticmethod(metric), "__doc__": doc, "__module__": __name__})
 
 
-class SoftEdgeDice(_PairMetric):
-    """Module form of :func:`soft_edge_dice`: ``SoftDice(S(E(a)), S(E(b)))`` (eq. 2)."""
-
-    def __init__(
-        self,
-        k: float = 100.0,
-        q: float = 0.85,
-        sobel_eps: float = 1e-12,
-        eps: float = 1e-6,
-        detach_threshold: bool = False,
-        reduction: str = "mean",
-    ) -> None:
-        super().__init__(reduction)
-        self.k, self.q, self.sobel_eps, self.eps, self.detach_threshold = k, q, sobel_eps, eps, detach_threshold
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        v = soft_edge_dice(a, b, self.k, self.q, self.sobel_eps, self.eps, self.detach_threshold)
-        return _reduce(v, self.reduction)
-
-
-class EdgeIoU(_PairMetric):
-    """Module form of :func:`edge_iou` (hard, not differentiable)."""
-
-    def __init__(self, q: float = 0.85, sobel_eps: float = 1e-12, reduction: str = "mean") -> None:
-        super().__init__(reduction)
-        self.q, self.sobel_eps = q, sobel_eps
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return _reduce(edge_iou(a, b, self.q, self.sobel_eps), self.reduction)
-
-
-class HOGCosine(_PairMetric):
-    """Module form of :func:`hog_cosine` (eq. 2 / eq. 3 second term when ``soft=True``)."""
-
-    def __init__(
-        self,
-        soft: bool = True,
-        temperature: float = DEFAULT_SOFT_HOG_TEMPERATURE,
-        eps: float = 1e-12,
-        reduction: str = "mean",
-    ) -> None:
-        super().__init__(reduction)
-        self.soft, self.temperature, self.eps = soft, temperature, eps
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return _reduce(hog_cosine(a, b, self.soft, self.temperature, self.eps), self.reduction)
-
-    def extra_repr(self) -> str:
-        return f"soft={self.soft}, temperature={self.temperature}, reduction={self.reduction!r}"
-
-
-class MapCosine(_PairMetric):
-    """Module form of :func:`cosine_similarity_maps`."""
-
-    def __init__(self, eps: float = 1e-12, reduction: str = "mean") -> None:
-        super().__init__(reduction)
-        self.eps = eps
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return _reduce(cosine_similarity_maps(a, b, self.eps), self.reduction)
-
-
-class PerceptualSimilarity(_PairMetric):
-    """Module form of :func:`perceptual_similarity`: ``alpha * SoftEdgeDice + beta * SoftHOG cosine`` (eq. 2 / eq. 3)."""
-
-    def __init__(
-        self,
-        alpha: float = 0.5,
-        beta: float = 1.0,
-        k: float = 100.0,
-        q: float = 0.85,
-        temperature: float = DEFAULT_SOFT_HOG_TEMPERATURE,
-        sobel_eps: float = 1e-12,
-        dice_eps: float = 1e-6,
-        hog_eps: float = 1e-12,
-        detach_threshold: bool = False,
-        reduction: str = "mean",
-    ) -> None:
-        super().__init__(reduction)
-        self.kwargs = dict(
-            alpha=alpha,
-            beta=beta,
-            k=k,
-            q=q,
-            temperature=temperature,
-            sobel_eps=sobel_eps,
-            dice_eps=dice_eps,
-            hog_eps=hog_eps,
-            detach_threshold=detach_threshold,
-        )
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return _reduce(perceptual_similarity(a, b, **self.kwargs), self.reduction)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.kwargs.items()) + f", reduction={self.reduction!r}"
+SoftDice = _module_form("SoftDice", soft_dice, "Module form of :func:`soft_dice` (eq. 2 / eq. 3).")
+SoftEdgeDice = _module_form("SoftEdgeDice", soft_edge_dice, "Module form of :func:`soft_edge_dice`: ``SoftDice(S(E(a)), S(E(b)))`` (eq. 2).")
+EdgeIoU = _module_form("EdgeIoU", edge_iou, "Module form of :func:`edge_iou` (hard, not differentiable).")
+HOGCosine = _module_form("HOGCosine", hog_cosine, "Module form of :func:`hog_cosine` (eq. 2 / eq. 3 second term when ``soft=True``).")
+MapCosine = _module_form("MapCosine", cosine_similarity_maps, "Module form of :func:`cosine_similarity_maps`.")
+PerceptualSimilarity = _module_form("PerceptualSimilarity", perceptual_similarity, "Module form of :func:`perceptual_similarity`: ``alpha * SoftEdgeDice + beta * SoftHOG cosine`` (eq. 2 / eq. 3).")

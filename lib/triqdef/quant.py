@@ -21,7 +21,8 @@ BN, as in DWQ / Any-Precision / AdaBits). ``Q_32`` is the identity.
   quantizes every weight tensor at ``b``, as the paper's "all weight tensors" says.
 
 Public API: :func:`quantize_weight`, :func:`quantize_model`, :func:`use_bitwidth`,
-:func:`calibrate`, :func:`post_training_quantize`, :func:`dynamic_quantization`.
+:func:`calibrate`, :func:`post_training_quantize`, :func:`dynamic_quantization`; for the statistics
+(observers, BN) a forward updates: :func:`frozen_statistics`, :func:`eval_mode`, :func:`training_mode`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.ao.quantization.observer import MovingAverageMinMaxObserver
 
-from .errors import TriqdefError
+from triqdef.errors import TriqdefError
 
 FP_BITS = 32
 MIN_BITS, MAX_INT_BITS = 2, 16
@@ -96,7 +97,7 @@ def mse_clip(x: torch.Tensor, qmin: int, qmax: int, max_samples: int = 8192) -> 
     ``[qmin, qmax]``. Estimated on a strided subsample of at most
     ``max_samples`` elements (cheap enough for every training step). This is
     the per-batch statistic the ``mse`` range estimator moving-averages
-    instead of the raw max (see DESIGN deviations in README).
+    instead of the raw max (docs/design.md#activation-range-estimator).
     """
     v = x.detach().reshape(-1).float()
     if v.numel() > max_samples:
@@ -175,18 +176,15 @@ class _Switchable:
     active_bits: int = FP_BITS
 
 
-class QuantConv2d(nn.Conv2d, _Switchable):
-    """``nn.Conv2d`` whose weight is fake-quantized per output channel at the active bit-width.
-
-    Same parameters (and state-dict keys) as the convolution it replaces.
-    ``min_bits`` raises the precision of this layer (first layer: 8).
-    """
+class _WeightQuantized(_Switchable):
+    """Mixin: a layer whose weight is fake-quantized at the active bit-width, raised to ``min_bits`` if set."""
 
     min_bits: int | None = None
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, min_bits: int | None = None) -> QuantConv2d:
-        new = copy.deepcopy(conv)
+    def from_float(cls, layer: nn.Module, min_bits: int | None = None):
+        """A copy of the float ``layer`` (same parameters and state-dict keys) as this class, at 32 bits."""
+        new = copy.deepcopy(layer)
         new.__class__ = cls
         new.min_bits = min_bits
         new.active_bits = FP_BITS
@@ -196,24 +194,20 @@ class QuantConv2d(nn.Conv2d, _Switchable):
         b = self.active_bits
         return b if b == FP_BITS or self.min_bits is None else max(b, self.min_bits)
 
+
+class QuantConv2d(nn.Conv2d, _WeightQuantized):
+    """``nn.Conv2d`` whose weight is fake-quantized per output channel at the active bit-width.
+
+    Same parameters (and state-dict keys) as the convolution it replaces.
+    ``min_bits`` raises the precision of this layer (first layer: 8).
+    """
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, quantize_weight(self.weight, self.effective_bits()), self.bias)
 
 
-class QuantLinear(nn.Linear, _Switchable):
+class QuantLinear(nn.Linear, _WeightQuantized):
     """``nn.Linear`` whose weight is fake-quantized per output row at the active bit-width."""
-
-    min_bits: int | None = None
-
-    @classmethod
-    def from_float(cls, linear: nn.Linear, min_bits: int | None = None) -> QuantLinear:
-        new = copy.deepcopy(linear)
-        new.__class__ = cls
-        new.min_bits = min_bits
-        new.active_bits = FP_BITS
-        return new
-
-    effective_bits = QuantConv2d.effective_bits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, quantize_weight(self.weight, self.effective_bits()), self.bias)
@@ -273,8 +267,15 @@ def set_bitwidth(model: nn.Module, bits: int) -> None:
 
 
 @contextlib.contextmanager
-def use_bitwidth(model: nn.Module, bits: int):
-    """Context manager: run ``model`` at ``bits`` inside the block, restore the previous bit-width after."""
+def use_bitwidth(model: nn.Module, bits: int | None):
+    """Context manager: run ``model`` at ``bits`` inside the block, restore the previous bit-width after.
+
+    ``bits=None`` is a no-op (the model runs as it is; it need not be switchable-precision), so that one
+    call serves a float model and a quantized one: ``with use_bitwidth(model, bits): ...``.
+    """
+    if bits is None:
+        yield model
+        return
     previous = getattr(model, "triqdef_active_bits", FP_BITS)
     set_bitwidth(model, bits)
     try:
@@ -345,26 +346,52 @@ def batchnorms(model: nn.Module, bits: int) -> list[nn.BatchNorm2d]:
 
 
 @contextlib.contextmanager
-def frozen_statistics(model: nn.Module):
-    """Inside the block, observers do not update and BN running statistics stay fixed.
-
-    BN still normalises with batch statistics in training mode (momentum 0).
-    """
-    qs = activation_quantizers(model)
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    saved_q = [q.observer_enabled for q in qs]
-    saved_bn = [bn.momentum for bn in bns]
-    for q in qs:
-        q.observer_enabled = False
-    for bn in bns:
-        bn.momentum = 0.0
+def training_mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
+    """Inside the block ``model`` (every submodule) is in training (``True``: observers and BN running statistics
+    update, BN normalises with batch statistics) or eval (``False``) mode; on exit, even by an exception,
+    ``model.train(was)`` puts it back in the mode its root module had before."""
+    was = model.training
+    model.train(training)
     try:
         yield model
     finally:
-        for q, s in zip(qs, saved_q):
-            q.observer_enabled = s
-        for bn, s in zip(bns, saved_bn):
-            bn.momentum = s
+        model.train(was)
+
+
+def eval_mode(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
+    """``training_mode(model, False)``: inside the block BN uses its running statistics and observers stay frozen."""
+    return training_mode(model, False)
+
+
+def statistics_modules(modules: Iterable[nn.Module]) -> list[nn.Module]:
+    """The modules among ``modules`` that keep running statistics: activation quantizers (observers) and BNs."""
+    return [m for m in modules if isinstance(m, (ActivationQuantizer, nn.BatchNorm2d))]
+
+
+@contextlib.contextmanager
+def frozen_statistics(model_or_modules: nn.Module | Iterable[nn.Module]):
+    """Inside the block, observers do not update and BN running statistics stay fixed.
+
+    Freezes every observer / BN of a model, or only those among an iterable of modules (for
+    instance the ones a forward pass ran up to some layer). BN still normalises with batch
+    statistics in training mode (momentum 0). Yields its argument.
+    """
+    modules = model_or_modules.modules() if isinstance(model_or_modules, nn.Module) else model_or_modules
+    saved = [(m, m.observer_enabled if isinstance(m, ActivationQuantizer) else m.momentum)
+             for m in statistics_modules(modules)]
+    for m, _ in saved:
+        if isinstance(m, ActivationQuantizer):
+            m.observer_enabled = False
+        else:
+            m.momentum = 0.0
+    try:
+        yield model_or_modules
+    finally:
+        for m, v in saved:
+            if isinstance(m, ActivationQuantizer):
+                m.observer_enabled = v
+            else:
+                m.momentum = v
 
 
 @torch.no_grad()
@@ -377,7 +404,6 @@ def calibrate(model: nn.Module, images: Iterable[torch.Tensor], bits: int, reset
     average over the batches (``momentum=None``); both are reset first unless
     ``reset=False``. Returns the number of images seen.
     """
-    was_training = model.training
     qs, bns = activation_quantizers(model, bits), batchnorms(model, bits)
     saved_momentum = [bn.momentum for bn in bns]
     saved_c = [q.observer.averaging_constant for q in qs]
@@ -388,10 +414,9 @@ def calibrate(model: nn.Module, images: Iterable[torch.Tensor], bits: int, reset
             bn.reset_running_stats()
     for bn in bns:
         bn.momentum = None
-    model.train()
     seen = 0
     try:
-        with use_bitwidth(model, bits):
+        with training_mode(model, True), use_bitwidth(model, bits):
             for k, x in enumerate(images):
                 for q in qs:
                     q.observer.averaging_constant = 1.0 / (k + 1)
@@ -402,7 +427,6 @@ def calibrate(model: nn.Module, images: Iterable[torch.Tensor], bits: int, reset
             bn.momentum = mom
         for q, c in zip(qs, saved_c):
             q.observer.averaging_constant = c
-        model.train(was_training)
     if seen == 0:
         raise TriqdefError("calibration got no images: expected a non-empty held-out split")
     return seen

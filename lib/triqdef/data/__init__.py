@@ -1,0 +1,1 @@
+"""CIFAR-10: where it comes from (:mod:`.cifar`) and how training batches are augmented (:mod:`.augment`)."""

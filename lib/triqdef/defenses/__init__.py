@@ -1,0 +1,1 @@
+"""The defenses' training steps: TriQDef (FDP, GPDP, BACT), PBAT and DWQ (:mod:`.steps`)."""

@@ -1,0 +1,124 @@
+"""Evaluating the defended models: patch sets at each bit-width, random-precision inference, white-box patches.
+
+* :class:`RandomBitWidth` wraps a switchable-precision model so that each
+  forward runs at a random bit-width: per image (DWQ's random-precision
+  inference, attack and inference bit-widths drawn independently; the draw
+  depends only on the image's position in its batch, so clean and patched
+  predictions use the same bit-width per image) or per call (the white-box
+  attack's expectation over bit-widths).
+* :func:`whitebox_patches`: LAVAN optimised on a defended model itself, with
+  expectation over locations and over the bit-widths of B (docs/design.md#white-box-patches:
+  so that gradient masking cannot pass for robustness).
+* :func:`defense_records`: one record per (model, patch, view) with ASR,
+  fooling rate and their image counts (:func:`triqdef.eval.transfer.transfer_records`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from triqdef import quant
+from triqdef.attacks.patches import LAVAN, Patch
+from triqdef.config import PatchParams
+from triqdef.eval.transfer import patch_counts, transfer_records, view_predictions
+
+UNSEEN_SETS = ("unseen_bits4", "unseen_bits2", "unseen_size8", "unseen_size10", "unseen_location")
+
+
+class RandomBitWidth(nn.Module):
+    """A switchable-precision model whose forward runs at a random bit-width of ``bits``.
+
+    ``per_image=True``: every image at its own random bit-width (the model runs
+    at each bit-width and each image's logits are taken from its draw; the draw
+    is a fixed function of the position in the batch). ``per_image=False``: one
+    bit-width per call, from a running generator (for attacks).
+    """
+
+    def __init__(self, model: nn.Module, bits: Sequence[int], seed: int = 0, per_image: bool = True):
+        super().__init__()
+        self.model, self.bits, self.seed, self.per_image = model, [quant.check_bits(b) for b in bits], seed, per_image
+        self._g = torch.Generator().manual_seed(seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.per_image:
+            b = self.bits[int(torch.randint(0, len(self.bits), (1,), generator=self._g))]
+            with quant.use_bitwidth(self.model, b):
+                return self.model(x)
+        draw = torch.randint(0, len(self.bits), (x.shape[0],), generator=torch.Generator().manual_seed(self.seed)).to(x.device)
+        out = None
+        for i, b in enumerate(self.bits):
+            with quant.use_bitwidth(self.model, b):
+                logits = self.model(x)
+            out = logits if out is None else torch.where((draw == i)[:, None], logits, out)
+        return out
+
+
+def whitebox_patches(model: nn.Module, bits: Sequence[int], images: torch.Tensor, labels: torch.Tensor, n: int,
+                     cfg: PatchParams, steps: int, seed: int, source_model: str) -> list[Patch]:
+    """``n`` LAVAN patches (targets spread over the classes) optimised on ``model`` over locations and ``bits``.
+
+    ``cfg``: the ``patches`` section (size, step size, batch, border); ``steps``: ``robustness.whitebox_steps``.
+    """
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images
+    out = []
+    for i in range(n):
+        wrapped = RandomBitWidth(model, bits, seed=seed * 7 + i, per_image=False)
+        attack = LAVAN(wrapped, bits=None, size=cfg.size, target=(3 * i + 2) % 10, steps=steps,
+                       step_size=cfg.step_size, batch_size=cfg.batch_size, border=cfg.border, seed=seed * 100_003 + 90_000 + i, source_model=source_model)
+        p = attack(x, labels)
+        p.info.update(set="whitebox", bit_set=list(bits))
+        out.append(p)
+    return out
+
+
+def defense_records(models: Mapping[str, nn.Module], patch_sets: Mapping[str, list[Patch]], bits: Sequence[int],
+                    images: torch.Tensor, labels: torch.Tensor, random_precision: Sequence[str] = (),
+                    rp_bits: Sequence[int] | None = None, seed: int = 0) -> pd.DataFrame:
+    """Records of every patch set on every model at each of ``bits`` (views ``"<b>-bit"``); models named in
+    ``random_precision`` get an extra view ``"random"`` (random-precision inference over ``rp_bits``)."""
+    frames = []
+    for name, model in models.items():
+        views = {f"{b}-bit": (model, b) for b in bits}
+        if name in random_precision:
+            views["random"] = (RandomBitWidth(model, rp_bits or quant.model_bits(model), seed), None)
+        clean = view_predictions(views, images)
+        for set_name, patches in patch_sets.items():
+            if patches:
+                frames.append(transfer_records(patches, views, images, labels, clean).assign(model=name, patch_set=set_name))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def set_group(set_name: str) -> str:
+    """``seen``, ``unseen`` (every unseen set together) or ``whitebox``."""
+    return "unseen" if set_name in UNSEEN_SETS else set_name
+
+
+def asr_table(records: pd.DataFrame, by: str = "group", views: Sequence[str] | None = None, value: str = "asr") -> pd.DataFrame:
+    """Paper-style Table 5: one row per (model, patch group or set), columns ``<attack> <view>``, each the mean
+    over the patches of the rate, with the mean number of images per rate and the number of patches."""
+    n_col = {"asr": "n_asr", "fooling": "n_fooling", "asr_common": "n_common"}[value]
+    rec = records.assign(group=records["patch_set"].map(set_group))
+    views = list(views or dict.fromkeys(rec["view"]))
+    keys = ["model", by]
+    mean = rec.pivot_table(index=keys, columns=["attack", "view"], values=value, aggfunc="mean", sort=False)
+    cols = [(a, v) for a in sorted(rec["attack"].unique()) for v in views if (a, v) in mean.columns]
+    table = mean[cols]
+    table.columns = [f"{a} {v}" for a, v in cols]
+    table["n images"] = rec.groupby(keys, sort=False)[n_col].mean().round(0)
+    table["patches"] = patch_counts(rec, keys)
+    return table.reset_index()
+
+
+def robust_accuracy(model: nn.Module, bits: int | None, patches: Sequence[Patch], images: torch.Tensor,
+                    labels: torch.Tensor) -> float:
+    """Accuracy (%) on every image with the patch pasted at its location, mean over the patches (Table 13's "Adv")."""
+    from triqdef.attacks.patches import patched_predictions
+
+    if not patches:
+        return float("nan")
+    accs = [(patched_predictions(model, images, p, bits) == labels).float().mean().item() for p in patches]
+    return 100 * sum(accs) / len(accs)

@@ -1,0 +1,91 @@
+"""Patch transfer: success of a set of patches on a set of views (model at a bit-width), as records.
+
+Records first, tables after (RobustBench style): :func:`transfer_records`
+returns one row per (patch, view) with the targeted ASR, the untargeted
+fooling rate and the common-subset ASR, each with its number of images;
+:func:`pivot_rates` turns them into a paper-style table (mean over the
+patches of a pool, docs/design.md#success-rate).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from triqdef.attacks.patches import Patch, patched_predictions
+from triqdef.attacks.success import common_subset, fooling_rate, targeted_asr
+from triqdef.eval.accuracy import predict
+
+
+def view_predictions(views: dict[str, tuple[nn.Module, int | None]], images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Clean predictions of every view."""
+    return {name: predict(model, images, bits) for name, (model, bits) in views.items()}
+
+
+def transfer_records(patches: list[Patch], views: dict[str, tuple[nn.Module, int | None]], images: torch.Tensor,
+                     labels: torch.Tensor, clean: dict[str, torch.Tensor] | None = None) -> pd.DataFrame:
+    """One record per (patch, view): ASR, fooling rate, common-subset ASR and their denominators.
+
+    ``images`` are uint8 or float in [0, 1]; ``views`` maps a label to
+    ``(model, bits)`` (``bits=None`` for a float model).
+    """
+    clean = clean or view_predictions(views, images)
+    common = common_subset(list(clean.values()), labels)
+    rows = []
+    for i, patch in enumerate(patches):
+        for name, (model, bits) in views.items():
+            t0 = time.perf_counter()
+            adv = patched_predictions(model, images, patch, bits)
+            seconds = time.perf_counter() - t0
+            asr = targeted_asr(clean[name], adv, labels, patch.target)
+            fool = fooling_rate(clean[name], adv, labels, patch.target)
+            com = targeted_asr(clean[name], adv, labels, patch.target, subset=common)
+            rows.append({"patch": i, "set": patch.info.get("set"), "attack": patch.attack, "size": patch.size,
+                         "target": patch.target, "source_bits": patch.source_bits, "view": name,
+                         "asr": 100 * asr.value, "n_asr": asr.n, "fooling": 100 * fool.value, "n_fooling": fool.n,
+                         "asr_common": 100 * com.value, "n_common": com.n, "eval_s": seconds,
+                         "n_images": int(labels.numel())})
+    return pd.DataFrame(rows)
+
+
+def patch_counts(records: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """Number of patches per group of ``keys``. A patch is a (``patch_set``, ``patch``) pair when the records carry
+    the set (indices restart in every set, so a group of several sets holds each index several times)."""
+    patch_key = ["patch_set", "patch"] if "patch_set" in records else ["patch"]
+    return records.drop_duplicates([*keys, *patch_key]).groupby(keys, sort=False).size()
+
+
+def pivot_rates(records: pd.DataFrame, value: str = "asr", index=("attack",), columns: str = "view",
+                column_order: list[str] | None = None) -> pd.DataFrame:
+    """Mean of ``value`` over patches, one row per ``index``, one column per view, plus the mean
+    number of images each rate is computed over (``n`` columns) and the number of patches."""
+    n_col = {"asr": "n_asr", "fooling": "n_fooling", "asr_common": "n_common"}[value]
+    idx = list(index)
+    table = records.pivot_table(index=idx, columns=columns, values=value, aggfunc="mean")
+    counts = records.pivot_table(index=idx, columns=columns, values=n_col, aggfunc="mean").round(0)
+    order = column_order or list(table.columns)
+    # reindex, not index: a view whose every rate is NaN (no image in the common subset) is dropped by
+    # pivot_table and comes back as an empty column
+    table = table.reindex(columns=order)
+    counts = counts.reindex(columns=order).add_prefix("n ")
+    npatch = patch_counts(records, idx).rename("patches")
+    return table.join(counts).join(npatch, how="outer").reset_index()
+
+
+def asr_by_model_and_set(views: Mapping[str, Mapping[str, tuple[nn.Module, int | None]]],
+                         patch_sets: Mapping[str, list[Patch]], images: torch.Tensor, labels: torch.Tensor
+                         ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every patch set on every model's views (``views``: model label -> view label -> ``(model, bits)``).
+
+    Returns the records (:func:`transfer_records`, with ``model`` and ``patch_set`` columns) and the ASR
+    table: one row per (model, patch set) in the given order, one column per view (mean over the patches),
+    in the order of the first model's views (every model has the same view labels: Table 2).
+    """
+    records = pd.concat([transfer_records(ps, views[label], images, labels).assign(model=label, patch_set=name)
+                         for label in views for name, ps in patch_sets.items()], ignore_index=True)
+    table = records.pivot_table(index=["model", "patch_set"], columns="view", values="asr", aggfunc="mean", sort=False)
+    return records, table[list(next(iter(views.values())))].reset_index()

@@ -1,0 +1,155 @@
+"""The project's figures (clean accuracy against bit-width, training curves, Figure 2's alignment heatmaps,
+Figure 3's Grad-CAM grid, TriQDef's loss terms), drawn with its style file (loaded by absolute path).
+
+Each figure function takes plain tables or tensors and returns the matplotlib
+figure; the notebook stages save it (:func:`triqdef.reporting.tables.save_figure`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from triqdef.reporting import schemas as S
+
+STYLE = Path(__file__).resolve().parent / "triqdef.mplstyle"
+
+
+def use_style() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    plt.style.use(str(STYLE))
+
+
+def smooth(values, window: int = 25) -> np.ndarray:
+    """Trailing moving average (for noisy per-step loss curves)."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2 or window <= 1:
+        return v
+    window = min(window, len(v))
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    head = c[1:window] / np.arange(1, window)
+    return np.concatenate([head, (c[window:] - c[:-window]) / window])
+
+
+def _pyplot():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def accuracy_vs_bits(table: pd.DataFrame, columns: Sequence[int], title: str):
+    """Clean accuracy (%) against bit-width, one line per row of a Table 4 (:func:`triqdef.eval.accuracy.clean_accuracy_table`);
+    a row with a single bit-width (the float model) is a dashed reference line."""
+    plt = _pyplot()
+    columns = list(columns)
+    fig, ax = plt.subplots()
+    for _, row in table.iterrows():
+        xs = [b for b in columns if pd.notna(row[S.accuracy_column(b)])]
+        if len(xs) == 1:  # the float model: a reference line
+            ax.axhline(row[S.accuracy_column(xs[0])], color="k", ls="--", lw=1, label=row[S.MODEL])
+            continue
+        ax.plot([columns.index(b) for b in xs], [row[S.accuracy_column(b)] for b in xs], marker="o", label=row[S.MODEL])
+    ax.set_xticks(range(len(columns)), [f"{b}" for b in columns])
+    ax.set_xlabel("bit-width (weights and activations)")
+    ax.set_ylabel("clean accuracy (%)")
+    ax.set_title(title)
+    ax.legend()
+    return fig
+
+
+def training_curves(fp_history: pd.DataFrame, qat_history: pd.DataFrame, qat_bits: Sequence[int], label_smoothing):
+    """Per-step cross-entropy (moving average) of the FP run (column ``loss_fp``) and of each bit-width of the
+    joint QAT run (columns ``loss_<b>``), side by side."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    axes[0].plot(fp_history["step"], smooth(fp_history["loss_fp"]), label="FP")
+    axes[0].set(title=f"FP training (label smoothing {label_smoothing})", xlabel="step", ylabel="cross-entropy")
+    for b in qat_bits:
+        axes[1].plot(qat_history["step"], smooth(qat_history[f"loss_{b}"]), label=f"{b}-bit")
+    axes[1].set(title="standard multi-bit QAT", xlabel="step", ylabel="cross-entropy")
+    axes[1].legend()
+    return fig
+
+
+def pair_matrix(records: pd.DataFrame, bits: Sequence[int]) -> np.ndarray:
+    """Symmetric matrix of ``value`` over pairs of ``bits`` (records with ``pair`` = ``"<bi>-<bj>"``), ones on the diagonal."""
+    bits = list(bits)
+    mat = np.eye(len(bits))
+    for _, row in records.iterrows():
+        bi, bj = (bits.index(int(v)) for v in row[S.PAIR].split("-"))
+        mat[bi, bj] = mat[bj, bi] = row[S.VALUE]
+    return mat
+
+
+def alignment_heatmaps(records: pd.DataFrame, inputs: Sequence[str], taps: Sequence[str], bits: Sequence[int],
+                       metrics: Sequence[str] = (S.EDGE_IOU, S.HOG_COSINE)):
+    """Figure 2: one heatmap of :func:`pair_matrix` per (input, metric) row and tap column, from the records of
+    :func:`triqdef.eval.alignment.feature_alignment` (``taps`` as named there); each title gives the chance baseline."""
+    plt = _pyplot()
+    bits = list(bits)
+    fig, axes = plt.subplots(len(metrics) * len(inputs), len(taps),
+                             figsize=(3.3 * len(taps), 3.0 * len(metrics) * len(inputs)), squeeze=False)
+    im = None
+    for r, (kind, metric) in enumerate([(k, m) for k in inputs for m in metrics]):
+        for c, tap in enumerate(taps):
+            sub = records[(records[S.INPUT] == kind) & (records[S.METRIC] == metric) & (records[S.TAP] == tap)]
+            mat = pair_matrix(sub, bits)
+            ax = axes[r, c]
+            im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
+            ax.set_xticks(range(len(bits)), bits)
+            ax.set_yticks(range(len(bits)), bits)
+            for (i, j), v in np.ndenumerate(mat):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < 0.6 else "k")
+            ax.set_title(f"{kind} · {metric} · {tap}\nchance {sub[S.CHANCE].mean():.2f}", fontsize=8)
+            ax.grid(False)
+    fig.colorbar(im, ax=axes, shrink=0.6, label="similarity")
+    return fig
+
+
+def gradcam_grid(images, labels, cams: Mapping[int, object]):
+    """Figure 3: each image (row; float (N, 3, H, W) in [0, 1]) on its own, then overlaid with its Grad-CAM map at
+    each bit-width of ``cams`` (bits -> (N, H, W) maps; 32 is titled ``fp``)."""
+    plt = _pyplot()
+    n = len(images)
+    fig, axes = plt.subplots(n, len(cams) + 1, figsize=(2 * (len(cams) + 1), 2 * n), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(images[i].permute(1, 2, 0).numpy())
+        axes[i, 0].set_title(f"label {int(labels[i])}" if i == 0 else "")
+    for j, (b, maps) in enumerate(cams.items()):
+        for i in range(n):
+            axes[i, j + 1].imshow(images[i].permute(1, 2, 0).numpy())
+            axes[i, j + 1].imshow(maps[i].numpy(), cmap="jet", alpha=0.45)
+            if i == 0:
+                axes[i, j + 1].set_title("fp" if b == 32 else f"{b}-bit")
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig
+
+
+def loss_terms(history: pd.DataFrame, pair_reduction: str, stage_starts: Sequence[int] = ()):
+    """TriQDef's training history: the classification terms (``loss_clean``, ``loss_adv``) and the penalties
+    (``fdp``, ``gpdp``, forward-filled over the steps that skip them), moving averages; a dotted line at the
+    start of each later BACT stage."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for k in ("loss_clean", "loss_adv"):
+        axes[0].plot(history["step"], smooth(history[k]), label=k)
+    axes[0].set(xlabel="step", ylabel="cross-entropy", title="classification terms")
+    for k in ("fdp", "gpdp"):
+        if k in history:
+            axes[1].plot(history["step"], smooth(history[k].ffill()), label=f"L_{k.upper()}")
+    axes[1].set(xlabel="step", ylabel="penalty",
+                title=f"FDP / GPDP (true value, {'mean over' if pair_reduction == 'mean' else 'sum over'} ordered pairs)")
+    for start in stage_starts:
+        for ax in axes:
+            ax.axvline(start, color="k", ls=":", lw=1)
+    for ax in axes:
+        ax.legend()
+    return fig

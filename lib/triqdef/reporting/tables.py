@@ -1,0 +1,42 @@
+"""Results as records first, tables rendered from them (CSV + Markdown + metadata JSON), figures as PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from triqdef import paths
+from triqdef.meta import atomic_path, write_json, write_text
+
+
+def save_table(df: pd.DataFrame, name: str, meta: dict, directory: Path | None = None, caption: str = "",
+               floatfmt: str | dict[str, str] = ".1f") -> dict[str, Path]:
+    """Write ``name.csv``, ``name.md`` (with caption and provenance line) and ``name.json`` (metadata) atomically.
+
+    ``floatfmt``: the Markdown number format, one for every column or ``{column: format}`` (others ``.1f``).
+    """
+    directory = Path(directory or paths.tables_dir())
+    csv, md, js = directory / f"{name}.csv", directory / f"{name}.md", directory / f"{name}.json"
+    with atomic_path(csv) as tmp:
+        df.to_csv(tmp, index=False)
+    prov = f"_profile `{meta.get('profile')}`, data `{meta.get('data', {}).get('source')}`, commit `{str(meta.get('commit'))[:12]}`_"
+    shown = df.astype(object).where(df.notna(), None)  # blank cells, not "nan"
+    if isinstance(floatfmt, dict):
+        floatfmt = [floatfmt.get(c, ".1f") for c in df.columns]
+    body = shown.to_markdown(index=False, floatfmt=floatfmt, missingval="")
+    write_text(md, (f"{caption}\n\n" if caption else "") + body + "\n\n" + prov + "\n")
+    write_json(js, dict(meta, table=name, caption=caption, columns=list(df.columns)))
+    return {"csv": csv, "md": md, "json": js}
+
+
+def save_figure(fig, name: str, directory: Path | None = None, dpi: int = 150) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    directory = Path(directory or paths.figures_dir())
+    path = directory / f"{name}.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,172 @@
+"""Stage ``ablation_tables`` (notebook ``03_ablations``): Table 7 (without FDP, without GPDP) and Table 13 (sensitivity).
+
+Paper section 4.5 and appendix C. Reads the full TriQDef model of the
+``defense`` stage and the variants of the ``ablations`` stage (each the same
+run with some ``triqdef`` parameters overridden: ``ablations.variants``;
+``ablations.run`` selects them per profile), evaluates them on the patch sets
+of ``patches``, and writes the two tables and ``results/metrics/ablation_tables.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from triqdef import paths
+from triqdef.reporting import schemas as S
+from triqdef.stages.common import NotebookInputs
+
+#: The params.yaml sections this stage reads.
+PARAMS = ("base", "data", "model", "robustness", "ablations")
+
+#: The runs of Table 7 (``full``: the ``defense`` stage's TriQDef); Table 13's grid is every other variant run.
+TABLE7_RUNS = tuple(S.T7_LABELS)
+#: Table 13's description of the full model's setting.
+DEFAULT_SETTING = "default (α, β) = (0.5, 1.0), (λ_FDP, λ_GPDP) = (0.8, 0.5)"
+#: Settings the full model reports in Table 7's print-out (its speed settings).
+SPEED_SETTINGS = ("gpdp_every", "downsample", "gpdp_sub_batch")
+
+
+@dataclass(kw_only=True)
+class Inputs(NotebookInputs):
+    """:class:`~triqdef.stages.common.NotebookInputs` and the full TriQDef model with the variants this profile trained."""
+
+    runs: list[str]  # the variants of ablations.run
+    models: dict[str, nn.Module]  # "full" and each variant
+    metas: dict[str, dict]
+
+    @property
+    def bits(self) -> list[int]:
+        return list(self.cfg.robustness.bits)
+
+    def describe(self) -> str:
+        return f"profile {self.profile}; variants {self.runs}; {self.n_eval} test images"
+
+
+def load(cfg) -> Inputs:
+    """Data, the full TriQDef model and the variants of ``ablations.run``, the patch sets."""
+    from triqdef.attacks.patchsets import load_patchset
+    from triqdef.eval.accuracy import first_test_images
+    from triqdef.meta import provenance
+    from triqdef.stages import common
+    from triqdef.stages.defense import checkpoint
+    from triqdef.training.loop import model_from_checkpoint
+
+    splits = common.load_data(cfg)
+    name = cfg.model.name
+    test_x, test_y = first_test_images(splits, cfg.robustness.test_images, "robustness.test_images")
+    runs = list(cfg.ablations.run)
+    models, metas = {}, {}
+    models["full"], metas["full"] = model_from_checkpoint(checkpoint("triqdef"), kind="defense", model_name=name)
+    for v in runs:
+        models[v], metas[v] = model_from_checkpoint(checkpoint("triqdef", v), kind="defense", model_name=name)
+    patches, _ = load_patchset(paths.results_dir() / "patches" / "patches.pt")
+    meta = provenance(cfg, {"data": common.data_record(splits), "n_eval": len(test_y),
+                            "variants": {v: cfg.ablations.variants[v] for v in runs},
+                            "checkpoints": {k: m.get("commit") for k, m in metas.items()}})
+    return Inputs(cfg=cfg, splits=splits, runs=runs, models=models, metas=metas, patches=patches,
+                  test_x=test_x, test_y=test_y, meta=meta)
+
+
+# --------------------------------------------------------------------------- Table 7
+
+
+def speed_settings(inp: Inputs) -> dict:
+    """The full model's speed settings (GPDP every n-th step, map downsampling, GPDP sub-batch)."""
+    return {k: inp.metas["full"]["settings"].get(k) for k in SPEED_SETTINGS}
+
+
+def table7_ablation(inp: Inputs) -> pd.DataFrame:
+    """Table 7: targeted ASR (%) of the seen and unseen patch sets on TriQDef without FDP, without GPDP, in full,
+    and (when trained) in full without the speed settings, at ``robustness.bits``."""
+    from triqdef.attacks.patchsets import select
+    from triqdef.eval import robustness
+    from triqdef.reporting.tables import save_table
+
+    models = {S.T7_LABELS[k]: inp.models[k] for k in TABLE7_RUNS if k in inp.models}
+    sets = {S.SEEN: select(inp.patches, "seen")}
+    sets.update({k: select(inp.patches, k) for k in robustness.UNSEEN_SETS})
+    records = robustness.defense_records(models, sets, inp.bits, inp.test_x, inp.test_y)
+    t7 = robustness.asr_table(records, S.GROUP, [S.bit_view(b) for b in inp.bits])
+    save_table(t7, "table7_ablation", inp.meta,
+               caption=(f"Targeted ASR (%) of the seen and unseen patch sets on TriQDef without FDP (λ_FDP = 0), without GPDP "
+                        f"(λ_GPDP = 0) and in full, {inp.n_eval} test images, profile `{inp.profile}`; the last row (when trained) "
+                        "turns off the speed settings (GPDP every step, maps at full resolution). Paper Table 7 (ResNet-56, LAVAN, "
+                        "32/5/4/2): w/o FDP 65.2 / 61.1 / 59.7 / 55.9 (seen and unseen rows identical in the paper), "
+                        "w/o GPDP seen 43.2 / 41.7 / 39.4 / 37.6, full seen 32.4 / 30.2 / 28.4 / 26.2."))
+    return t7
+
+
+# --------------------------------------------------------------------------- Table 13
+
+
+def sensitivity_grid(runs: Sequence[str], variants: Mapping[str, Mapping]) -> dict[str, str]:
+    """Table 13's rows: ``full`` (the default setting) and every run variant that is not a Table 7 run, each
+    with its overrides written out (``"alpha = 1.0, beta = 0.5"``)."""
+    grid = {"full": DEFAULT_SETTING}
+    grid.update({v: ", ".join(f"{k} = {x}" for k, x in variants[v].items()) for v in runs if v not in TABLE7_RUNS})
+    return grid
+
+
+def sensitivity_table(models: Mapping[str, nn.Module], grid: Mapping[str, str], bits: Sequence[int], patches: Sequence,
+                      clean_images: torch.Tensor, clean_labels: torch.Tensor, images: torch.Tensor,
+                      labels: torch.Tensor) -> pd.DataFrame:
+    """Table 13: for each model of ``grid`` three rows at each of ``bits``: ``Clean`` accuracy (%) on
+    ``clean_images`` (every test image, as Table 4), ``Adv`` accuracy (%) with each of ``patches`` pasted
+    (mean over them), and their targeted ``ASR`` (%), on ``images``."""
+    from triqdef.eval import robustness
+    from triqdef.eval.accuracy import accuracy
+
+    rows = []
+    for v, desc in grid.items():
+        for setting in S.T13_METRICS:
+            row = {S.VARIANT: v, S.SETTING: desc if setting == S.CLEAN else "", S.METRIC: setting}
+            for b in bits:
+                if setting == S.CLEAN:
+                    row[S.accuracy_column(b)] = 100 * accuracy(models[v], clean_images, clean_labels, bits=b)
+                elif setting == S.ADV:
+                    row[S.accuracy_column(b)] = robustness.robust_accuracy(models[v], b, patches, images, labels)
+                else:
+                    r = robustness.defense_records({v: models[v]}, {S.SEEN: list(patches)}, [b], images, labels)
+                    row[S.accuracy_column(b)] = r["asr"].mean()
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table13_sensitivity(inp: Inputs) -> pd.DataFrame:
+    """Table 13: clean accuracy, accuracy under the seen LAVAN patches and their ASR for the default setting and
+    each sensitivity variant this profile trained."""
+    from triqdef.attacks.patchsets import select
+    from triqdef.reporting.tables import save_table
+
+    grid = sensitivity_grid(inp.runs, inp.cfg.ablations.variants)
+    seen_lavan = select(inp.patches, "seen", "lavan")
+    t13 = sensitivity_table(inp.models, grid, inp.bits, seen_lavan, inp.splits.test.images, inp.splits.test.labels,
+                            inp.test_x, inp.test_y)
+    save_table(t13, "table13_sensitivity", inp.meta,
+               caption=(f"Clean accuracy ({len(inp.splits.test.labels)} test images, as Table 4), robust accuracy under the seen 6×6 "
+                        f"LAVAN patches ('Adv') and their targeted ASR (%) ({inp.n_eval} test images), profile `{inp.profile}` "
+                        f"(reduced grid: {', '.join(grid)}). Paper Table 13 has two rows "
+                        "for the default configuration, (α, β) = (0.5, 1.0) and (λ_FDP, λ_GPDP) = (0.8, 0.5), with different numbers, "
+                        "and its (1.0, 0.5) row equals its (0.8, 0.5) row."))
+    return t13
+
+
+# --------------------------------------------------------------------------- stage metrics
+
+
+def metrics(inp: Inputs, table7: pd.DataFrame, table13: pd.DataFrame, wall_time_s: float) -> tuple[dict, dict]:
+    """The stage's headline (Table 7's unseen LAVAN ASR per model and bit-width, the wall time) and the details
+    (Tables 7 and 13 as records, provenance)."""
+    t7 = table7.set_index([S.MODEL, S.GROUP])
+    cols = S.attack_columns(t7.columns, S.LAVAN)
+    headline = {"unseen_lavan_asr": {m: {S.view_of(c): t7.loc[(m, g), c] for c in cols}
+                                     for m, g in t7.index if g == S.UNSEEN},
+                "stage_wall_time_s": round(wall_time_s, 1)}
+    details = {"profile": inp.profile, "table7": table7.to_dict(orient="records"),
+               "table13": table13.to_dict(orient="records"), "provenance": inp.meta}
+    return headline, details

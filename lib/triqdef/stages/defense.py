@@ -1,0 +1,179 @@
+"""Stage ``defenses``: train each defense from one shared checkpoint (docs/design.md#one-shared-checkpoint-for-every-defense).
+
+Every method (standard multi-bit QAT, PBAT, DWQ, TriQDef and its ablation
+variants) starts from the same checkpoint and runs the same number of steps
+on the same data and batches (the ``defenses`` params section); the rows of
+Tables 4, 5, 7 and 13 then differ only by the method. ``defenses.init``
+names that checkpoint: ``fp`` (the FP weights; new quantizers calibrated, as
+the paper fine-tunes) or ``qat`` (the standard multi-bit QAT model of stage
+``train_qat``; every bit-width's quantizers and BN are then already trained,
+and BACT only gates which bit-widths enter the loss). The ``cpu`` profile
+uses ``qat`` so that a few hundred steps measure the defense rather than the
+recovery from quantization. Checkpoints go to
+``results/models/defenses/<run>.pt``, metrics (clean accuracy per bit-width,
+time, images/s, the logged loss terms' last values) to
+``results/metrics/defenses/<run>.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from triqdef import paths, quant
+from triqdef.bact import Schedule
+from triqdef.config import Config, StageConfig, TriQDefParams, as_dict, override
+from triqdef.errors import TriqdefError
+from triqdef.eval.accuracy import accuracy
+from triqdef.meta import provenance, write_curve, write_metrics
+from triqdef.stages import common as pipeline
+from triqdef.training.loop import calibrate_all, fit, model_from_checkpoint, resolve_device
+
+# the defense@<method> stages; the ablations stage reads `ablations` instead of pbat / dwq / patches
+PARAMS = ("base", "data", "model", "quant", "defenses", "triqdef", "pbat", "dwq", "patches")
+
+log = logging.getLogger(__name__)
+
+METHODS = ("qat", "pbat", "dwq", "triqdef")
+
+
+def run_name(method: str, variant: str | None = None) -> str:
+    return method if not variant else f"{method}-{variant}"
+
+
+def checkpoint(method: str, variant: str | None = None) -> Path:
+    """``results/models/defenses/<method>.pt``; ablation variants in ``results/models/ablations/<method>-<variant>.pt``."""
+    folder = "ablations" if variant else "defenses"
+    return paths.models_dir() / folder / f"{run_name(method, variant)}.pt"
+
+
+def pool_contents(patches_path: Path | None = None) -> torch.Tensor:
+    """Contents (P, 3, s, s) of the training pool (set ``pool``) of the patch stage."""
+    from triqdef.attacks.patchsets import load_patchset, select
+
+    patches, _ = load_patchset(patches_path or paths.results_dir() / "patches" / "patches.pt")
+    pool = select(patches, "pool")
+    if not pool:
+        raise TriqdefError("the patch file has no 'pool' set: expected the training pool of 'triqdef patches make'")
+    return torch.stack([p.content for p in pool])
+
+
+def initial_model(cfg: Config | StageConfig, init: str):
+    """(path, switchable-precision model, meta) of the shared starting checkpoint of every defense."""
+    q, name = cfg.quant, cfg.model.name
+    if init == "fp":
+        path = pipeline.fp_checkpoint(cfg)
+        fp_model, meta = model_from_checkpoint(path, kind="fp", model_name=name)
+        model = quant.quantize_model(fp_model, q.bits, q.first_last_bits, q.averaging_constant, q.activation_range)
+        return path, model, meta
+    path = pipeline.qat_checkpoint(cfg)
+    model, meta = model_from_checkpoint(path, kind="qat", model_name=name)
+    if list(meta.get("bits") or []) != list(q.bits) or meta.get("first_last_bits") != q.first_last_bits:
+        raise TriqdefError(f"checkpoint {path} has bits {meta.get('bits')} (first/last {meta.get('first_last_bits')}): "
+                           f"expected quant.bits {list(q.bits)} (first/last {q.first_last_bits}); re-run stage train_qat")
+    return path, model, meta
+
+
+def triqdef_params(cfg: Config | StageConfig, variant: str | None = None) -> TriQDefParams:
+    """The ``triqdef`` section, with the overrides of ablation ``variant`` (``ablations.variants``) applied and checked."""
+    if not variant:
+        return cfg.triqdef
+    variants = cfg.ablations.variants
+    if variant not in variants:
+        raise TriqdefError(f"unknown variant {variant!r} of triqdef: expected one of {', '.join(variants) or '(none)'} "
+                           "(ablations.variants)")
+    return override(cfg.triqdef, variants[variant], f"ablations.variants.{variant}")
+
+
+def bact_schedule(tq: TriQDefParams, bits, total_steps: int) -> Schedule:
+    """BACT's curriculum (``triqdef.bact``) over ``total_steps``; its last stage must train every bit-width of ``bits``."""
+    schedule = Schedule([{"bits": list(st.bits), "share": st.share} for st in tq.bact], total_steps)
+    if set(schedule.all_bits) != set(bits):
+        raise TriqdefError(f"parameter triqdef.bact ends with bits {list(schedule.all_bits)}: expected quant.bits {list(bits)}")
+    return schedule
+
+
+def build_step(method: str, cfg: Config | StageConfig, model, splits, total_steps: int, variant: str | None = None,
+               calibrate_new_bits: bool = True):
+    """The step function (or None for plain multi-bit QAT) and a description of the settings used.
+
+    ``calibrate_new_bits``: TriQDef's BACT copies BN and calibrates the quantizers of each newly enabled
+    bit-width (from FP weights); False when the start checkpoint already trained every bit-width.
+    """
+    from triqdef.defenses.steps import DWQStep, PBATStep, TriQDefStep, triqdef_settings
+
+    seed, bits = cfg.base.seed, list(cfg.quant.bits)
+    if method == "qat":
+        return None, {}
+    if method == "pbat":
+        pb, size = cfg.pbat, cfg.patches.size
+        return (PBATStep(bits, seed, pb.rho, size, pb.attack_steps, pb.step_size, cfg.patches.border),
+                dict(as_dict(pb), size=size))
+    if method == "dwq":
+        dw = cfg.dwq
+        return DWQStep(bits, seed, dw.eps, dw.alpha, dw.attack_steps), as_dict(dw)
+    if method == "triqdef":
+        tq = triqdef_params(cfg, variant)
+        settings = triqdef_settings(tq, cfg.model.name)
+        schedule = bact_schedule(tq, bits, total_steps)
+        pool = pool_contents() if settings.patch_source == "pool" else None
+        holdout = list(pipeline.calibration_batches(splits))
+        return (TriQDefStep(settings, schedule, pool, holdout, seed, calibrate_new_bits=calibrate_new_bits),
+                dict(as_dict(tq), bact_schedule=schedule.to_list(), bact_calibrates=calibrate_new_bits))
+    raise TriqdefError(f"unknown defense {method!r}: expected one of {', '.join(METHODS)}")
+
+
+def validate_settings(method: str, cfg: Config | StageConfig, variant: str | None = None) -> None:
+    """Check what the config's types cannot (TriQDef's taps for this model, BACT's stages) without loading anything."""
+    from triqdef.defenses.steps import triqdef_settings
+
+    if method not in METHODS:
+        raise TriqdefError(f"unknown defense {method!r}: expected one of {', '.join(METHODS)}")
+    if variant and method != "triqdef":
+        raise TriqdefError(f"unknown variant {variant!r} of {method}: only triqdef has ablation variants")
+    if method == "triqdef":
+        tq = triqdef_params(cfg, variant)
+        triqdef_settings(tq, cfg.model.name)
+        bact_schedule(tq, cfg.quant.bits, 100)
+
+
+def run_defense(cfg: Config | StageConfig, method: str, variant: str | None = None, progress: bool = True) -> dict:
+    """Train one defense (``variant``: a TriQDef ablation of ``ablations.variants``) and record its metrics."""
+    t_stage = time.perf_counter()
+    validate_settings(method, cfg, variant)  # before any expensive loading
+    run = run_name(method, variant)
+    train, q = cfg.defenses, cfg.quant
+    name, seed = cfg.model.name, cfg.base.seed
+    device = resolve_device(cfg.base.device)
+    splits = pipeline.load_data(cfg)
+    init = train.init
+    init_path, model, init_meta = initial_model(cfg, init)
+    model = model.to(device)
+    total = train.total_steps(len(splits.train.labels))
+    step_fn, settings = build_step(method, cfg, model, splits, total, variant, calibrate_new_bits=(init == "fp"))
+    if method != "triqdef" and init == "fp":  # TriQDef calibrates each bit-width when BACT enables it
+        calibrate_all(model, splits.holdout.images, train.batch_size, device=device)
+    meta = provenance(cfg, {"kind": "defense", "method": method, "variant": variant, "run": run, "model": name,
+                            "bits": list(q.bits), "first_last_bits": q.first_last_bits, "range_estimator": q.activation_range,
+                            "averaging_constant": q.averaging_constant, "params": as_dict(train), "settings": settings,
+                            "quant": as_dict(q), "data": pipeline.data_record(splits), "num_classes": 10,
+                            "init": {"kind": init, "checkpoint": str(init_path.relative_to(paths.output_root())),
+                                     "commit": init_meta.get("commit")}})
+    res = fit(model, splits.train.images, splits.train.labels, train, seed=seed, out_path=checkpoint(method, variant), meta=meta,
+              work_dir=pipeline.work_dir(), bits=list(q.bits), device=device, progress=progress, step_fn=step_fn)
+    accs = {str(b): accuracy(model, splits.test.images, splits.test.labels, bits=b) for b in q.bits}
+    last = res["history"][-1] if res["history"] else {}
+    metrics = {"run": run, "method": method, "variant": variant, "model": name, "test_accuracy": accs,
+               "n_test": int(splits.test.labels.numel()), "steps": res["steps"], "wall_time_s": res["wall_time_s"],
+               "train_images_per_s": res["images_per_s"], "ms_per_step": 1000 * res["wall_time_s"] / max(res["steps"], 1),
+               "last_step": last, "settings": settings, "data": pipeline.data_record(splits),
+               "profile": cfg.base.profile, "stage_wall_time_s": round(time.perf_counter() - t_stage, 1)}
+    file = f"{'ablations' if variant else 'defenses'}/{run}"  # headline numbers for `dvc metrics`; the rest beside them
+    write_metrics(file, {**{f"acc_{b}bit": a for b, a in accs.items()}, "n_test": metrics["n_test"], "steps": res["steps"],
+                         "stage_wall_time_s": metrics["stage_wall_time_s"]}, provenance(cfg, metrics))
+    write_curve(file, res["history"])
+    log.info("%s: %s", run, {b: f"{100 * a:.1f}%" for b, a in accs.items()})
+    return metrics

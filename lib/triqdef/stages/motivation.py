@@ -1,0 +1,351 @@
+"""Stage ``motivation`` (notebook ``01_motivation``): why defending quantized models against patches is needed.
+
+Paper section 2, appendices A and C.1. From the checkpoints of stages
+``train_fp`` and ``train_qat``, the patch sets of ``patches`` and the second
+architecture of ``cross_arch``, this module builds and saves
+
+* Table 4 (standard-QAT rows): clean accuracy per bit-width of the FP model,
+  its PTQ version, standard multi-bit QAT and QAT with every layer at b, and
+  the figures ``clean_accuracy_vs_bits`` and ``training_curves``;
+* Table 1: FP-made patches transferred to standard QAT at each bit-width;
+* Table 3: input-gradient similarity across bit-widths;
+* Figure 2 and Table 12: feature-map alignment at the FDP taps;
+* Table 9 (CIFAR analogue) and Table 11: PTQ and dynamic quantization;
+* Table 8: transfer across architectures;
+* the stage metrics ``results/metrics/motivation.json``.
+
+The notebook calls one function per table or figure, in this order (the
+order of the computations is part of the results: keep it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from triqdef import paths, quant
+from triqdef.reporting import schemas as S
+from triqdef.stages.common import NotebookInputs
+
+#: The params.yaml sections this stage reads.
+PARAMS = ("base", "data", "model", "quant", "motivation", "cross_arch", "train_fp", "train_qat", "triqdef")
+
+#: Bit-width columns of Table 4.
+ACCURACY_COLUMNS = [32, 8, 5, 4, 2]
+#: Views of Table 3: the FP model and standard QAT at these bit-widths.
+GRADIENT_BITS = (5, 4, 2)
+#: Bit-width pairs of Table 12.
+TABLE12_PAIRS = (S.pair_label(32, 5), S.pair_label(5, 4))
+#: Patch sets of Table 9 (LAVAN patches by size).
+TABLE9_SETS = ("unseen_size8", "size9", "unseen_size10")
+
+
+@dataclass(kw_only=True)
+class Inputs(NotebookInputs):
+    """:class:`~triqdef.stages.common.NotebookInputs` and the FP, PTQ and standard-QAT models of Table 4."""
+
+    fp: nn.Module
+    fp_meta: dict
+    ptq: nn.Module
+    qat: nn.Module
+    qat_meta: dict
+    models: dict[str, tuple[nn.Module, list[int]]]  # Table 4 rows: label -> (model, its bit-widths)
+    qat_label: str
+    patch_meta: dict
+
+    @property
+    def n_test(self) -> int:
+        return len(self.splits.test.labels)
+
+    def describe(self) -> str:
+        return (f"profile {self.profile}; data {self.splits.source['source']}; test images {self.n_test} "
+                f"({len(self.test_y)} for the patch tables); bits {list(self.cfg.quant.bits)}")
+
+
+def load(cfg) -> Inputs:
+    """Data, the FP model and its PTQ version, the standard multi-bit QAT model(s), the patch sets."""
+    from triqdef.attacks.patchsets import load_patchset
+    from triqdef.eval.accuracy import first_test_images
+    from triqdef.meta import provenance
+    from triqdef.stages import common
+    from triqdef.training.loop import model_from_checkpoint
+
+    splits = common.load_data(cfg)
+    q = cfg.quant
+    fp, fp_meta = model_from_checkpoint(common.fp_checkpoint(cfg), kind="fp")
+    ptq = quant.post_training_quantize(fp, list(q.bits), [x for x in common.calibration_batches(splits)],
+                                       q.first_last_bits, q.activation_range)
+    qat, qat_meta = model_from_checkpoint(common.qat_checkpoint(cfg), kind="qat")
+    qat_label = f"Standard QAT (first/last {qat_meta['first_last_bits']}-bit)"
+    models = {
+        "FP (32-bit training)": (fp, [32]),
+        f"PTQ of FP (first/last {q.first_last_bits}-bit)": (ptq, list(q.bits)),
+        qat_label: (qat, qat_meta["bits"]),
+    }
+    all_layers_path = common.qat_checkpoint(cfg, all_layers=True)
+    if all_layers_path.exists():
+        qat_all, qat_all_meta = model_from_checkpoint(all_layers_path, kind="qat")
+        models["Standard QAT (every layer at b)"] = (qat_all, qat_all_meta["bits"])
+    patches, patch_meta = load_patchset(paths.results_dir() / "patches" / "patches.pt")
+    test_x, test_y = first_test_images(splits, cfg.motivation.test_images, "motivation.test_images")
+    meta = provenance(cfg, {"data": common.data_record(splits), "checkpoints": {
+        "fp": fp_meta.get("commit"), "qat": qat_meta.get("commit")}, "qat_steps": qat_meta.get("steps"),
+        "fp_steps": fp_meta.get("steps")})
+    return Inputs(cfg=cfg, splits=splits, fp=fp, fp_meta=fp_meta, ptq=ptq, qat=qat, qat_meta=qat_meta, models=models,
+                  qat_label=qat_label, patches=patches, patch_meta=patch_meta, test_x=test_x, test_y=test_y, meta=meta)
+
+
+# --------------------------------------------------------------------------- Table 4 and the figures of training
+
+
+def table4_clean_accuracy(inp: Inputs) -> pd.DataFrame:
+    """Table 4 (standard-QAT rows): clean accuracy (%) per bit-width on every test image."""
+    from triqdef.eval.accuracy import clean_accuracy_table
+    from triqdef.reporting.tables import save_table
+
+    table = clean_accuracy_table(inp.models, inp.splits.test.images, inp.splits.test.labels, ACCURACY_COLUMNS)
+    caption = (f"Clean test accuracy (%) on {inp.n_test} CIFAR-10 test images "
+               f"({inp.splits.source['source']}), {inp.model_name}, profile `{inp.profile}`. "
+               "Paper Table 4 (ResNet-56, 200 epochs): standard QAT 89.4 / 85.1 / 80.5 / 78.2 at 32 / 5 / 4 / 2 bits.")
+    save_table(table, "table4_clean_accuracy", inp.meta, caption=caption)
+    return table
+
+
+def figure_clean_accuracy(inp: Inputs, table4: pd.DataFrame) -> Path:
+    """``clean_accuracy_vs_bits.png``: Table 4 as lines over the bit-widths."""
+    from triqdef.reporting.plots import accuracy_vs_bits
+    from triqdef.reporting.tables import save_figure
+
+    title = f"{inp.model_name} on CIFAR-10 ({inp.profile} profile, {inp.n_test} test images)"
+    return save_figure(accuracy_vs_bits(table4, ACCURACY_COLUMNS, title), "clean_accuracy_vs_bits")
+
+
+def figure_training_curves(inp: Inputs) -> Path:
+    """``training_curves.png``: per-step cross-entropy of the FP run and of each bit-width of the QAT run."""
+    from triqdef.reporting.plots import training_curves
+    from triqdef.reporting.tables import save_figure
+    from triqdef.stages import common
+    from triqdef.training.loop import read_checkpoint
+
+    fp_hist = pd.DataFrame(read_checkpoint(common.fp_checkpoint(inp.cfg))["history"])
+    qat_hist = pd.DataFrame(read_checkpoint(common.qat_checkpoint(inp.cfg))["history"])
+    fig = training_curves(fp_hist, qat_hist, inp.qat_meta["bits"], inp.fp_meta["params"].get("label_smoothing", 0))
+    return save_figure(fig, "training_curves")
+
+
+# --------------------------------------------------------------------------- Table 1
+
+
+def table1_views(inp: Inputs) -> dict:
+    """The FP model itself (white-box) and standard QAT at each of its bit-widths."""
+    views = {S.FP_WHITEBOX_VIEW: (inp.fp, None)}
+    views.update({S.qat_view(b): (inp.qat, b) for b in inp.qat_meta["bits"]})
+    return views
+
+
+def table1_transfer(inp: Inputs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 1: targeted ASR of the ``seen`` patches (made on the FP model) on the views of :func:`table1_views`;
+    also the fooling rate and the ASR on the images every view gets right. Returns the ASR table and the records."""
+    from triqdef.attacks.patchsets import select
+    from triqdef.eval.transfer import pivot_rates, transfer_records, view_predictions
+    from triqdef.reporting.tables import save_table
+
+    views = table1_views(inp)
+    clean = view_predictions(views, inp.test_x)
+    seen = select(inp.patches, "seen")
+    records = transfer_records(seen, views, inp.test_x, inp.test_y, clean)
+    order = list(views)
+    meta = dict(inp.meta, patches={"set": "seen", "n": len(seen), "steps": inp.patch_meta["params"]["steps"]})
+    cap = (f"Targeted ASR (%) of {len(seen)} seen 6×6 patches made on the FP {inp.model_name}, transferred to "
+           f"standard multi-bit QAT, {len(inp.test_y)} test images ({inp.splits.source['source']}), profile `{inp.profile}`. "
+           "Paper Table 1 (ResNet-20): LAVAN 87.2 / 83.7 / 77.3 / 74.2, GAP 84.7 / 59.6 / 58.5 / 50.3 at 32 / 8 / 4 / 2 bits.")
+    t1 = pivot_rates(records, "asr", column_order=order)
+    save_table(t1, "table1_transfer_asr", meta, caption=cap)
+    save_table(pivot_rates(records, "fooling", column_order=order), "table1_transfer_fooling", meta,
+               caption="Untargeted fooling rate (%) of the same patches and views as Table 1.")
+    common = pivot_rates(records, "asr_common", column_order=order)  # empty columns when no image is correct in every view
+    save_table(common, "table1_transfer_asr_common", meta,
+               caption=(f"Targeted ASR (%) on the images that every view of Table 1 classifies correctly "
+                        f"({int(records['n_common'].max())} images at most; empty when there is none)."))
+    return t1, records
+
+
+# --------------------------------------------------------------------------- Table 3, Figure 2, Table 12
+
+
+def alignment_images(inp: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``motivation.n_align`` patch-table images (floats in [0, 1]) and their labels."""
+    n_align = min(inp.cfg.motivation.n_align, len(inp.test_y))
+    return inp.test_x[:n_align].float() / 255, inp.test_y[:n_align]
+
+
+def table3_gradient_similarity(inp: Inputs) -> pd.DataFrame:
+    """Table 3: input-gradient similarity between the FP model and standard QAT at 5, 4 and 2 bits."""
+    from triqdef.eval.alignment import gradient_similarity
+    from triqdef.reporting.tables import save_table
+
+    x, y = alignment_images(inp)
+    views = {"fp": (inp.fp, None)}
+    views.update({str(b): (inp.qat, b) for b in GRADIENT_BITS})
+    t3 = gradient_similarity(views, x, y, inp.cfg.base.seed)
+    save_table(t3, "table3_gradient_similarity", dict(inp.meta, n_images=len(y)), floatfmt=".3f",
+               caption=(f"Input-gradient similarity between bit-width pairs on {len(y)} clean test images, with chance "
+                        "baselines (deranged pairs). Paper Table 3: cosine 0.05-0.25, HOG cosine about 0.80, Edge IoU 0.5-0.6 "
+                        "(no baselines given)."))
+    return t3
+
+
+def feature_alignment(inp: Inputs) -> pd.DataFrame:
+    """Figure 2's records: feature-map similarity of standard QAT between its bit-widths at the FDP taps,
+    on clean inputs and on inputs carrying the first seen LAVAN patch."""
+    from triqdef.attacks.patches import apply_patch
+    from triqdef.attacks.patchsets import select
+    from triqdef.eval import alignment
+
+    x, _ = alignment_images(inp)
+    taps = list(inp.cfg.triqdef.taps_of(inp.model_name))  # the FDP taps: one list, in params.yaml
+    lavan_seen = select(inp.patches, "seen", "lavan")[0]
+    inputs = {"clean": x, "patched": apply_patch(x, lavan_seen)}
+    return alignment.feature_alignment(inp.qat, inputs, list(inp.qat_meta["bits"]), taps, inp.cfg.base.seed)
+
+
+def figure2_feature_alignment(inp: Inputs, records: pd.DataFrame) -> Path:
+    """``figure2_feature_alignment.png``: Edge IoU and HOG cosine heatmaps over bit-width pairs, per tap and input."""
+    from triqdef.eval import alignment
+    from triqdef.reporting.plots import alignment_heatmaps
+    from triqdef.reporting.tables import save_figure
+
+    taps = [alignment.TAP_LABELS.get(t, t) for t in inp.cfg.triqdef.taps_of(inp.model_name)]
+    inputs = list(dict.fromkeys(records[S.INPUT]))
+    fig = alignment_heatmaps(records, inputs, taps, list(inp.qat_meta["bits"]))
+    return save_figure(fig, "figure2_feature_alignment")
+
+
+def table12_hard_vs_soft(inp: Inputs, records: pd.DataFrame) -> pd.DataFrame:
+    """Table 12: hard metrics (Edge IoU, HOG) beside their soft counterparts, clean inputs, pairs 32-5 and 5-4."""
+    from triqdef.eval.alignment import hard_vs_soft_table
+    from triqdef.reporting.tables import save_table
+
+    t12 = hard_vs_soft_table(records, TABLE12_PAIRS)
+    n_align = len(alignment_images(inp)[1])
+    save_table(t12, "table12_hard_vs_soft", dict(inp.meta, n_images=n_align), floatfmt=".3f",
+               caption=("Hard vs soft metrics between feature maps of the standard-QAT model at the tap layers "
+                        "(clean inputs): Edge IoU vs SoftDice of soft edges, HOG vs SoftHOG cosine; chance baselines in brackets."))
+    return t12
+
+
+# --------------------------------------------------------------------------- Tables 9 and 11
+
+
+def table9_ptq_transfer(inp: Inputs) -> pd.DataFrame:
+    """Table 9 (CIFAR analogue): FP-made LAVAN patches of 8, 9 and 10 pixels on the FP model and its PTQ versions."""
+    from triqdef.attacks.patchsets import select
+    from triqdef.eval.transfer import pivot_rates, transfer_records
+    from triqdef.reporting.tables import save_table
+
+    views = {S.FP32_VIEW: (inp.fp, None)}
+    views.update({S.ptq_view(b): (inp.ptq, b) for b in inp.cfg.quant.bits if b != 32})
+    sized = [p for s in TABLE9_SETS for p in select(inp.patches, s, "lavan")]
+    records = transfer_records(sized, views, inp.test_x, inp.test_y)
+    t9 = pivot_rates(records, "asr", index=(S.SIZE,), column_order=list(views))
+    save_table(t9, "table9_ptq_transfer_cifar", dict(inp.meta, analogue_of="paper Table 9 (ImageNet ResNets)"),
+               caption=("CIFAR analogue of paper Table 9 (which is ImageNet): targeted ASR (%) of FP-made LAVAN patches "
+                        "by size on the PTQ ResNet-20."))
+    return t9
+
+
+def table11_dynamic_quantization(inp: Inputs) -> pd.DataFrame:
+    """Table 11: the seen patches on the FP model and on its dynamically quantized 8-bit version."""
+    from triqdef.attacks.patchsets import select
+    from triqdef.eval.transfer import pivot_rates, transfer_records
+    from triqdef.reporting.tables import save_table
+    from triqdef.stages import common
+
+    q = inp.cfg.quant
+    dyn = quant.dynamic_quantization(quant.post_training_quantize(inp.fp, [32, 8], [x for x in common.calibration_batches(inp.splits)],
+                                                                  q.first_last_bits, q.activation_range))
+    views = {S.FP32_VIEW: (inp.fp, None), S.DYNAMIC_8BIT_VIEW: (dyn, 8)}
+    records = transfer_records(select(inp.patches, "seen"), views, inp.test_x, inp.test_y)
+    t11 = pivot_rates(records, "asr", column_order=list(views))
+    save_table(t11, "table11_dynamic_quantization", inp.meta,
+               caption="Targeted ASR (%) of the seen 6×6 patches on the FP model and its dynamically quantized 8-bit version.")
+    return t11
+
+
+# --------------------------------------------------------------------------- Table 8
+
+
+def table8_cross_architecture(inp: Inputs) -> pd.DataFrame:
+    """Table 8: the seen patches of the main model on the second architecture (FP and QAT), that architecture's
+    patches on the main model, and on its own FP model (white-box reference)."""
+    from triqdef.attacks.patchsets import select
+    from triqdef.eval.accuracy import accuracy
+    from triqdef.reporting.tables import save_table
+    from triqdef.stages import cross_arch
+
+    second = cross_arch.load_models(inp.cfg)
+    bits = second["qat_meta"]["bits"]
+    name = inp.model_name
+    directions = [
+        {"source": name, "patches": select(inp.patches, "seen"), "target": second["name"], "fp": second["fp"],
+         "qat": second["qat"], "bits": bits},
+        {"source": second["name"], "patches": second["patches"], "target": name, "fp": inp.fp, "qat": inp.qat,
+         "bits": [b for b in bits if b in inp.qat_meta["bits"]]},
+        {"source": second["name"], "patches": second["patches"], "target": second["name"] + S.WHITEBOX_TARGET_SUFFIX,
+         "fp": second["fp"], "qat": None, "bits": []},
+    ]
+    _, t8 = cross_arch.table8_records(directions, inp.test_x, inp.test_y)
+    images, labels = inp.splits.test.images, inp.splits.test.labels
+    acc = {S.FP_VIEW: 100 * accuracy(second["fp"], images, labels)}  # every test image, as Table 4
+    acc.update({S.bit_view(b): 100 * accuracy(second["qat"], images, labels, bits=b) for b in bits})
+    min_acc = 100 * inp.cfg.cross_arch.min_accuracy
+    flag = "" if acc[S.FP_VIEW] >= min_acc else f" (FP BELOW cross_arch.min_accuracy = {min_acc:.0f}%)"
+    cap = (f"Targeted ASR (%) across architectures: {name} ↔ {second['name']}, 6×6 patches, {len(inp.test_y)} test "
+           f"images, profile `{inp.profile}`. {second['name']} clean accuracy ({inp.n_test} test images): "
+           + ", ".join(f"{k} {v:.1f}%" for k, v in acc.items()) + flag
+           + f" ({second['fp_meta']['steps']} FP steps, {second['qat_meta']['steps']} QAT steps). "
+           "Paper Table 8 (200-epoch models): ResNet-20 → ResNet-56 84.2 / 79.6 / 77.7 / 75.2, "
+           "ResNet-56 → ResNet-20 84.1 / 77.7 / 75.3 / 71.8 at 32 / 8 / 4 / 2 bits.")
+    save_table(t8, "table8_cross_architecture",
+               dict(inp.meta, second_model=second["name"], second_model_accuracy=acc,
+                    second_model_steps={"fp": second["fp_meta"]["steps"], "qat": second["qat_meta"]["steps"]}),
+               caption=cap)
+    return t8
+
+
+# --------------------------------------------------------------------------- stage metrics
+
+
+def accuracy_by_model(table4: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Table 4 as {model: {"<b>bit": accuracy}}, blank cells left out."""
+    return {r[S.MODEL]: {c: r[c] for c in table4.columns if S.is_accuracy_column(c) and pd.notna(r[c])}
+            for _, r in table4.iterrows()}
+
+
+def rates_by_row(table: pd.DataFrame, index: str, columns) -> dict[str, dict[str, float]]:
+    """{row label: {column: rate}} of an ASR table."""
+    return {r[index]: {c: r[c] for c in columns} for _, r in table.iterrows()}
+
+
+def metrics(inp: Inputs, table4: pd.DataFrame, table1: pd.DataFrame, table1_records: pd.DataFrame,
+            table8: pd.DataFrame, wall_time_s: float) -> tuple[dict, dict]:
+    """The stage's headline (standard QAT's clean accuracy per bit-width, Table 1's LAVAN ASR per view, the wall
+    time) and the details (every model's accuracy, Table 1's ASR of every attack, Table 8's ASR, evaluation
+    times, provenance)."""
+    accuracy = accuracy_by_model(table4)
+    table1_asr = rates_by_row(table1, S.ATTACK, list(table1_views(inp)))
+    headline = {"qat_accuracy": accuracy[inp.qat_label], "lavan_asr": table1_asr[S.LAVAN],
+                "stage_wall_time_s": round(wall_time_s, 1)}
+    details = {"profile": inp.profile, "n_test": int(inp.n_test), "data_source": inp.splits.source["source"],
+               "accuracy": accuracy, "table1_asr": table1_asr,
+               "table8_asr": {f"{r[S.SOURCE]} -> {r[S.TARGET]} {r[S.ATTACK]}": {c: r[c] for c in table8.columns
+                                                                              if c == S.FP_VIEW or S.is_bit_view(c)}
+                              for _, r in table8.iterrows()},
+               "seconds_per_patch_evaluation": {"n_images": int(len(inp.test_y)),
+                                                **table1_records.groupby("view")["eval_s"].mean().round(2).to_dict()},
+               "provenance": inp.meta}
+    return headline, details

@@ -1,0 +1,51 @@
+"""Stage ``patches``: the LAVAN / GAP patch sets (pool, seen, unseen) from the FP and standard-QAT models."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from triqdef import paths
+from triqdef.attacks.patchsets import make_patches, plan, save_patchset
+from triqdef.config import Config, StageConfig, as_dict
+from triqdef.meta import provenance, write_metrics
+from triqdef.stages import common as pipeline
+from triqdef.training.loop import model_from_checkpoint, resolve_device
+
+PARAMS = ("base", "data", "model", "patches")
+
+
+def run_make_patches(cfg: Config | StageConfig, progress: bool = True) -> dict:
+    """Stage ``patches``: make every patch set from the FP and standard-QAT checkpoints; write them to
+    ``results/patches/patches.pt`` and timings to ``results/metrics/patches.json``."""
+    t_stage = time.perf_counter()
+    pcfg, seed = cfg.patches, cfg.base.seed
+    specs = plan(pcfg, seed)
+    device = resolve_device(cfg.base.device)
+    name = cfg.model.name
+    splits = pipeline.load_data(cfg)
+    n_att = pcfg.attack_images
+    rng = np.random.default_rng([seed, 7])
+    idx = torch.from_numpy(rng.choice(len(splits.train.labels), size=min(n_att, len(splits.train.labels)), replace=False))
+    images, labels = splits.train.images[idx], splits.train.labels[idx]
+    fp, fp_meta = model_from_checkpoint(pipeline.fp_checkpoint(cfg), kind="fp", model_name=name)
+    qat, qat_meta = model_from_checkpoint(pipeline.qat_checkpoint(cfg), kind="qat", model_name=name)
+    t0 = time.perf_counter()
+    patches, seconds = make_patches(specs, {"fp": fp.to(device), "qat": qat.to(device)}, images, labels, pcfg, name, progress)
+    wall = time.perf_counter() - t0
+    meta = provenance(cfg, {"params": as_dict(pcfg), "data": pipeline.data_record(splits), "attack_images": int(len(idx)),
+                            "fp_checkpoint_commit": fp_meta.get("commit"), "qat_checkpoint_commit": qat_meta.get("commit")})
+    save_patchset(paths.results_dir() / "patches" / "patches.pt", patches, meta)
+    per_set: dict[str, dict] = {}
+    for p, s in zip(patches, seconds):
+        d = per_set.setdefault(p.info["set"], {"n": 0, "seconds": 0.0})
+        d["n"] += 1
+        d["seconds"] = round(d["seconds"] + s, 2)
+    metrics = {"n_patches": len(patches), "wall_time_s": round(wall, 1), "seconds_per_patch_mean": round(wall / len(patches), 2),
+               "per_set": per_set, "attack_images": int(len(idx)), "steps": pcfg.steps, "profile": cfg.base.profile,
+               "stage_wall_time_s": round(time.perf_counter() - t_stage, 1)}
+    write_metrics("patches", {k: metrics[k] for k in ("n_patches", "steps", "seconds_per_patch_mean", "stage_wall_time_s")},
+                  provenance(cfg, metrics))
+    return metrics

@@ -1,0 +1,63 @@
+"""Stage ``train_qat``: standard multi-bit QAT from the FP weights."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from triqdef import paths, quant
+from triqdef.config import Config, StageConfig, as_dict
+from triqdef.eval.accuracy import accuracy
+from triqdef.meta import provenance, write_curve, write_metrics
+from triqdef.stages.common import data_record, fp_checkpoint, load_data, qat_checkpoint, work_dir
+from triqdef.training.loop import calibrate_all, fit, model_from_checkpoint, resolve_device
+
+PARAMS = ("base", "data", "model", "quant", "train_qat")
+
+log = logging.getLogger(__name__)
+
+
+def run_train_qat(cfg: Config | StageConfig, all_layers: bool = False, progress: bool = True, root: Path | None = None,
+                  metrics_name: str | None = "train_qat") -> dict:
+    """Stage ``train_qat``: standard multi-bit QAT on one shared backbone, fine-tuned from the FP weights.
+
+    Each bit-width's BN starts as a copy of the FP BN; observers and BN
+    statistics of every bit-width are calibrated on the held-out split first.
+    ``all_layers=True`` quantizes the first and last layer at ``b`` too.
+    ``root`` / ``metrics_name`` as in :func:`triqdef.stages.train_fp.run_train_fp`.
+    """
+    t_stage = time.perf_counter()
+    train, q = cfg.train_qat, cfg.quant
+    flb = None if all_layers else q.first_last_bits
+    name, seed = cfg.model.name, cfg.base.seed
+    device = resolve_device(cfg.base.device)
+    splits = load_data(cfg)
+    fp_path = fp_checkpoint(cfg, root)
+    fp_model, fp_meta = model_from_checkpoint(fp_path, kind="fp", model_name=name)
+    model = quant.quantize_model(fp_model, q.bits, flb, q.averaging_constant, q.activation_range).to(device)
+    t0 = time.perf_counter()
+    calibrate_all(model, splits.holdout.images, train.batch_size, device=device)
+    calib_s = time.perf_counter() - t0
+    meta = provenance(cfg, {"kind": "qat", "model": name, "bits": list(q.bits), "first_last_bits": flb,
+                            "range_estimator": q.activation_range, "averaging_constant": q.averaging_constant,
+                            "params": as_dict(train), "quant": as_dict(q), "data": data_record(splits),
+                            "init": {"checkpoint": str(fp_path.relative_to(paths.output_root())), "commit": fp_meta.get("commit")},
+                            "num_classes": 10})
+    out = qat_checkpoint(cfg, all_layers, root)
+    res = fit(model, splits.train.images, splits.train.labels, train, seed=seed, out_path=out, meta=meta,
+              work_dir=work_dir(), bits=list(q.bits), device=device, progress=progress)
+    accs = {str(b): accuracy(model, splits.test.images, splits.test.labels, bits=b) for b in q.bits}
+    metrics = {"model": name, "first_last_bits": flb, "test_accuracy": accs, "n_test": int(splits.test.labels.numel()),
+               "steps": res["steps"], "wall_time_s": res["wall_time_s"], "calibration_s": calib_s,
+               "train_images_per_s": res["images_per_s"], "data": data_record(splits), "profile": cfg.base.profile,
+               "stage_wall_time_s": round(time.perf_counter() - t_stage, 1)}
+    if metrics_name:  # headline numbers for `dvc metrics`; the record and provenance beside them
+        file = f"{metrics_name}{'_all_layers' if all_layers else ''}"
+        write_metrics(file, {**{f"acc_{b}bit": a for b, a in accs.items()}, "n_test": metrics["n_test"],
+                             "steps": res["steps"], "stage_wall_time_s": metrics["stage_wall_time_s"]},
+                      provenance(cfg, metrics))
+        if not all_layers:  # the curve of the model the training-curves figure shows (the other's is in its checkpoint)
+            write_curve(file, res["history"])
+    log.info("QAT %s (first/last %s): %s", name, flb, {b: f"{100 * a:.1f}%" for b, a in accs.items()})
+    return metrics

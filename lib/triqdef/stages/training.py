@@ -1,0 +1,290 @@
+"""Stage ``training`` (notebook ``02_training``): TriQDef against standard QAT, PBAT and DWQ.
+
+Paper sections 3–4 and appendix D. From the four models of the ``defense``
+stages (every one a fine-tune of the same checkpoint, ``defenses.init``, for
+the same steps on the same batches) and the patch sets of ``patches``, this
+module builds and saves
+
+* Table 4: clean accuracy per bit-width;
+* Table 5: targeted ASR of the seen, unseen and white-box patches, with DWQ's
+  random-precision inference as an extra column (and the fooling rate, and
+  every unseen set on its own);
+* Table 2 in the project's terms: standard QAT vs PBAT at 32 and 8 bits and
+  8-bit PTQ of their 32-bit weights;
+* Table 17 (training cost against multi-bit QAT) and Table 18 (the deployed
+  model's inference cost);
+* Figure 3 (Grad-CAM of TriQDef at fp/5/4/2 bits), the loss terms of TriQDef's
+  training, and the stage metrics ``results/metrics/training.json``.
+
+The notebook calls one function per table or figure, in this order (the
+order of the computations is part of the results: keep it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from triqdef import paths
+from triqdef.reporting import schemas as S
+from triqdef.stages.common import NotebookInputs
+
+#: The params.yaml sections this stage reads.
+PARAMS = ("base", "data", "model", "quant", "robustness", "defenses", "triqdef", "pbat", "dwq", "patches")
+
+#: Bit-width columns of Table 4.
+ACCURACY_COLUMNS = [32, 8, 5, 4, 2]
+#: Models whose white-box row Table 5 adds (LAVAN optimised on the model itself).
+WHITEBOX_MODELS = (S.PBAT, S.DWQ, S.TRIQDEF)
+#: Models of Table 2.
+TABLE2_MODELS = (S.STANDARD_QAT, S.PBAT)
+#: Bit-widths of Figure 3's Grad-CAM maps (32: the fp path).
+GRADCAM_BITS = [32, 5, 4, 2]
+#: Images shown in Figure 3, and at most how many test images its map similarity averages over.
+GRADCAM_SHOWN, GRADCAM_IMAGES = 4, 64
+#: Salt of the generator that draws the white-box attacker's training images (with ``base.seed``).
+WHITEBOX_IMAGES_SALT = 11
+
+
+@dataclass(kw_only=True)
+class Inputs(NotebookInputs):
+    """:class:`~triqdef.stages.common.NotebookInputs` and the four defended models with their checkpoints' metadata."""
+
+    models: dict[str, nn.Module]  # row label (schemas.DEFENSE_LABELS) -> model
+    metas: dict[str, dict]
+
+    @property
+    def bits(self) -> list[int]:
+        return list(self.cfg.quant.bits)
+
+    def describe(self) -> str:
+        init = {k: m["init"] for k, m in self.metas.items()}
+        steps = sorted({m["params"].get("steps") or m["params"].get("epochs") for m in self.metas.values()})
+        return (f"profile {self.profile}; data {self.splits.source['source']}; {self.n_eval} test images for the patch "
+                f"tables; bits {self.bits}\nevery row starts from {sorted({i['checkpoint'] for i in init.values()})} "
+                f"and runs {steps} steps / epochs of the defenses recipe")
+
+
+def load(cfg) -> Inputs:
+    """Data, the standard-QAT, PBAT, DWQ and TriQDef models of the ``defense`` stages, the patch sets."""
+    from triqdef.attacks.patchsets import load_patchset
+    from triqdef.eval.accuracy import first_test_images
+    from triqdef.meta import provenance
+    from triqdef.stages import common
+    from triqdef.stages.defense import checkpoint
+    from triqdef.training.loop import model_from_checkpoint
+
+    splits = common.load_data(cfg)
+    test_x, test_y = first_test_images(splits, cfg.robustness.test_images, "robustness.test_images")
+    models, metas = {}, {}
+    for run, label in S.DEFENSE_LABELS.items():
+        models[label], metas[label] = model_from_checkpoint(checkpoint(run), kind="defense", model_name=cfg.model.name)
+    meta = provenance(cfg, {"data": common.data_record(splits), "n_eval": len(test_y),
+                            "checkpoints": {k: m.get("commit") for k, m in metas.items()},
+                            "init": {k: m["init"] for k, m in metas.items()},
+                            "steps": {k: m.get("steps") for k, m in metas.items()}})
+    patches, _ = load_patchset(paths.results_dir() / "patches" / "patches.pt")
+    return Inputs(cfg=cfg, splits=splits, models=models, metas=metas, patches=patches, test_x=test_x, test_y=test_y,
+                  meta=meta)
+
+
+# --------------------------------------------------------------------------- Table 4
+
+
+def table4_clean_accuracy(inp: Inputs) -> pd.DataFrame:
+    """Table 4: clean accuracy (%) of the four models per bit-width, on every test image."""
+    from triqdef.eval.accuracy import clean_accuracy_table
+    from triqdef.reporting.tables import save_table
+
+    t4 = clean_accuracy_table({k: (m, inp.bits) for k, m in inp.models.items()}, inp.splits.test.images,
+                              inp.splits.test.labels, ACCURACY_COLUMNS)
+    save_table(t4, "table4_defenses_clean_accuracy", inp.meta,
+               caption=(f"Clean test accuracy (%) on {len(inp.splits.test.labels)} test images, {inp.model_name}, "
+                        f"profile `{inp.profile}`. Paper Table 4 (ResNet-56): standard QAT 89.4 / 85.1 / 80.5 / 78.2, "
+                        "PBAT 86.2 / 84.1 / 79.8 / 76.9, TriQDef 89.4 / 83.3 / 78.2 / 75.8 at 32 / 5 / 4 / 2 bits."))
+    return t4
+
+
+def clean_deviation(table4: pd.DataFrame, model: str = S.TRIQDEF, reference: str = S.STANDARD_QAT) -> dict[str, float]:
+    """Clean accuracy of ``model`` minus ``reference`` per bit-width column of Table 4 (points, 2 digits)."""
+    acc = table4.set_index(S.MODEL)
+    return {c: round(acc.loc[model, c] - acc.loc[reference, c], 2) for c in acc.columns if S.is_accuracy_column(c)}
+
+
+# --------------------------------------------------------------------------- Table 5
+
+
+def whitebox_records(inp: Inputs, bits) -> list[pd.DataFrame]:
+    """For each of :data:`WHITEBOX_MODELS`: LAVAN patches optimised on the model itself over locations and every
+    bit-width (``robustness.whitebox_patches`` of ``robustness.whitebox_steps`` steps, on training images),
+    evaluated on that model at each of ``bits`` (group ``whitebox``)."""
+    from triqdef.eval.robustness import defense_records, whitebox_patches
+
+    seed, train, rob = inp.cfg.base.seed, inp.splits.train, inp.cfg.robustness
+    rng = np.random.default_rng([seed, WHITEBOX_IMAGES_SALT])
+    idx = torch.from_numpy(rng.choice(len(train.labels), size=min(inp.cfg.patches.attack_images, len(train.labels)),
+                                      replace=False))
+    records = []
+    for label in WHITEBOX_MODELS:
+        patches = whitebox_patches(inp.models[label], inp.bits, train.images[idx], train.labels[idx], rob.whitebox_patches,
+                                   inp.cfg.patches, rob.whitebox_steps, seed, label)
+        records.append(defense_records({label: inp.models[label]}, {S.WHITEBOX: patches}, bits, inp.test_x, inp.test_y))
+    return records
+
+
+def table5_asr(inp: Inputs) -> pd.DataFrame:
+    """Table 5: targeted ASR (%) of the seen, unseen (together) and white-box patches on the four models at
+    ``robustness.bits``, DWQ's random-precision inference as column ``random``; also saved: every set on its
+    own, and the fooling rate. The PatchAttack columns stay empty (not implemented)."""
+    from triqdef.attacks.patchsets import select
+    from triqdef.eval import robustness
+    from triqdef.reporting.tables import save_table
+
+    sets = {S.SEEN: select(inp.patches, "seen")}
+    sets.update({k: select(inp.patches, k) for k in robustness.UNSEEN_SETS})
+    eval_bits = list(inp.cfg.robustness.bits)
+    rec = robustness.defense_records(inp.models, sets, eval_bits, inp.test_x, inp.test_y, random_precision=[S.DWQ],
+                                     rp_bits=inp.bits, seed=inp.cfg.base.seed)
+    rec_all = pd.concat([rec] + whitebox_records(inp, eval_bits), ignore_index=True)
+    views = [S.bit_view(b) for b in eval_bits] + [S.RANDOM_VIEW]
+    t5 = robustness.asr_table(rec_all, S.GROUP, views)
+    t5 = t5.assign(**{S.attack_column(S.PATCHATTACK, v): float("nan") for v in views[:-1]})  # PatchAttack (Yang 2020): not implemented yet
+    cap5 = (f"Targeted ASR (%) of LAVAN / GAP 6×6 patches (seen: FP-made from the training distribution; unseen: the five "
+            f"unseen sets together; whitebox: LAVAN optimised on each model over locations and B = {inp.bits}), "
+            f"{inp.n_eval} test images, profile `{inp.profile}`. 'random' = random-precision inference (DWQ only). "
+            "The PatchAttack columns stay empty: that attack is not implemented here yet. "
+            "Paper Table 5 (ResNet-56, LAVAN 32/5/4/2): PBAT unseen 71.8 / 65.3 / 61.1 / 57.5, DWQ unseen 86.5 / 81.7 / 76.4 / 72.9, "
+            "TriQDef unseen 35.6 / 33.3 / 29.1 / 27.3.")
+    save_table(t5, "table5_asr", dict(inp.meta, whitebox_steps=inp.cfg.robustness.whitebox_steps), caption=cap5)
+    save_table(robustness.asr_table(rec_all, S.PATCH_SET, views), "table5_asr_by_set", inp.meta,
+               caption="Table 5 with every unseen set on its own (source bit-width 4 / 2, size 8 / 10, location).")
+    save_table(robustness.asr_table(rec_all, S.GROUP, views, value="fooling"), "table5_fooling", inp.meta,
+               caption="Untargeted fooling rate (%) of the patches of Table 5.")
+    return t5
+
+
+# --------------------------------------------------------------------------- Table 2
+
+
+def table2_qat_vs_pbat(inp: Inputs) -> pd.DataFrame:
+    """Table 2 in the project's terms: 8×8 / 10×10 FP-made patches and 6×6 patches made on standard QAT at 4 and
+    2 bits, on standard QAT and PBAT at 32 bits, 8 bits, and 8-bit PTQ of their 32-bit weights."""
+    from triqdef import quant
+    from triqdef.attacks.patchsets import select
+    from triqdef.eval import deploy
+    from triqdef.eval.transfer import asr_by_model_and_set
+    from triqdef.reporting.tables import save_table
+    from triqdef.stages import common
+
+    q = inp.cfg.quant
+    calib = [x for x in common.calibration_batches(inp.splits)]
+    views = {}
+    for label in TABLE2_MODELS:
+        model = inp.models[label]
+        ptq8 = quant.post_training_quantize(deploy.to_float_model(model, inp.model_name), [32, 8], calib, q.first_last_bits,
+                                            q.activation_range)
+        views[label] = {S.T2_32BIT: (model, 32), S.T2_8BIT: (model, 8), S.T2_PTQ8: (ptq8, 8)}
+    sets = {label: select(inp.patches, name) for label, name in S.T2_PATCH_SETS.items()}
+    _, t2 = asr_by_model_and_set(views, sets, inp.test_x, inp.test_y)
+    save_table(t2, "table2_qat_vs_pbat", inp.meta,
+               caption=("Targeted ASR (%) in the project's terms of paper Table 2: 8×8 / 10×10 FP-made patches (the paper's "
+                        "'seen' sizes) and 6×6 patches made on the standard-QAT model at 4 and 2 bits, on standard QAT and PBAT "
+                        f"at 32 bits, 8 bits, and 8-bit PTQ of their 32-bit weights; {inp.n_eval} test images."))
+    return t2
+
+
+# --------------------------------------------------------------------------- Tables 17 and 18
+
+
+def table17_training_cost(inp: Inputs) -> tuple[pd.DataFrame, dict]:
+    """Table 17: time and memory of a TriQDef, DWQ and PBAT training step against a multi-bit QAT step
+    (``robustness.bench_steps`` alternating steps, batch ``defenses.batch_size``). Returns the table and the
+    benchmark record (:func:`triqdef.eval.bench.train_step_benchmark`)."""
+    from triqdef.defenses.steps import triqdef_settings
+    from triqdef.eval.bench import cost_table, train_step_benchmark
+    from triqdef.reporting.tables import save_table
+    from triqdef.stages.defense import build_step
+
+    cfg = inp.cfg
+    extra = {method: build_step(method, cfg, None, inp.splits, 1)[0] for method in ("dwq", "pbat")}
+    tb = train_step_benchmark(triqdef_settings(cfg.triqdef, inp.model_name), inp.model_name, inp.bits, cfg.defenses.batch_size,
+                              steps=cfg.robustness.bench_steps, warmup=1, extra_steps=extra, device=cfg.base.device)
+    t17 = cost_table(tb)
+    save_table(t17, "table17_training_cost", dict(inp.meta, bench=tb), floatfmt={S.T17_TIME_RATIO: ".2f", S.T17_MEM_RATIO: ".2f"},
+               caption=(f"Training cost per step on this machine ({tb['device']}, {tb['threads']} threads), {inp.model_name}, "
+                        f"bits {inp.bits} all active, batch {tb['batch_size']}, mean of {tb['steps']} alternating steps; memory = "
+                        "peak bytes saved for backward. Paper Table 17 (A100, ResNet-56): DWQ 1.05× / 1.02×, PBAT 1.52× / 1.45×, "
+                        "TriQDef 1.47× / 1.17×."))
+    return t17, tb
+
+
+def table18_inference_cost(inp: Inputs) -> pd.DataFrame:
+    """Table 18: the deployed TriQDef model at each bit-width (32 last) against the deployed standard-QAT model."""
+    from triqdef.eval.deploy import inference_cost_table
+    from triqdef.reporting.tables import save_table
+
+    rob = inp.cfg.robustness
+    x_lat = inp.test_x[:rob.latency_batch].float() / 255
+    bits = [b for b in inp.bits if b != 32] + [32]
+    t18 = inference_cost_table(inp.models[S.TRIQDEF], inp.models[S.STANDARD_QAT], bits, x_lat, inp.model_name,
+                               repeats=rob.latency_repeats)
+    save_table(t18, "table18_inference_cost", inp.meta, floatfmt={S.T18_RATIO: ".3f"},
+               caption=(f"Deployed TriQDef model at each bit-width against the deployed standard-QAT model of the same bit-width: "
+                        f"structure identity and latency on a batch of {len(x_lat)} ({rob.latency_repeats} alternating runs)."))
+    return t18
+
+
+# --------------------------------------------------------------------------- Figure 3 and the loss terms
+
+
+def figure3_gradcam(inp: Inputs) -> tuple[Path, dict[str, float]]:
+    """Figure 3: Grad-CAM of TriQDef at fp/5/4/2 bits on the first test images; and the mean cosine of each
+    b-bit map to the fp map of the same image over at most :data:`GRADCAM_IMAGES` test images."""
+    from triqdef.eval.gradcam import cam_cosine_to_reference, grad_cam
+    from triqdef.reporting.plots import gradcam_grid
+    from triqdef.reporting.tables import save_figure
+
+    model = inp.models[S.TRIQDEF]
+    xs, ys = inp.test_x[:GRADCAM_SHOWN].float() / 255, inp.test_y[:GRADCAM_SHOWN]
+    path = save_figure(gradcam_grid(xs, ys, {b: grad_cam(model, xs, ys, b) for b in GRADCAM_BITS}), "figure3_gradcam_triqdef")
+    n_cam = min(GRADCAM_IMAGES, inp.n_eval)
+    xc, yc = inp.test_x[:n_cam].float() / 255, inp.test_y[:n_cam]
+    return path, cam_cosine_to_reference(model, xc, yc, GRADCAM_BITS[1:], reference_bits=GRADCAM_BITS[0])
+
+
+def figure_loss_terms(inp: Inputs) -> Path:
+    """``triqdef_loss_terms.png``: TriQDef's classification terms and penalties over training, BACT stages marked."""
+    from triqdef.reporting.plots import loss_terms
+    from triqdef.reporting.tables import save_figure
+    from triqdef.stages.defense import checkpoint
+    from triqdef.training.loop import read_checkpoint
+
+    hist = pd.DataFrame(read_checkpoint(checkpoint("triqdef"))["history"])
+    starts = [st["start_step"] for st in inp.metas[S.TRIQDEF]["settings"]["bact_schedule"][1:]]
+    return save_figure(loss_terms(hist, inp.cfg.triqdef.pair_reduction, starts), "triqdef_loss_terms")
+
+
+# --------------------------------------------------------------------------- stage metrics
+
+
+def metrics(inp: Inputs, table4: pd.DataFrame, table5: pd.DataFrame, bench: dict, gradcam_cosine: dict,
+            wall_time_s: float) -> tuple[dict, dict]:
+    """The stage's headline (TriQDef's clean-accuracy deviation from standard QAT, its unseen LAVAN ASR per
+    bit-width, the training time and memory ratios of Table 17, the Grad-CAM similarity, the wall time) and
+    the details (Tables 4 and 5 as records, the benchmark, provenance)."""
+    t5 = table5.set_index([S.MODEL, S.GROUP])
+    unseen = {S.view_of(c): t5.loc[(S.TRIQDEF, S.UNSEEN), c] for c in S.attack_columns(t5.columns, S.LAVAN)}
+    headline = {"clean_deviation_triqdef_minus_qat": clean_deviation(table4),
+                "triqdef_unseen_lavan_asr": unseen,
+                "time_ratio": bench["time_ratio"], "mem_ratio": bench["mem_ratio"],
+                "gradcam_cosine_to_fp": gradcam_cosine,
+                "stage_wall_time_s": round(wall_time_s, 1)}
+    details = {"profile": inp.profile, "n_eval": inp.n_eval, "table4": table4.to_dict(orient="records"),
+               "table5": table5.to_dict(orient="records"), "bench": {k: v for k, v in bench.items() if k != "settings"},
+               "provenance": inp.meta}
+    return headline, details

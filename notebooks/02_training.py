@@ -1,0 +1,111 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Training: TriQDef against standard QAT, PBAT and DWQ
+#
+# Paper sections 3–4 and appendix D. Reads the standard-QAT, PBAT, DWQ and TriQDef
+# models of the `defense` stages (every one a fine-tune of the same checkpoint,
+# `defenses.init`, for the same steps on the same batches: the `cpu` profile starts
+# them all from the standard multi-bit QAT model of `train_qat`, the `paper` profile
+# from the FP weights) and the patch sets of the `patches` stage, and writes
+#
+# * Table 4: clean accuracy per bit-width (standard QAT, PBAT, DWQ, TriQDef);
+# * Table 5: targeted ASR of LAVAN and GAP on the seen and unseen patch sets at
+#   32/5/4/2 bits, DWQ's random-precision inference as an extra column, and the
+#   white-box row (LAVAN optimised on each defended model, over locations and B);
+# * Table 2 in the project's terms (standard QAT vs PBAT at 32, 8 and 8-bit PTQ of
+#   the 32-bit weights);
+# * Table 17 (training cost relative to QAT), Table 18 (inference cost of the
+#   deployed model against a plain QAT model of the same bit-width);
+# * Figure 3 (Grad-CAM of TriQDef at fp/5/4/2) and the loss terms over training.
+#
+# The code is in `triqdef.stages.training`.
+
+# %% tags=["parameters"]
+profile = "smoke"   # papermill passes base.profile from params.yaml; nbval uses smoke
+params_file = None
+
+# %%
+import logging
+import time
+
+from IPython.display import Image
+
+from triqdef.config import load_config
+from triqdef.meta import write_metrics
+from triqdef.reporting.plots import use_style
+from triqdef.stages import training
+
+logging.basicConfig(level=logging.WARNING)
+use_style()
+t_start = time.perf_counter()
+run = training.load(load_config(params_file, profile, training.PARAMS))
+print(run.describe())
+
+# %% [markdown]
+# ## Table 4: clean accuracy per bit-width
+
+# %%
+t4 = training.table4_clean_accuracy(run)
+t4
+
+# %% [markdown]
+# ## Table 5: ASR on seen and unseen patches, and white-box
+#
+# Seen: the FP-made 6×6 patches of the training distribution; unseen: the five unseen
+# sets together (made at 4 and 2 bits, at sizes 8 and 10, at new locations); white-box:
+# LAVAN optimised on each defended model itself, over locations and every bit-width.
+# `random` is DWQ's random-precision inference. Every set on its own and the fooling
+# rate are saved beside it (`table5_asr_by_set`, `table5_fooling`).
+
+# %%
+t5 = training.table5_asr(run)
+t5
+
+# %% [markdown]
+# ## Table 2 (project's terms): standard QAT vs PBAT at 32, 8 and 8-bit PTQ of the 32-bit weights
+
+# %%
+training.table2_qat_vs_pbat(run)
+
+# %% [markdown]
+# ## Table 17: training cost relative to multi-bit QAT; Table 18: deployed inference cost
+
+# %%
+t17, bench = training.table17_training_cost(run)
+t17
+
+# %%
+training.table18_inference_cost(run)
+
+# %% [markdown]
+# ## Figure 3: Grad-CAM of TriQDef at fp/5/4/2 bits, and its clean-accuracy deviation from standard QAT
+#
+# How alike the maps are: the mean cosine of each b-bit map to the fp map of the same image.
+
+# %%
+figure3, cam_cosine = training.figure3_gradcam(run)
+print("mean cosine of the TriQDef Grad-CAM maps to the fp map:", cam_cosine)
+print("TriQDef minus standard QAT clean accuracy (points):", training.clean_deviation(t4))
+Image(figure3)
+
+# %% [markdown]
+# ## Loss terms over TriQDef training
+
+# %%
+Image(training.figure_loss_terms(run))
+
+# %% [markdown]
+# ## Stage metrics
+# Headline numbers (TriQDef's clean-accuracy deviation, its unseen LAVAN ASR, the cost ratios of Table 17,
+# the Grad-CAM similarity, the wall time) to `results/metrics/training.json`; the rest to
+# `results/metadata/training.json`.
+
+# %%
+write_metrics("training", *training.metrics(run, t4, t5, bench, cam_cosine, time.perf_counter() - t_start))

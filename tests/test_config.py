@@ -1,0 +1,103 @@
+"""The typed config: every profile of params.yaml loads; each bad value is refused with its full key."""
+
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+
+from triqdef import quant
+from triqdef.attacks.patches import ATTACKS
+from triqdef.config import (PROFILES, SECTIONS, Config, CrossArchParams, ModelParams, QuantParams, TrainParams,
+                            as_dict, load_config, override)
+from triqdef.errors import TriqdefError
+from triqdef.models import MODEL_NAMES
+from triqdef.paths import project_root
+
+PARAMS = project_root() / "params.yaml"
+
+
+def _write(tmp_path: Path, edit) -> Path:
+    raw = yaml.safe_load(PARAMS.read_text())
+    edit(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_of_params_yaml_loads(profile):
+    cfg = load_config(PARAMS, profile)
+    assert isinstance(cfg, Config) and cfg.base.profile == profile
+    assert set(SECTIONS) == set(yaml.safe_load(PARAMS.read_text()))
+    assert cfg.triqdef.taps_of(cfg.model.name)  # the one list of FDP taps covers the main model ...
+    assert cfg.triqdef.taps_of(cfg.cross_arch.model)  # ... and the cross-architecture one
+
+
+def test_values_are_the_yaml_values_resolved_for_the_profile():
+    raw = yaml.safe_load(PARAMS.read_text())
+    cfg = load_config(PARAMS, "cpu")
+    for key, value in {**raw["train_fp"]["common"], **raw["train_fp"]["cpu"]}.items():
+        got = getattr(cfg.train_fp, key)
+        assert (list(got) if isinstance(got, tuple) else got) == value, key
+    assert as_dict(cfg.patches) == {**raw["patches"]["common"], **raw["patches"]["cpu"]}
+
+
+def test_literal_choices_match_the_library():
+    """The config's choices are the library's lists (models, range estimators, attacks)."""
+    with pytest.raises(TriqdefError, match="expected one of " + ", ".join(MODEL_NAMES)):
+        ModelParams(name="resnet99")
+    with pytest.raises(TriqdefError, match="expected one of " + ", ".join(MODEL_NAMES)):
+        CrossArchParams(model="resnet99", bits=(32,), patches_per_attack=1, min_accuracy=0.5, train_fp={}, train_qat={})
+    assert set(typing.get_args(typing.get_type_hints(QuantParams)["activation_range"])) == set(quant.RANGE_ESTIMATORS)
+    from triqdef.config import PatchParams
+
+    item = typing.get_args(typing.get_type_hints(PatchParams)["attacks"])[0]
+    assert set(typing.get_args(item)) == set(ATTACKS)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda r: r["train_fp"]["cpu"].update(lr=-1), r"parameter train_fp.cpu.lr = -1: expected a number > 0"),
+    (lambda r: r["train_fp"]["cpu"].update(schedule="cosine"), r"train_fp.cpu.schedule = 'cosine': expected one of 'step', 'onecycle'"),
+    (lambda r: r["patches"]["cpu"].update(steps=0), r"patches.cpu.steps = 0"),
+    (lambda r: r["patches"]["common"].update(attacks=["lavan", "dpr"]), r"patches.cpu.attacks"),
+    (lambda r: r["data"]["cpu"].pop("test_size"), r"parameter data.cpu.test_size is missing"),
+    (lambda r: r["data"]["cpu"].update(test_sise=3), r"parameter data.cpu.test_sise is unknown"),
+    (lambda r: r["quant"]["common"].update(bits=[32, 8, 1]), r"quant.cpu: unknown bit-width 1"),
+    (lambda r: r["model"]["common"].update(name="resnet99"), r"model.cpu.name = 'resnet99'"),
+    (lambda r: r["ablations"]["cpu"].update(run=["no_fdp", "nope"]), r"ablations.run names 'nope'"),
+    (lambda r: r["triqdef"]["common"].update(rho=1.5), r"triqdef.cpu.rho = 1.5: expected a number <= 1"),
+    (lambda r: r["base"].update(seed=-2), r"parameter base.seed = -2"),
+    (lambda r: r.pop("dwq"), r"no section 'dwq'"),
+    (lambda r: r["dwq"].pop("cpu"), r"params section 'dwq' has no 'cpu' entry"),
+])
+def test_bad_values_are_refused_with_their_key(tmp_path, edit, message):
+    path = _write(tmp_path, edit)
+    with pytest.raises(TriqdefError, match=message) as exc:
+        load_config(path, "cpu")
+    assert "\n" not in str(exc.value)
+
+
+def test_a_stage_cannot_read_a_section_it_does_not_declare():
+    cfg = load_config(PARAMS, "cpu", sections=("data", "train_fp"))
+    assert cfg.train_fp.batch_size == 128 and cfg.base.seed == 0
+    with pytest.raises(TriqdefError, match="params section 'patches' is read by a stage that does not declare it"):
+        cfg.patches
+
+
+def test_override_checks_its_values_as_params_yaml_would():
+    cfg = load_config(PARAMS, "cpu")
+    assert override(cfg.train_fp, {"epochs": 3.5}, "cross_arch.train_fp").epochs == 3.5
+    with pytest.raises(TriqdefError, match="cross_arch.train_fp.batch_size = 0"):
+        override(cfg.train_fp, {"batch_size": 0}, "cross_arch.train_fp")
+    with pytest.raises(TriqdefError, match="cross_arch.train_fp.epoch is unknown"):
+        override(cfg.train_fp, {"epoch": 3}, "cross_arch.train_fp")
+
+
+def test_train_params_need_epochs_or_steps():
+    cfg = load_config(PARAMS, "cpu")
+    values = {k: v for k, v in as_dict(cfg.train_fp).items() if k not in ("epochs", "steps")}
+    with pytest.raises(TriqdefError, match="epochs or steps"):
+        from triqdef.config import build
+
+        build(TrainParams, values, "train_fp.cpu")

@@ -1,0 +1,90 @@
+"""dvc.yaml against the code (tools/dvc_deps.py): every stage lists the files it imports and the params it declares;
+DVC's own views (headline metrics, metadata beside them, curves) as the stages write them."""
+
+import ast
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("dvc_deps", ROOT / "tools" / "dvc_deps.py")
+dvc_deps = importlib.util.module_from_spec(_spec)
+sys.modules["dvc_deps"] = dvc_deps  # dataclasses look their module up
+_spec.loader.exec_module(dvc_deps)
+
+
+@pytest.fixture(scope="module")
+def checked():
+    return dvc_deps.check()
+
+
+def test_dvc_yaml_lists_each_stage_code_and_params(checked):
+    problems, _ = checked
+    assert not problems, "dvc.yaml and the code disagree (fix with `python tools/dvc_deps.py --write`):\n" + "\n".join(problems)
+
+
+def test_a_change_to_the_report_reruns_only_the_report(checked):
+    _, codes = checked
+    stages = dvc_deps.load_dvc_yaml()["stages"]
+    direct, rerun = dvc_deps.affected("lib/triqdef/reporting/report.py", stages, codes)
+    assert direct == ["report"] and rerun == ["report"]
+    direct, rerun = dvc_deps.affected("lib/triqdef/attacks/patches.py", stages, codes)
+    assert {"patches", "motivation", "report"} <= set(rerun) and "train_fp" not in rerun
+
+
+def _package(tmp_path: Path, files: dict[str, str]) -> Path:
+    lib = tmp_path / "lib"
+    for name, text in files.items():
+        path = lib / "triqdef" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return lib
+
+
+def test_closure_follows_every_kind_of_import(tmp_path):
+    lib = _package(tmp_path, {
+        "__init__.py": "",
+        "entry.py": "import os\n\ndef run():\n    from triqdef.sub import leaf\n    return leaf\n",
+        "sub/__init__.py": '"""docstring only"""\n',
+        "sub/leaf.py": "from . import sibling\nfrom .deep.mod import f\n",
+        "sub/sibling.py": "from pathlib import Path\nSTYLE = Path(__file__).resolve().parent / 'style.txt'\n",
+        "sub/style.txt": "x",
+        "sub/deep/__init__.py": "",
+        "sub/deep/mod.py": "def f():\n    import triqdef.late\n",
+        "late.py": "",
+        "unused.py": "",
+    })
+    got = dvc_deps.closure([(ast.parse("from triqdef import entry"), "__main__", False)], lib).files
+    rel = sorted(p.relative_to(lib / "triqdef").as_posix() for p in got)
+    assert rel == ["__init__.py", "entry.py", "late.py", "sub/__init__.py", "sub/deep/__init__.py", "sub/deep/mod.py",
+                   "sub/leaf.py", "sub/sibling.py", "sub/style.txt"]
+
+
+def test_declared_params_are_read_from_the_source(tmp_path):
+    lib = _package(tmp_path, {"__init__.py": "", "stage.py": "import torch\nPARAMS = ('base', 'data')\n", "none.py": ""})
+    assert dvc_deps.declared_params("triqdef.stage", lib) == ("base", "data")
+    assert dvc_deps.declared_params("triqdef.none", lib) is None
+
+
+def test_metrics_hold_the_headline_and_metadata_the_rest(tmp_path, monkeypatch):
+    from triqdef.meta import write_curve, write_metrics
+    from triqdef.reporting.report import stage_times
+
+    monkeypatch.setenv("TRIQDEF_OUTPUT", str(tmp_path))
+    write_metrics("defenses/pbat", {"acc_32bit": 0.5, "stage_wall_time_s": 61.0}, {"settings": {"rho": 0.5}})
+    write_metrics("train_qat_all_layers", {"skipped": True}, {"skipped": True, "reason": "time budget"})
+    results = tmp_path / "results"
+    assert json.loads((results / "metrics" / "defenses" / "pbat.json").read_text()) == {"acc_32bit": 0.5, "stage_wall_time_s": 61.0}
+    assert json.loads((results / "metadata" / "defenses" / "pbat.json").read_text()) == {"settings": {"rho": 0.5}}
+    t = stage_times(results).set_index("stage")
+    assert t.loc["defenses/pbat", "seconds"] == 61.0
+    assert t.loc["train_qat_all_layers", "note"] == "skipped: time budget"
+
+    path = write_curve("defenses/triqdef", [{"step": 0, "loss": 2.5, "gpdp": 0.1}, {"step": 1, "loss": 2.0}])
+    assert path == results / "plots" / "defenses" / "triqdef.csv"
+    with path.open() as f:
+        assert list(csv.DictReader(f)) == [{"step": "0", "loss": "2.5", "gpdp": "0.1"}, {"step": "1", "loss": "2.0", "gpdp": ""}]

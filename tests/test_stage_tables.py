@@ -1,0 +1,280 @@
+"""The tables, heatmaps and figures of the notebook stages, built from small synthetic models and records.
+
+Each notebook (01 motivation, 02 training, 03 ablations) only calls these functions; here they get inputs small
+enough to check by hand: column names (from :mod:`triqdef.reporting.schemas`), row order, and the numbers.
+"""
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from triqdef import quant
+from triqdef.attacks.patches import Patch
+from triqdef.models import build_model
+from triqdef.reporting import schemas as S
+
+TAPS = ["layer1.0.relu1", "layer2.0.relu1", "layer3.0.relu1"]
+
+
+def _qmodel(bits=(32, 8, 4), seed=0):
+    torch.manual_seed(seed)
+    m = quant.quantize_model(build_model("resnet20"), list(bits), range_estimator="max")
+    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for b in bits:
+        if b != 32:
+            quant.calibrate(m, [x], b)
+    return m.eval(), x
+
+
+class LabelNet(torch.nn.Module):
+    """Predicts the label written in pixel (1, 10, 10); class 1 when the top-left pixel is bright (a patch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        logits = torch.nn.functional.one_hot((x[:, 1, 10, 10] * 9).round().long(), 10).float()
+        logits[x[:, 0, 0, 0] > 0.99] = torch.nn.functional.one_hot(torch.tensor(1), 10).float()
+        return logits + 0 * self.w
+
+
+def _label_images():
+    labels = torch.tensor([0, 2, 3, 4, 1, 5])
+    images = torch.zeros(6, 3, 12, 12)
+    images[:, 1, 10, 10] = labels.float() / 9
+    return images, labels
+
+
+def _patch(location=(0, 0), **info):
+    return Patch(torch.ones(3, 2, 2), location, target=1, attack="lavan", source_model="toy", source_bits=None,
+                 info={"set": "seen", **info})
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+def test_schema_columns():
+    assert S.accuracy_column(4) == "4bit" and S.bit_view(4) == "4-bit"
+    assert S.attack_column(S.LAVAN, S.bit_view(4)) == "lavan 4-bit" and S.view_of("lavan 4-bit") == "4-bit"
+    cols = ["model", "group", "gap 4-bit", "lavan 32-bit", "lavan 4-bit", "lavan random", "n images"]
+    assert S.attack_columns(cols, "lavan") == ["lavan 32-bit", "lavan 4-bit"]
+    assert S.is_accuracy_column("32bit") and not S.is_accuracy_column("32-bit") and not S.is_accuracy_column("eval_s")
+    assert S.metric_column("edge_iou", "chance") == "edge_iou (chance)" and S.pair_label(32, 5) == "32-5"
+
+
+# --------------------------------------------------------------------------- Table 3, Figure 2, Table 12
+
+
+def test_gradient_similarity_rows_and_chance():
+    from triqdef.eval.alignment import gradient_similarity
+
+    m, x = _qmodel((32, 4))
+    x = x[:4]
+    y = torch.arange(len(x)) % 10
+    views = {"fp": (m, None), "4": (m, 4), "fp again": (m, None)}
+    t = gradient_similarity(views, x, y, seed=0)
+    assert list(t.columns) == [S.PAIR, S.METRIC, S.VALUE, S.CHANCE, S.ABOVE_CHANCE]
+    assert list(t[S.PAIR].unique()) == ["fp-4", "fp-fp again", "4-fp again"]
+    assert list(t[S.METRIC].unique()) == [S.RAW_COSINE, S.EDGE_IOU, S.HOG_COSINE]
+    same = t[t[S.PAIR] == "fp-fp again"].set_index(S.METRIC)
+    assert same.loc[S.RAW_COSINE, S.VALUE] == pytest.approx(1.0) and same.loc[S.EDGE_IOU, S.VALUE] == 1.0
+    assert (t[S.ABOVE_CHANCE] == t[S.VALUE] - t[S.CHANCE]).all()
+    assert t.equals(gradient_similarity(views, x, y, seed=0))  # the chance baselines are seeded
+
+
+def test_feature_alignment_records_heatmaps_and_table12():
+    from triqdef.eval.alignment import METRICS, TAP_LABELS, feature_alignment, hard_vs_soft_table
+    from triqdef.reporting.plots import alignment_heatmaps, pair_matrix
+
+    m, x = _qmodel((32, 8, 4))
+    x = x[:4]
+    rec = feature_alignment(m, {"clean": x, "patched": x.flip(0)}, [32, 8, 4], TAPS, seed=0)
+    assert list(rec.columns) == [S.INPUT, S.TAP, S.PAIR, S.METRIC, S.VALUE, S.CHANCE]
+    assert len(rec) == 2 * len(TAPS) * 3 * len(METRICS)  # inputs x taps x pairs x metrics
+    assert list(rec[S.PAIR].unique()) == ["32-8", "32-4", "8-4"] and set(rec[S.TAP]) == set(TAP_LABELS.values())
+
+    t12 = hard_vs_soft_table(rec, ["32-8", "8-4"])
+    assert list(t12.columns[:2]) == [S.TAP, S.PAIR] and len(t12) == 2 * len(TAPS)
+    assert list(t12.columns[2:4]) == [S.metric_column("cosine", "value"), S.metric_column("cosine", "chance")]
+    row = rec[(rec[S.INPUT] == "clean") & (rec[S.PAIR] == "8-4") & (rec[S.METRIC] == "edge_iou") & (rec[S.TAP] == "L1.conv1")]
+    got = t12[(t12[S.TAP] == "L1.conv1") & (t12[S.PAIR] == "8-4")][S.metric_column("edge_iou", "value")].item()
+    assert got == round(row[S.VALUE].item(), 3)
+
+    sub = pd.DataFrame({S.PAIR: ["32-8", "8-4"], S.VALUE: [0.25, 0.5]})
+    assert np.array_equal(pair_matrix(sub, [32, 8, 4]), [[1, 0.25, 0], [0.25, 1, 0.5], [0, 0.5, 1]])
+    fig = alignment_heatmaps(rec, ["clean", "patched"], [TAP_LABELS[t] for t in TAPS], [32, 8, 4])
+    assert len(fig.axes) == 4 * len(TAPS) + 1  # (input, metric) rows x taps, and the colour bar
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_figures_draw_every_line():
+    import matplotlib.pyplot as plt
+
+    from triqdef.reporting.plots import accuracy_vs_bits, gradcam_grid, loss_terms, training_curves
+
+    t4 = pd.DataFrame({"model": ["FP", "QAT"], "32bit": [90.0, 89.0], "8bit": [math.nan, 88.0], "4bit": [math.nan, 80.0]})
+    fig = accuracy_vs_bits(t4, [32, 8, 4], "title")
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.lines] == ["FP", "QAT"]  # FP: a horizontal reference line
+    assert list(ax.lines[1].get_ydata()) == [89.0, 88.0, 80.0] and ax.get_title() == "title"
+    plt.close(fig)
+
+    steps = pd.DataFrame({"step": range(5), "loss_fp": np.linspace(2, 1, 5), "loss_8": np.ones(5), "loss_4": np.ones(5)})
+    fig = training_curves(steps, steps, [8, 4], 0.1)
+    assert [len(a.lines) for a in fig.axes] == [1, 2] and "0.1" in fig.axes[0].get_title()
+    plt.close(fig)
+
+    hist = pd.DataFrame({"step": range(4), "loss_clean": [1.0] * 4, "loss_adv": [2.0] * 4, "fdp": [0.5, None, 0.4, None]})
+    fig = loss_terms(hist, "mean", [2])
+    assert [line.get_label() for line in fig.axes[1].lines][0] == "L_FDP" and len(fig.axes[0].lines) == 3
+    plt.close(fig)
+
+    images = torch.rand(2, 3, 8, 8)
+    fig = gradcam_grid(images, torch.tensor([3, 4]), {32: torch.rand(2, 8, 8), 4: torch.rand(2, 8, 8)})
+    assert len(fig.axes) == 2 * 3 and [a.get_title() for a in fig.axes[:3]] == ["label 3", "fp", "4-bit"]
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- Tables 2, 17, 18, Figure 3
+
+
+def test_asr_by_model_and_set_keeps_the_given_order():
+    from triqdef.eval.transfer import asr_by_model_and_set
+
+    images, labels = _label_images()
+    net = LabelNet()
+    views = {"B": {"v2": (net, None), "v1": (net, None)}, "A": {"v2": (net, None), "v1": (net, None)}}
+    sets = {"far": [_patch((4, 4))], "near": [_patch((0, 0))]}
+    rec, t = asr_by_model_and_set(views, sets, images, labels)
+    assert list(t.columns) == ["model", "patch_set", "v2", "v1"]
+    assert t[["model", "patch_set"]].values.tolist() == [["B", "far"], ["B", "near"], ["A", "far"], ["A", "near"]]
+    assert t["v1"].tolist() == [0.0, 100.0, 0.0, 100.0] and len(rec) == 2 * 2 * 2
+
+
+def test_cost_table_ratios_to_qat():
+    from triqdef.eval.bench import cost_table
+
+    bench = {"batch_size": 10, "qat_ms": 100.0, "qat_peak_mb": 50.0, "triqdef_ms": 150.0, "triqdef_peak_mb": 60.0}
+    t = cost_table(bench, methods=("qat", "triqdef"))
+    assert list(t[S.METHOD]) == ["QAT", S.TRIQDEF]
+    assert t[S.T17_IMAGES_PER_S].tolist() == [100.0, 66.7]
+    assert t[S.T17_TIME_RATIO].tolist() == [1.0, 1.5] and t[S.T17_MEM_RATIO].tolist() == [1.0, 1.2]
+
+
+def test_inference_cost_table_compares_deployed_models():
+    from triqdef.eval.deploy import inference_cost_table
+
+    a, x = _qmodel((32, 8, 4))
+    b, _ = _qmodel((32, 8, 4), seed=1)
+    t = inference_cost_table(a, b, [8, 32], x[:2], "resnet20", repeats=2)
+    assert t[S.T18_BITS].tolist() == [8, 32] and t[S.T18_SAME_STRUCTURE].all() and (t[S.T18_HOOKS] == 0).all()
+    assert list(t.columns) == [S.T18_BITS, S.T18_SAME_STRUCTURE, S.T18_HOOKS, S.T18_TRIQDEF_MS, S.T18_QAT_MS,
+                               S.T18_RATIO, S.T18_RATIO_RANGE]
+
+
+def test_cam_cosine_of_the_reference_to_itself_is_one():
+    from triqdef.eval.gradcam import cam_cosine_to_reference
+
+    m, x = _qmodel((32, 4))
+    cos = cam_cosine_to_reference(m, x[:3], torch.tensor([0, 1, 2]), [32, 4])
+    assert list(cos) == ["32-bit", "4-bit"] and cos["32-bit"] == 1.0 and -1 <= cos["4-bit"] <= 1
+
+
+def test_clean_deviation_and_training_headline():
+    from types import SimpleNamespace
+
+    from triqdef.stages.training import clean_deviation, metrics
+
+    t4 = pd.DataFrame({"model": [S.STANDARD_QAT, S.TRIQDEF], "32bit": [90.0, 89.5], "4bit": [80.0, 81.25],
+                       "n_test": [10, 10], "eval_s": [1.0, 2.0]})
+    assert clean_deviation(t4) == {"32bit": -0.5, "4bit": 1.25}
+    t5 = pd.DataFrame({"model": [S.TRIQDEF, S.TRIQDEF], "group": ["seen", "unseen"], "gap 4-bit": [1.0, 2.0],
+                       "lavan 32-bit": [3.0, 4.0], "lavan 4-bit": [5.0, 6.0], "lavan random": [7.0, 8.0],
+                       "patchattack 4-bit": [math.nan, math.nan]})
+    inp = SimpleNamespace(profile="smoke", n_eval=10, meta={"commit": "x"})
+    bench = {"time_ratio": 1.5, "mem_ratio": 1.1, "device": "cpu", "settings": {"rho": 0.5}}
+    head, details = metrics(inp, t4, t5, bench, {"4-bit": 0.9}, 12.34)
+    assert head == {"clean_deviation_triqdef_minus_qat": {"32bit": -0.5, "4bit": 1.25},
+                    "triqdef_unseen_lavan_asr": {"32-bit": 4.0, "4-bit": 6.0}, "time_ratio": 1.5, "mem_ratio": 1.1,
+                    "gradcam_cosine_to_fp": {"4-bit": 0.9}, "stage_wall_time_s": 12.3}
+    assert details["bench"] == {"time_ratio": 1.5, "mem_ratio": 1.1, "device": "cpu"} and len(details["table5"]) == 2
+
+
+# --------------------------------------------------------------------------- Table 13 and the ablation headline
+
+
+def test_sensitivity_grid_and_table():
+    from triqdef.stages.ablation_tables import DEFAULT_SETTING, metrics, sensitivity_grid, sensitivity_table
+
+    variants = {"no_fdp": {"lambda_fdp": 0.0}, "ab": {"alpha": 1.0, "beta": 0.5}}
+    grid = sensitivity_grid(["no_fdp", "ab"], variants)
+    assert grid == {"full": DEFAULT_SETTING, "ab": "alpha = 1.0, beta = 0.5"}
+
+    m, x = _qmodel((32, 4))
+    y = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
+    with torch.no_grad(), quant.use_bitwidth(m, 4):
+        y = m(x).argmax(1)  # every image correct at 4 bits
+    patch = Patch(torch.ones(3, 4, 4), (0, 0), target=int((y[0] + 1) % 10), attack="lavan", source_model="toy",
+                  source_bits=None, info={"set": "seen"})
+    t = sensitivity_table({"full": m, "ab": m}, grid, [4], [patch], x, y, x, y)
+    assert list(t.columns) == [S.VARIANT, S.SETTING, S.METRIC, "4bit"]
+    assert t[S.METRIC].tolist() == [S.CLEAN, S.ADV, S.ASR] * 2 and t[S.SETTING].tolist()[:2] == [DEFAULT_SETTING, ""]
+    assert t["4bit"].iloc[0] == 100.0 and 0 <= t["4bit"].iloc[1] <= 100 and 0 <= t["4bit"].iloc[2] <= 100
+
+    t7 = pd.DataFrame({"model": [S.FULL, S.FULL, S.NO_FDP], "group": ["seen", "unseen", "unseen"],
+                       "lavan 4-bit": [1.0, 2.0, 3.0], "gap 4-bit": [4.0, 5.0, 6.0]})
+    from types import SimpleNamespace
+
+    head, details = metrics(SimpleNamespace(profile="smoke", meta={}), t7, t, 3.0)
+    assert head == {"unseen_lavan_asr": {S.FULL: {"4-bit": 2.0}, S.NO_FDP: {"4-bit": 3.0}}, "stage_wall_time_s": 3.0}
+    assert len(details["table13"]) == 6
+
+
+def test_motivation_headline_reads_the_tables():
+    from types import SimpleNamespace
+
+    from triqdef.stages import motivation
+
+    t4 = pd.DataFrame({"model": ["FP", "QAT"], "32bit": [90.0, 89.0], "4bit": [math.nan, 80.0], "n_test": [4, 4]})
+    t1 = pd.DataFrame({"attack": ["gap", "lavan"], S.FP_WHITEBOX_VIEW: [50.0, 60.0], "4": [10.0, 20.0], "n 4": [3, 3]})
+    t8 = pd.DataFrame({"source": ["a"], "target": ["b"], "attack": ["lavan"], "FP": [1.0], "4-bit": [2.0], "n FP": [3]})
+    records = pd.DataFrame({"view": ["4", "4", S.FP_WHITEBOX_VIEW], "eval_s": [1.0, 2.0, 3.0]})
+    inp = SimpleNamespace(qat_label="QAT", qat=None, fp=None, qat_meta={"bits": [4]}, profile="smoke", n_test=4,
+                          splits=SimpleNamespace(source={"source": "sample"}), test_y=torch.zeros(3), meta={})
+    head, details = motivation.metrics(inp, t4, t1, records, t8, 1.25)
+    assert head == {"qat_accuracy": {"32bit": 89.0, "4bit": 80.0}, "lavan_asr": {S.FP_WHITEBOX_VIEW: 60.0, "4": 20.0},
+                    "stage_wall_time_s": 1.2}
+    assert details["table1_asr"]["gap"] == {S.FP_WHITEBOX_VIEW: 50.0, "4": 10.0}
+    assert details["accuracy"]["FP"] == {"32bit": 90.0} and details["table8_asr"] == {"a -> b lavan": {"FP": 1.0, "4-bit": 2.0}}
+    assert details["seconds_per_patch_evaluation"] == {"n_images": 3, "4": 1.5, S.FP_WHITEBOX_VIEW: 3.0}
+
+
+def test_report_reads_the_training_metrics_where_the_stage_writes_them(tmp_path, monkeypatch):
+    """The report's Table 17 and Figure 3 claims read the headline (results/metrics) and the benchmark record
+    (results/metadata) that notebook 02 writes from :func:`triqdef.stages.training.metrics`."""
+    from types import SimpleNamespace
+
+    from triqdef.reporting.report import build_report
+    from triqdef.meta import write_metrics
+    from triqdef.stages.training import metrics
+
+    monkeypatch.setenv("TRIQDEF_OUTPUT", str(tmp_path))
+    t4 = pd.DataFrame({"model": [S.STANDARD_QAT, S.TRIQDEF], "32bit": [90.0, 89.5]})
+    t5 = pd.DataFrame({"model": [S.TRIQDEF], "group": [S.UNSEEN], "lavan 32-bit": [4.0]})
+    bench = {"time_ratio": 1.4, "mem_ratio": 1.1, "device": "cpu"}
+    write_metrics("training", *metrics(SimpleNamespace(profile="smoke", n_eval=1, meta={}), t4, t5, bench, {"4-bit": 0.9}, 1.0))
+    lines = build_report(tmp_path / "results").splitlines()
+    bench_row = next(line for line in lines if line.startswith("| App. D, Table 17"))
+    cam_row = next(line for line in lines if line.startswith("| §4.6, Figure 3"))
+    assert "time 1.40×, memory 1.10×" in bench_row and "**holds**" in bench_row
+    assert "4-bit 0.90" in cam_row and "32bit -0.5" in cam_row

@@ -12,7 +12,8 @@ What a stage runs is read from its ``cmd`` in ``dvc.yaml``:
   is parsed with :func:`triqdef.cli.build_parser`; the stage's code is the
   command function it selects, the rest of ``cli.py`` (everything but the
   other ``_cmd_*`` functions: ``main`` and the parser), and the stage module
-  ``triqdef.stages.<stage>`` that the command names (``set_defaults(stage=...)``).
+  ``triqdef.stages.<stage>``, which must be the one stage module that command
+  function imports (else the stage and its command disagree: a problem).
 - ``papermill notebooks/NN_name.ipynb ...``: the notebook's code (its Jupytext
   source ``notebooks/NN_name.py`` where it exists, else the ``.ipynb`` code
   cells) and the stage module ``triqdef.stages.<stage>``.
@@ -21,15 +22,18 @@ From those entry points the transitive closure of ``triqdef`` imports is
 computed statically with :mod:`ast`: imports at module level and inside
 functions, ``from triqdef.x import y`` where ``y`` is a submodule, every
 package ``__init__.py`` on the way, and the non-Python files a module names
-beside itself (``Path(__file__).parent / "triqdef.mplstyle"``). The
-closure over-approximates what a run executes (a module counts as soon as it
-is imported), never under-approximates it, so ``dvc status`` cannot miss a
-change in code the stage runs.
+beside itself (``Path(__file__).parent / "triqdef.mplstyle"``; less
+``NOT_STAGE_INPUTS`` below). The closure over-approximates what a run
+executes (a module counts as soon as it is imported), so ``dvc status``
+cannot miss a change in code the stage runs; the one blind spot is an import
+by a computed name (``importlib.import_module(f"...")``), which the package
+does not use.
 
 The params sections a stage reads are the ``PARAMS`` tuple of its stage
-module (read from the source, not imported). The CLI enforces them at run
-time (:func:`triqdef.config.restrict`): a stage that reads a section it does
-not declare fails, so the smoke pipeline of ``make test`` checks the tuples.
+module (read from the source, not imported). The stages enforce them at run
+time (the CLI passes ``cfg.only(PARAMS)``, :class:`triqdef.config.StageConfig`):
+a stage that reads a section it does not declare fails, so the smoke
+pipeline of ``make test`` checks the tuples.
 
 Only the code entries of a stage's ``deps`` (under ``lib/``, and the executed
 notebook) are compared and rewritten; data and upstream outputs stay as

@@ -13,6 +13,9 @@ export TQDM_DISABLE=1 MPLBACKEND=Agg
 # dvc runs the stages' `triqdef` / `papermill` commands: they must be the ones beside this interpreter
 PATH="$(python -c 'import os, sys; print(os.path.dirname(sys.executable))'):$PATH"
 export PATH
+for tool in triqdef dvc papermill; do
+  command -v "$tool" > /dev/null || { echo "tools/test.sh: $tool not found beside $(command -v python): run 'make test' or activate .venv" >&2; exit 2; }
+done
 start=$(date +%s)
 
 [[ ${1:-} == --no-unit ]] || python -m pytest -q tests

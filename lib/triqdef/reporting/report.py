@@ -115,7 +115,7 @@ def _table8(results):
 def _table9(results):
     t = _table(results, "table9_ptq_transfer_cifar").set_index(S.SIZE)
     ptq2 = S.ptq_view(2)
-    return (f"CIFAR analogue, LAVAN on PTQ ResNet-20 at 2 bits: " + ", ".join(f"{s}px {t.loc[s, ptq2]:.1f} %" for s in t.index),
+    return ("CIFAR analogue, LAVAN on PTQ ResNet-20 at 2 bits: " + ", ".join(f"{s}px {t.loc[s, ptq2]:.1f} %" for s in t.index),
             "holds" if t[ptq2].min() > 50 else "does not hold")
 
 
@@ -204,12 +204,12 @@ def _table2(results):
 
 
 def _gradcam(results):
-    m = _metrics(results, "training").get("gradcam_cosine_to_fp")
+    m = _metrics(results, "training", folder="metadata").get("gradcam_cosine_to_fp")
     if not m:
         raise Missing("training.gradcam_cosine_to_fp")
-    dev = _metrics(results, "training").get("clean_deviation_triqdef_minus_qat", {})
+    dev = _metrics(results, "training", folder="metadata").get("clean_deviation_triqdef_minus_qat", {})
     ok = min(m.values()) >= 0.8
-    return (f"mean cosine of TriQDef Grad-CAM maps to its fp map: " + ", ".join(f"{b} {v:.2f}" for b, v in m.items())
+    return ("mean cosine of TriQDef Grad-CAM maps to its fp map: " + ", ".join(f"{b} {v:.2f}" for b, v in m.items())
             + "; clean deviation from QAT " + ", ".join(f"{k} {v:+.1f}" for k, v in dev.items()) + " points",
             "holds" if ok and min(dev.values(), default=0) > -1 else "partly" if ok else "does not hold")
 

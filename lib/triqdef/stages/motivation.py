@@ -338,7 +338,10 @@ def metrics(inp: Inputs, table4: pd.DataFrame, table1: pd.DataFrame, table1_reco
     times, provenance)."""
     accuracy = accuracy_by_model(table4)
     table1_asr = rates_by_row(table1, S.ATTACK, list(table1_views(inp)))
-    headline = {"qat_accuracy": accuracy[inp.qat_label], "lavan_asr": table1_asr[S.LAVAN],
+    lavan, low = table1_asr[S.LAVAN], min(inp.qat_meta["bits"])
+    headline = {**{f"qat_acc_{b}": a for b, a in accuracy[inp.qat_label].items()},  # flat keys: one column each
+                "lavan_asr_whitebox": lavan[S.FP_WHITEBOX_VIEW],
+                f"lavan_asr_{low}bit": lavan[S.qat_view(low)],  # the paper's headline: transfer to the lowest bit-width
                 "stage_wall_time_s": round(wall_time_s, 1)}
     details = {"profile": inp.profile, "n_test": int(inp.n_test), "data_source": inp.splits.source["source"],
                "accuracy": accuracy, "table1_asr": table1_asr,

@@ -279,12 +279,12 @@ def metrics(inp: Inputs, table4: pd.DataFrame, table5: pd.DataFrame, bench: dict
     the details (Tables 4 and 5 as records, the benchmark, provenance)."""
     t5 = table5.set_index([S.MODEL, S.GROUP])
     unseen = {S.view_of(c): t5.loc[(S.TRIQDEF, S.UNSEEN), c] for c in S.attack_columns(t5.columns, S.LAVAN)}
-    headline = {"clean_deviation_triqdef_minus_qat": clean_deviation(table4),
-                "triqdef_unseen_lavan_asr": unseen,
+    headline = {**{f"triqdef_unseen_lavan_{v.replace('-', '')}": asr for v, asr in unseen.items()},  # flat: one column each
                 "time_ratio": bench["time_ratio"], "mem_ratio": bench["mem_ratio"],
-                "gradcam_cosine_to_fp": gradcam_cosine,
                 "stage_wall_time_s": round(wall_time_s, 1)}
-    details = {"profile": inp.profile, "n_eval": inp.n_eval, "table4": table4.to_dict(orient="records"),
+    details = {"profile": inp.profile, "n_eval": inp.n_eval,
+               "clean_deviation_triqdef_minus_qat": clean_deviation(table4), "gradcam_cosine_to_fp": gradcam_cosine,
+               "table4": table4.to_dict(orient="records"),
                "table5": table5.to_dict(orient="records"), "bench": {k: v for k, v in bench.items() if k != "settings"},
                "provenance": inp.meta}
     return headline, details

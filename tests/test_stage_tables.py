@@ -205,7 +205,7 @@ def test_clean_deviation_and_training_headline():
     bench = {"time_ratio": 1.5, "mem_ratio": 1.1, "device": "cpu", "settings": {"rho": 0.5}}
     head, details = metrics(inp, t4, t5, bench, {"4-bit": 0.9}, 12.34)
     # the headline: flat numbers, one dvc-metrics column each; the per-bit records go to the metadata
-    assert head == {"triqdef_unseen_lavan_32bit": 4.0, "triqdef_unseen_lavan_4bit": 6.0, "time_ratio": 1.5, "mem_ratio": 1.1,
+    assert head == {"unseen_lavan_32bit": 4.0, "unseen_lavan_4bit": 6.0, "time_ratio": 1.5, "mem_ratio": 1.1,
                     "stage_wall_time_s": 12.3}
     assert details["clean_deviation_triqdef_minus_qat"] == {"32bit": -0.5, "4bit": 1.25}
     assert details["gradcam_cosine_to_fp"] == {"4-bit": 0.9}

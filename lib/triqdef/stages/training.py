@@ -274,12 +274,12 @@ def figure_loss_terms(inp: Inputs) -> Path:
 
 def metrics(inp: Inputs, table4: pd.DataFrame, table5: pd.DataFrame, bench: dict, gradcam_cosine: dict,
             wall_time_s: float) -> tuple[dict, dict]:
-    """The stage's headline (TriQDef's clean-accuracy deviation from standard QAT, its unseen LAVAN ASR per
-    bit-width, the training time and memory ratios of Table 17, the Grad-CAM similarity, the wall time) and
-    the details (Tables 4 and 5 as records, the benchmark, provenance)."""
+    """The stage's headline, flat numbers (TriQDef's unseen LAVAN ASR per bit-width ``unseen_lavan_<b>bit``,
+    Table 17's time and memory ratios, the wall time), and the details (TriQDef's clean-accuracy deviation from
+    standard QAT, the Grad-CAM similarity, Tables 4 and 5 as records, the benchmark, provenance)."""
     t5 = table5.set_index([S.MODEL, S.GROUP])
     unseen = {S.view_of(c): t5.loc[(S.TRIQDEF, S.UNSEEN), c] for c in S.attack_columns(t5.columns, S.LAVAN)}
-    headline = {**{f"triqdef_unseen_lavan_{v.replace('-', '')}": asr for v, asr in unseen.items()},  # flat: one column each
+    headline = {**{f"unseen_lavan_{v.replace('-', '')}": asr for v, asr in unseen.items()},  # flat: one column each
                 "time_ratio": bench["time_ratio"], "mem_ratio": bench["mem_ratio"],
                 "stage_wall_time_s": round(wall_time_s, 1)}
     details = {"profile": inp.profile, "n_eval": inp.n_eval,

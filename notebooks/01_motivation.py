@@ -25,21 +25,13 @@ profile = "smoke"   # papermill passes base.profile from params.yaml; nbval uses
 params_file = None  # None: params.yaml at the project root
 
 # %%
-import logging
-import time
-
 from IPython.display import Image
 
-from triqdef.config import load_config
 from triqdef.meta import write_metrics
-from triqdef.reporting.plots import use_style
 from triqdef.stages import motivation
+from triqdef.stages.common import open_notebook
 
-logging.basicConfig(level=logging.WARNING)
-use_style()
-t_start = time.perf_counter()
-run = motivation.load(load_config(params_file, profile, motivation.PARAMS))
-print(run.describe())
+run = open_notebook(motivation, profile, params_file)
 
 # %% [markdown]
 # ## Table 4 (standard-QAT rows): clean accuracy per bit-width
@@ -142,4 +134,4 @@ t8
 # `results/metrics/motivation.json`; the rest to `results/metadata/motivation.json`.
 
 # %%
-write_metrics("motivation", *motivation.metrics(run, t4, t1, t1_records, t8, time.perf_counter() - t_start))
+write_metrics("motivation", *motivation.metrics(run, t4, t1, t1_records, t8, run.wall_time_s()))

@@ -32,21 +32,13 @@ profile = "smoke"   # papermill passes base.profile from params.yaml; nbval uses
 params_file = None
 
 # %%
-import logging
-import time
-
 from IPython.display import Image
 
-from triqdef.config import load_config
 from triqdef.meta import write_metrics
-from triqdef.reporting.plots import use_style
 from triqdef.stages import training
+from triqdef.stages.common import open_notebook
 
-logging.basicConfig(level=logging.WARNING)
-use_style()
-t_start = time.perf_counter()
-run = training.load(load_config(params_file, profile, training.PARAMS))
-print(run.describe())
+run = open_notebook(training, profile, params_file)
 
 # %% [markdown]
 # ## Table 4: clean accuracy per bit-width
@@ -108,4 +100,4 @@ Image(training.figure_loss_terms(run))
 # `results/metadata/training.json`.
 
 # %%
-write_metrics("training", *training.metrics(run, t4, t5, bench, cam_cosine, time.perf_counter() - t_start))
+write_metrics("training", *training.metrics(run, t4, t5, bench, cam_cosine, run.wall_time_s()))

@@ -19,17 +19,11 @@ profile = "smoke"   # papermill passes base.profile from params.yaml; nbval uses
 params_file = None
 
 # %%
-import logging
-import time
-
-from triqdef.config import load_config
 from triqdef.meta import write_metrics
 from triqdef.stages import ablation_tables
+from triqdef.stages.common import open_notebook
 
-logging.basicConfig(level=logging.WARNING)
-t_start = time.perf_counter()
-run = ablation_tables.load(load_config(params_file, profile, ablation_tables.PARAMS))
-print(run.describe())
+run = open_notebook(ablation_tables, profile, params_file)
 
 # %% [markdown]
 # ## Table 7: without FDP, without GPDP, full TriQDef (seen and unseen patches)
@@ -52,4 +46,4 @@ t13
 # the rest to `results/metadata/ablation_tables.json`.
 
 # %%
-write_metrics("ablation_tables", *ablation_tables.metrics(run, t7, t13, time.perf_counter() - t_start))
+write_metrics("ablation_tables", *ablation_tables.metrics(run, t7, t13, run.wall_time_s()))

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import calibrated_resnet20
 import torch.nn.functional as F
 
 from triqdef import quant
@@ -14,19 +15,13 @@ from triqdef.attacks.signed_gradient import pgd_linf
 from triqdef.defenses.steps import DWQStep, PBATStep, TriQDefSettings, TriQDefStep
 from triqdef.errors import TriqdefError
 from triqdef.losses import FeatureDisalignmentPenalty, PenaltySettings
-from triqdef.models import build_model
 from triqdef.taps import tap_outputs
 
 TAPS = ("layer1.0.relu1", "layer2.0.relu1", "layer3.0.relu1")
 
 
 def _qmodel(bits=(32, 8, 4, 2), seed=0):
-    torch.manual_seed(seed)
-    m = quant.quantize_model(build_model("resnet20"), list(bits), range_estimator="max")
-    x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    for b in bits:
-        if b != 32:
-            quant.calibrate(m, [x], b)
+    m, x = calibrated_resnet20(bits, 16, seed)
     return m.double().train(), x.double()
 
 

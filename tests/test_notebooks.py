@@ -95,7 +95,8 @@ def test_notebook_calls_its_stage_module(source):
     """Thin notebooks: the tables come from ``triqdef.stages.<stage>``, which declares the params it reads."""
     stage = STAGES[source.stem]
     text = source.read_text()
-    assert f"from triqdef.stages import {stage}" in text and f"{stage}.PARAMS" in text
+    # open_notebook(stage, ...) loads the config restricted to stage.PARAMS
+    assert f"from triqdef.stages import {stage}" in text and f"open_notebook({stage}, profile, params_file)" in text
     module = importlib.import_module(f"triqdef.stages.{stage}")
     assert isinstance(module.PARAMS, tuple) and "base" in module.PARAMS
     code = [c for c in jupytext.read(source).cells if c.cell_type == "code"]

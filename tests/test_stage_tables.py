@@ -14,36 +14,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import LabelNet, calibrated_resnet20
 
 from triqdef import quant
 from triqdef.attacks.patches import Patch
-from triqdef.models import build_model
 from triqdef.reporting import schemas as S
 
 TAPS = ["layer1.0.relu1", "layer2.0.relu1", "layer3.0.relu1"]
 
 
 def _qmodel(bits=(32, 8, 4), seed=0):
-    torch.manual_seed(seed)
-    m = quant.quantize_model(build_model("resnet20"), list(bits), range_estimator="max")
-    x = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    for b in bits:
-        if b != 32:
-            quant.calibrate(m, [x], b)
+    m, x = calibrated_resnet20(bits, 8, seed)
     return m.eval(), x
-
-
-class LabelNet(torch.nn.Module):
-    """Predicts the label written in pixel (1, 10, 10); class 1 when the top-left pixel is bright (a patch)."""
-
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(1))
-
-    def forward(self, x):
-        logits = torch.nn.functional.one_hot((x[:, 1, 10, 10] * 9).round().long(), 10).float()
-        logits[x[:, 0, 0, 0] > 0.99] = torch.nn.functional.one_hot(torch.tensor(1), 10).float()
-        return logits + 0 * self.w
 
 
 def _label_images():

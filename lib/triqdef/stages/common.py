@@ -8,7 +8,9 @@ metrics record that also lands in ``results/metrics/<stage>.json``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -59,6 +61,11 @@ class NotebookInputs:
     test_x: torch.Tensor
     test_y: torch.Tensor
     meta: dict
+    started: float = field(default_factory=time.perf_counter)  # the stage's start (open_notebook), for its wall time
+
+    def wall_time_s(self) -> float:
+        """Seconds since the notebook opened (the stage time its metrics record)."""
+        return time.perf_counter() - self.started
 
     @property
     def profile(self) -> str:
@@ -72,6 +79,22 @@ class NotebookInputs:
     def n_eval(self) -> int:
         """Test images of the patch tables."""
         return len(self.test_y)
+
+
+def open_notebook(stage, profile: str, params_file: str | None = None) -> NotebookInputs:
+    """A notebook stage's first cell: quiet logging, the plot style, ``stage.load`` on the config restricted to
+    ``stage.PARAMS``, and the inputs' one-paragraph description printed. ``stage``: its module, e.g.
+    :mod:`triqdef.stages.training`. The returned inputs' :meth:`~NotebookInputs.wall_time_s` counts from here."""
+    from triqdef.config import load_config
+    from triqdef.reporting.plots import use_style
+
+    started = time.perf_counter()
+    logging.basicConfig(level=logging.WARNING)
+    use_style()
+    inputs = stage.load(load_config(params_file, profile, stage.PARAMS))
+    inputs.started = started
+    print(inputs.describe())
+    return inputs
 
 
 def work_dir() -> Path:

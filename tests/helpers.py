@@ -1,0 +1,31 @@
+"""Small models the tests share (imported as ``helpers``: pytest puts tests/ on the path)."""
+
+import torch
+
+from triqdef import quant
+from triqdef.models import build_model
+
+
+def calibrated_resnet20(bits=(32, 8, 4), n_images: int = 8, seed: int = 0):
+    """A switchable-precision ResNet-20 (seeded weights, ``max`` ranges) calibrated at every bit-width of
+    ``bits`` on ``n_images`` random images; returns the model and those images."""
+    torch.manual_seed(seed)
+    m = quant.quantize_model(build_model("resnet20"), list(bits), range_estimator="max")
+    x = torch.rand(n_images, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for b in bits:
+        if b != 32:
+            quant.calibrate(m, [x], b)
+    return m, x
+
+
+class LabelNet(torch.nn.Module):
+    """Predicts the label written in pixel (1, 10, 10); class 1 when the top-left pixel is bright (a patch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        logits = torch.nn.functional.one_hot((x[:, 1, 10, 10] * 9).round().long(), 10).float()
+        logits[x[:, 0, 0, 0] > 0.99] = torch.nn.functional.one_hot(torch.tensor(1), 10).float()
+        return logits + 0 * self.w

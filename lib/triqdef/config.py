@@ -286,14 +286,6 @@ class Config:
     robustness: RobustnessParams
     motivation: MotivationParams
 
-    @property
-    def profile(self) -> str:
-        return self.base.profile
-
-    @property
-    def seed(self) -> int:
-        return self.base.seed
-
     def only(self, sections: typing.Iterable[str]) -> "StageConfig":
         """A view that refuses every section but ``sections`` (and ``base``): what a stage declares it reads."""
         return StageConfig(self, frozenset(sections) | {"base"})

@@ -29,3 +29,33 @@ class LabelNet(torch.nn.Module):
         logits = torch.nn.functional.one_hot((x[:, 1, 10, 10] * 9).round().long(), 10).float()
         logits[x[:, 0, 0, 0] > 0.99] = torch.nn.functional.one_hot(torch.tensor(1), 10).float()
         return logits + 0 * self.w
+
+
+class TinyNet(torch.nn.Module):
+    """Colour classifier on 16x16 images: conv, ReLU, spatial max, linear (a patch can take over the max)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.relu = torch.nn.ReLU()
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.relu(self.conv(x)).amax((2, 3)))
+
+
+def tiny_trained():
+    """A small model trained to tell 4 colour classes apart."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(256) % 4
+    colours = torch.tensor([[0.8, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.2, 0.8], [0.7, 0.7, 0.2]])
+    x = (colours[labels][:, :, None, None] + 0.1 * torch.randn(256, 3, 16, 16, generator=g)).clamp(0, 1)
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = torch.optim.Adam(model.parameters(), 0.02)
+    for _ in range(150):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), labels).backward()
+        opt.step()
+    assert (model(x).argmax(1) == labels).float().mean() > 0.95
+    return model.eval(), x, labels

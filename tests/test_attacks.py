@@ -6,8 +6,9 @@ import torch
 from triqdef import quant
 import torch.nn.functional as F
 
-from triqdef.attacks.patches import (GAP, LAVAN, Patch, apply_patch, make_attack, outside_region_location, paste,
-                                     region_locations)
+from helpers import tiny_trained
+from triqdef.attacks.patches import Patch, apply_patch, outside_region_location, paste, region_locations
+from triqdef.attacks.universal import PatchRequest, optimise_patches, recipe
 from triqdef.attacks.signed_gradient import cosine_decay, signed_gradient_steps
 from triqdef.errors import TriqdefError
 from triqdef.attacks.success import common_subset, fooling_rate, targeted_asr
@@ -160,34 +161,6 @@ def test_rates_on_hand_made_predictions():
     assert empty.n == 0 and empty.value != empty.value  # NaN
 
 
-class TinyNet(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.relu = torch.nn.ReLU()
-        self.fc = torch.nn.Linear(8, 4)
-
-    def forward(self, x):
-        return self.fc(self.relu(self.conv(x)).amax((2, 3)))
-
-
-def tiny_trained():
-    """A small model trained to tell 4 colour classes apart."""
-    g = torch.Generator().manual_seed(0)
-    labels = torch.arange(256) % 4
-    colours = torch.tensor([[0.8, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.2, 0.8], [0.7, 0.7, 0.2]])
-    x = (colours[labels][:, :, None, None] + 0.1 * torch.randn(256, 3, 16, 16, generator=g)).clamp(0, 1)
-    torch.manual_seed(0)
-    model = TinyNet()
-    opt = torch.optim.Adam(model.parameters(), 0.02)
-    for _ in range(150):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), labels).backward()
-        opt.step()
-    assert (model(x).argmax(1) == labels).float().mean() > 0.95
-    return model.eval(), x, labels
-
-
 @pytest.mark.parametrize("attack", ["lavan", "gap"])
 @pytest.mark.parametrize("bits", [None, 4])
 def test_attacks_raise_the_target_probability(attack, bits):
@@ -197,8 +170,8 @@ def test_attacks_raise_the_target_probability(attack, bits):
         quant.calibrate(model, [x], 4)
         model.eval()
     target = 2
-    att = make_attack(attack, model, bits=bits, size=5, target=target, steps=60, step_size=0.1, batch_size=64, border=2, seed=1)
-    patch = att(x, labels)
+    opt = recipe(attack, steps=60, step_size=0.1, images_per_patch=64)
+    (patch,) = optimise_patches(model, x, labels, 5, [PatchRequest(target, seed=1, border=2)], opt, bits=bits)
     assert patch.size == 5 and patch.attack == attack and patch.source_bits == bits and patch.target == target
 
     def p_target(images):
@@ -209,13 +182,3 @@ def test_attacks_raise_the_target_probability(attack, bits):
     random_patch = patch.moved(patch.location)
     random_patch.content = torch.rand_like(patch.content, generator=torch.Generator().manual_seed(5))
     assert p_target(apply_patch(x, patch)) > p_target(apply_patch(x, random_patch)) + 0.2
-
-
-def test_bad_attack_arguments():
-    model = TinyNet()
-    with pytest.raises(TriqdefError, match="unknown attack"):
-        make_attack("pgd", model)
-    with pytest.raises(TriqdefError, match="patch size"):
-        LAVAN(model, size=0)
-    with pytest.raises(TriqdefError):
-        GAP(model, bits=4)  # a float model has no bit-widths

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from triqdef import quant
-from triqdef.attacks.patches import ATTACKS
+from triqdef.attacks.universal import ATTACKS
 from triqdef.config import (PROFILES, SECTIONS, Config, CrossArchParams, ModelParams, QuantParams, TrainParams,
                             as_dict, load_config, override)
 from triqdef.errors import TriqdefError
@@ -61,6 +61,12 @@ def test_literal_choices_match_the_library():
     (lambda r: r["train_fp"]["cpu"].update(schedule="cosine"), r"train_fp.cpu.schedule = 'cosine': expected one of 'step', 'onecycle'"),
     (lambda r: r["patches"]["cpu"].update(steps=0), r"patches.cpu.steps = 0"),
     (lambda r: r["patches"]["common"].update(attacks=["lavan", "dpr"]), r"patches.cpu.attacks"),
+    (lambda r: r["patches"]["common"].update(size=30), r"parameter patches.cpu.size = 30: a patch that does not fit"),
+    (lambda r: r["patches"]["common"].update(size=20, border=0), r"size = 20: GAP's transformation canvas"),
+    (lambda r: r["patches"]["common"].update(method="lbfgs"), r"patches.cpu.method = 'lbfgs': expected one of 'sign', 'adam'"),
+    (lambda r: r["patches"]["common"].update(loss={"lavan": "hinge", "gap": "ce"}), r"patches.cpu.loss.lavan = .hinge."),
+    (lambda r: r["patches"]["common"].update(loss={"lavan": "ce"}), r"loss has no entry for attack 'gap'"),
+    (lambda r: r["patches"]["cpu"].update(pool_per_attack=0), r"patches.cpu.pool_per_attack = 0"),
     (lambda r: r["data"]["cpu"].pop("test_size"), r"parameter data.cpu.test_size is missing"),
     (lambda r: r["data"]["cpu"].update(test_sise=3), r"parameter data.cpu.test_sise is unknown"),
     (lambda r: r["quant"]["common"].update(bits=[32, 8, 1]), r"quant.cpu: unknown bit-width 1"),

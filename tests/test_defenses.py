@@ -180,7 +180,8 @@ def test_random_bitwidth_per_image_picks_each_images_draw_and_whitebox_patch():
         assert torch.allclose(out[draw == i], ref[draw == i])
     assert torch.equal(rb(x), out)  # the same draw on every call: clean and patched see the same bit-widths
     y = torch.arange(16) % 10
-    cfg = SimpleNamespace(size=6, step_size=0.05, batch_size=8, border=4)  # the fields of config.PatchParams it reads
+    cfg = SimpleNamespace(size=6, step_size=0.05, images_per_patch=8, border=4, method="sign", restarts=1,
+                          max_batch=64, steps=5, loss={"lavan": "logprob"})  # the fields of config.PatchParams it reads
     patches = whitebox_patches(m, [8, 2], x, y, 1, cfg, steps=2, seed=0, source_model="resnet20")
     assert patches[0].info["set"] == "whitebox" and patches[0].content.shape == (3, 6, 6)
     rec = defense_records({"m": m}, {"whitebox": patches}, [8, 2], x, y, random_precision=["m"], rp_bits=[8, 2])

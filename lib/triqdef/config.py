@@ -38,6 +38,7 @@ from triqdef.errors import TriqdefError
 from triqdef.paths import project_root
 
 PROFILES = ("smoke", "cpu", "paper")
+CIFAR_IMAGE_SIZE = 32  # every dataset of the project is CIFAR-10
 
 
 def _check(**rules: Any) -> dict:
@@ -145,7 +146,8 @@ class DefenseParams(TrainParams):
 
 @dataclass(frozen=True, kw_only=True)
 class PatchParams:
-    """docs/design.md#patch-sets: LAVAN and GAP, training pool / seen / unseen (bits, size, location)."""
+    """docs/design.md#patch-sets: LAVAN and GAP, training pool / seen / unseen (bits, size, location), made by
+    the one patch optimiser (docs/design.md#one-patch-optimiser)."""
 
     steps: int = field(metadata=_check(gt=0))
     pool_per_attack: int = field(metadata=_check(gt=0))
@@ -158,8 +160,31 @@ class PatchParams:
     unseen_sizes: tuple[int, ...]
     extra_sizes: tuple[int, ...]
     border: int = field(metadata=_check(ge=0))
+    method: Literal["sign", "adam"]     # signed-gradient steps | Adam, the step (lr) cosine-decayed to a tenth
     step_size: float = field(metadata=_check(gt=0))
-    batch_size: int = field(metadata=_check(gt=0))
+    images_per_patch: int = field(metadata=_check(gt=0))   # images each patch sees per step
+    restarts: int = field(metadata=_check(gt=0))
+    max_batch: int = field(metadata=_check(gt=0))          # images per forward (K patches x images_per_patch, chunked)
+    loss: dict[str, str]                # attack -> logprob | ce | margin
+
+    def __post_init__(self) -> None:
+        from triqdef.attacks.objectives import LOSSES
+
+        for attack in self.attacks:
+            if attack not in self.loss:
+                raise TriqdefError(f"parameter loss has no entry for attack {attack!r}: expected one of {', '.join(LOSSES)}")
+        for attack, loss in self.loss.items():
+            if attack not in ("lavan", "gap") or loss not in LOSSES:
+                raise TriqdefError(f"parameter loss.{attack} = {loss!r}: expected an attack (lavan, gap) mapped to "
+                                   f"one of {', '.join(LOSSES)}")
+        for key, sizes in (("size", (self.size,)), ("unseen_sizes", self.unseen_sizes), ("extra_sizes", self.extra_sizes)):
+            for s in sizes:
+                if s < 1 or s > CIFAR_IMAGE_SIZE - 2 * self.border:
+                    raise TriqdefError(f"parameter {key} = {s}: a patch that does not fit a {CIFAR_IMAGE_SIZE}px image "
+                                       f"inside its {self.border}px border; expected 1..{CIFAR_IMAGE_SIZE - 2 * self.border}")
+                if "gap" in self.attacks and s > CIFAR_IMAGE_SIZE // 2:
+                    raise TriqdefError(f"parameter {key} = {s}: GAP's transformation canvas (twice the patch) does not "
+                                       f"fit a {CIFAR_IMAGE_SIZE}px image; expected <= {CIFAR_IMAGE_SIZE // 2}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,4 +1,4 @@
-"""Universal targeted adversarial patches: LAVAN and GAP (paper sections 2 and 4.1; docs/design.md#lavan-and-gap).
+"""Adversarial patches: the patch record and the one paste (paper Algorithm 1; docs/design.md#patches).
 
 Images live in [0, 1]; normalisation is the model's first layer, so a patch
 is plain pixels. A patched image is ``x_adv = x ⊙ (1 − M) + P ⊙ M`` with ``M``
@@ -11,35 +11,22 @@ the patch's square mask at its location (top-left corner ``(row, col)``).
 * :class:`Patch` keeps content, size, location, target class, attack and the
   model and bit-width it was made on, so that moving a patch moves content and
   mask together; :func:`apply_patch` pastes it.
-* :class:`LAVAN` (Karmon et al. 2018): universal, targeted, optimised at random
-  locations (expectation over location); raises the target's log-probability
-  and lowers the true class's.
-* :class:`GAP` (Brown et al. 2017): universal, targeted, expectation over
-  transformations: location, rotation (±22.5°) and scale.
 
-Both run against any model at any bit-width of a switchable-precision model
-(:func:`triqdef.quant.use_bitwidth`), with signed-gradient steps whose size
-decays with a cosine from ``step_size`` to ``step_size / 10``
-(:mod:`triqdef.attacks.signed_gradient`).
+LAVAN and GAP, placements and losses live in :mod:`triqdef.attacks.universal` (the one patch optimiser),
+:mod:`triqdef.attacks.placement` and :mod:`triqdef.attacks.objectives`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from triqdef import quant
-from triqdef.attacks.signed_gradient import cosine_decay, signed_gradient_steps
 from triqdef.data.cifar import to_float
 from triqdef.errors import TriqdefError
-
-ATTACKS = ("lavan", "gap")
 
 
 @dataclass
@@ -185,140 +172,6 @@ def outside_region_location(size: int, generator: torch.Generator, image_size: i
     first = edge[int(torch.randint(0, 2, (1,), generator=generator))]
     other = int(torch.randint(0, image_size - size + 1, (1,), generator=generator))
     return (first, other) if int(torch.randint(0, 2, (1,), generator=generator)) else (other, first)
-
-
-class _UniversalPatchAttack:
-    """Shared loop of the universal patch attacks: signed-gradient steps on the patch content."""
-
-    name = "base"
-
-    def __init__(self, model: nn.Module, *, bits: int | None = None, size: int = 6, target: int = 0, steps: int = 100,
-                 step_size: float = 0.05, batch_size: int = 64, border: int = 4, seed: int = 0,
-                 source_model: str = "unknown", progress: bool = False):
-        if size < 1:
-            raise TriqdefError(f"patch size {size}: expected a positive integer")
-        if steps < 1 or batch_size < 1:
-            raise TriqdefError(f"steps={steps}, batch_size={batch_size}: expected positive integers")
-        if bits is not None:
-            quant.check_bits(bits)
-            if bits not in quant.model_bits(model):
-                raise TriqdefError(f"bit-width {bits} not in the attacked model's bit-widths {quant.model_bits(model)}")
-        self.model, self.bits, self.size, self.target = model, bits, size, int(target)
-        self.steps, self.step_size, self.batch_size, self.border = steps, step_size, batch_size, border
-        self.seed, self.source_model, self.progress = seed, source_model, progress
-
-    def settings(self) -> dict:
-        return {"steps": self.steps, "step_size": self.step_size, "batch_size": self.batch_size,
-                "border": self.border, "seed": self.seed}
-
-    def place(self, x: torch.Tensor, content: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        locs = random_locations(x.shape[0], self.size, g, x.shape[-1], self.border)
-        return apply_patch(x, content, locs)
-
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, location: tuple[int, int] | None = None) -> Patch:
-        """Optimise a universal patch on ``images`` (N, 3, H, W) in [0, 1] with true ``labels``.
-
-        ``location`` is where the returned :class:`Patch` is evaluated (default:
-        a random location inside the training region, from ``seed``).
-        """
-        _check_images(images)
-        g = torch.Generator().manual_seed(self.seed)
-        device = next(self.model.parameters()).device
-        content = torch.rand(3, self.size, self.size, generator=g).to(device)
-
-        def loss(content: torch.Tensor, step: int) -> torch.Tensor:  # a random batch, then random placements
-            idx = torch.randint(0, images.shape[0], (min(self.batch_size, images.shape[0]),), generator=g)
-            x, y = images[idx].to(device), labels[idx].to(device)
-            return self.loss(self.model(self.place(x, content, g)), y)
-
-        with quant.eval_mode(self.model), quant.use_bitwidth(self.model, self.bits):
-            content = signed_gradient_steps(loss, content, self.steps, cosine_decay(self.step_size, self.steps), (0, 1),
-                                            descend=True, progress=f"{self.name} t={self.target}" if self.progress else None)
-        if location is None:
-            location = tuple(random_locations(1, self.size, g, images.shape[-1], self.border)[0].tolist())
-        return Patch(content.detach().cpu(), tuple(int(v) for v in location), self.target, self.name,
-                     self.source_model, self.bits, self.settings())
-
-
-class LAVAN(_UniversalPatchAttack):
-    """LAVAN (Karmon, Zoran & Goldberg 2018): a universal, targeted, localized patch.
-
-    Threat model: white-box gradients of ``model`` at ``bits``; the patch may
-    replace any ``size``×``size`` square inside the training region. Each step
-    draws a batch of images and a random location per image and descends
-    ``−log p_target + log p_true`` (the true-class term is dropped for images
-    of the target class).
-
-    Call: ``LAVAN(model, bits=4, size=6, target=3)(images, labels) -> Patch``.
-    """
-
-    name = "lavan"
-
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logp = F.log_softmax(logits, 1)
-        tgt = torch.full_like(labels, self.target)
-        not_target = (labels != self.target).float()
-        return (-logp.gather(1, tgt[:, None])[:, 0] + not_target * logp.gather(1, labels[:, None])[:, 0]).mean()
-
-
-class GAP(_UniversalPatchAttack):
-    """Adversarial Patch (Brown et al. 2017), "GAP": universal, targeted, expectation over transformations.
-
-    Each step transforms the patch per image by a random rotation in
-    ``±max_rotation`` degrees and a random scale in ``scale_range`` (bilinear,
-    the mask transformed with it), then places it at a random location inside
-    the training region, and descends ``−log p_target``.
-
-    Call: ``GAP(model, bits=None, size=6, target=3)(images, labels) -> Patch``.
-    """
-
-    name = "gap"
-
-    def __init__(self, model: nn.Module, *, max_rotation: float = 22.5, scale_range: tuple[float, float] = (0.8, 1.2), **kw):
-        super().__init__(model, **kw)
-        self.max_rotation, self.scale_range = max_rotation, tuple(scale_range)
-
-    def settings(self) -> dict:
-        return dict(super().settings(), max_rotation=self.max_rotation, scale_range=list(self.scale_range))
-
-    def place(self, x: torch.Tensor, content: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        n, s = x.shape[0], self.size
-        # transform the patch on a canvas twice its size so that rotation/upscaling is not cut off
-        big = 2 * s
-        off = s // 2
-        canvas = F.pad(content, (off, big - s - off, off, big - s - off))[None].expand(n, -1, -1, -1)
-        mask = F.pad(torch.ones_like(content[:1]), (off, big - s - off, off, big - s - off))[None].expand(n, -1, -1, -1)
-        angle = (torch.rand(n, generator=g) * 2 - 1) * math.radians(self.max_rotation)
-        lo, hi = self.scale_range
-        scale = lo + (hi - lo) * torch.rand(n, generator=g)
-        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        theta = torch.stack([torch.stack([cos, -sin, torch.zeros(n)], 1), torch.stack([sin, cos, torch.zeros(n)], 1)], 1)
-        theta = theta.to(x.device, x.dtype)
-        grid = F.affine_grid(theta, (n, 3, big, big), align_corners=False)
-        tc = F.grid_sample(canvas, grid, align_corners=False)
-        tm = F.grid_sample(mask, grid, align_corners=False)
-        # the transformed patch's centre stays where an untransformed patch's centre may be (inside the region)
-        lo = max(0, self.border - off)
-        hi = min(x.shape[-1] - big, x.shape[-1] - self.border - s - off)
-        if hi < lo:
-            raise TriqdefError(f"GAP patch of size {s} does not fit its transformation canvas on {x.shape[-1]}px images")
-        locs = torch.randint(lo, hi + 1, (n, 2), generator=g)
-        return paste(x, tc, locs, tm)
-
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, torch.full_like(labels, self.target))
-
-
-def make_attack(name: str, model: nn.Module, **kw) -> _UniversalPatchAttack:
-    """Build an attack by name (``lavan`` or ``gap``)."""
-    if name == "lavan":
-        return LAVAN(model, **kw)
-    if name == "gap":
-        return GAP(model, **kw)
-    raise TriqdefError(f"unknown attack {name!r}: expected one of {', '.join(ATTACKS)}")
 
 
 @torch.no_grad()

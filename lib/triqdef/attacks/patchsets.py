@@ -1,8 +1,8 @@
 """The patch sets every method is evaluated on (docs/design.md#patch-sets), made once by a DVC stage.
 
-* ``pool``: LAVAN and GAP 6×6 patches made on the FP model, targets spread
+* ``pool``: LAVAN and GAP 6×6 patches made on the FP model, targets balanced
   over the classes, optimised and placed inside the training region (the
-  image minus a ``border``-pixel frame). TriQDef and PBAT train on these.
+  image minus a ``border``-pixel frame). TriQDef trains on these.
 * ``seen``: new patches from the pool's distribution with other seeds (never
   the training patches themselves).
 * unseen, each its own set: ``unseen_bits4`` / ``unseen_bits2`` (made on the
@@ -22,11 +22,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
-from triqdef.attacks.patches import Patch, make_attack, outside_region_location
+from triqdef.attacks.patches import Patch, outside_region_location
+from triqdef.attacks.universal import PatchOptimiser, PatchRequest, optimise_patches, recipe
 from triqdef.config import PatchParams
 from triqdef.meta import atomic_path, read_torch_file
 
@@ -47,52 +48,89 @@ class PatchSpec:
     placement: str  # "inside" | "outside"
 
 
+def balanced_targets(n: int, seed: int, num_classes: int = 10) -> list[int]:
+    """``n`` target classes, each class ⌊n/C⌋ or ⌈n/C⌉ times: whole rounds of seeded random permutations of
+    the classes, the last round cut. Every target is uniform over the classes, whatever ``n``; sets of a
+    multiple of C patches cover every class equally often."""
+    rng = np.random.default_rng([seed, 1_013])
+    out: list[int] = []
+    while len(out) < n:
+        out += [int(c) for c in rng.permutation(num_classes)]
+    return out[:n]
+
+
 def plan(cfg: PatchParams, seed: int, num_classes: int = 10) -> list[PatchSpec]:
-    """The list of patches a ``patches`` params section asks for (deterministic in ``seed``)."""
+    """The list of patches a ``patches`` params section asks for (deterministic in ``seed``).
+
+    Targets (docs/design.md#targets-seeds-and-placement): the pool, the seen set, each ``size<s>`` set and
+    the unseen group (its kinds together) each draw :func:`balanced_targets` with their own seed, so every
+    patch's target is uniform over the classes in every set and a set of 10·j patches holds each class j
+    times; the unseen kinds split one balanced draw in turn, so each kind holds distinct classes. Every
+    patch has its own seed.
+    """
     n_pool, n_seen, n_unseen, size = cfg.pool_per_attack, cfg.seen_per_attack, cfg.unseen_per_kind, cfg.size
     specs: list[PatchSpec] = []
-    counter = 0
+    draw = 0
 
-    def add(set_name, attack, n, size_, source, bits, placement):
-        nonlocal counter
-        for i in range(n):
-            # targets cycle through the classes, offset per set so sets do not share (target, seed)
-            target = (counter * 3 + i) % num_classes
-            specs.append(PatchSpec(set_name, attack, size_, source, bits, target, seed * 100_003 + counter, placement))
-            counter += 1
+    def targets(n: int) -> list[int]:
+        nonlocal draw
+        draw += 1
+        return balanced_targets(n, seed * 1_000 + draw, num_classes)
+
+    def add(set_name, attack, chosen, size_, source, bits, placement):
+        for target in chosen:
+            specs.append(PatchSpec(set_name, attack, size_, source, bits, target, seed * 100_003 + len(specs), placement))
 
     for attack in cfg.attacks:
-        add("pool", attack, n_pool, size, "fp", None, "inside")
-        add("seen", attack, n_seen, size, "fp", None, "inside")
-        for b in cfg.unseen_bits:
-            add(f"unseen_bits{b}", attack, n_unseen, size, "qat", b, "inside")
-        for s in cfg.unseen_sizes:
-            add(f"unseen_size{s}", attack, n_unseen, s, "fp", None, "inside")
-        add("unseen_location", attack, n_unseen, size, "fp", None, "outside")
+        add("pool", attack, targets(n_pool), size, "fp", None, "inside")
+        add("seen", attack, targets(n_seen), size, "fp", None, "inside")
+        kinds = ([(f"unseen_bits{b}", size, "qat", b, "inside") for b in cfg.unseen_bits]
+                 + [(f"unseen_size{s}", s, "fp", None, "inside") for s in cfg.unseen_sizes]
+                 + [("unseen_location", size, "fp", None, "outside")])
+        unseen = targets(n_unseen * len(kinds))
+        for i, (name, size_, source, bits, placement) in enumerate(kinds):
+            add(name, attack, unseen[i * n_unseen:(i + 1) * n_unseen], size_, source, bits, placement)
         if attack == "lavan":  # Table 9 (CIFAR analogue) also needs LAVAN patches of these sizes
             for s in cfg.extra_sizes:
-                add(f"size{s}", attack, n_unseen, s, "fp", None, "inside")
+                add(f"size{s}", attack, targets(n_unseen), s, "fp", None, "inside")
     return specs
+
+
+def optimiser(cfg: PatchParams, attack: str, steps: int | None = None) -> PatchOptimiser:
+    """The patch optimiser of ``attack`` with the settings of the ``patches`` section (``steps`` overrides)."""
+    return recipe(attack, loss=cfg.loss[attack], method=cfg.method, steps=steps or cfg.steps, step_size=cfg.step_size,
+                  images_per_patch=cfg.images_per_patch, restarts=cfg.restarts, max_batch=cfg.max_batch)
 
 
 def make_patches(specs: list[PatchSpec], models: dict[str, nn.Module], images: torch.Tensor, labels: torch.Tensor,
                  cfg: PatchParams, model_name: str, progress: bool = True) -> tuple[list[Patch], list[float]]:
-    """Run the attacks of ``specs``; ``models`` maps ``fp`` / ``qat`` to the source models. Returns patches and seconds each."""
-    patches, seconds = [], []
+    """Run the attacks of ``specs``; ``models`` maps ``fp`` / ``qat`` to the source models.
+
+    The patches that share an attack, source, size and placement are optimised together
+    (:func:`triqdef.attacks.universal.optimise_patches`). Returns the patches in the order of ``specs`` and
+    the seconds each took (its group's time shared evenly)."""
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images
-    for spec in tqdm(specs, desc="patches", disable=not progress, unit="patch"):
+    groups: dict[tuple, list[int]] = {}
+    for i, spec in enumerate(specs):
+        groups.setdefault((spec.attack, spec.source, spec.source_bits, spec.size, spec.placement), []).append(i)
+    patches: list[Patch | None] = [None] * len(specs)
+    seconds = [0.0] * len(specs)
+    for n, ((attack, source, bits, size, placement), members) in enumerate(groups.items(), 1):
         t0 = time.perf_counter()
-        border = cfg.border if spec.placement == "inside" else 0
-        attack = make_attack(spec.attack, models[spec.source], bits=spec.source_bits, size=spec.size, target=spec.target,
-                             steps=cfg.steps, step_size=cfg.step_size, batch_size=cfg.batch_size,
-                             border=border, seed=spec.seed, source_model=model_name)
-        location = None
-        if spec.placement == "outside":
-            location = outside_region_location(spec.size, torch.Generator().manual_seed(spec.seed), x.shape[-1], cfg.border)
-        patch = attack(x, labels, location=location)
-        patch.info.update(set=spec.set_name, source=spec.source, placement=spec.placement)
-        patches.append(patch)
-        seconds.append(time.perf_counter() - t0)
+        requests = []
+        for i in members:
+            spec = specs[i]
+            location = None
+            if placement == "outside":
+                location = outside_region_location(size, torch.Generator().manual_seed(spec.seed), x.shape[-1], cfg.border)
+            requests.append(PatchRequest(spec.target, spec.seed, cfg.border if placement == "inside" else 0, location))
+        label = f"patches {n}/{len(groups)}: {attack} {size}px on {source}{'' if bits is None else f' {bits}-bit'} ×{len(members)}"
+        made = optimise_patches(models[source], x, labels, size, requests, optimiser(cfg, attack), bits=bits,
+                                source_model=model_name, progress=label if progress else None)
+        share = (time.perf_counter() - t0) / len(members)
+        for i, patch in zip(members, made):
+            patch.info.update(set=specs[i].set_name, source=source, placement=placement)
+            patches[i], seconds[i] = patch, share
     return patches, seconds
 
 

@@ -22,7 +22,9 @@ import torch
 import torch.nn as nn
 
 from triqdef import quant
-from triqdef.attacks.patches import LAVAN, Patch
+from triqdef.attacks.patches import Patch
+from triqdef.attacks.patchsets import balanced_targets, optimiser
+from triqdef.attacks.universal import PatchRequest, optimise_patches
 from triqdef.config import PatchParams
 from triqdef.eval.transfer import patch_counts, transfer_records, view_predictions
 
@@ -59,19 +61,19 @@ class RandomBitWidth(nn.Module):
 
 def whitebox_patches(model: nn.Module, bits: Sequence[int], images: torch.Tensor, labels: torch.Tensor, n: int,
                      cfg: PatchParams, steps: int, seed: int, source_model: str) -> list[Patch]:
-    """``n`` LAVAN patches (targets spread over the classes) optimised on ``model`` over locations and ``bits``.
+    """``n`` LAVAN patches (balanced targets) optimised on ``model`` itself, together, over locations and
+    ``bits`` (one random bit-width of ``bits`` per forward, drawn from ``seed``).
 
-    ``cfg``: the ``patches`` section (size, step size, batch, border); ``steps``: ``robustness.whitebox_steps``.
+    ``cfg``: the ``patches`` section (size, optimiser settings, border); ``steps``: ``robustness.whitebox_steps``.
     """
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images
-    out = []
-    for i in range(n):
-        wrapped = RandomBitWidth(model, bits, seed=seed * 7 + i, per_image=False)
-        attack = LAVAN(wrapped, bits=None, size=cfg.size, target=(3 * i + 2) % 10, steps=steps,
-                       step_size=cfg.step_size, batch_size=cfg.batch_size, border=cfg.border, seed=seed * 100_003 + 90_000 + i, source_model=source_model)
-        p = attack(x, labels)
+    wrapped = RandomBitWidth(model, bits, seed=seed * 7, per_image=False)
+    requests = [PatchRequest(t, seed * 100_003 + 90_000 + i, cfg.border)
+                for i, t in enumerate(balanced_targets(n, seed * 1_000 + 900))]
+    out = optimise_patches(wrapped, x, labels, cfg.size, requests, optimiser(cfg, "lavan", steps), bits=None,
+                           source_model=source_model)
+    for p in out:
         p.info.update(set="whitebox", bit_set=list(bits))
-        out.append(p)
     return out
 
 

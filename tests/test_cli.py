@@ -116,6 +116,21 @@ def test_patches_and_bench_refuse_bad_input(tmp_path):
     assert_one_line_error(run(["--profile", "smoke", "bench", "train-step", "--repeat", "0"], tmp_path), "--repeat")
 
 
+@pytest.mark.parametrize("command,key,value,needle", [
+    ("make", "patches.common.size", 30, "patches.smoke.size = 30"),
+    ("strength", "patches.common.method", "lbfgs", "'lbfgs'"),
+    ("make", "patches.common.loss", {"lavan": "hinge", "gap": "ce"}, "'hinge'"),
+    ("make", "patches.smoke.pool_per_attack", 0, "pool_per_attack = 0"),
+    ("strength", "attack_strength.smoke.targets", 0, "targets = 0"),
+    ("strength", "attack_strength.smoke.sizes", [4, 40], "sizes = 40"),
+])
+def test_patch_commands_refuse_bad_optimiser_settings_and_write_nothing(tmp_path, command, key, value, needle):
+    """A patch that does not fit, K = 0, an unknown optimiser or loss: one line, before anything is read or written."""
+    p = params_with(tmp_path, **{key: value})
+    assert_one_line_error(run(["--params", p, "--profile", "smoke", "patches", command], tmp_path), needle)
+    assert not (tmp_path / "out").exists()
+
+
 def test_repeated_train_step_runs_average_every_step():
     from triqdef.cli import _repeated_train_step
 

@@ -262,3 +262,24 @@ def test_report_reads_the_training_metrics_where_the_stage_writes_them(tmp_path,
     cam_row = next(line for line in lines if line.startswith("| §4.6, Figure 3"))
     assert "time 1.40×, memory 1.10×" in bench_row and "**holds**" in bench_row
     assert "4-bit 0.90" in cam_row and "32bit -0.5" in cam_row
+
+
+def test_the_matched_size_is_the_smallest_size_reaching_the_threshold():
+    import pandas as pd
+
+    from triqdef.attacks.patches import Patch
+    from triqdef.stages.attack_strength import FP_VIEW, matched_size, noise_patch
+
+    rows = []
+    for size, asr in ((4, 10.0), (6, 40.0), (8, 79.9), (10, 80.0), (12, 95.0)):
+        rows.append({"attack": "lavan", "size": size, "patch": "optimised", "view": FP_VIEW, "asr": asr})
+        rows.append({"attack": "lavan", "size": size, "patch": "noise", "view": FP_VIEW, "asr": 99.0})
+        rows.append({"attack": "gap", "size": size, "patch": "optimised", "view": FP_VIEW, "asr": 99.0})
+        rows.append({"attack": "lavan", "size": size, "patch": "optimised", "view": "QAT 2-bit", "asr": 99.0})
+    curve = pd.DataFrame(rows)
+    assert matched_size(curve, 0.8) == 10   # not the noise rows, not GAP, not the transfer rows
+    assert matched_size(curve, 0.96) is None
+    p = Patch(torch.zeros(3, 6, 6), (5, 7), 3, "lavan", "resnet20", None)
+    n = noise_patch(p, 1)
+    assert n.location == p.location and n.target == 3 and n.content.shape == (3, 6, 6) and n.attack == "noise"
+    assert torch.equal(n.content, noise_patch(p, 1).content) and not torch.equal(n.content, noise_patch(p, 2).content)

@@ -78,6 +78,14 @@ def _cmd_patches_make(args, cfg) -> int:
     return 0
 
 
+def _cmd_patches_strength(args, cfg) -> int:
+    from triqdef.stages import attack_strength
+
+    m = attack_strength.run_attack_strength(cfg.only(attack_strength.PARAMS), progress=not args.quiet)
+    print(json.dumps({k: m[k] for k in ("matched_size", "threshold", "lavan_fp_asr", "stage_wall_time_s")}))
+    return 0
+
+
 def _cmd_evaluate(args, cfg) -> int:
     from triqdef import quant
     from triqdef.stages.common import load_data
@@ -225,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     pasub.required = True
     pasub.add_parser("make", help="make the training pool, seen and unseen patch sets (params: patches)").set_defaults(
         func=_cmd_patches_make)
+    pasub.add_parser("strength", help="ASR against patch size on the FP model, and the matched size "
+                     "(params: attack_strength, patches)").set_defaults(func=_cmd_patches_strength)
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="what", metavar="WHAT")

@@ -188,6 +188,35 @@ class PatchParams:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AttackStrengthParams:
+    """Issue 12, docs/design.md#attack-regime: white-box targeted ASR against the patch size on the FP model
+    (LAVAN, GAP; the ``patches`` section's optimiser), its transfer to standard QAT, a random-noise baseline,
+    and the matched size: the smallest of ``sizes`` whose mean white-box LAVAN ASR reaches ``threshold``."""
+
+    sizes: tuple[int, ...]
+    attacks: tuple[Literal["lavan", "gap"], ...]
+    transfer_bits: tuple[int, ...]
+    threshold: float = field(metadata=_check(gt=0, le=1))
+    targets: int = field(metadata=_check(gt=0))          # patches per (attack, size): balanced over the classes
+    test_images: int = field(metadata=_check(gt=0))      # first images of the test split the rates are read on
+    n_boot: int = field(metadata=_check(ge=100))         # bootstrap replicates of every interval
+
+    def __post_init__(self) -> None:
+        from triqdef import quant
+
+        if not self.sizes or list(self.sizes) != sorted(set(self.sizes)):
+            raise TriqdefError(f"parameter sizes = {list(self.sizes)}: expected increasing patch sizes")
+        limit = CIFAR_IMAGE_SIZE // 2 if "gap" in self.attacks else CIFAR_IMAGE_SIZE
+        for s in self.sizes:
+            if s < 1 or s > limit:
+                raise TriqdefError(f"parameter sizes = {s}: a patch that does not fit a {CIFAR_IMAGE_SIZE}px image"
+                                   f"{' with GAP (twice the patch)' if limit < CIFAR_IMAGE_SIZE else ''}; "
+                                   f"expected 1..{limit}")
+        for b in self.transfer_bits:
+            quant.check_bits(b)
+
+
+@dataclass(frozen=True, kw_only=True)
 class CrossArchParams:
     """Table 8: the second architecture, its own training overrides and patches (stage ``cross_arch``)."""
 
@@ -301,6 +330,7 @@ class Config:
     quant: QuantParams
     train_fp: TrainParams
     train_qat: QATParams
+    attack_strength: AttackStrengthParams
     patches: PatchParams
     cross_arch: CrossArchParams
     defenses: DefenseParams

@@ -96,6 +96,15 @@ def plan(cfg: PatchParams, seed: int, num_classes: int = 10) -> list[PatchSpec]:
     return specs
 
 
+def attack_images(splits, cfg: PatchParams, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The attacker's images: a seeded subset of ``patches.attack_images`` training images (disjoint from the
+    held-out split). Returns images (uint8), labels and their indices in the training split."""
+    n_train = len(splits.train.labels)
+    rng = np.random.default_rng([seed, 7])
+    idx = torch.from_numpy(rng.choice(n_train, size=min(cfg.attack_images, n_train), replace=False))
+    return splits.train.images[idx], splits.train.labels[idx], idx
+
+
 def optimiser(cfg: PatchParams, attack: str, steps: int | None = None) -> PatchOptimiser:
     """The patch optimiser of ``attack`` with the settings of the ``patches`` section (``steps`` overrides)."""
     return recipe(attack, loss=cfg.loss[attack], method=cfg.method, steps=steps or cfg.steps, step_size=cfg.step_size,

@@ -12,13 +12,15 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
 
 from triqdef.attacks.patches import Patch, patched_predictions
-from triqdef.attacks.success import common_subset, fooling_rate, targeted_asr
+from triqdef.attacks.success import common_subset, eligible_images, fooling_rate, targeted_asr
 from triqdef.eval.accuracy import predict
+from triqdef.eval.intervals import Outcomes
 
 
 def view_predictions(views: dict[str, tuple[nn.Module, int | None]], images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -50,6 +52,21 @@ def transfer_records(patches: list[Patch], views: dict[str, tuple[nn.Module, int
                          "asr_common": 100 * com.value, "n_common": com.n, "eval_s": seconds,
                          "n_images": int(labels.numel())})
     return pd.DataFrame(rows)
+
+
+def patch_outcomes(patches: list[Patch], model: nn.Module, bits: int | None, images: torch.Tensor, labels: torch.Tensor,
+                   clean: torch.Tensor) -> tuple[Outcomes, Outcomes]:
+    """Per-image outcomes of ``patches`` on one view (``model`` at ``bits``), for the bootstrap intervals of
+    :mod:`triqdef.eval.intervals`: targeted hits and fooling hits, each over the eligible images
+    (docs/design.md#success-rate). ``clean``: the view's clean predictions."""
+    targeted, fooled, eligible = [], [], []
+    for patch in patches:
+        adv = patched_predictions(model, images, patch, bits)
+        eligible.append(eligible_images(clean, labels, patch.target).cpu().numpy())
+        targeted.append((adv == patch.target).cpu().numpy())
+        fooled.append((adv != labels).cpu().numpy())
+    elig = np.stack(eligible)
+    return Outcomes(np.stack(targeted), elig), Outcomes(np.stack(fooled), elig)
 
 
 def patch_counts(records: pd.DataFrame, keys: list[str]) -> pd.Series:

@@ -153,3 +153,31 @@ def loss_terms(history: pd.DataFrame, pair_reduction: str, stage_starts: Sequenc
     for ax in axes:
         ax.legend()
     return fig
+
+
+def asr_against_size(curve: pd.DataFrame, threshold: float, matched: int | None):
+    """Targeted ASR (%) against patch size, one panel per attack: white-box on the FP model and transferred to
+    each QAT bit-width (error bars: 95 % bootstrap intervals), the random-noise baseline dashed, the matched-size
+    threshold as a horizontal line (``curve``: the table of :mod:`triqdef.stages.attack_strength`)."""
+    plt = _pyplot()
+    attacks = list(dict.fromkeys(curve["attack"]))
+    fig, axes = plt.subplots(1, len(attacks), figsize=(5.2 * len(attacks), 3.8), sharey=True, squeeze=False)
+    for ax, attack in zip(axes[0], attacks):
+        rows = curve[curve["attack"] == attack]
+        for i, view in enumerate(dict.fromkeys(rows["view"])):
+            for kind, style in (("optimised", "-"), ("noise", ":")):
+                r = rows[(rows["view"] == view) & (rows["patch"] == kind)].sort_values("size")
+                err = np.vstack([r["asr"] - r["asr_low"], r["asr_high"] - r["asr"]])
+                ax.errorbar(r["size"], r["asr"], yerr=err, ls=style, marker="o" if kind == "optimised" else None,
+                            color=f"C{i}", capsize=2, label=view if kind == "optimised" else None)
+        ax.axhline(100 * threshold, color="k", lw=0.8, ls="--")
+        if matched is not None and attack == "lavan":
+            ax.axvline(matched, color="k", lw=0.8, ls=":")
+            ax.annotate(f"matched size {matched} px", (matched, 100 * threshold), textcoords="offset points",
+                        xytext=(4, -12), fontsize=8)
+        ax.set_title(attack.upper())
+        ax.set_xlabel("patch size (px)")
+        ax.set_xticks(sorted(rows["size"].unique()))
+    axes[0][0].set_ylabel("targeted ASR (%)")
+    axes[0][0].legend(title="solid: optimised; dotted: noise", fontsize=8)
+    return fig

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-import torch
-
 from triqdef import paths
-from triqdef.attacks.patchsets import make_patches, plan, save_patchset
+from triqdef.attacks.patchsets import attack_images, make_patches, plan, save_patchset
 from triqdef.config import Config, StageConfig, as_dict
 from triqdef.meta import provenance, write_metrics
 from triqdef.stages import common as pipeline
@@ -26,10 +23,7 @@ def run_make_patches(cfg: Config | StageConfig, progress: bool = True) -> dict:
     device = resolve_device(cfg.base.device)
     name = cfg.model.name
     splits = pipeline.load_data(cfg)
-    n_att = pcfg.attack_images
-    rng = np.random.default_rng([seed, 7])
-    idx = torch.from_numpy(rng.choice(len(splits.train.labels), size=min(n_att, len(splits.train.labels)), replace=False))
-    images, labels = splits.train.images[idx], splits.train.labels[idx]
+    images, labels, idx = attack_images(splits, pcfg, seed)
     fp, fp_meta = model_from_checkpoint(pipeline.fp_checkpoint(cfg), kind="fp", model_name=name)
     qat, qat_meta = model_from_checkpoint(pipeline.qat_checkpoint(cfg), kind="qat", model_name=name)
     t0 = time.perf_counter()

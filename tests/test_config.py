@@ -1,3 +1,4 @@
+import dataclasses
 """The typed config: every profile of params.yaml loads; each bad value is refused with its full key."""
 
 import typing
@@ -49,11 +50,19 @@ def test_literal_choices_match_the_library():
         ModelParams(name="resnet99")
     with pytest.raises(TriqdefError, match="expected one of " + ", ".join(MODEL_NAMES)):
         CrossArchParams(model="resnet99", bits=(32,), patches_per_attack=1, min_accuracy=0.5, train_fp={}, train_qat={})
-    assert set(typing.get_args(typing.get_type_hints(QuantParams)["activation_range"])) == set(quant.RANGE_ESTIMATORS)
+    one, per_bits = typing.get_args(typing.get_type_hints(QuantParams)["activation_range"])
+    assert set(typing.get_args(one)) == set(quant.RANGE_ESTIMATORS)
+    assert set(typing.get_args(typing.get_args(per_bits)[1])) == set(quant.RANGE_ESTIMATORS)
+    from triqdef.attacks.objectives import LOSSES
+    from triqdef.attacks.universal import METHODS
     from triqdef.config import PatchParams
 
-    item = typing.get_args(typing.get_type_hints(PatchParams)["attacks"])[0]
+    hints = typing.get_type_hints(PatchParams)
+    item = typing.get_args(hints["attacks"])[0]
     assert set(typing.get_args(item)) == set(ATTACKS)
+    assert set(typing.get_args(hints["method"])) == set(METHODS)
+    with pytest.raises(TriqdefError, match="expected an attack .* one of " + ", ".join(LOSSES)):
+        dataclasses.replace(load_config(None, "smoke").patches, loss={"lavan": "nope", "gap": "ce"})
 
 
 @pytest.mark.parametrize("edit,message", [
@@ -107,3 +116,13 @@ def test_train_params_need_epochs_or_steps():
         from triqdef.config import build
 
         build(TrainParams, values, "train_fp.cpu")
+
+
+def test_a_range_estimator_per_bit_width_must_cover_the_bit_widths(tmp_path):
+    ok = load_config(_write(tmp_path, lambda r: r["quant"]["common"].update(
+        activation_range={8: "max", 5: "max", 4: "max", 2: "mse"})), "cpu")
+    assert ok.quant.activation_range == {"8": "max", "5": "max", "4": "max", "2": "mse"}
+    with pytest.raises(TriqdefError, match="one estimator for each quantized bit-width"):
+        load_config(_write(tmp_path, lambda r: r["quant"]["common"].update(activation_range={8: "max"})), "cpu")
+    with pytest.raises(TriqdefError, match="activation_range"):
+        load_config(_write(tmp_path, lambda r: r["quant"]["common"].update(activation_range={8: "minmax"})), "cpu")

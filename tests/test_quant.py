@@ -234,3 +234,17 @@ def test_mse_range_estimator_is_moving_average_of_batch_clips(rng):
     assert q.observer.min_val.item() == 0.0
     with pytest.raises(TriqdefError, match="range estimator"):
         quant.ActivationQuantizer(2, range_estimator="percentile")
+
+
+def test_one_range_estimator_per_bit_width():
+    """docs/design.md#activation-range-estimator: min/max where it trains, the MSE clip where it does not."""
+    from triqdef.models import build_model
+
+    m = quant.quantize_model(build_model("resnet20"), [32, 8, 4, 2], range_estimator={8: "max", "4": "max", 2: "mse"})
+    by_bits = {q.bits: q.range_estimator for q in quant.activation_quantizers(m)}
+    assert by_bits == {8: "max", 4: "max", 2: "mse"}
+    assert m.triqdef_range_estimator == {"8": "max", "4": "max", "2": "mse"}  # JSON-ready for checkpoint metadata
+    with pytest.raises(TriqdefError, match="for 2 bits is missing"):
+        quant.quantize_model(build_model("resnet20"), [32, 8, 2], range_estimator={8: "max"})
+    with pytest.raises(TriqdefError, match="'percentile'"):
+        quant.quantize_model(build_model("resnet20"), [32, 8], range_estimator={8: "percentile"})

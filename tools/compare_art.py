@@ -20,7 +20,7 @@ so it is given exactly ``steps × images_per_patch`` images (drawn with replacem
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -69,9 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--test-images", type=int, default=1000)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    try:
-        import art  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("art") is None:
         print("compare_art: error: the Adversarial Robustness Toolbox is not installed: expected `pip install -e '.[reference]'`",
               file=sys.stderr)
         return 2

@@ -67,6 +67,15 @@ def _cmd_train_qat(args, cfg) -> int:
         write_metrics("train_qat_all_layers", {"skipped": True},
                       {"skipped": True, "profile": cfg.base.profile,
                        "reason": f"{why}; run 'triqdef train qat --all-layers yes' for the every-layer-at-b model"})
+    if choice != "yes":  # the unseen-bit-width patches' source model (another seed), when the profile asks for it
+        if cfg.train_qat.independent_model:
+            m = train_qat.run_train_qat(cfg, progress=not args.quiet, independent=True)
+            print(json.dumps({k: m[k] for k in ("model", "test_accuracy", "n_test", "wall_time_s")}))
+        else:
+            write_metrics("train_qat_independent", {"skipped": True},
+                          {"skipped": True, "profile": cfg.base.profile,
+                           "reason": "train_qat.independent_model is false in this profile: the unseen-bit-width "
+                                     "patches are made on the shared standard-QAT model"})
     return 0
 
 

@@ -87,7 +87,8 @@ class QuantParams:
     bits: tuple[int, ...]
     first_last_bits: int | None          # first conv / last linear at max(b, 8); None: every layer at b
     averaging_constant: float = field(metadata=_check(gt=0, le=1))
-    activation_range: Literal["mse", "max"]
+    # one estimator for every bit-width, or one per quantized bit-width ({8: max, 2: mse})
+    activation_range: Literal["mse", "max"] | dict[str, Literal["mse", "max"]]
 
     def __post_init__(self) -> None:
         from triqdef import quant  # the bit-width checks live with the quantizers
@@ -95,6 +96,11 @@ class QuantParams:
         quant.check_bit_set(self.bits)
         if self.first_last_bits is not None:
             quant.check_bits(self.first_last_bits)
+        if isinstance(self.activation_range, dict):
+            quantized = {str(b) for b in self.bits if b != quant.FP_BITS}
+            if set(self.activation_range) != quantized:
+                raise TriqdefError(f"parameter activation_range = {self.activation_range}: expected one estimator for "
+                                   f"each quantized bit-width {sorted(quantized, key=int, reverse=True)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,6 +141,7 @@ class TrainParams:
 @dataclass(frozen=True, kw_only=True)
 class QATParams(TrainParams):
     every_layer_variant: bool   # also train the every-layer-at-b model (Table 4's second standard-QAT row)
+    independent_model: bool     # also train one with another seed: the unseen-bit-width patches' source
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,6 +173,7 @@ class PatchParams:
     restarts: int = field(metadata=_check(gt=0))
     max_batch: int = field(metadata=_check(gt=0))          # images per forward (K patches x images_per_patch, chunked)
     loss: dict[str, str]                # attack -> logprob | ce | margin
+    unseen_bits_source: Literal["independent_qat", "shared_qat"]   # docs/design.md#kinds
 
     def __post_init__(self) -> None:
         from triqdef.attacks.objectives import LOSSES

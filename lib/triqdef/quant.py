@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -107,6 +107,22 @@ def mse_clip(x: torch.Tensor, qmin: int, qmax: int, max_samples: int = 8192) -> 
     scales = (clips / qmax)[:, None]
     err = ((torch.clamp(torch.round(v[None] / scales), qmin, qmax) * scales - v[None]) ** 2).mean(1)
     return clips[err.argmin()]
+
+
+def estimator_for(range_estimator: str | Mapping, bits: int) -> str:
+    """The activation range estimator of one bit-width: ``range_estimator`` is one name for every bit-width or a
+    mapping bit-width -> name (keys may be ints or strings, as a params file or a checkpoint's JSON gives them)."""
+    if isinstance(range_estimator, str):
+        name = range_estimator
+    else:
+        table = {str(k): v for k, v in range_estimator.items()}
+        if str(bits) not in table:
+            raise TriqdefError(f"activation range estimator for {bits} bits is missing from {table}: expected an entry "
+                               "for every quantized bit-width")
+        name = table[str(bits)]
+    if name not in RANGE_ESTIMATORS:
+        raise TriqdefError(f"unknown activation range estimator {name!r}: expected one of {', '.join(RANGE_ESTIMATORS)}")
+    return name
 
 
 class ActivationQuantizer(nn.Module):
@@ -228,11 +244,13 @@ class SwitchableBatchNorm2d(nn.Module, _Switchable):
 class QuantReLU(nn.Module, _Switchable):
     """ReLU (or ReLU6) followed by the active bit-width's activation quantizer (identity at 32 bits)."""
 
-    def __init__(self, bits: Sequence[int], averaging_constant: float = 0.01, six: bool = False, range_estimator: str = "max"):
+    def __init__(self, bits: Sequence[int], averaging_constant: float = 0.01, six: bool = False,
+                 range_estimator: str | Mapping = "max"):
         super().__init__()
         self.six = six
         self.quantizers = nn.ModuleDict(
-            {str(b): ActivationQuantizer(b, averaging_constant=averaging_constant, range_estimator=range_estimator)
+            {str(b): ActivationQuantizer(b, averaging_constant=averaging_constant,
+                                         range_estimator=estimator_for(range_estimator, b))
              for b in bits if b != FP_BITS}
         )
         self.active_bits = FP_BITS
@@ -289,7 +307,7 @@ def quantize_model(
     bits: Iterable[int],
     first_last_bits: int | None = 8,
     averaging_constant: float = 0.01,
-    range_estimator: str = "max",
+    range_estimator: str | Mapping = "max",
 ) -> nn.Module:
     """Wrap a float model into a switchable-precision model for the bit-widths ``bits``.
 
@@ -299,6 +317,8 @@ def quantize_model(
     module quantizes its output per bit-width. The first conv and the last
     linear layer use ``max(b, first_last_bits)`` bits (``None``: ``b``). The
     active bit-width starts at 32 (or the highest in ``bits``).
+    ``range_estimator``: one estimator for every bit-width, or a mapping
+    bit-width -> estimator (docs/design.md#activation-range-estimator).
 
     Modules reused several times in ``forward`` (e.g. torchvision's
     ``BasicBlock.relu``) share one observer; the CIFAR models of
@@ -307,6 +327,11 @@ def quantize_model(
     bit_set = check_bit_set(bits)
     if first_last_bits is not None:
         check_bits(first_last_bits)
+    for b in bit_set:  # every quantized bit-width has a known estimator, before anything is built
+        if b != FP_BITS:
+            estimator_for(range_estimator, b)
+    if not isinstance(range_estimator, str):
+        range_estimator = {str(b): estimator_for(range_estimator, b) for b in bit_set if b != FP_BITS}
     qmodel = copy.deepcopy(model)
     named = list(qmodel.named_modules())
     convs = [n for n, m in named if isinstance(m, nn.Conv2d)]

@@ -41,9 +41,12 @@ def fp_checkpoint(cfg: Config | StageConfig, root: Path | None = None) -> Path:
     return (root or paths.models_dir()) / "fp" / f"{cfg.model.name}.pt"
 
 
-def qat_checkpoint(cfg: Config | StageConfig, all_layers: bool = False, root: Path | None = None) -> Path:
-    """``<root>/qat/<model>[_all_layers].pt``; ``root`` defaults to ``results/models`` (stage ``train_qat``)."""
-    suffix = "_all_layers" if all_layers else ""
+def qat_checkpoint(cfg: Config | StageConfig, all_layers: bool = False, root: Path | None = None,
+                   independent: bool = False) -> Path:
+    """``<root>/qat/<model>[_all_layers|_independent].pt``; ``root`` defaults to ``results/models`` (stage
+    ``train_qat``). ``independent``: the standard-QAT model trained with another seed, which the unseen-bit-width
+    patches are made on (docs/design.md#kinds)."""
+    suffix = "_all_layers" if all_layers else "_independent" if independent else ""
     return (root or paths.models_dir()) / "qat" / f"{cfg.model.name}{suffix}.pt"
 
 

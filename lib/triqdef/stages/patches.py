@@ -7,6 +7,7 @@ import time
 from triqdef import paths
 from triqdef.attacks.patchsets import attack_images, make_patches, plan, save_patchset
 from triqdef.config import Config, StageConfig, as_dict
+from triqdef.errors import TriqdefError
 from triqdef.meta import provenance, write_metrics
 from triqdef.stages import common as pipeline
 from triqdef.training.loop import model_from_checkpoint, resolve_device
@@ -25,12 +26,18 @@ def run_make_patches(cfg: Config | StageConfig, progress: bool = True) -> dict:
     splits = pipeline.load_data(cfg)
     images, labels, idx = attack_images(splits, pcfg, seed)
     fp, fp_meta = model_from_checkpoint(pipeline.fp_checkpoint(cfg), kind="fp", model_name=name)
-    qat, qat_meta = model_from_checkpoint(pipeline.qat_checkpoint(cfg), kind="qat", model_name=name)
+    independent = pcfg.unseen_bits_source == "independent_qat"
+    qat_path = pipeline.qat_checkpoint(cfg, independent=independent)
+    if independent and not qat_path.is_file():
+        raise TriqdefError(f"independent standard-QAT checkpoint {qat_path} not found: expected "
+                           "train_qat.independent_model: true (stage train_qat) for patches.unseen_bits_source: independent_qat")
+    qat, qat_meta = model_from_checkpoint(qat_path, kind="qat", model_name=name)
     t0 = time.perf_counter()
     patches, seconds = make_patches(specs, {"fp": fp.to(device), "qat": qat.to(device)}, images, labels, pcfg, name, progress)
     wall = time.perf_counter() - t0
     meta = provenance(cfg, {"params": as_dict(pcfg), "data": pipeline.data_record(splits), "attack_images": int(len(idx)),
-                            "fp_checkpoint_commit": fp_meta.get("commit"), "qat_checkpoint_commit": qat_meta.get("commit")})
+                            "fp_checkpoint_commit": fp_meta.get("commit"), "qat_checkpoint_commit": qat_meta.get("commit"),
+                            "unseen_bits_source": str(qat_path.relative_to(paths.output_root()))})
     save_patchset(paths.results_dir() / "patches" / "patches.pt", patches, meta)
     per_set: dict[str, dict] = {}
     for p, s in zip(patches, seconds):

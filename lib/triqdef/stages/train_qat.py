@@ -14,23 +14,26 @@ from triqdef.stages.common import data_record, fp_checkpoint, load_data, qat_che
 from triqdef.training.loop import calibrate_all, fit, model_from_checkpoint, resolve_device
 
 PARAMS = ("base", "data", "model", "quant", "train_qat")
+INDEPENDENT_SEED_OFFSET = 1_000  # the independent model's seed: base.seed + this (data order, augmentation)
 
 log = logging.getLogger(__name__)
 
 
 def run_train_qat(cfg: Config | StageConfig, all_layers: bool = False, progress: bool = True, root: Path | None = None,
-                  metrics_name: str | None = "train_qat") -> dict:
+                  metrics_name: str | None = "train_qat", independent: bool = False) -> dict:
     """Stage ``train_qat``: standard multi-bit QAT on one shared backbone, fine-tuned from the FP weights.
 
     Each bit-width's BN starts as a copy of the FP BN; observers and BN
     statistics of every bit-width are calibrated on the held-out split first.
     ``all_layers=True`` quantizes the first and last layer at ``b`` too.
-    ``root`` / ``metrics_name`` as in :func:`triqdef.stages.train_fp.run_train_fp`.
+    ``root`` / ``metrics_name`` as in :func:`triqdef.stages.train_fp.run_train_fp`. ``independent=True``
+    trains the same recipe with seed ``base.seed + INDEPENDENT_SEED_OFFSET`` into its own checkpoint: the
+    source of the unseen-bit-width patches, independent of the defenses' starting checkpoint.
     """
     t_stage = time.perf_counter()
     train, q = cfg.train_qat, cfg.quant
     flb = None if all_layers else q.first_last_bits
-    name, seed = cfg.model.name, cfg.base.seed
+    name, seed = cfg.model.name, cfg.base.seed + (INDEPENDENT_SEED_OFFSET if independent else 0)
     device = resolve_device(cfg.base.device)
     splits = load_data(cfg)
     fp_path = fp_checkpoint(cfg, root)
@@ -43,8 +46,8 @@ def run_train_qat(cfg: Config | StageConfig, all_layers: bool = False, progress:
                             "range_estimator": q.activation_range, "averaging_constant": q.averaging_constant,
                             "params": as_dict(train), "quant": as_dict(q), "data": data_record(splits),
                             "init": {"checkpoint": str(fp_path.relative_to(paths.output_root())), "commit": fp_meta.get("commit")},
-                            "num_classes": 10})
-    out = qat_checkpoint(cfg, all_layers, root)
+                            "num_classes": 10, "seed": seed, "independent": independent})
+    out = qat_checkpoint(cfg, all_layers, root, independent)
     res = fit(model, splits.train.images, splits.train.labels, train, seed=seed, out_path=out, meta=meta,
               work_dir=work_dir(), bits=list(q.bits), device=device, progress=progress)
     accs = {str(b): accuracy(model, splits.test.images, splits.test.labels, bits=b) for b in q.bits}
@@ -53,11 +56,11 @@ def run_train_qat(cfg: Config | StageConfig, all_layers: bool = False, progress:
                "train_images_per_s": res["images_per_s"], "data": data_record(splits), "profile": cfg.base.profile,
                "stage_wall_time_s": round(time.perf_counter() - t_stage, 1)}
     if metrics_name:  # headline numbers for `dvc metrics`; the record and provenance beside them
-        file = f"{metrics_name}{'_all_layers' if all_layers else ''}"
+        file = f"{metrics_name}{'_all_layers' if all_layers else '_independent' if independent else ''}"
         write_metrics(file, {**{f"acc_{b}bit": a for b, a in accs.items()}, "n_test": metrics["n_test"],
                              "steps": res["steps"], "stage_wall_time_s": metrics["stage_wall_time_s"]},
                       provenance(cfg, metrics))
-        if not all_layers:  # the curve of the model the training-curves figure shows (the other's is in its checkpoint)
+        if not all_layers and not independent:  # the curve the training-curves figure shows (others: in their checkpoints)
             write_curve(file, res["history"])
     log.info("QAT %s (first/last %s): %s", name, flb, {b: f"{100 * a:.1f}%" for b, a in accs.items()})
     return metrics

@@ -215,6 +215,14 @@ def test_grad_cam_shapes_and_range():
     assert not any(mod._forward_hooks for mod in m.modules())
 
 
+def _with_outcomes(row: dict, n: int) -> dict:
+    """A synthetic record with the per-image outcomes behind its rate: ``asr`` % of ``n`` eligible images hit."""
+    import numpy as np
+
+    hits = np.arange(n) < round(row["asr"] * n / 100)
+    return dict(row, hits_asr=hits, hits_fooling=hits, eligible=np.ones(n, bool), eligible_common=np.ones(n, bool))
+
+
 def test_asr_table_groups_unseen_sets_and_keeps_counts():
     import pandas as pd
 
@@ -224,11 +232,14 @@ def test_asr_table_groups_unseen_sets_and_keeps_counts():
     for model in ("A", "B"):
         for i, (s, a) in enumerate([("seen", "lavan"), ("unseen_bits4", "lavan"), ("unseen_size8", "gap"), ("whitebox", "lavan")]):
             for v, asr in (("32-bit", 10.0), ("4-bit", 20.0)):
-                rows.append({"model": model, "patch_set": s, "attack": a, "view": v, "asr": asr + i, "n_asr": 100, "patch": i})
+                rows.append(_with_outcomes({"model": model, "patch_set": s, "attack": a, "view": v, "asr": asr + i,
+                                            "n_asr": 100, "patch": i}, 100))
     t = asr_table(pd.DataFrame(rows))
     assert list(t["group"].unique()) == ["seen", "unseen", "whitebox"]
     row = t[(t.model == "A") & (t.group == "unseen")].iloc[0]
     assert row["lavan 4-bit"] == 21.0 and row["gap 32-bit"] == 12.0 and row["patches"] == 2 and row["n images"] == 100
+    # one patch of 12 % on 100 images: the interval is the images' alone, around 12
+    assert 5 < row["gap 32-bit low"] < 12 < row["gap 32-bit high"] < 20
 
 
 def test_asr_table_counts_patches_of_every_set_in_a_group():
@@ -237,8 +248,8 @@ def test_asr_table_counts_patches_of_every_set_in_a_group():
 
     from triqdef.eval.robustness import asr_table
 
-    rows = [{"model": "A", "patch_set": s, "attack": "lavan", "view": "4-bit", "asr": 5.0, "n_asr": 10, "patch": i}
-            for s in ("unseen_bits4", "unseen_size8") for i in (0, 1)]
+    rows = [_with_outcomes({"model": "A", "patch_set": s, "attack": "lavan", "view": "4-bit", "asr": 5.0, "n_asr": 10,
+                            "patch": i}, 20) for s in ("unseen_bits4", "unseen_size8") for i in (0, 1)]
     t = asr_table(pd.DataFrame(rows))
     assert t["patches"].tolist() == [4]
     assert asr_table(pd.DataFrame(rows), by="patch_set")["patches"].tolist() == [2, 2]

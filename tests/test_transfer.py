@@ -21,10 +21,16 @@ def test_transfer_records_and_pivot():
     assert list(recs["asr"]) == [100.0, 0.0] and list(recs["n_asr"]) == [5, 5]
     table = pivot_rates(recs)
     assert table.loc[0, "m"] == 50.0 and table.loc[0, "n m"] == 5 and table.loc[0, "patches"] == 2
+    # two patches at 100 % and 0 %: resampling the patches spans everything between
+    assert table.loc[0, "m low"] == 0.0 and table.loc[0, "m high"] == 100.0
+    assert recs["hits_asr"][0].tolist() == [True] * 6 and recs["eligible"][0].tolist() == [True, True, True, True, False, True]
 
     # no image in the common subset (tiny models): the table keeps its rows and columns, empty
-    empty = pivot_rates(recs.assign(asr_common=float("nan"), n_common=0), "asr_common", column_order=["m", "other"])
-    assert list(empty.columns) == ["attack", "m", "other", "n m", "n other", "patches"]
+    none = [torch.zeros(6, dtype=torch.bool).numpy()] * 2
+    empty = pivot_rates(recs.assign(asr_common=float("nan"), n_common=0, eligible_common=none), "asr_common",
+                        column_order=["m", "other"])
+    assert list(empty.columns) == ["attack", "m", "m low", "m high", "other", "other low", "other high", "n m",
+                                   "n other", "patches"]
     assert empty["m"].isna().all() and empty["patches"].tolist() == [2]
 
 
@@ -57,3 +63,15 @@ def test_first_test_images_takes_a_prefix_and_refuses_a_bad_count():
     for bad in (0, -2, 2.5, "all"):
         with pytest.raises(TriqdefError, match="motivation.test_images"):
             first_test_images(splits, bad, "motivation.test_images")
+
+
+def test_markdown_shows_rate_plus_minus_half_width():
+    import pandas as pd
+
+    from triqdef.reporting.tables import with_half_widths
+
+    df = pd.DataFrame({"attack": ["lavan", "gap"], "m": [50.0, float("nan")], "m low": [40.0, float("nan")],
+                       "m high": [62.0, float("nan")], "n m": [5, 0], "other": [1.0, 2.0]})
+    shown = with_half_widths(df)
+    assert list(shown.columns) == ["attack", "m", "n m", "other"]
+    assert shown["m"][0] == "50.0 ± 11.0" and pd.isna(shown["m"][1]) and shown["other"].tolist() == [1.0, 2.0]

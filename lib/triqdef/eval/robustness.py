@@ -26,7 +26,7 @@ from triqdef.attacks.patches import Patch
 from triqdef.attacks.patchsets import balanced_targets, optimiser
 from triqdef.attacks.universal import PatchRequest, optimise_patches
 from triqdef.config import PatchParams
-from triqdef.eval.transfer import patch_counts, transfer_records, view_predictions
+from triqdef.eval.transfer import add_intervals, patch_counts, transfer_records, view_predictions
 
 UNSEEN_SETS = ("unseen_bits4", "unseen_bits2", "unseen_size8", "unseen_size10", "unseen_location")
 
@@ -101,7 +101,8 @@ def set_group(set_name: str) -> str:
 
 def asr_table(records: pd.DataFrame, by: str = "group", views: Sequence[str] | None = None, value: str = "asr") -> pd.DataFrame:
     """Paper-style Table 5: one row per (model, patch group or set), columns ``<attack> <view>``, each the mean
-    over the patches of the rate, with the mean number of images per rate and the number of patches."""
+    over the patches of the rate with its 95 % interval (``<column> low`` / ``high``), with the mean number of
+    images per rate and the number of patches."""
     n_col = {"asr": "n_asr", "fooling": "n_fooling", "asr_common": "n_common"}[value]
     rec = records.assign(group=records["patch_set"].map(set_group))
     views = list(views or dict.fromkeys(rec["view"]))
@@ -112,7 +113,9 @@ def asr_table(records: pd.DataFrame, by: str = "group", views: Sequence[str] | N
     table.columns = [f"{a} {v}" for a, v in cols]
     table["n images"] = rec.groupby(keys, sort=False)[n_col].mean().round(0)
     table["patches"] = patch_counts(rec, keys)
-    return table.reset_index()
+    table = table.reset_index()
+    rec = rec.assign(**{"attack view": rec["attack"] + " " + rec["view"]})
+    return add_intervals(table, rec, value, keys, "attack view", [f"{a} {v}" for a, v in cols])
 
 
 def robust_accuracy(model: nn.Module, bits: int | None, patches: Sequence[Patch], images: torch.Tensor,

@@ -2,9 +2,11 @@
 
 Records first, tables after (RobustBench style): :func:`transfer_records`
 returns one row per (patch, view) with the targeted ASR, the untargeted
-fooling rate and the common-subset ASR, each with its number of images;
-:func:`pivot_rates` turns them into a paper-style table (mean over the
-patches of a pool, docs/design.md#success-rate).
+fooling rate and the common-subset ASR, each with its number of images, and
+the per-image outcomes behind them; :func:`pivot_rates` turns them into a
+paper-style table (mean over the patches of a pool, docs/design.md#success-rate),
+each rate with its 95 % bootstrap interval over images and patches
+(columns ``<view> low`` / ``<view> high``; docs/design.md#intervals-and-verdicts).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch.nn as nn
 from triqdef.attacks.patches import Patch, patched_predictions
 from triqdef.attacks.success import common_subset, eligible_images, fooling_rate, targeted_asr
 from triqdef.eval.accuracy import predict
-from triqdef.eval.intervals import Outcomes
+from triqdef.eval.intervals import Outcomes, bootstrap_rate
 
 
 def view_predictions(views: dict[str, tuple[nn.Module, int | None]], images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -46,12 +48,53 @@ def transfer_records(patches: list[Patch], views: dict[str, tuple[nn.Module, int
             asr = targeted_asr(clean[name], adv, labels, patch.target)
             fool = fooling_rate(clean[name], adv, labels, patch.target)
             com = targeted_asr(clean[name], adv, labels, patch.target, subset=common)
+            eligible = eligible_images(clean[name], labels, patch.target)
             rows.append({"patch": i, "set": patch.info.get("set"), "attack": patch.attack, "size": patch.size,
                          "target": patch.target, "source_bits": patch.source_bits, "view": name,
                          "asr": 100 * asr.value, "n_asr": asr.n, "fooling": 100 * fool.value, "n_fooling": fool.n,
                          "asr_common": 100 * com.value, "n_common": com.n, "eval_s": seconds,
-                         "n_images": int(labels.numel())})
+                         "n_images": int(labels.numel()),
+                         # per-image outcomes, for the intervals (object columns: never written to a table)
+                         "hits_asr": (adv == patch.target).cpu().numpy(), "hits_fooling": (adv != labels).cpu().numpy(),
+                         "eligible": eligible.cpu().numpy(), "eligible_common": (eligible & common).cpu().numpy()})
     return pd.DataFrame(rows)
+
+
+#: The per-image outcome columns of a record behind each rate: (hits, eligible).
+OUTCOME_COLUMNS = {"asr": ("hits_asr", "eligible"), "fooling": ("hits_fooling", "eligible"),
+                   "asr_common": ("hits_asr", "eligible_common")}
+#: Bootstrap replicates of every table interval.
+N_BOOT = 2000
+
+
+def records_outcomes(records: pd.DataFrame, value: str = "asr") -> Outcomes:
+    """The per-image outcomes of ``records`` (one row per patch, all on the same images) behind ``value``."""
+    hits, eligible = OUTCOME_COLUMNS[value]
+    return Outcomes(np.stack(list(records[hits])), np.stack(list(records[eligible])))
+
+
+def add_intervals(table: pd.DataFrame, records: pd.DataFrame, value: str, keys: list[str], columns: str,
+                  views: list, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+    """``<view> low`` / ``<view> high`` beside each rate column of ``table`` (one row per ``keys``): the 95 %
+    bootstrap interval (images and patches resampled) of the records of that row and view. Rates in percent."""
+    out = table.copy()
+    groups = {k if isinstance(k, tuple) else (k,): g for k, g in records.groupby(keys, sort=False, dropna=False)}
+    for view in views:
+        lows, highs = [], []
+        for _, row in out.iterrows():
+            rows = groups.get(tuple(row[k] for k in keys), records.iloc[:0])
+            rows = rows[rows[columns] == view]
+            if rows.empty:
+                lows.append(np.nan)
+                highs.append(np.nan)
+                continue
+            ci = bootstrap_rate(records_outcomes(rows, value), n_boot, seed)
+            lows.append(100 * ci.low)
+            highs.append(100 * ci.high)
+        position = out.columns.get_loc(view) + 1
+        out.insert(position, f"{view} low", lows)
+        out.insert(position + 1, f"{view} high", highs)
+    return out
 
 
 def patch_outcomes(patches: list[Patch], model: nn.Module, bits: int | None, images: torch.Tensor, labels: torch.Tensor,
@@ -90,7 +133,8 @@ def pivot_rates(records: pd.DataFrame, value: str = "asr", index=("attack",), co
     table = table.reindex(columns=order)
     counts = counts.reindex(columns=order).add_prefix("n ")
     npatch = patch_counts(records, idx).rename("patches")
-    return table.join(counts).join(npatch, how="outer").reset_index()
+    table = table.join(counts).join(npatch, how="outer").reset_index()
+    return add_intervals(table, records, value, idx, columns, order)
 
 
 def asr_by_model_and_set(views: Mapping[str, Mapping[str, tuple[nn.Module, int | None]]],

@@ -21,13 +21,26 @@ def save_table(df: pd.DataFrame, name: str, meta: dict, directory: Path | None =
     with atomic_path(csv) as tmp:
         df.to_csv(tmp, index=False)
     prov = f"_profile `{meta.get('profile')}`, data `{meta.get('data', {}).get('source')}`, commit `{str(meta.get('commit'))[:12]}`_"
-    shown = df.astype(object).where(df.notna(), None)  # blank cells, not "nan"
+    shown = with_half_widths(df, floatfmt if isinstance(floatfmt, str) else ".1f")
+    shown = shown.astype(object).where(shown.notna(), None)  # blank cells, not "nan"
     if isinstance(floatfmt, dict):
-        floatfmt = [floatfmt.get(c, ".1f") for c in df.columns]
+        floatfmt = [floatfmt.get(c, ".1f") for c in shown.columns]
     body = shown.to_markdown(index=False, floatfmt=floatfmt, missingval="")
     write_text(md, (f"{caption}\n\n" if caption else "") + body + "\n\n" + prov + "\n")
     write_json(js, dict(meta, table=name, caption=caption, columns=list(df.columns)))
     return {"csv": csv, "md": md, "json": js}
+
+
+def with_half_widths(df: pd.DataFrame, fmt: str = ".1f") -> pd.DataFrame:
+    """The table as the Markdown shows it: every column ``c`` with ``c low`` and ``c high`` beside it becomes
+    ``rate ± half-width`` (the interval's half width; docs/design.md#intervals-and-verdicts), the bounds dropped."""
+    out = df.copy()
+    for c in [c for c in df.columns if f"{c} low" in df.columns and f"{c} high" in df.columns]:
+        half = (df[f"{c} high"] - df[f"{c} low"]) / 2
+        out[c] = [None if pd.isna(v) else f"{v:{fmt}}" if pd.isna(h) else f"{v:{fmt}} ± {h:{fmt}}"
+                  for v, h in zip(df[c], half)]
+        out = out.drop(columns=[f"{c} low", f"{c} high"])
+    return out
 
 
 def save_figure(fig, name: str, directory: Path | None = None, dpi: int = 150) -> Path:

@@ -325,6 +325,7 @@ class MotivationParams:
     """Notebook 01: ``n_align`` test images for Tables 3, 12 and Figure 2; ``test_images`` for the patch tables (None: all)."""
 
     n_align: int = field(metadata=_check(gt=0))
+    per_image_images: int = field(metadata=_check(gt=0))   # Table 1's per-image LAVAN protocol: one patch per image
     test_images: int | None = field(default=None, metadata=_check(gt=0))
 
 

@@ -263,3 +263,27 @@ def test_float_model_of_the_32_bit_path():
     fp = to_float_model(m, "resnet20")
     with quant.use_bitwidth(m, 32):
         assert torch.allclose(fp(x), m(x), atol=1e-5)
+
+
+def test_training_patches_mix_the_pool_sizes():
+    """The defenses train on both attack regimes: TriQDef's pool patches and PBAT's own patches come in each size
+    of the pool (one size per step and bit-width), and a single-size pool draws nothing for the size."""
+    sched = Schedule.constant((32, 8), 10)
+    pool = {6: torch.rand(3, 3, 6, 6), 12: torch.rand(2, 3, 12, 12)}
+    step = TriQDefStep(TriQDefSettings(taps=TAPS, gpdp_sub_batch=4), sched, pool, [], seed=0)
+    x = torch.zeros(8, 3, 32, 32)
+    sizes = set()
+    for k in range(12):
+        patched = step._patched(None, x, None, k, (32, 8))
+        rows = (patched[0].abs().sum(0) > 0).any(1).sum().item()  # the height of the pasted square
+        sizes.add(rows)
+    assert sizes == {6, 12}
+    pbat = PBATStep((32, 8), seed=0, size=(12, 6), attack_steps=1)
+    assert pbat.sizes == [6, 12]
+    m, xm = _qmodel((32, 8))
+    drawn = set()
+    for k in range(8):
+        g = torch.Generator().manual_seed(k)
+        out = pbat._patches(m.float(), torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long), 8, g)
+        drawn.add(int((out[0].abs().sum(0) > 0).any(1).sum()))
+    assert drawn == {6, 12}

@@ -39,3 +39,37 @@ def test_every_set_of_the_plan_draws_balanced_targets(profile):
         assert [s.target for s in mine if s.set_name == "pool"] != [s.target for s in mine if s.set_name == "seen"]
     assert len({s.seed for s in specs}) == len(specs)
     assert plan(cfg, seed=0) == specs and plan(cfg, seed=1) != specs
+
+
+def test_the_matched_regime_repeats_every_set_at_the_scaled_sizes():
+    cfg = load_config(None, "cpu").patches
+    paper = plan(cfg, seed=0)
+    both = plan(cfg, seed=0, second_size=12)
+    names = {s.set_name for s in paper}
+    assert {s.set_name for s in both} == names | {f"{n}_matched" for n in names}
+    sizes = {s.set_name: s.size for s in both}
+    assert sizes["seen"] == 6 and sizes["seen_matched"] == 12 and sizes["pool_matched"] == 12
+    # 8 and 10 px scaled by 2, clamped to the largest patch GAP can place (16 px)
+    assert sizes["unseen_size8_matched"] == 16 and sizes["unseen_size10_matched"] == 16
+    assert all(s.regime == ("matched" if s.set_name.endswith("_matched") else "paper") for s in both)
+    assert len({s.seed for s in both}) == len(both)
+    assert plan(cfg, seed=0, second_size=6) == paper   # the matched size is the paper's: one regime
+
+
+def test_the_second_size_is_read_from_the_attack_strength_record(tmp_path):
+    import json
+
+    from triqdef.errors import TriqdefError
+    from triqdef.stages.attack_strength import second_size
+
+    path = tmp_path / "matched_size.json"
+    path.write_text(json.dumps({"matched_size": 12, "lavan_fp_asr": {"6": 12.0, "12": 85.0}}))
+    assert second_size(path) == (12, "matched")
+    path.write_text(json.dumps({"matched_size": None, "lavan_fp_asr": {"6": 12.0, "12": 70.0, "14": 69.0}}))
+    assert second_size(path) == (12, "strongest")
+    for text, match in (("{", "corrupt"), (json.dumps({"matched_size": None}), "corrupt")):
+        path.write_text(text)
+        with pytest.raises(TriqdefError, match=match):
+            second_size(path)
+    with pytest.raises(TriqdefError, match="not found"):
+        second_size(tmp_path / "missing.json")

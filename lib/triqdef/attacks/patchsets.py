@@ -11,6 +11,9 @@
   the whole image and placed so that it overlaps the border frame).
 * ``size<s>`` for each of ``extra_sizes`` (LAVAN only, FP-made): Table 9's
   CIFAR analogue uses 8, 9 and 10-pixel patches.
+* every set again at the matched size (``<set>_matched``, sizes scaled by the
+  same factor; docs/design.md#attack-regime), when the ``attack_strength``
+  stage found one that differs from ``size``.
 
 The attacker's images are a seeded subset of the training split, disjoint
 from the held-out split used for calibration.
@@ -28,10 +31,24 @@ import torch.nn as nn
 
 from triqdef.attacks.patches import Patch, outside_region_location
 from triqdef.attacks.universal import PatchOptimiser, PatchRequest, optimise_patches, recipe
-from triqdef.config import PatchParams
+from triqdef.config import CIFAR_IMAGE_SIZE, PatchParams
 from triqdef.meta import atomic_path, read_torch_file
 
 PATCHSET_FORMAT = "triqdef-patches/1"
+
+
+#: The two attack regimes: the paper's patch size, and the matched size (docs/design.md#attack-regime).
+PAPER, MATCHED = "paper", "matched"
+
+
+def regime_set(name: str, regime: str) -> str:
+    """A set's name in a regime: ``seen`` in the paper's regime, ``seen_matched`` at the matched size."""
+    return name if regime == PAPER else f"{name}_{regime}"
+
+
+def base_set(name: str) -> str:
+    """The set a regime's set name stands for (``seen_matched`` -> ``seen``)."""
+    return name[: -len(MATCHED) - 1] if name.endswith("_" + MATCHED) else name
 
 
 @dataclass(frozen=True)
@@ -46,6 +63,7 @@ class PatchSpec:
     target: int
     seed: int
     placement: str  # "inside" | "outside"
+    regime: str = PAPER
 
 
 def balanced_targets(n: int, seed: int, num_classes: int = 10) -> list[int]:
@@ -59,8 +77,33 @@ def balanced_targets(n: int, seed: int, num_classes: int = 10) -> list[int]:
     return out[:n]
 
 
-def plan(cfg: PatchParams, seed: int, num_classes: int = 10) -> list[PatchSpec]:
-    """The list of patches a ``patches`` params section asks for (deterministic in ``seed``).
+def largest_size(cfg: PatchParams, image_size: int = CIFAR_IMAGE_SIZE) -> int:
+    """The largest patch every attack of ``cfg`` can place inside the region (GAP: its canvas twice the patch)."""
+    limit = image_size - 2 * cfg.border
+    return min(limit, image_size // 2) if "gap" in cfg.attacks else limit
+
+
+def regime_sizes(cfg: PatchParams, second: int | None) -> dict[str, dict]:
+    """Per regime, the patch sizes of its sets: ``size`` (pool, seen, unseen bits and location), ``unseen`` (the
+    unseen-size sets, by their paper-regime name) and ``extra`` (Table 9's sizes). The paper's regime is
+    ``patches``; the matched regime (when ``second`` is given and differs) scales every size by
+    ``second / size`` (rounded), clamped to :func:`largest_size`."""
+    out = {PAPER: {"size": cfg.size, "unseen": {f"unseen_size{s}": s for s in cfg.unseen_sizes},
+                   "extra": {f"size{s}": s for s in cfg.extra_sizes}}}
+    if second is not None and second != cfg.size:
+        top = largest_size(cfg)
+
+        def scaled(s: int) -> int:
+            return min(top, max(1, round(s * second / cfg.size)))
+
+        out[MATCHED] = {"size": second, "unseen": {f"unseen_size{s}": scaled(s) for s in cfg.unseen_sizes},
+                        "extra": {f"size{s}": scaled(s) for s in cfg.extra_sizes}}
+    return out
+
+
+def plan(cfg: PatchParams, seed: int, num_classes: int = 10, second_size: int | None = None) -> list[PatchSpec]:
+    """The list of patches a ``patches`` params section asks for (deterministic in ``seed``), in the paper's
+    regime and, when ``second_size`` is given, again at that size (set names ``<set>_matched``).
 
     Targets (docs/design.md#targets-seeds-and-placement): the pool, the seen set, each ``size<s>`` set and
     the unseen group (its kinds together) each draw :func:`balanced_targets` with their own seed, so every
@@ -68,7 +111,7 @@ def plan(cfg: PatchParams, seed: int, num_classes: int = 10) -> list[PatchSpec]:
     times; the unseen kinds split one balanced draw in turn, so each kind holds distinct classes. Every
     patch has its own seed.
     """
-    n_pool, n_seen, n_unseen, size = cfg.pool_per_attack, cfg.seen_per_attack, cfg.unseen_per_kind, cfg.size
+    n_pool, n_seen, n_unseen = cfg.pool_per_attack, cfg.seen_per_attack, cfg.unseen_per_kind
     specs: list[PatchSpec] = []
     draw = 0
 
@@ -77,22 +120,25 @@ def plan(cfg: PatchParams, seed: int, num_classes: int = 10) -> list[PatchSpec]:
         draw += 1
         return balanced_targets(n, seed * 1_000 + draw, num_classes)
 
-    def add(set_name, attack, chosen, size_, source, bits, placement):
+    def add(set_name, attack, chosen, size_, source, bits, placement, regime):
         for target in chosen:
-            specs.append(PatchSpec(set_name, attack, size_, source, bits, target, seed * 100_003 + len(specs), placement))
+            specs.append(PatchSpec(regime_set(set_name, regime), attack, size_, source, bits, target,
+                                   seed * 100_003 + len(specs), placement, regime))
 
-    for attack in cfg.attacks:
-        add("pool", attack, targets(n_pool), size, "fp", None, "inside")
-        add("seen", attack, targets(n_seen), size, "fp", None, "inside")
-        kinds = ([(f"unseen_bits{b}", size, "qat", b, "inside") for b in cfg.unseen_bits]
-                 + [(f"unseen_size{s}", s, "fp", None, "inside") for s in cfg.unseen_sizes]
-                 + [("unseen_location", size, "fp", None, "outside")])
-        unseen = targets(n_unseen * len(kinds))
-        for i, (name, size_, source, bits, placement) in enumerate(kinds):
-            add(name, attack, unseen[i * n_unseen:(i + 1) * n_unseen], size_, source, bits, placement)
-        if attack == "lavan":  # Table 9 (CIFAR analogue) also needs LAVAN patches of these sizes
-            for s in cfg.extra_sizes:
-                add(f"size{s}", attack, targets(n_unseen), s, "fp", None, "inside")
+    for regime, sizes in regime_sizes(cfg, second_size).items():
+        size = sizes["size"]
+        for attack in cfg.attacks:
+            add("pool", attack, targets(n_pool), size, "fp", None, "inside", regime)
+            add("seen", attack, targets(n_seen), size, "fp", None, "inside", regime)
+            kinds = ([(f"unseen_bits{b}", size, "qat", b, "inside") for b in cfg.unseen_bits]
+                     + [(name, s, "fp", None, "inside") for name, s in sizes["unseen"].items()]
+                     + [("unseen_location", size, "fp", None, "outside")])
+            unseen = targets(n_unseen * len(kinds))
+            for i, (name, size_, source, bits, placement) in enumerate(kinds):
+                add(name, attack, unseen[i * n_unseen:(i + 1) * n_unseen], size_, source, bits, placement, regime)
+            if attack == "lavan":  # Table 9 (CIFAR analogue) also needs LAVAN patches of these sizes
+                for name, s in sizes["extra"].items():
+                    add(name, attack, targets(n_unseen), s, "fp", None, "inside", regime)
     return specs
 
 
@@ -138,7 +184,7 @@ def make_patches(specs: list[PatchSpec], models: dict[str, nn.Module], images: t
                                 source_model=model_name, progress=label if progress else None)
         share = (time.perf_counter() - t0) / len(members)
         for i, patch in zip(members, made):
-            patch.info.update(set=specs[i].set_name, source=source, placement=placement)
+            patch.info.update(set=specs[i].set_name, source=source, placement=placement, regime=specs[i].regime)
             patches[i], seconds[i] = patch, share
     return patches, seconds
 

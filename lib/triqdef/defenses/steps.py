@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -136,13 +136,15 @@ def triqdef_settings(tq: TriQDefParams, model_name: str, **overrides) -> TriQDef
 class TriQDefStep:
     """One TriQDef training step (see the module docstring); ``log`` keys: loss_clean, loss_adv, fdp, gpdp, total, n_bits."""
 
-    def __init__(self, settings: TriQDefSettings, schedule: Schedule, pool: torch.Tensor | None,
+    def __init__(self, settings: TriQDefSettings, schedule: Schedule, pool: torch.Tensor | Mapping[int, torch.Tensor] | None,
                  holdout_batches: Sequence[torch.Tensor], seed: int, calibrate_new_bits: bool = True):
         self.s, self.schedule, self.seed = settings, schedule, seed
         self.calibrate_new_bits = calibrate_new_bits  # False: the start checkpoint trained every bit-width already
-        self.pool = pool  # (P, 3, s, s) training-pool patch contents
+        # training-pool contents by size, {s: (P_s, 3, s, s)} (a tensor: one size)
+        self.pool = {int(pool.shape[-1]): pool} if isinstance(pool, torch.Tensor) else dict(pool or {})
+        self.pool = {k: v for k, v in self.pool.items() if len(v)}
         self.holdout = list(holdout_batches)
-        if settings.patch_source == "pool" and (pool is None or len(pool) == 0):
+        if settings.patch_source == "pool" and not self.pool:
             raise TriqdefError("TriQDef with patch_source 'pool' needs the training pool: expected the 'pool' set of "
                                "results/patches/patches.pt (run 'triqdef patches make')")
 
@@ -150,12 +152,13 @@ class TriQDefStep:
     def _patched(self, model, x, y, step, active) -> torch.Tensor:
         g = _generator(self.seed, step, 1)
         n = x.shape[0]
-        if self.s.patch_source == "pool":
-            idx = torch.randint(0, len(self.pool), (n,), generator=g)
-            contents = self.pool[idx].to(x.device)
-            size = contents.shape[-1]
+        sizes = sorted(self.pool) or [6]
+        size = sizes[int(torch.randint(0, len(sizes), (1,), generator=g))] if len(sizes) > 1 else sizes[0]
+        if self.s.patch_source == "pool":  # one size per step (the pool mixes the paper's and the matched size)
+            pool = self.pool[size]
+            idx = torch.randint(0, len(pool), (n,), generator=g)
+            contents = pool[idx].to(x.device)
         else:
-            size = self.pool.shape[-1] if self.pool is not None and len(self.pool) else 6
             contents = self._on_the_fly(model, x, y, g, active, size)
         loc = random_locations(n, size, g, x.shape[-1], self.s.border).to(x.device)
         return paste(x, contents, loc)
@@ -272,15 +275,17 @@ class TriQDefStep:
 class PBATStep:
     """PBAT: each active bit-width, a share ρ of the batch patched with per-image patches optimised at that bit-width."""
 
-    def __init__(self, bits: Sequence[int], seed: int, rho: float = 0.5, size: int = 6, attack_steps: int = 3,
-                 step_size: float = 0.1, border: int = 4):
-        self.bits, self.seed, self.rho, self.size = list(bits), seed, rho, size
+    def __init__(self, bits: Sequence[int], seed: int, rho: float = 0.5, size: int | Sequence[int] = 6,
+                 attack_steps: int = 3, step_size: float = 0.1, border: int = 4):
+        self.bits, self.seed, self.rho = list(bits), seed, rho
+        self.sizes = [int(size)] if isinstance(size, int) else sorted(int(s) for s in size)  # one drawn per bit-width
         self.attack_steps, self.step_size, self.border = attack_steps, step_size, border
 
     def _patches(self, model, x, y, b, g) -> torch.Tensor:
         n = x.shape[0]
-        contents = torch.rand(n, 3, self.size, self.size, generator=g).to(x.device)
-        loc = random_locations(n, self.size, g, x.shape[-1], self.border).to(x.device)
+        size = self.sizes[int(torch.randint(0, len(self.sizes), (1,), generator=g))] if len(self.sizes) > 1 else self.sizes[0]
+        contents = torch.rand(n, 3, size, size, generator=g).to(x.device)
+        loc = random_locations(n, size, g, x.shape[-1], self.border).to(x.device)
         with quant.eval_mode(model), quant.use_bitwidth(model, b):
             contents = signed_gradient_steps(lambda c, k: F.cross_entropy(model(paste(x, c, loc)), y), contents,
                                              self.attack_steps, self.step_size, (0, 1))

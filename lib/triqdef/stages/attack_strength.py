@@ -30,6 +30,7 @@ from triqdef.attacks.patchsets import attack_images, balanced_targets, optimiser
 from triqdef.attacks.universal import PatchRequest, optimise_patches
 from triqdef.config import CIFAR_IMAGE_SIZE, Config, StageConfig, as_dict
 from triqdef.data.cifar import to_float
+from triqdef.errors import TriqdefError
 from triqdef.eval.intervals import bootstrap_rate
 from triqdef.eval.transfer import patch_outcomes, view_predictions
 from triqdef.meta import provenance, write_json, write_metrics
@@ -47,6 +48,26 @@ log = logging.getLogger(__name__)
 def matched_size_path():
     """Where the matched size is recorded for the stages after this one."""
     return paths.results_dir() / "attack_strength" / "matched_size.json"
+
+
+def second_size(path=None) -> tuple[int, str]:
+    """The size of the second attack regime, from this stage's record: the matched size, or, when no size
+    reached the threshold, the size where white-box LAVAN was strongest. Returns (size, ``matched`` or
+    ``strongest``); a missing or corrupt record is a one-line error."""
+    import json
+
+    path = path or matched_size_path()
+    try:
+        record = json.loads(path.read_text())
+        if record.get("matched_size") is not None:
+            return int(record["matched_size"]), "matched"
+        curve = {int(k): float(v) for k, v in record["lavan_fp_asr"].items()}
+        return max(curve, key=lambda k: (curve[k], -k)), "strongest"
+    except FileNotFoundError:
+        raise TriqdefError(f"matched-size record {path} not found: expected the output of 'triqdef patches strength'") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise TriqdefError(f"matched-size record {path} is corrupt ({type(e).__name__}): expected the JSON of "
+                           "'triqdef patches strength'") from None
 
 
 def noise_patch(patch: Patch, seed: int) -> Patch:

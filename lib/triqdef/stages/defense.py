@@ -50,15 +50,19 @@ def checkpoint(method: str, variant: str | None = None) -> Path:
     return paths.models_dir() / folder / f"{run_name(method, variant)}.pt"
 
 
-def pool_contents(patches_path: Path | None = None) -> torch.Tensor:
-    """Contents (P, 3, s, s) of the training pool (set ``pool``) of the patch stage."""
-    from triqdef.attacks.patchsets import load_patchset, select
+def pool_contents(patches_path: Path | None = None) -> dict[int, torch.Tensor]:
+    """Contents of the training pool by patch size: {size: (P, 3, size, size)}, from the ``pool`` set and, when the
+    patch stage made one, ``pool_matched`` (the defenses train on both sizes; docs/design.md#attack-regime)."""
+    from triqdef.attacks.patchsets import MATCHED, load_patchset, regime_set, select
 
     patches, _ = load_patchset(patches_path or paths.results_dir() / "patches" / "patches.pt")
-    pool = select(patches, "pool")
+    pool = select(patches, "pool") + select(patches, regime_set("pool", MATCHED))
     if not pool:
         raise TriqdefError("the patch file has no 'pool' set: expected the training pool of 'triqdef patches make'")
-    return torch.stack([p.content for p in pool])
+    by_size: dict[int, list] = {}
+    for p in pool:
+        by_size.setdefault(p.size, []).append(p.content)
+    return {size: torch.stack(contents) for size, contents in sorted(by_size.items())}
 
 
 def initial_model(cfg: Config | StageConfig, init: str):
@@ -108,10 +112,10 @@ def build_step(method: str, cfg: Config | StageConfig, model, splits, total_step
     seed, bits = cfg.base.seed, list(cfg.quant.bits)
     if method == "qat":
         return None, {}
-    if method == "pbat":
-        pb, size = cfg.pbat, cfg.patches.size
-        return (PBATStep(bits, seed, pb.rho, size, pb.attack_steps, pb.step_size, cfg.patches.border),
-                dict(as_dict(pb), size=size))
+    if method == "pbat":  # the sizes of the training pool: the paper's and the matched size
+        pb, sizes = cfg.pbat, tuple(pool_contents())
+        return (PBATStep(bits, seed, pb.rho, sizes, pb.attack_steps, pb.step_size, cfg.patches.border),
+                dict(as_dict(pb), sizes=list(sizes)))
     if method == "dwq":
         dw = cfg.dwq
         return DWQStep(bits, seed, dw.eps, dw.alpha, dw.attack_steps), as_dict(dw)

@@ -1,14 +1,16 @@
-"""Stage ``patches``: the LAVAN / GAP patch sets (pool, seen, unseen) from the FP and standard-QAT models."""
+"""Stage ``patches``: the LAVAN / GAP patch sets (pool, seen, unseen) from the FP and standard-QAT models, at the
+paper's size and at the second size that stage ``attack_strength`` recorded (the matched size)."""
 
 from __future__ import annotations
 
 import time
 
 from triqdef import paths
-from triqdef.attacks.patchsets import attack_images, make_patches, plan, save_patchset
+from triqdef.attacks.patchsets import attack_images, make_patches, plan, regime_sizes, save_patchset
 from triqdef.config import Config, StageConfig, as_dict
 from triqdef.errors import TriqdefError
 from triqdef.meta import provenance, write_metrics
+from triqdef.stages import attack_strength
 from triqdef.stages import common as pipeline
 from triqdef.training.loop import model_from_checkpoint, resolve_device
 
@@ -20,7 +22,8 @@ def run_make_patches(cfg: Config | StageConfig, progress: bool = True) -> dict:
     ``results/patches/patches.pt`` and timings to ``results/metrics/patches.json``."""
     t_stage = time.perf_counter()
     pcfg, seed = cfg.patches, cfg.base.seed
-    specs = plan(pcfg, seed)
+    second, second_kind = attack_strength.second_size()
+    specs = plan(pcfg, seed, second_size=second)
     device = resolve_device(cfg.base.device)
     name = cfg.model.name
     splits = pipeline.load_data(cfg)
@@ -37,7 +40,9 @@ def run_make_patches(cfg: Config | StageConfig, progress: bool = True) -> dict:
     wall = time.perf_counter() - t0
     meta = provenance(cfg, {"params": as_dict(pcfg), "data": pipeline.data_record(splits), "attack_images": int(len(idx)),
                             "fp_checkpoint_commit": fp_meta.get("commit"), "qat_checkpoint_commit": qat_meta.get("commit"),
-                            "unseen_bits_source": str(qat_path.relative_to(paths.output_root()))})
+                            "unseen_bits_source": str(qat_path.relative_to(paths.output_root())),
+                            "regimes": {r: v for r, v in regime_sizes(pcfg, second).items()},
+                            "second_size": second, "second_size_kind": second_kind})
     save_patchset(paths.results_dir() / "patches" / "patches.pt", patches, meta)
     per_set: dict[str, dict] = {}
     for p, s in zip(patches, seconds):

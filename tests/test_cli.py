@@ -108,8 +108,9 @@ def test_patches_and_bench_refuse_bad_input(tmp_path):
     p = params_with(tmp_path, **{"patches.common.attacks": ["lavan", "pgd"]})
     env = {"TRIQDEF_DATA_DIR": str(tmp_path / "data"), "CIFAR10_ARCHIVE": str(ROOT / "lib/triqdef/_sample/cifar10-sample-jpeg.tar.gz")}
     assert run(["--quiet", "data", "fetch", "--no-download"], tmp_path, env).returncode == 0
-    # no checkpoints yet: the missing FP checkpoint is named
-    assert_one_line_error(run(["--profile", "smoke", "patches", "make"], tmp_path, env), "resnet20.pt", "not found")
+    # nothing upstream yet: the first missing input is named (the attack-strength record, then the FP checkpoint)
+    assert_one_line_error(run(["--profile", "smoke", "patches", "make"], tmp_path, env), "matched_size.json", "not found")
+    assert_one_line_error(run(["--profile", "smoke", "patches", "strength"], tmp_path, env), "resnet20.pt", "not found")
     assert_one_line_error(run(["--params", p, "--profile", "smoke", "patches", "make"], tmp_path, env), "'pgd'")
     assert_one_line_error(run(["bench", "throughput", "--batch-size", "0"], tmp_path), "batch_size")
     assert_one_line_error(run(["bench", "throughput", "--bits", "32", "7", "1"], tmp_path), "bit-width 1")

@@ -126,3 +126,11 @@ def test_a_range_estimator_per_bit_width_must_cover_the_bit_widths(tmp_path):
         load_config(_write(tmp_path, lambda r: r["quant"]["common"].update(activation_range={8: "max"})), "cpu")
     with pytest.raises(TriqdefError, match="activation_range"):
         load_config(_write(tmp_path, lambda r: r["quant"]["common"].update(activation_range={8: "minmax"})), "cpu")
+
+
+def test_cross_arch_bits_use_the_per_bit_width_estimators():
+    from triqdef.stages.cross_arch import cross_arch_params
+
+    cfg = load_config(None, "cpu")
+    second = cross_arch_params(cfg)
+    assert second.quant.bits == tuple(cfg.cross_arch.bits) and second.quant.activation_range == cfg.quant.activation_range

@@ -138,7 +138,7 @@ def test_asr_by_model_and_set_keeps_the_given_order():
     views = {"B": {"v2": (net, None), "v1": (net, None)}, "A": {"v2": (net, None), "v1": (net, None)}}
     sets = {"far": [_patch((4, 4))], "near": [_patch((0, 0))]}
     rec, t = asr_by_model_and_set(views, sets, images, labels)
-    assert list(t.columns) == ["model", "patch_set", "v2", "v1"]
+    assert list(t.columns) == ["model", "patch_set", "v2", "v2 low", "v2 high", "v1", "v1 low", "v1 high"]
     assert t[["model", "patch_set"]].values.tolist() == [["B", "far"], ["B", "near"], ["A", "far"], ["A", "near"]]
     assert t["v1"].tolist() == [0.0, 100.0, 0.0, 100.0] and len(rec) == 2 * 2 * 2
 

@@ -96,9 +96,14 @@ class QuantParams:
         quant.check_bit_set(self.bits)
         if self.first_last_bits is not None:
             quant.check_bits(self.first_last_bits)
-        if isinstance(self.activation_range, dict):
-            quantized = {str(b) for b in self.bits if b != quant.FP_BITS}
-            if set(self.activation_range) != quantized:
+        if isinstance(self.activation_range, dict):  # every quantized bit-width covered (a subset may be used:
+            quantized = {str(b) for b in self.bits if b != quant.FP_BITS}  # cross_arch's bits)
+            for key in self.activation_range:
+                if not key.isdigit() or int(key) == quant.FP_BITS:
+                    raise TriqdefError(f"parameter activation_range = {self.activation_range}: key {key!r} is not a "
+                                       "quantized bit-width")
+                quant.check_bits(int(key))
+            if not quantized <= set(self.activation_range):
                 raise TriqdefError(f"parameter activation_range = {self.activation_range}: expected one estimator for "
                                    f"each quantized bit-width {sorted(quantized, key=int, reverse=True)}")
 

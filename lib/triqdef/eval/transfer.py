@@ -143,10 +143,12 @@ def asr_by_model_and_set(views: Mapping[str, Mapping[str, tuple[nn.Module, int |
     """Every patch set on every model's views (``views``: model label -> view label -> ``(model, bits)``).
 
     Returns the records (:func:`transfer_records`, with ``model`` and ``patch_set`` columns) and the ASR
-    table: one row per (model, patch set) in the given order, one column per view (mean over the patches),
-    in the order of the first model's views (every model has the same view labels: Table 2).
+    table: one row per (model, patch set) in the given order, one column per view (mean over the patches,
+    with its 95 % interval), in the order of the first model's views (every model has the same view labels:
+    Table 2).
     """
     records = pd.concat([transfer_records(ps, views[label], images, labels).assign(model=label, patch_set=name)
                          for label in views for name, ps in patch_sets.items()], ignore_index=True)
     table = records.pivot_table(index=["model", "patch_set"], columns="view", values="asr", aggfunc="mean", sort=False)
-    return records, table[list(next(iter(views.values())))].reset_index()
+    order = list(next(iter(views.values())))
+    return records, add_intervals(table[order].reset_index(), records, "asr", ["model", "patch_set"], "view", order)

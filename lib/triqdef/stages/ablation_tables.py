@@ -80,20 +80,25 @@ def speed_settings(inp: Inputs) -> dict:
     return {k: inp.metas["full"]["settings"].get(k) for k in SPEED_SETTINGS}
 
 
-def table7_ablation(inp: Inputs) -> pd.DataFrame:
+def table7_ablation(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     """Table 7: targeted ASR (%) of the seen and unseen patch sets on TriQDef without FDP, without GPDP, in full,
-    and (when trained) in full without the speed settings, at ``robustness.bits``."""
-    from triqdef.attacks.patchsets import select
+    and (when trained) in full without the speed settings, at ``robustness.bits``, each with its 95 % interval;
+    ``regime``: the paper's patch size or the matched size (table ``table7_ablation_matched``)."""
+    from triqdef.attacks.patchsets import regime_set, select
     from triqdef.eval import robustness
     from triqdef.reporting.tables import save_table
+    from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
 
+    if regime_size(inp, regime) is None:
+        return save_absent_regime(inp, ["table7_ablation"], regime)
     models = {S.T7_LABELS[k]: inp.models[k] for k in TABLE7_RUNS if k in inp.models}
-    sets = {S.SEEN: select(inp.patches, "seen")}
-    sets.update({k: select(inp.patches, k) for k in robustness.UNSEEN_SETS})
+    sets = {S.SEEN: select(inp.patches, regime_set("seen", regime))}
+    sets.update({k: select(inp.patches, regime_set(k, regime)) for k in robustness.UNSEEN_SETS})
     records = robustness.defense_records(models, sets, inp.bits, inp.test_x, inp.test_y)
     t7 = robustness.asr_table(records, S.GROUP, [S.bit_view(b) for b in inp.bits])
-    save_table(t7, "table7_ablation", inp.meta,
-               caption=(f"Targeted ASR (%) of the seen and unseen patch sets on TriQDef without FDP (λ_FDP = 0), without GPDP "
+    save_table(t7, regime_table("table7_ablation", regime), dict(inp.meta, regime=regime),
+               caption=(f"Targeted ASR (%) of the seen and unseen {regime_label(inp, regime)} patch sets on TriQDef "
+                        "without FDP (λ_FDP = 0), without GPDP "
                         f"(λ_GPDP = 0) and in full, {inp.n_eval} test images, profile `{inp.profile}`; the last row (when trained) "
                         "turns off the speed settings (GPDP every step, maps at full resolution). Paper Table 7 (ResNet-56, LAVAN, "
                         "32/5/4/2): w/o FDP 65.2 / 61.1 / 59.7 / 55.9 (seen and unseen rows identical in the paper), "
@@ -137,18 +142,22 @@ def sensitivity_table(models: Mapping[str, nn.Module], grid: Mapping[str, str], 
     return pd.DataFrame(rows)
 
 
-def table13_sensitivity(inp: Inputs) -> pd.DataFrame:
+def table13_sensitivity(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     """Table 13: clean accuracy, accuracy under the seen LAVAN patches and their ASR for the default setting and
-    each sensitivity variant this profile trained."""
-    from triqdef.attacks.patchsets import select
+    each sensitivity variant this profile trained; ``regime`` as in :func:`table7_ablation`."""
+    from triqdef.attacks.patchsets import regime_set, select
     from triqdef.reporting.tables import save_table
+    from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
 
+    if regime_size(inp, regime) is None:
+        return save_absent_regime(inp, ["table13_sensitivity"], regime)
     grid = sensitivity_grid(inp.runs, inp.cfg.ablations.variants)
-    seen_lavan = select(inp.patches, "seen", "lavan")
+    seen_lavan = select(inp.patches, regime_set("seen", regime), "lavan")
     t13 = sensitivity_table(inp.models, grid, inp.bits, seen_lavan, inp.splits.test.images, inp.splits.test.labels,
                             inp.test_x, inp.test_y)
-    save_table(t13, "table13_sensitivity", inp.meta,
-               caption=(f"Clean accuracy ({len(inp.splits.test.labels)} test images, as Table 4), robust accuracy under the seen 6×6 "
+    save_table(t13, regime_table("table13_sensitivity", regime), dict(inp.meta, regime=regime),
+               caption=(f"Clean accuracy ({len(inp.splits.test.labels)} test images, as Table 4), robust accuracy under the seen "
+                        f"{regime_label(inp, regime)} "
                         f"LAVAN patches ('Adv') and their targeted ASR (%) ({inp.n_eval} test images), profile `{inp.profile}` "
                         f"(reduced grid: {', '.join(grid)}). Paper Table 13 has two rows "
                         "for the default configuration, (α, β) = (0.5, 1.0) and (λ_FDP, λ_GPDP) = (0.8, 0.5), with different numbers, "

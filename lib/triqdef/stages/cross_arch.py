@@ -19,12 +19,14 @@ import numpy as np
 import torch
 
 from triqdef import paths
+from triqdef.stages import attack_strength
 from triqdef.stages import common as pipeline
 from triqdef.stages.train_fp import run_train_fp
 from triqdef.stages.train_qat import run_train_qat
 from triqdef.config import Config, StageConfig, as_dict, override
 from triqdef.meta import provenance, write_metrics
-from triqdef.attacks.patchsets import PatchSpec, make_patches, save_patchset
+from triqdef.attacks.patchsets import (PatchSpec, attack_images, balanced_targets, make_patches, regime_set,
+                                      regime_sizes, save_patchset)
 from triqdef.training.loop import model_from_checkpoint, resolve_device
 
 PARAMS = ("base", "data", "model", "quant", "train_fp", "train_qat", "patches", "cross_arch")
@@ -51,14 +53,17 @@ def cross_arch_params(cfg: Config | StageConfig) -> Config | StageConfig:
                        quant=override(cfg.quant, {"bits": list(xa.bits)}, "cross_arch.bits"))
 
 
-def patch_specs(cfg: Config | StageConfig) -> list[PatchSpec]:
-    """``patches_per_attack`` FP-made patches per attack, 6×6 (``patches.size``), inside the training region."""
-    size, seed = cfg.patches.size, cfg.base.seed
-    specs, k = [], 0
-    for attack in cfg.patches.attacks:
-        for i in range(cfg.cross_arch.patches_per_attack):
-            specs.append(PatchSpec("cross_arch", attack, size, "fp", None, (3 * k + 1) % 10, seed * 100_003 + SEED_OFFSET + k, "inside"))
-            k += 1
+def patch_specs(cfg: Config | StageConfig, second_size: int | None = None) -> list[PatchSpec]:
+    """``patches_per_attack`` FP-made patches per attack (targets balanced over the classes), inside the training
+    region, at ``patches.size`` (set ``cross_arch``) and, when given, at ``second_size`` (``cross_arch_matched``)."""
+    seed = cfg.base.seed
+    specs: list[PatchSpec] = []
+    for r, (regime, sizes) in enumerate(regime_sizes(cfg.patches, second_size).items()):
+        for a, attack in enumerate(cfg.patches.attacks):
+            targets = balanced_targets(cfg.cross_arch.patches_per_attack, seed * 1_000 + SEED_OFFSET // 1_000 + 10 * r + a)
+            for t in targets:
+                specs.append(PatchSpec(regime_set("cross_arch", regime), attack, sizes["size"], "fp", None, t,
+                                       seed * 100_003 + SEED_OFFSET + len(specs), "inside", regime))
     return specs
 
 
@@ -67,7 +72,8 @@ def run_cross_arch(cfg: Config | StageConfig, progress: bool = True) -> dict:
     t_stage = time.perf_counter()
     min_acc = cfg.cross_arch.min_accuracy
     p = cross_arch_params(cfg)
-    specs = patch_specs(cfg)
+    second, _ = attack_strength.second_size()
+    specs = patch_specs(cfg, second)
     root = output_root()
     fp_m = run_train_fp(p, progress, root=root, metrics_name=None)
     if fp_m["test_accuracy"] < min_acc:
@@ -79,13 +85,10 @@ def run_cross_arch(cfg: Config | StageConfig, progress: bool = True) -> dict:
     device = resolve_device(cfg.base.device)
     splits = pipeline.load_data(cfg)
     pcfg = cfg.patches
-    n_att = pcfg.attack_images
-    rng = np.random.default_rng([cfg.base.seed, 7])  # the same attacker images as the main patch sets
-    idx = torch.from_numpy(rng.choice(len(splits.train.labels), size=min(n_att, len(splits.train.labels)), replace=False))
+    images, labels, idx = attack_images(splits, pcfg, cfg.base.seed)  # the same attacker images as the main patch sets
     name = p.model.name
     fp, fp_meta = model_from_checkpoint(pipeline.fp_checkpoint(p, root), kind="fp", model_name=name)
-    patches, seconds = make_patches(specs, {"fp": fp.to(device)}, splits.train.images[idx], splits.train.labels[idx],
-                                    pcfg, name, progress)
+    patches, seconds = make_patches(specs, {"fp": fp.to(device)}, images, labels, pcfg, name, progress)
     save_patchset(patch_file(), patches, provenance(cfg, {"params": {**as_dict(pcfg), **as_dict(cfg.cross_arch)}, "data": pipeline.data_record(splits),
                                                              "attack_images": int(len(idx)), "fp_checkpoint_commit": fp_meta.get("commit")}))
     patch_s = time.perf_counter() - t0

@@ -148,38 +148,46 @@ def table1_views(inp: Inputs) -> dict:
     return views
 
 
-def table1_transfer(inp: Inputs) -> tuple[pd.DataFrame, pd.DataFrame]:
+def table1_transfer(inp: Inputs, regime: str = "paper") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Table 1: targeted ASR of the ``seen`` patches (made on the FP model) on the views of :func:`table1_views`;
-    also the fooling rate and the ASR on the images every view gets right. Returns the ASR table and the records."""
-    from triqdef.attacks.patchsets import select
+    also the fooling rate and the ASR on the images every view gets right, each rate with its 95 % interval.
+    ``regime``: the paper's patch size or the matched size (docs/design.md#attack-regime; tables ``*_matched``).
+    Returns the ASR table and the records."""
+    from triqdef.attacks.patchsets import regime_set, select
     from triqdef.eval.transfer import pivot_rates, transfer_records, view_predictions
     from triqdef.reporting.tables import save_table
+    from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
 
+    names = ["table1_transfer_asr", "table1_transfer_fooling", "table1_transfer_asr_common"]
+    if regime_size(inp, regime) is None:
+        return save_absent_regime(inp, names, regime), pd.DataFrame()
     views = table1_views(inp)
     clean = view_predictions(views, inp.test_x)
-    seen = select(inp.patches, "seen")
+    seen = select(inp.patches, regime_set("seen", regime))
     records = transfer_records(seen, views, inp.test_x, inp.test_y, clean)
     order = list(views)
-    meta = dict(inp.meta, patches={"set": "seen", "n": len(seen), "steps": inp.patch_meta["params"]["steps"]})
-    cap = (f"Targeted ASR (%) of {len(seen)} seen 6×6 patches made on the FP {inp.model_name}, transferred to "
-           f"standard multi-bit QAT, {len(inp.test_y)} test images ({inp.splits.source['source']}), profile `{inp.profile}`. "
-           "Paper Table 1 (ResNet-20): LAVAN 87.2 / 83.7 / 77.3 / 74.2, GAP 84.7 / 59.6 / 58.5 / 50.3 at 32 / 8 / 4 / 2 bits.")
+    meta = dict(inp.meta, regime=regime, patches={"set": regime_set("seen", regime), "n": len(seen),
+                                                  "size": regime_size(inp, regime), "steps": inp.patch_meta["params"]["steps"]})
+    cap = (f"Targeted ASR (%) of {len(seen)} seen {regime_label(inp, regime)} patches made on the FP {inp.model_name}, "
+           f"transferred to standard multi-bit QAT, {len(inp.test_y)} test images ({inp.splits.source['source']}), profile "
+           f"`{inp.profile}`; 95% bootstrap intervals over images and patches. "
+           "Paper Table 1 (ResNet-20, 6×6): LAVAN 87.2 / 83.7 / 77.3 / 74.2, GAP 84.7 / 59.6 / 58.5 / 50.3 at 32 / 8 / 4 / 2 bits.")
     t1 = pivot_rates(records, "asr", column_order=order)
-    save_table(t1, "table1_transfer_asr", meta, caption=cap)
-    save_table(pivot_rates(records, "fooling", column_order=order), "table1_transfer_fooling", meta,
+    save_table(t1, regime_table(names[0], regime), meta, caption=cap)
+    save_table(pivot_rates(records, "fooling", column_order=order), regime_table(names[1], regime), meta,
                caption="Untargeted fooling rate (%) of the same patches and views as Table 1.")
     common = pivot_rates(records, "asr_common", column_order=order)  # empty columns when no image is correct in every view
-    save_table(common, "table1_transfer_asr_common", meta,
+    save_table(common, regime_table(names[2], regime), meta,
                caption=(f"Targeted ASR (%) on the images that every view of Table 1 classifies correctly "
                         f"({int(records['n_common'].max())} images at most; empty when there is none)."))
     return t1, records
 
 
-def per_image_lavan(inp: Inputs) -> tuple[list, torch.Tensor, torch.Tensor]:
+def per_image_lavan(inp: Inputs, size: int) -> tuple[list, torch.Tensor, torch.Tensor]:
     """LAVAN as its original allows: one patch optimised for each of the first ``motivation.per_image_images``
     patch-table images, at its own fixed location inside the region, towards its own random target (not its
-    label), on the FP model, with the ``patches`` optimiser and budget (one image per step). Returns the patches,
-    the images (floats) and their labels."""
+    label), on the FP model, with the ``patches`` optimiser and budget (one image per step), ``size`` pixels.
+    Returns the patches, the images (floats) and their labels."""
     from triqdef.attacks.patches import random_locations
     from triqdef.attacks.patchsets import optimiser
     from triqdef.attacks.universal import PatchRequest, optimise_patches
@@ -189,14 +197,14 @@ def per_image_lavan(inp: Inputs) -> tuple[list, torch.Tensor, torch.Tensor]:
     x, y = inp.test_x[:n].float() / 255, inp.test_y[:n]
     g = torch.Generator().manual_seed(seed * 1_000 + 61)
     targets = (y + torch.randint(1, 10, (n,), generator=g)) % 10
-    locations = random_locations(n, pcfg.size, g, x.shape[-1], pcfg.border)
+    locations = random_locations(n, size, g, x.shape[-1], pcfg.border)
     requests = [PatchRequest(int(t), seed * 100_003 + 60_000 + i, pcfg.border, tuple(loc.tolist()), True, (i,))
                 for i, (t, loc) in enumerate(zip(targets, locations))]
     opt = dataclasses.replace(optimiser(pcfg, "lavan"), images_per_patch=1)
-    return optimise_patches(inp.fp, x, y, pcfg.size, requests, opt, source_model=inp.model_name), x, y
+    return optimise_patches(inp.fp, x, y, size, requests, opt, source_model=inp.model_name), x, y
 
 
-def table1_protocols(inp: Inputs, records: pd.DataFrame) -> pd.DataFrame:
+def table1_protocols(inp: Inputs, records: pd.DataFrame, regime: str = "paper") -> pd.DataFrame:
     """Table 1's protocol variants (LAVAN, 6×6), to locate the paper's 87 % white-box ASR (issue 12, item 4): the
     universal patches' mean over targets (Table 1's row), their best target (chosen on the FP white-box view of
     the same images: optimistic), their untargeted fooling rate, and per-image patches (:func:`per_image_lavan`),
@@ -206,12 +214,16 @@ def table1_protocols(inp: Inputs, records: pd.DataFrame) -> pd.DataFrame:
     from triqdef.eval.intervals import Outcomes, bootstrap_rate
     from triqdef.eval.transfer import records_outcomes
     from triqdef.reporting.tables import save_table
+    from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
 
+    size = regime_size(inp, regime)
+    if size is None:
+        return save_absent_regime(inp, ["table1_protocols"], regime)
     views = table1_views(inp)
     lavan = records[records[S.ATTACK] == S.LAVAN]
     fp_rates = lavan[lavan["view"] == S.FP_WHITEBOX_VIEW].set_index("patch")["asr"]
     best = int(fp_rates.idxmax())
-    per_image, x, y = per_image_lavan(inp)
+    per_image, x, y = per_image_lavan(inp, size)
     contents = torch.stack([p.content for p in per_image])
     locations = torch.tensor([p.location for p in per_image])
     targets = torch.tensor([p.target for p in per_image])
@@ -231,12 +243,13 @@ def table1_protocols(inp: Inputs, records: pd.DataFrame) -> pd.DataFrame:
             counts.setdefault(label, {}).update({"n images": ci.n_images, "patches": ci.n_patches})
     table = pd.DataFrame([{"protocol": label, **cells, **counts[label]} for label, cells in rows.items()])
     steps = inp.cfg.patches.steps
-    cap = (f"Table 1's protocols, LAVAN {inp.cfg.patches.size}×{inp.cfg.patches.size}, FP {inp.model_name} and standard QAT: "
+    cap = (f"Table 1's protocols, LAVAN {regime_label(inp, regime)}, FP {inp.model_name} and standard QAT: "
            f"targeted ASR (%) of the universal seen patches (mean over targets; best target, chosen on the same images), "
            f"their untargeted fooling rate, and per-image patches ({len(y)} images, {steps} steps each, one patch per image "
            "at its own fixed location and random target). 95% bootstrap intervals. Paper Table 1: LAVAN 87.2 / 83.7 / 77.3 / "
            "74.2 at 32 / 8 / 4 / 2 bits.")
-    save_table(table, "table1_protocols", dict(inp.meta, per_image_images=len(y)), caption=cap)
+    save_table(table, regime_table("table1_protocols", regime), dict(inp.meta, per_image_images=len(y), regime=regime),
+               caption=cap)
     return table
 
 
@@ -307,20 +320,26 @@ def table12_hard_vs_soft(inp: Inputs, records: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- Tables 9 and 11
 
 
-def table9_ptq_transfer(inp: Inputs) -> pd.DataFrame:
-    """Table 9 (CIFAR analogue): FP-made LAVAN patches of 8, 9 and 10 pixels on the FP model and its PTQ versions."""
-    from triqdef.attacks.patchsets import select
+def table9_ptq_transfer(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
+    """Table 9 (CIFAR analogue): FP-made LAVAN patches of 8, 9 and 10 pixels (in the matched regime: scaled by the
+    same factor) on the FP model and its PTQ versions."""
+    from triqdef.attacks.patchsets import regime_set, select
     from triqdef.eval.transfer import pivot_rates, transfer_records
     from triqdef.reporting.tables import save_table
+    from triqdef.stages.regimes import regime_size, regime_table, save_absent_regime
 
+    if regime_size(inp, regime) is None:
+        return save_absent_regime(inp, ["table9_ptq_transfer_cifar"], regime)
     views = {S.FP32_VIEW: (inp.fp, None)}
     views.update({S.ptq_view(b): (inp.ptq, b) for b in inp.cfg.quant.bits if b != 32})
-    sized = [p for s in TABLE9_SETS for p in select(inp.patches, s, "lavan")]
+    sized = [p for s in TABLE9_SETS for p in select(inp.patches, regime_set(s, regime), "lavan")]
     records = transfer_records(sized, views, inp.test_x, inp.test_y)
     t9 = pivot_rates(records, "asr", index=(S.SIZE,), column_order=list(views))
-    save_table(t9, "table9_ptq_transfer_cifar", dict(inp.meta, analogue_of="paper Table 9 (ImageNet ResNets)"),
+    save_table(t9, regime_table("table9_ptq_transfer_cifar", regime),
+               dict(inp.meta, regime=regime, analogue_of="paper Table 9 (ImageNet ResNets)"),
                caption=("CIFAR analogue of paper Table 9 (which is ImageNet): targeted ASR (%) of FP-made LAVAN patches "
-                        "by size on the PTQ ResNet-20."))
+                        f"by size on the PTQ ResNet-20 ({regime} regime; sizes scaled by the same factor and clamped to the "
+                        "largest patch that fits); 95% bootstrap intervals."))
     return t9
 
 
@@ -345,19 +364,23 @@ def table11_dynamic_quantization(inp: Inputs) -> pd.DataFrame:
 # --------------------------------------------------------------------------- Table 8
 
 
-def table8_cross_architecture(inp: Inputs) -> pd.DataFrame:
+def table8_cross_architecture(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     """Table 8: the seen patches of the main model on the second architecture (FP and QAT), that architecture's
-    patches on the main model, and on its own FP model (white-box reference)."""
-    from triqdef.attacks.patchsets import select
+    patches on the main model, and on its own FP model (white-box reference), in ``regime``."""
+    from triqdef.attacks.patchsets import regime_set, select
     from triqdef.eval.accuracy import accuracy
     from triqdef.reporting.tables import save_table
     from triqdef.stages import cross_arch
+    from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
 
+    if regime_size(inp, regime) is None:
+        return save_absent_regime(inp, ["table8_cross_architecture"], regime)
     second = cross_arch.load_models(inp.cfg)
+    second["patches"] = select(second["patches"], regime_set("cross_arch", regime))
     bits = second["qat_meta"]["bits"]
     name = inp.model_name
     directions = [
-        {"source": name, "patches": select(inp.patches, "seen"), "target": second["name"], "fp": second["fp"],
+        {"source": name, "patches": select(inp.patches, regime_set("seen", regime)), "target": second["name"], "fp": second["fp"],
          "qat": second["qat"], "bits": bits},
         {"source": second["name"], "patches": second["patches"], "target": name, "fp": inp.fp, "qat": inp.qat,
          "bits": [b for b in bits if b in inp.qat_meta["bits"]]},
@@ -370,14 +393,15 @@ def table8_cross_architecture(inp: Inputs) -> pd.DataFrame:
     acc.update({S.bit_view(b): 100 * accuracy(second["qat"], images, labels, bits=b) for b in bits})
     min_acc = 100 * inp.cfg.cross_arch.min_accuracy
     flag = "" if acc[S.FP_VIEW] >= min_acc else f" (FP BELOW cross_arch.min_accuracy = {min_acc:.0f}%)"
-    cap = (f"Targeted ASR (%) across architectures: {name} ↔ {second['name']}, 6×6 patches, {len(inp.test_y)} test "
+    cap = (f"Targeted ASR (%) across architectures: {name} ↔ {second['name']}, {regime_label(inp, regime)} patches, "
+           f"95% bootstrap intervals, {len(inp.test_y)} test "
            f"images, profile `{inp.profile}`. {second['name']} clean accuracy ({inp.n_test} test images): "
            + ", ".join(f"{k} {v:.1f}%" for k, v in acc.items()) + flag
            + f" ({second['fp_meta']['steps']} FP steps, {second['qat_meta']['steps']} QAT steps). "
            "Paper Table 8 (200-epoch models): ResNet-20 → ResNet-56 84.2 / 79.6 / 77.7 / 75.2, "
            "ResNet-56 → ResNet-20 84.1 / 77.7 / 75.3 / 71.8 at 32 / 8 / 4 / 2 bits.")
-    save_table(t8, "table8_cross_architecture",
-               dict(inp.meta, second_model=second["name"], second_model_accuracy=acc,
+    save_table(t8, regime_table("table8_cross_architecture", regime),
+               dict(inp.meta, regime=regime, second_model=second["name"], second_model_accuracy=acc,
                     second_model_steps={"fp": second["fp_meta"]["steps"], "qat": second["qat_meta"]["steps"]}),
                caption=cap)
     return t8
@@ -398,17 +422,22 @@ def rates_by_row(table: pd.DataFrame, index: str, columns) -> dict[str, dict[str
 
 
 def metrics(inp: Inputs, table4: pd.DataFrame, table1: pd.DataFrame, table1_records: pd.DataFrame,
-            table8: pd.DataFrame, wall_time_s: float) -> tuple[dict, dict]:
-    """The stage's headline (standard QAT's clean accuracy per bit-width, Table 1's LAVAN ASR per view, the wall
-    time) and the details (every model's accuracy, Table 1's ASR of every attack, Table 8's ASR, evaluation
-    times, provenance)."""
+            table8: pd.DataFrame, wall_time_s: float, table1_matched: pd.DataFrame | None = None) -> tuple[dict, dict]:
+    """The stage's headline (standard QAT's clean accuracy per bit-width, Table 1's LAVAN ASR per view at the
+    paper's and at the matched size, the wall time) and the details (every model's accuracy, Table 1's ASR of
+    every attack, Table 8's ASR, evaluation times, provenance)."""
     accuracy = accuracy_by_model(table4)
-    table1_asr = rates_by_row(table1, S.ATTACK, list(table1_views(inp)))
+    views = list(table1_views(inp))
+    table1_asr = rates_by_row(table1, S.ATTACK, views)
     lavan, low = table1_asr[S.LAVAN], min(inp.qat_meta["bits"])
     headline = {**{f"qat_acc_{b}": a for b, a in accuracy[inp.qat_label].items()},  # flat keys: one column each
                 "lavan_asr_whitebox": lavan[S.FP_WHITEBOX_VIEW],
-                f"lavan_asr_{low}bit": lavan[S.qat_view(low)],  # the paper's headline: transfer to the lowest bit-width
-                "stage_wall_time_s": round(wall_time_s, 1)}
+                f"lavan_asr_{low}bit": lavan[S.qat_view(low)]}  # the paper's headline: transfer to the lowest bit-width
+    if table1_matched is not None and S.ATTACK in table1_matched:
+        matched = rates_by_row(table1_matched, S.ATTACK, views)[S.LAVAN]
+        headline.update({"lavan_asr_whitebox_matched": matched[S.FP_WHITEBOX_VIEW],
+                         f"lavan_asr_{low}bit_matched": matched[S.qat_view(low)]})
+    headline["stage_wall_time_s"] = round(wall_time_s, 1)
     details = {"profile": inp.profile, "n_test": int(inp.n_test), "data_source": inp.splits.source["source"],
                "accuracy": accuracy, "table1_asr": table1_asr,
                "table8_asr": {f"{r[S.SOURCE]} -> {r[S.TARGET]} {r[S.ATTACK]}": {c: r[c] for c in table8.columns

@@ -119,10 +119,12 @@ def clean_deviation(table4: pd.DataFrame, model: str = S.TRIQDEF, reference: str
 # --------------------------------------------------------------------------- Table 5
 
 
-def whitebox_records(inp: Inputs, bits) -> list[pd.DataFrame]:
-    """For each of :data:`WHITEBOX_MODELS`: LAVAN patches optimised on the model itself over locations and every
-    bit-width (``robustness.whitebox_patches`` of ``robustness.whitebox_steps`` steps, on training images),
-    evaluated on that model at each of ``bits`` (group ``whitebox``)."""
+def whitebox_records(inp: Inputs, bits, size: int) -> list[pd.DataFrame]:
+    """For each of :data:`WHITEBOX_MODELS`: LAVAN patches of ``size`` pixels optimised on the model itself over
+    locations and every bit-width (``robustness.whitebox_patches`` of ``robustness.whitebox_steps`` steps, on
+    training images), evaluated on that model at each of ``bits`` (group ``whitebox``)."""
+    import dataclasses
+
     from triqdef.eval.robustness import defense_records, whitebox_patches
 
     seed, train, rob = inp.cfg.base.seed, inp.splits.train, inp.cfg.robustness
@@ -132,38 +134,46 @@ def whitebox_records(inp: Inputs, bits) -> list[pd.DataFrame]:
     records = []
     for label in WHITEBOX_MODELS:
         patches = whitebox_patches(inp.models[label], inp.bits, train.images[idx], train.labels[idx], rob.whitebox_patches,
-                                   inp.cfg.patches, rob.whitebox_steps, seed, label)
+                                   dataclasses.replace(inp.cfg.patches, size=size), rob.whitebox_steps, seed, label)
         records.append(defense_records({label: inp.models[label]}, {S.WHITEBOX: patches}, bits, inp.test_x, inp.test_y))
     return records
 
 
-def table5_asr(inp: Inputs) -> pd.DataFrame:
+def table5_asr(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     """Table 5: targeted ASR (%) of the seen, unseen (together) and white-box patches on the four models at
-    ``robustness.bits``, DWQ's random-precision inference as column ``random``; also saved: every set on its
-    own, and the fooling rate. The PatchAttack columns stay empty (not implemented)."""
-    from triqdef.attacks.patchsets import select
+    ``robustness.bits``, DWQ's random-precision inference as column ``random``, each with its 95 % interval; also
+    saved: every set on its own, and the fooling rate. The PatchAttack columns stay empty (not implemented).
+    ``regime``: the paper's patch size or the matched size (tables ``*_matched``)."""
+    from triqdef.attacks.patchsets import regime_set, select
     from triqdef.eval import robustness
     from triqdef.reporting.tables import save_table
+    from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
 
-    sets = {S.SEEN: select(inp.patches, "seen")}
-    sets.update({k: select(inp.patches, k) for k in robustness.UNSEEN_SETS})
+    size = regime_size(inp, regime)
+    if size is None:
+        return save_absent_regime(inp, ["table5_asr", "table5_asr_by_set", "table5_fooling"], regime)
+    sets = {S.SEEN: select(inp.patches, regime_set("seen", regime))}
+    sets.update({k: select(inp.patches, regime_set(k, regime)) for k in robustness.UNSEEN_SETS})
     eval_bits = list(inp.cfg.robustness.bits)
     rec = robustness.defense_records(inp.models, sets, eval_bits, inp.test_x, inp.test_y, random_precision=[S.DWQ],
                                      rp_bits=inp.bits, seed=inp.cfg.base.seed)
-    rec_all = pd.concat([rec] + whitebox_records(inp, eval_bits), ignore_index=True)
+    rec_all = pd.concat([rec] + whitebox_records(inp, eval_bits, size), ignore_index=True)
     views = [S.bit_view(b) for b in eval_bits] + [S.RANDOM_VIEW]
     t5 = robustness.asr_table(rec_all, S.GROUP, views)
     t5 = t5.assign(**{S.attack_column(S.PATCHATTACK, v): float("nan") for v in views[:-1]})  # PatchAttack (Yang 2020): not implemented yet
-    cap5 = (f"Targeted ASR (%) of LAVAN / GAP 6×6 patches (seen: FP-made from the training distribution; unseen: the five "
-            f"unseen sets together; whitebox: LAVAN optimised on each model over locations and B = {inp.bits}), "
-            f"{inp.n_eval} test images, profile `{inp.profile}`. 'random' = random-precision inference (DWQ only). "
+    cap5 = (f"Targeted ASR (%) of LAVAN / GAP {regime_label(inp, regime)} patches (seen: FP-made from the training "
+            f"distribution; unseen: the five unseen sets together; whitebox: LAVAN optimised on each model over locations "
+            f"and B = {inp.bits}), {inp.n_eval} test images, profile `{inp.profile}`; 95% bootstrap intervals over images "
+            "and patches. 'random' = random-precision inference (DWQ only). "
             "The PatchAttack columns stay empty: that attack is not implemented here yet. "
             "Paper Table 5 (ResNet-56, LAVAN 32/5/4/2): PBAT unseen 71.8 / 65.3 / 61.1 / 57.5, DWQ unseen 86.5 / 81.7 / 76.4 / 72.9, "
             "TriQDef unseen 35.6 / 33.3 / 29.1 / 27.3.")
-    save_table(t5, "table5_asr", dict(inp.meta, whitebox_steps=inp.cfg.robustness.whitebox_steps), caption=cap5)
-    save_table(robustness.asr_table(rec_all, S.PATCH_SET, views), "table5_asr_by_set", inp.meta,
-               caption="Table 5 with every unseen set on its own (source bit-width 4 / 2, size 8 / 10, location).")
-    save_table(robustness.asr_table(rec_all, S.GROUP, views, value="fooling"), "table5_fooling", inp.meta,
+    meta = dict(inp.meta, regime=regime, patch_size=size, whitebox_steps=inp.cfg.robustness.whitebox_steps)
+    save_table(t5, regime_table("table5_asr", regime), meta, caption=cap5)
+    save_table(robustness.asr_table(rec_all, S.PATCH_SET, views), regime_table("table5_asr_by_set", regime), meta,
+               caption="Table 5 with every unseen set on its own (source bit-width 4 / 2, size 8 / 10 (scaled in the "
+                       "matched regime), location).")
+    save_table(robustness.asr_table(rec_all, S.GROUP, views, value="fooling"), regime_table("table5_fooling", regime), meta,
                caption="Untargeted fooling rate (%) of the patches of Table 5.")
     return t5
 
@@ -171,16 +181,20 @@ def table5_asr(inp: Inputs) -> pd.DataFrame:
 # --------------------------------------------------------------------------- Table 2
 
 
-def table2_qat_vs_pbat(inp: Inputs) -> pd.DataFrame:
+def table2_qat_vs_pbat(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     """Table 2 in the project's terms: 8×8 / 10×10 FP-made patches and 6×6 patches made on standard QAT at 4 and
-    2 bits, on standard QAT and PBAT at 32 bits, 8 bits, and 8-bit PTQ of their 32-bit weights."""
+    2 bits (in the matched regime: every size scaled by the same factor), on standard QAT and PBAT at 32 bits,
+    8 bits, and 8-bit PTQ of their 32-bit weights."""
     from triqdef import quant
-    from triqdef.attacks.patchsets import select
+    from triqdef.attacks.patchsets import regime_set, select
     from triqdef.eval import deploy
     from triqdef.eval.transfer import asr_by_model_and_set
     from triqdef.reporting.tables import save_table
     from triqdef.stages import common
+    from triqdef.stages.regimes import regime_size, regime_table, save_absent_regime
 
+    if regime_size(inp, regime) is None:
+        return save_absent_regime(inp, ["table2_qat_vs_pbat"], regime)
     q = inp.cfg.quant
     calib = [x for x in common.calibration_batches(inp.splits)]
     views = {}
@@ -189,9 +203,9 @@ def table2_qat_vs_pbat(inp: Inputs) -> pd.DataFrame:
         ptq8 = quant.post_training_quantize(deploy.to_float_model(model, inp.model_name), [32, 8], calib, q.first_last_bits,
                                             q.activation_range)
         views[label] = {S.T2_32BIT: (model, 32), S.T2_8BIT: (model, 8), S.T2_PTQ8: (ptq8, 8)}
-    sets = {label: select(inp.patches, name) for label, name in S.T2_PATCH_SETS.items()}
+    sets = {label: select(inp.patches, regime_set(name, regime)) for label, name in S.T2_PATCH_SETS.items()}
     _, t2 = asr_by_model_and_set(views, sets, inp.test_x, inp.test_y)
-    save_table(t2, "table2_qat_vs_pbat", inp.meta,
+    save_table(t2, regime_table("table2_qat_vs_pbat", regime), dict(inp.meta, regime=regime),
                caption=("Targeted ASR (%) in the project's terms of paper Table 2: 8×8 / 10×10 FP-made patches (the paper's "
                         "'seen' sizes) and 6×6 patches made on the standard-QAT model at 4 and 2 bits, on standard QAT and PBAT "
                         f"at 32 bits, 8 bits, and 8-bit PTQ of their 32-bit weights; {inp.n_eval} test images."))

@@ -62,3 +62,25 @@ def test_a_claim_whose_run_the_profile_leaves_out_says_so(tmp_path):
         tmp_path / "tables" / "table7_ablation.csv", index=False)
     row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| App. D (speed)"))
     assert "not run in this profile" in row and "every_step_full_res" in row and "**not measured**" in row
+
+
+def test_table7_verdict_comes_from_the_paired_interval_at_the_matched_size(tmp_path):
+    """Point estimates say 'full TriQDef is lowest'; the paired intervals decide: inconclusive at 6×6, holds at the
+    matched size, and the matched size is the verdict's regime."""
+    (tmp_path / "tables").mkdir()
+    t7 = pd.DataFrame({"model": ["w/o FDP", "w/o GPDP", "Full TriQDef"], "group": ["unseen"] * 3,
+                       "lavan 32-bit": [12.0, 11.0, 10.0], "lavan 2-bit": [9.0, 8.0, 7.0]})
+    t7.to_csv(tmp_path / "tables" / "table7_ablation.csv", index=False)
+
+    def comparisons(low, verdict):
+        return pd.DataFrame([{"group": "unseen", "attack": "lavan", "view": v, "model": "Full TriQDef", "against": a,
+                              "rate": 10.0, "rate_against": 12.0, "difference": -2.0, "low": low, "high": low + 3,
+                              "n_images": 500, "n_patches": 20, "claim": "", "verdict": verdict}
+                             for v in ("32-bit", "2-bit") for a in ("w/o FDP", "w/o GPDP")])
+
+    comparisons(-4.0, "inconclusive at this sample size").to_csv(tmp_path / "tables" / "table7_comparisons.csv", index=False)
+    row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| §4.5, Table 7 | removing"))
+    assert "**inconclusive at this sample size**" in row and "paper regime (500 images, 20 patches" in row
+    comparisons(-5.0, "holds").to_csv(tmp_path / "tables" / "table7_comparisons_matched.csv", index=False)
+    row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| §4.5, Table 7 | removing"))
+    assert "**holds**" in row and "matched regime" in row and "paper regime" in row

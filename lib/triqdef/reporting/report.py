@@ -2,8 +2,12 @@
 
 Each claim names where the paper makes it, the paper's figure, ours (read from
 ``results/tables`` and ``results/metrics``), the profile, and a verdict:
-``holds``, ``does not hold``, ``partly``, or ``not measured`` (the result file
-is missing, e.g. a stage that has not run). Where the paper contradicts
+``holds``, ``does not hold``, ``inconclusive at this sample size``, ``partly``,
+or ``not measured`` (the result file is missing, e.g. a stage that has not run).
+A claim that compares models on patches is decided from the paired-bootstrap
+interval of the difference (the ``*_comparisons`` tables;
+docs/design.md#intervals-and-verdicts), at the matched size when the patch stage
+made it (the paper's regime of attack strength), else at 6×6. Where the paper contradicts
 itself, the claim's note says so. Nothing here is typed in by hand except the
 paper's numbers.
 """
@@ -138,6 +142,46 @@ def _lavan_bits(t: pd.DataFrame, attack: str = S.LAVAN) -> list[str]:
     return [S.view_of(c) for c in S.attack_columns(t.columns, attack)]
 
 
+def _paired(results, table: str, group: str, pairs, views=None, attack: str = S.LAVAN) -> dict[str, tuple[str, str]]:
+    """Verdicts from the paired-bootstrap comparisons a notebook saved (``<table>`` and ``<table>_matched``;
+    docs/design.md#intervals-and-verdicts): {regime: (overall verdict of every selected comparison, text)}.
+    A comparison claims that ``model`` is lower than ``against``; all of them must hold."""
+    from triqdef.eval.comparisons import overall_verdict
+
+    out = {}
+    for regime, name in (("matched", f"{table}_matched"), ("paper", table)):
+        try:
+            c = _table(results, name)
+        except Missing:
+            continue
+        if "verdict" not in c.columns:  # the regime was not made (its table says why)
+            continue
+        in_pairs = pd.Series([(m, a) in pairs for m, a in zip(c["model"], c["against"])], index=c.index)
+        keep = (c["group"] == group) & (c["attack"] == attack) & in_pairs
+        if views is not None:
+            keep &= c["view"].isin(list(views))
+        sel = c[keep]
+        if sel.empty:
+            continue
+        text = "; ".join(f"{r.view} {r.model} − {r.against} {r.difference:+.1f} [{r.low:+.1f}, {r.high:+.1f}]"
+                         for r in sel.itertuples())
+        out[regime] = (overall_verdict(sel["verdict"]), f"{regime} regime ({int(sel['n_images'].iloc[0])} images, "
+                                                        f"{int(sel['n_patches'].iloc[0])} patches, points, 95% paired CI): {text}")
+    return out
+
+
+def _paired_text(paired: dict[str, tuple[str, str]]) -> str:
+    return " | ".join(text for _, text in paired.values())
+
+
+def _paired_decision(paired: dict[str, tuple[str, str]]) -> str | None:
+    """The verdict in the paper's regime of attack strength: the matched size when it was made, else 6×6."""
+    for regime in ("matched", "paper"):
+        if regime in paired:
+            return paired[regime][0]
+    return None
+
+
 def _unseen_reduction(results):
     t = _t5(results)
     parts, every, rels = [], True, []
@@ -148,8 +192,14 @@ def _unseen_reduction(results):
         rel = 100 * (1 - tq / pb) if pb > 0 else float("nan")
         rels.append(rel)
         parts.append(f"{b}: TriQDef {tq:.1f} vs PBAT {pb:.1f} ({rel:+.0f} % relative, {pb - tq:+.1f} points) vs DWQ {dw:.1f}")
-    verdict = "holds" if every and min(rels) > 40 else ("partly" if every else "does not hold")
-    return "LAVAN unseen ASR " + "; ".join(parts), verdict
+    paired = _paired(results, "table5_comparisons", S.UNSEEN, {(S.TRIQDEF, S.PBAT), (S.TRIQDEF, S.DWQ)},
+                     views=_lavan_bits(t))
+    decided = _paired_decision(paired)
+    if decided is None:  # no comparisons saved (an older run): the point estimates
+        verdict = "holds" if every and min(rels) > 40 else ("partly" if every else "does not hold")
+        return "LAVAN unseen ASR " + "; ".join(parts) + " (point estimates)", verdict
+    verdict = "partly" if decided == "holds" and min(rels) <= 40 else decided
+    return "6×6 LAVAN unseen ASR " + "; ".join(parts) + ". Paired: " + _paired_text(paired), verdict
 
 
 def _seen_2bit(results):
@@ -241,9 +291,13 @@ def _table7(results):
     t = _table(results, "table7_ablation").set_index([S.MODEL, S.GROUP])
     col = S.attack_columns(t.columns, S.LAVAN)
     rows = {k: t.loc[(k, S.UNSEEN), col].mean() for k in (S.NO_FDP, S.NO_GPDP, S.FULL) if (k, S.UNSEEN) in t.index}
-    ours = ", ".join(f"{k} {v:.1f}" for k, v in rows.items()) + " % (LAVAN unseen, mean over bit-widths)"
-    ok = rows.get(S.FULL, 1e9) < min(rows.get(S.NO_FDP, 0), rows.get(S.NO_GPDP, 0))
-    return ours, "holds" if ok else "does not hold"
+    ours = ", ".join(f"{k} {v:.1f}" for k, v in rows.items()) + " % (6×6 LAVAN unseen, mean over bit-widths)"
+    paired = _paired(results, "table7_comparisons", S.UNSEEN, {(S.FULL, S.NO_FDP), (S.FULL, S.NO_GPDP)})
+    decided = _paired_decision(paired)
+    if decided is None:
+        ok = rows.get(S.FULL, 1e9) < min(rows.get(S.NO_FDP, 0), rows.get(S.NO_GPDP, 0))
+        return ours + " (point estimates)", "holds" if ok else "does not hold"
+    return ours + ". Paired: " + _paired_text(paired), decided
 
 
 def _table7_gpdp(results):

@@ -167,7 +167,7 @@ def asr_against_size(curve: pd.DataFrame, threshold: float, matched: int | None)
         for i, view in enumerate(dict.fromkeys(rows["view"])):
             for kind, style in (("optimised", "-"), ("noise", ":")):
                 r = rows[(rows["view"] == view) & (rows["patch"] == kind)].sort_values("size")
-                err = np.vstack([r["asr"] - r["asr_low"], r["asr_high"] - r["asr"]])
+                err = np.vstack([r["asr"] - r["asr low"], r["asr high"] - r["asr"]])
                 ax.errorbar(r["size"], r["asr"], yerr=err, ls=style, marker="o" if kind == "optimised" else None,
                             color=f"C{i}", capsize=2, label=view if kind == "optimised" else None)
         ax.axhline(100 * threshold, color="k", lw=0.8, ls="--")

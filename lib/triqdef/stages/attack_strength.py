@@ -122,9 +122,9 @@ def run_attack_strength(cfg: Config | StageConfig, progress: bool = True) -> dic
                     asr = bootstrap_rate(hits, st.n_boot, seed)
                     fool = bootstrap_rate(fooled, st.n_boot, seed)
                     rows.append({"attack": attack, "size": size, "patch": kind, "view": view,
-                                 "asr": 100 * asr.value, "asr_low": 100 * asr.low, "asr_high": 100 * asr.high,
-                                 "fooling": 100 * fool.value, "fooling_low": 100 * fool.low,
-                                 "fooling_high": 100 * fool.high, "n_images": asr.n_images,
+                                 "asr": 100 * asr.value, "asr low": 100 * asr.low, "asr high": 100 * asr.high,
+                                 "fooling": 100 * fool.value, "fooling low": 100 * fool.low,
+                                 "fooling high": 100 * fool.high, "n_images": asr.n_images,
                                  "n_patches": asr.n_patches, "n_eligible": asr.n_eligible})
                     if kind == "optimised":
                         for p, h, e in zip(patches, hits.hits, hits.eligible):

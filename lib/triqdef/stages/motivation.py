@@ -241,6 +241,7 @@ def table1_protocols(inp: Inputs, records: pd.DataFrame, regime: str = "paper") 
             ci = bootstrap_rate(o, seed=inp.cfg.base.seed)
             rows[label].update({view: 100 * ci.value, f"{view} low": 100 * ci.low, f"{view} high": 100 * ci.high})
             counts.setdefault(label, {}).update({"n images": ci.n_images, "patches": ci.n_patches})
+    counts[list(rows)[-1]]["patches"] = len(per_image)  # one patch per image (its interval resamples the images)
     table = pd.DataFrame([{"protocol": label, **cells, **counts[label]} for label, cells in rows.items()])
     steps = inp.cfg.patches.steps
     cap = (f"Table 1's protocols, LAVAN {regime_label(inp, regime)}, FP {inp.model_name} and standard QAT: "

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from triqdef.errors import TriqdefError
-from triqdef.eval.comparisons import overall_verdict, paired_comparisons
+from triqdef.eval.comparisons import paired_comparisons
+from triqdef.eval.intervals import overall_verdict
 from triqdef.eval.intervals import FAILS, HOLDS, INCONCLUSIVE
 
 

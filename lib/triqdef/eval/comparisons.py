@@ -51,18 +51,3 @@ def paired_comparisons(records: pd.DataFrame, pairs: Sequence[tuple[str, str]], 
                          "n_patches": diff.n_patches, "claim": f"{a} lower than {b}",
                          "verdict": verdict(diff, "lower")})
     return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def overall_verdict(verdicts: Sequence[str]) -> str:
-    """Several comparisons that must all hold (e.g. at every bit-width): ``holds`` when every one holds, ``does not
-    hold`` when any does not, otherwise ``inconclusive at this sample size``."""
-    from triqdef.eval.intervals import FAILS, HOLDS, INCONCLUSIVE
-
-    verdicts = list(verdicts)
-    if not verdicts:
-        return INCONCLUSIVE
-    if all(v == HOLDS for v in verdicts):
-        return HOLDS
-    if any(v == FAILS for v in verdicts):
-        return FAILS
-    return INCONCLUSIVE

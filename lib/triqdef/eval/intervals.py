@@ -22,6 +22,7 @@ Accuracies are rates with one "patch" whose every image is eligible (``hits``: c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,3 +168,16 @@ def verdict(difference: Interval, claim: str) -> str:
 def _check_boot(n_boot: int) -> None:
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 100:
         raise TriqdefError(f"bootstrap replicates n_boot={n_boot!r}: expected an integer >= 100")
+
+
+def overall_verdict(verdicts: Sequence[str]) -> str:
+    """Several comparisons that must all hold (e.g. at every bit-width): ``holds`` when every one holds, ``does not
+    hold`` when any does not, otherwise ``inconclusive at this sample size``."""
+    verdicts = list(verdicts)
+    if not verdicts:
+        return INCONCLUSIVE
+    if all(v == HOLDS for v in verdicts):
+        return HOLDS
+    if any(v == FAILS for v in verdicts):
+        return FAILS
+    return INCONCLUSIVE

@@ -146,7 +146,7 @@ def _paired(results, table: str, group: str, pairs, views=None, attack: str = S.
     """Verdicts from the paired-bootstrap comparisons a notebook saved (``<table>`` and ``<table>_matched``;
     docs/design.md#intervals-and-verdicts): {regime: (overall verdict of every selected comparison, text)}.
     A comparison claims that ``model`` is lower than ``against``; all of them must hold."""
-    from triqdef.eval.comparisons import overall_verdict
+    from triqdef.eval.intervals import overall_verdict
 
     out = {}
     for regime, name in (("matched", f"{table}_matched"), ("paper", table)):

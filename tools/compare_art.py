@@ -13,7 +13,7 @@ patches and the paired difference ours − ART.
 ART's attack is given the square patch of the same size (``scale_min = scale_max = size / 32``, no rotation,
 no perspective), at random locations over the image (its own placement), and is run with its two optimisers
 (``pgd``: signed steps with the step size of ``patches.step_size``; ``Adam`` with learning rates 0.01, 0.05
-and 0.1); the comparison is against ART's best. Its ``max_iter`` counts epochs over the images it is given,
+and 0.1, or the pairs of ``--art-configs``); the comparison is against ART's best. Its ``max_iter`` counts epochs over the images it is given,
 so it is given exactly ``steps × images_per_patch`` images (drawn with replacement) for one epoch.
 """
 
@@ -68,6 +68,8 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", type=int, default=10)
     ap.add_argument("--test-images", type=int, default=1000)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--art-configs", default="pgd:default,Adam:0.01,Adam:0.05,Adam:0.1",
+                    help="ART optimiser:learning-rate pairs to try (pgd:default = patches.step_size)")
     args = ap.parse_args(argv)
     if importlib.util.find_spec("art") is None:
         print("compare_art: error: the Adversarial Robustness Toolbox is not installed: expected `pip install -e '.[reference]'`",
@@ -97,7 +99,15 @@ def main(argv=None) -> int:
     locations = [p.location for p in ours]
     budget = pcfg.steps * pcfg.images_per_patch
     results = {"ours": patch_outcomes(ours, fp, None, x_test, y_test, clean)[0]}
-    for optimizer, lr in (("pgd", pcfg.step_size), ("Adam", 0.01), ("Adam", 0.05), ("Adam", 0.1)):
+    print("ours", bootstrap_rate(results["ours"]).percent(), f"{seconds['ours']} s", flush=True)
+    configs = []
+    for item in args.art_configs.split(","):
+        optimizer, _, lr = item.partition(":")
+        if optimizer not in ("pgd", "Adam"):
+            print(f"compare_art: error: ART optimiser {optimizer!r}: expected pgd or Adam", file=sys.stderr)
+            return 2
+        configs.append((optimizer, pcfg.step_size if lr == "default" else float(lr)))
+    for optimizer, lr in configs:
         key = f"art_{optimizer.lower()}_lr{lr:g}"
         t0 = time.perf_counter()
         made = []

@@ -67,7 +67,7 @@ class Patch:
                    d["source_bits"], dict(d.get("info", {})))
 
 
-def _check_images(images: torch.Tensor) -> None:
+def check_images(images: torch.Tensor) -> None:
     if images.ndim != 4 or images.shape[1] != 3:
         raise TriqdefError(f"images of shape {tuple(images.shape)}: expected (N, 3, H, W)")
     if not torch.is_floating_point(images):
@@ -137,7 +137,7 @@ def apply_patch(images: torch.Tensor, patch: Patch | torch.Tensor, location: Seq
     ``location`` is given) or a content tensor (3, s, s) with ``location``
     either one ``(row, col)`` or one per image (N, 2).
     """
-    _check_images(images)
+    check_images(images)
     content = patch.content if isinstance(patch, Patch) else patch
     if location is None:
         if not isinstance(patch, Patch):

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from triqdef import quant
 from triqdef.attacks.objectives import LOSSES, per_image_loss
-from triqdef.attacks.patches import Patch, random_locations, region_locations
+from triqdef.attacks.patches import Patch, check_images, random_locations, region_locations
 from triqdef.attacks.placement import PLACEMENTS, eot_canvas_range, place_eot, place_square
 from triqdef.attacks.signed_gradient import cosine_decay
 from triqdef.errors import TriqdefError
@@ -204,8 +204,7 @@ def optimise_patches(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     Returns one :class:`Patch` per request, in order, made by ``opt.attack`` on ``source_model`` at ``bits``.
     ``progress``: a progress-bar label, or None for no bar.
     """
-    if images.ndim != 4 or images.shape[1] != 3 or not torch.is_floating_point(images):
-        raise TriqdefError(f"images of shape {tuple(images.shape)} and dtype {images.dtype}: expected floats (N, 3, H, W)")
+    check_images(images)
     if images.shape[0] != labels.shape[0]:
         raise TriqdefError(f"{images.shape[0]} images and {labels.shape[0]} labels: expected one label per image")
     _check_requests(requests, size, images.shape[-1], images.shape[0], opt)

@@ -108,6 +108,17 @@ Image(figure3)
 Image(training.figure_loss_terms(run))
 
 # %% [markdown]
+# ## Convergence: seen-set ASR and clean accuracy against training steps
+#
+# Every defense evaluated every `defenses.monitor_every` steps on the first `defenses.monitor_images`
+# test images (the seen sets at the matched size when the patch stage made them), at
+# `defenses.monitor_bits`. Flat curves at the end say more steps would not have changed the ranking;
+# curves still moving say they might.
+
+# %%
+Image(training.figure_convergence(run))
+
+# %% [markdown]
 # ## Stage metrics
 # Headline numbers (TriQDef's clean-accuracy deviation, its unseen LAVAN ASR, the cost ratios of Table 17,
 # the Grad-CAM similarity, the wall time) to `results/metrics/training.json`; the rest to

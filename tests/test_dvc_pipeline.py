@@ -88,3 +88,26 @@ def test_metrics_hold_the_headline_and_metadata_the_rest(tmp_path, monkeypatch):
     assert path == results / "plots" / "defenses" / "triqdef.csv"
     with path.open() as f:
         assert list(csv.DictReader(f)) == [{"step": "0", "loss": "2.5", "gpdp": "0.1"}, {"step": "1", "loss": "2.0", "gpdp": ""}]
+
+
+_store_spec = importlib.util.spec_from_file_location("dvc_store", ROOT / "tools" / "dvc_store.py")
+dvc_store = importlib.util.module_from_spec(_store_spec)
+_store_spec.loader.exec_module(dvc_store)
+
+
+def test_every_locked_output_is_in_the_repository_store():
+    """A fresh clone's `dvc pull` finds every cached output dvc.lock names in dvc-store/ (no missing `dvc push`)."""
+    assert dvc_store.locked_outputs(), "dvc.lock names no cached output"
+    gaps = dvc_store.missing()
+    assert not gaps, "dvc-store/ lacks (run `dvc push`, commit dvc-store/):\n" + "\n".join(gaps)
+
+
+def test_the_store_check_finds_a_missing_push(tmp_path):
+    """The check can fail: a store without one of the locked objects is reported."""
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(dvc_store.STORE, store)
+    stage, path, md5 = dvc_store.locked_outputs()[0]
+    dvc_store.store_path(md5, store).unlink()
+    assert any(path in gap for gap in dvc_store.missing(store))

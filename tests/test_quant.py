@@ -248,3 +248,88 @@ def test_one_range_estimator_per_bit_width():
         quant.quantize_model(build_model("resnet20"), [32, 8, 2], range_estimator={8: "max"})
     with pytest.raises(TriqdefError, match="'percentile'"):
         quant.quantize_model(build_model("resnet20"), [32, 8], range_estimator={8: "percentile"})
+
+
+def _bits_of(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("qmin,qmax", [(0, 255), (0, 15), (0, 3), (-7, 7), (-1, 1)])
+@pytest.mark.parametrize("kind", ["random", "ties"])
+def test_hand_fake_quantize_is_bitwise_pytorchs(rng, qmin, qmax, kind):
+    """quant.fake_quantize_per_tensor against torch.fake_quantize_per_tensor_affine, bit for bit: output, gradient and
+    double-backward, channels-last, on random tensors and on tensors made of exact half-steps (round-half-to-even
+    ties, -0.5 rounding to zero, values past both ends of the range)."""
+    shape = (8, 16, 12, 12)
+    scale = torch.tensor([0.0371])
+    if kind == "random":
+        x = torch.randn(shape, generator=rng) * scale * (qmax - qmin) / 2
+    else:
+        x = torch.randint(2 * qmin - 6, 2 * qmax + 6, shape, generator=rng).float() * 0.5 * scale
+        x.view(-1)[:4] = torch.tensor([float("inf"), -float("inf"), 3e38, -3e38])
+    x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(shape, generator=rng)
+    gg = torch.randn(shape, generator=rng)
+    results = []
+    for op in (lambda t: torch.fake_quantize_per_tensor_affine(t, scale, torch.zeros(1, dtype=torch.int32), qmin, qmax),
+               lambda t: quant.fake_quantize_per_tensor(t, scale, qmin, qmax)):
+        xi = x.clone().requires_grad_(True)
+        gi = g.clone().requires_grad_(True)
+        y = op(xi)
+        (dx,) = torch.autograd.grad(y, xi, gi, create_graph=True)
+        (dgi,) = torch.autograd.grad(dx, gi, gg)  # double backward: d(dx . gg)/d(grad_output)
+        results.append((y, dx, dgi))
+    for ref, hand in zip(*results):
+        assert torch.equal(_bits_of(ref), _bits_of(hand))
+    clipped = (torch.round(x / scale) < qmin) | (torch.round(x / scale) > qmax)
+    assert clipped.any() or kind == "random"  # the tie-heavy tensors do reach past the range
+
+
+def _joint_qat_pass(model, x, y, bits):
+    """Logits and parameter gradients of one joint multi-bit QAT step (observers updating), on a copy of ``model``."""
+    import copy
+
+    import torch.nn.functional as F
+
+    model = copy.deepcopy(model).train()
+    logits = []
+    for b in bits:
+        with quant.use_bitwidth(model, b):
+            out = model(x)
+            (F.cross_entropy(out, y) / len(bits)).backward()
+            logits.append(out.detach())
+    return logits, [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("estimator", ["max", {8: "max", 5: "max", 4: "max", 2: "mse"}])
+def test_joint_qat_step_is_bitwise_pytorchs(rng, monkeypatch, estimator):
+    """A 5-bit-width joint QAT step of ResNet-20 (channels-last, as training runs it): logits and every parameter's
+    gradient are bit for bit those of the same step with PyTorch's torch.fake_quantize_per_tensor_affine."""
+    from triqdef.models import MEMORY_FORMAT
+
+    bits = (32, 8, 5, 4, 2)
+    model = quant.quantize_model(build_model("resnet20"), bits, range_estimator=estimator)
+    x = torch.rand(16, 3, 32, 32, generator=rng).contiguous(memory_format=MEMORY_FORMAT)
+    y = torch.randint(0, 10, (16,), generator=rng)
+    for b in bits[1:]:
+        quant.calibrate(model, [x], b)
+    hand = _joint_qat_pass(model, x, y, bits)
+
+    def pytorch_op(t, scale, qmin, qmax):
+        return torch.fake_quantize_per_tensor_affine(t, scale, torch.zeros(1, dtype=torch.int32), qmin, qmax)
+
+    monkeypatch.setattr(quant, "fake_quantize_per_tensor", pytorch_op)
+    reference = _joint_qat_pass(model, x, y, bits)
+    for got, want in zip(hand[0] + hand[1], reference[0] + reference[1]):
+        assert torch.equal(_bits_of(got), _bits_of(want))
+
+
+def test_mse_clip_rounds_as_torch_round(rng):
+    """mse_clip's fast rounding picks the clip that torch.round's arithmetic picks, on channels-last maps."""
+    x = torch.relu(torch.randn(32, 16, 16, 16, generator=rng)).contiguous(memory_format=torch.channels_last)
+    for qmax in (3, 15, 255):
+        v = torch.take(x, torch.arange(0, x.numel(), x.numel() // 8192))
+        clips = v.abs().max() * quant._CLIP_GRID
+        scales = (clips / qmax)[:, None]
+        err = ((torch.clamp(torch.round(v[None] / scales), 0, qmax) * scales - v[None]) ** 2).mean(1)
+        assert quant.mse_clip(x, 0, qmax).item() == clips[err.argmin()].item()

@@ -94,6 +94,40 @@ def test_resume_equals_uninterrupted_run(tmp_path, bits):
     assert not list((tmp_path / "wb").glob("*.partial.pt"))  # partial checkpoint removed when done
 
 
+def test_monitor_sees_the_schedule_and_leaves_training_unchanged(tmp_path):
+    """fit's convergence monitor runs before the first step, every n steps and after the last, survives a resume,
+    and evaluating (eval mode: observers and BN frozen) does not change the trained weights by a bit."""
+    images, labels = toy_data(192)
+    cfg = _cfg(epochs=2, checkpoint_every=2)  # 12 steps
+    bits = [32, 4]
+
+    def make():
+        torch.manual_seed(1)
+        m = quant.quantize_model(build_model("resnet20"), bits)
+        quant.calibrate(m, [images[:64].float() / 255], 4)
+        return m
+
+    def monitor(model):
+        assert not model.training
+        return {"acc_4": accuracy(model, images[:64], labels[:64], bits=4)}
+
+    meta = {"kind": "qat", "model": "resnet20", "bits": bits}
+    plain_model = make()
+    fit(plain_model, images, labels, cfg, seed=5, out_path=tmp_path / "a.pt", meta=meta, work_dir=tmp_path / "wa",
+        bits=bits, progress=False)
+    watched = make()
+    first = fit(watched, images, labels, cfg, seed=5, out_path=tmp_path / "b.pt", meta=meta, work_dir=tmp_path / "wb",
+                bits=bits, progress=False, stop_after=5, monitor=monitor, monitor_every=4)
+    assert [p["step"] for p in first.get("monitor", [])] == []  # an interrupted run returns no curve
+    watched = make()
+    res = fit(watched, images, labels, cfg, seed=5, out_path=tmp_path / "b.pt", meta=meta, work_dir=tmp_path / "wb",
+              bits=bits, progress=False, monitor=monitor, monitor_every=4)
+    assert [p["step"] for p in res["monitor"]] == [0, 4, 8, 12]
+    assert all(0 <= p["acc_4"] <= 1 for p in res["monitor"])
+    for k, v in plain_model.state_dict().items():
+        assert torch.equal(v, watched.state_dict()[k]), k
+
+
 def test_checkpoint_roundtrip_and_bad_checkpoints(tmp_path):
     model = quant.quantize_model(build_model("resnet20"), [32, 8])
     quant.calibrate(model, [torch.rand(8, 3, 32, 32)], 8)

@@ -22,32 +22,8 @@ start=$(date +%s)
 t_unit=$(date +%s)
 
 copy="${TRIQDEF_SMOKE_COPY:-$(mktemp -d -t triqdef-smoke-XXXXXX)}"
-mkdir -p "$copy"
 echo "== smoke pipeline: dvc repro in $copy"
-# the files git tracks or would track, less the outputs (results/, dvc.lock): the pipeline runs from scratch
-git -C "$repo" ls-files -z --cached --others --exclude-standard \
-  | while IFS= read -r -d '' f; do [[ -e $f && $f != results/* && $f != dvc.lock ]] && printf '%s\0' "$f"; done \
-  | tar --null -T - -cf - | tar -xf - -C "$copy"
-(
-  cd "$copy"
-  # the copy's own code and outputs: nothing of the real repository's results/ is read or written
-  unset TRIQDEF_OUTPUT TRIQDEF_PROFILE TRIQDEF_DATA_DIR
-  export PYTHONPATH="$copy/lib${PYTHONPATH:+:$PYTHONPATH}" TRIQDEF_OFFLINE=1
-  python - <<'EOF'
-import re
-from pathlib import Path
-
-import yaml
-
-p = Path("params.yaml")
-text, n = re.subn(r"(?m)^(base:\n(?:[ \t]+.*\n|\s*\n)*?[ \t]+profile:[ \t]*)\w+", r"\1smoke", p.read_text(), count=1)
-assert n == 1 and yaml.safe_load(text)["base"]["profile"] == "smoke", "params.yaml: base.profile not found"
-p.write_text(text)
-EOF
-  printf '[core]\n    no_scm = true\n' > .dvc/config.local   # the copy is no git repository
-  triqdef --quiet data fetch > /dev/null
-  dvc repro --no-commit --quiet
-)
+TRIQDEF_OFFLINE=1 bash tools/pipeline_copy.sh "$copy" smoke
 t_repro=$(date +%s)
 
 echo "== nbval (smoke profile) on $copy/results"

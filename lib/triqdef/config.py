@@ -151,9 +151,21 @@ class QATParams(TrainParams):
 
 @dataclass(frozen=True, kw_only=True)
 class DefenseParams(TrainParams):
-    """Every defense's fine-tune (docs/design.md#one-shared-checkpoint-for-every-defense)."""
+    """Every defense's fine-tune (docs/design.md#one-shared-checkpoint-for-every-defense), and its convergence
+    curve (notebook 02): each defense evaluated every ``monitor_every`` steps (0: never) on the first
+    ``monitor_images`` test images at ``monitor_bits``: clean accuracy and the seen patch sets' targeted ASR."""
 
     init: Literal["fp", "qat"]
+    monitor_every: int = field(metadata=_check(ge=0))
+    monitor_images: int = field(metadata=_check(gt=0))
+    monitor_bits: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        from triqdef import quant
+
+        super().__post_init__()
+        for b in self.monitor_bits:
+            quant.check_bits(b)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -267,6 +279,7 @@ class TriQDefParams:
     pair_reduction: Literal["mean", "sum"]
     gpdp_sub_batch: int = field(metadata=_check(gt=0))
     gpdp_every: int = field(metadata=_check(gt=0))
+    gpdp_scaled: bool           # lambda_gpdp x gpdp_every on the steps GPDP runs: its weight per step stays the paper's
     gpdp_joint: bool
     downsample: int = field(metadata=_check(gt=0))
     patch_source: Literal["pool", "on_the_fly"]

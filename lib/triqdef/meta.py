@@ -108,19 +108,19 @@ def write_metrics(name: str, headline: dict[str, Any], details: dict[str, Any] |
     return path
 
 
-def write_curve(name: str, rows: list[dict[str, Any]]) -> Path:
+def write_curve(name: str, rows: list[dict[str, Any]], empty_columns: tuple[str, ...] = ("step",)) -> Path:
     """Write a per-step curve (a training run's logged history) to ``results/plots/<name>.csv``.
 
     One row per step, one column per logged value (first-seen order; empty
     where a step did not log that value), so ``dvc plots show`` draws it
-    (``plots:`` in ``dvc.yaml``: ``x: step``). Returns the file's path.
+    (``plots:`` in ``dvc.yaml``: ``x: step``); no rows: a header of ``empty_columns``. Returns the file's path.
     """
     import csv
     import io
 
     from triqdef import paths
 
-    columns = list(dict.fromkeys(k for row in rows for k in row))
+    columns = list(dict.fromkeys(k for row in rows for k in row)) or list(empty_columns)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()

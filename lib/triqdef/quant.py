@@ -12,10 +12,12 @@ BN, as in DWQ / Any-Precision / AdaBits). ``Q_32`` is the identity.
   scale from a moving-average min/max observer (``torch.ao``'s, averaging
   constant 0.01) that updates in training mode and is frozen in eval mode.
   The model input and the logits are not quantized.
-* Gradients are straight-through (with the clipping mask) because the rounding
-  is done by PyTorch's ``torch.fake_quantize_per_channel_affine`` and
-  ``torch.fake_quantize_per_tensor_affine``; double backprop works through
-  them (GPDP needs it).
+* Gradients are straight-through (with the clipping mask). Weights are rounded
+  by PyTorch's ``torch.fake_quantize_per_channel_affine``; activations by
+  :func:`fake_quantize_per_tensor`, a hand version of
+  ``torch.fake_quantize_per_tensor_affine`` whose outputs, gradients and
+  double-backward are bitwise PyTorch's (``tests/test_quant.py``) at 1.6-2x its
+  speed on this CPU. Double backprop works through both (GPDP needs it).
 * The first conv and last linear layer are quantized at ``max(b, first_last_bits)``
   (default 8, as DWQ, Any-Precision and LSQ do); ``first_last_bits=None``
   quantizes every weight tensor at ``b``, as the paper's "all weight tensors" says.
@@ -39,6 +41,7 @@ from torch.ao.quantization.observer import MovingAverageMinMaxObserver
 from triqdef.errors import TriqdefError
 
 FP_BITS = 32
+_ROUNDING_MAGIC = 12582912.0  # 1.5 * 2^23: adding then subtracting it rounds a float32 |v| < 2^22 half to even
 MIN_BITS, MAX_INT_BITS = 2, 16
 
 
@@ -86,6 +89,49 @@ def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.fake_quantize_per_channel_affine(w, scale, zero_point, 0, -qmax, qmax)
 
 
+class _FakeQuantizePerTensor(torch.autograd.Function):
+    """``s * clamp(round(x / s), qmin, qmax)`` with zero-point 0 and the straight-through gradient ``g * mask``.
+
+    The arithmetic is ``torch.fake_quantize_per_tensor_affine``'s: ``x`` times the float32 reciprocal of ``s``,
+    rounded half to even, clamped, times ``s``; the mask is the in-range test of the rounded value. The
+    backward is made of differentiable ops, so double backprop gives PyTorch's result too (``g * mask``
+    is linear in ``g``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, scale, qmin, qmax):
+        # Round half to even by adding and subtracting 1.5 * 2^23: exact for |v| < 2^22, and monotonic beyond, where
+        # the clamp and the mask only need the side of the range (|qmin|, qmax <= 2^16). 20x faster than torch.round
+        # on this CPU (0.2 against 4.6 ms on 2M elements), and -0.5 rounds to +0 as in PyTorch's integer arithmetic.
+        rounded = (x * torch.reciprocal(scale)).add_(_ROUNDING_MAGIC).sub_(_ROUNDING_MAGIC)
+        clamped = rounded.clamp(qmin, qmax)
+        # The mask as float32 1.0 (in range) / +0.0 (clipped), by arithmetic on integers: the backward's grad * mask
+        # is then a float product (0.17 ms) instead of a bool-promoting one (4.6 ms), with the same bits.
+        mask = rounded.sub_(clamped).abs_().clamp_(max=1.0).neg_().add_(1.0)
+        ctx.save_for_backward(mask)
+        return clamped.mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None, None, None
+
+
+def fake_quantize_per_tensor(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Per-tensor fake quantization with zero-point 0: bitwise ``torch.fake_quantize_per_tensor_affine``.
+
+    ``scale`` is a one-element float32 tensor. Outputs, gradients and double-backward equal PyTorch's op
+    bit for bit on float32 inputs (``tests/test_quant.py``, random and tie-heavy tensors, unsigned, signed
+    and ternary ranges); NaN inputs are the one difference (PyTorch's op maps NaN to a range end, this
+    one keeps NaN). Other dtypes go to PyTorch's op. Measured on the 2-core CPU, forward + backward of a
+    batch-128 ResNet-20 activation: 5.1 -> 3.2 ms (16x32x32 maps), 1.0 -> 0.5 ms (64x8x8).
+    """
+    if x.dtype != torch.float32 or scale.dtype != torch.float32:
+        zero_point = torch.zeros(1, dtype=torch.int32, device=x.device)
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
+    return _FakeQuantizePerTensor.apply(x, scale, qmin, qmax)
+
+
 RANGE_ESTIMATORS = ("max", "mse")
 _CLIP_GRID = torch.linspace(0.05, 1.0, 20)
 
@@ -99,13 +145,15 @@ def mse_clip(x: torch.Tensor, qmin: int, qmax: int, max_samples: int = 8192) -> 
     the per-batch statistic the ``mse`` range estimator moving-averages
     instead of the raw max (docs/design.md#activation-range-estimator).
     """
-    v = x.detach().reshape(-1).float()
-    if v.numel() > max_samples:
-        v = v[:: v.numel() // max_samples]
+    v = x.detach()
+    if v.numel() > max_samples:  # every k-th element in logical order; torch.take reads them without a copy
+        v = torch.take(v, torch.arange(0, v.numel(), v.numel() // max_samples, device=v.device))
+    v = v.reshape(-1).float()
     top = v.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
     clips = top * _CLIP_GRID.to(v.device)
     scales = (clips / qmax)[:, None]
-    err = ((torch.clamp(torch.round(v[None] / scales), qmin, qmax) * scales - v[None]) ** 2).mean(1)
+    rounded = (v[None] / scales).add_(_ROUNDING_MAGIC).sub_(_ROUNDING_MAGIC)  # torch.round's values, 20x faster here
+    err = ((rounded.clamp_(qmin, qmax) * scales - v[None]) ** 2).mean(1)
     return clips[err.argmin()]
 
 
@@ -150,7 +198,7 @@ class ActivationQuantizer(nn.Module):
     def batch_range(self, x: torch.Tensor) -> torch.Tensor:
         """What the observer averages for one batch: the tensor itself (``max``) or its MSE-optimal clip (``mse``)."""
         if self.range_estimator == "max":
-            return x
+            return _flat_view(x)
         clip = mse_clip(x, self.qmin, self.qmax)
         return torch.stack([-clip if self.signed else torch.zeros_like(clip), clip])
 
@@ -179,11 +227,21 @@ class ActivationQuantizer(nn.Module):
             self.observer(self.batch_range(x.detach()))
         if not self.dynamic and not self.calibrated:
             raise RuntimeError(f"{self.bits}-bit activation quantizer used before calibration; run triqdef.quant.calibrate")
-        zero_point = torch.zeros(1, dtype=torch.int32, device=x.device)
-        return torch.fake_quantize_per_tensor_affine(x, self.scale(x).to(x.device), zero_point, self.qmin, self.qmax)
+        return fake_quantize_per_tensor(x, self.scale(x).to(x.device), self.qmin, self.qmax)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}, range={self.range_estimator}, dynamic={self.dynamic}"
+
+
+def _flat_view(x: torch.Tensor) -> torch.Tensor:
+    """``x``'s elements as a 1-D view in memory order, without a copy where ``x`` is dense (contiguous or
+    channels-last). A min/max observer sees the same values either way; ``torch.aminmax`` copies a
+    channels-last tensor first (0.61 against 0.16 ms for a batch-128 16x32x32 map on the 2-core CPU)."""
+    if x.is_contiguous():
+        return x.view(-1)
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).reshape(-1)
+    return x.reshape(-1)
 
 
 class _Switchable:
@@ -262,8 +320,15 @@ class QuantReLU(nn.Module, _Switchable):
         return self.quantizers[str(self.active_bits)](x)
 
 
-def _switchables(model: nn.Module) -> Iterator[nn.Module]:
-    return (m for m in model.modules() if isinstance(m, _Switchable))
+def _switchables(model: nn.Module) -> list[nn.Module]:
+    """The switchable modules of ``model``, found by :func:`quantize_model` once and kept on the model, so that a
+    bit-width switch is one loop over them rather than a walk of every module (``copy.deepcopy`` maps the list to
+    the copy's modules)."""
+    cached = model.__dict__.get("_triqdef_switchables")
+    if cached is None:
+        cached = [m for m in model.modules() if isinstance(m, _Switchable)]
+        model.__dict__["_triqdef_switchables"] = cached
+    return cached
 
 
 def model_bits(model: nn.Module) -> tuple[int, ...]:

@@ -93,6 +93,7 @@ class TriQDefSettings:
     taps: Sequence[str] = ()  # FDP tap layers: params.yaml triqdef.taps (TriQDefParams.taps_of), the one list
     gpdp_sub_batch: int = 8
     gpdp_every: int = 1
+    gpdp_scaled: bool = True  # GPDP's weight x gpdp_every on the steps it runs: lambda_gpdp per step on average
     gpdp_joint: bool = False  # hold every bit-width's sub-batch graph at once (no detached first pass)
     patch_source: str = "pool"  # pool | on_the_fly
     otf_steps: int = 3
@@ -188,6 +189,13 @@ class TriQDefStep:
         (g,) = torch.autograd.grad(loss, xs, create_graph=create_graph)
         return g
 
+    @property
+    def gpdp_weight(self) -> float:
+        """GPDP's weight on the steps it runs (eq. 4's lambda_GPDP): times ``gpdp_every`` when ``gpdp_scaled``, so that
+        running it every n-th step keeps its average weight per step at the paper's lambda_GPDP."""
+        s = self.s
+        return s.lambda_gpdp * (s.gpdp_every if s.gpdp_scaled else 1)
+
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, float]:
         s = self.s
         new = self.schedule.enabled_at(step)
@@ -203,6 +211,7 @@ class TriQDefStep:
         use_fdp = s.lambda_fdp > 0 and n_bits >= 2
         use_gpdp = s.lambda_gpdp > 0 and n_bits >= 2 and step % s.gpdp_every == 0
         rec: dict[str, float] = {"n_bits": n_bits}
+        lambda_gpdp = self.gpdp_weight
 
         # pass 2 takes a fake-quantized bit-width first, so that pass 1 runs the cheap full-precision forward
         # instead of a fake-quantized one (ResNet-20, 32 patched images: ~20 against ~45 ms on 2 CPU cores)
@@ -252,7 +261,7 @@ class TriQDefStep:
                     descs = {b: [describe(self._input_gradient(model, xs, ys, b, True), "gradient", s.penalty)]
                              for b in active}
                     pen = pairwise_penalty(descs, s.penalty)
-                    (s.lambda_gpdp * pen).backward()
+                    (lambda_gpdp * pen).backward()
                     rec["gpdp"] = pen.item()
                 else:
                     detached = {b: [describe(self._input_gradient(model, xs, ys, b, False), "gradient", s.penalty)]
@@ -261,11 +270,11 @@ class TriQDefStep:
                     for b in active:
                         own = [describe(self._input_gradient(model, xs, ys, b, True), "gradient", s.penalty)]
                         others = {o: d for o, d in detached.items() if o != b}
-                        (s.lambda_gpdp * one_sided_penalty(own, others, n_bits, s.penalty)).backward()
+                        (lambda_gpdp * one_sided_penalty(own, others, n_bits, s.penalty)).backward()
         t3 = time.perf_counter()
         rec.update(ms_fdp_pass=1000 * (t1 - t0), ms_main_pass=1000 * (t2 - t1), ms_gpdp=1000 * (t3 - t2))
         rec["total"] = (rec["loss_clean"] + s.lambda_adv * rec["loss_adv"] + s.lambda_fdp * rec.get("fdp", 0.0)
-                        + s.lambda_gpdp * rec.get("gpdp", 0.0))
+                        + lambda_gpdp * rec.get("gpdp", 0.0))
         return rec
 
 

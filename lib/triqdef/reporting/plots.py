@@ -181,3 +181,28 @@ def asr_against_size(curve: pd.DataFrame, threshold: float, matched: int | None)
     axes[0][0].set_ylabel("targeted ASR (%)")
     axes[0][0].legend(title="solid: optimised; dotted: noise", fontsize=8)
     return fig
+
+
+def convergence(curves: Mapping[str, pd.DataFrame], bits: Sequence[int], attacks: Sequence[str]):
+    """Each defense's monitor curve against training steps (``defenses.monitor_*``): one column per bit-width, the
+    seen-set targeted ASR of each attack (top row, %) and clean accuracy (bottom row, %), one colour per defense."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, len(bits), figsize=(4.6 * len(bits), 6.4), sharex=True, squeeze=False)
+    for i, (method, curve) in enumerate(curves.items()):
+        for j, b in enumerate(bits):
+            for attack, style in zip(attacks, ("-", "--", ":")):
+                col = f"asr_{attack}_{b}"
+                if col in curve:
+                    axes[0][j].plot(curve["step"], 100 * curve[col], style, marker="o", ms=3, color=f"C{i}",
+                                    label=f"{method} {attack.upper()}")
+            if f"acc_{b}" in curve:
+                axes[1][j].plot(curve["step"], 100 * curve[f"acc_{b}"], marker="o", ms=3, color=f"C{i}", label=method)
+    for j, b in enumerate(bits):
+        axes[0][j].set_title(f"{'FP' if b == 32 else f'{b} bits'}: seen-set targeted ASR (%)")
+        axes[1][j].set(title=f"{'FP' if b == 32 else f'{b} bits'}: clean accuracy (%)", xlabel="training step")
+    if curves:
+        axes[0][0].legend(fontsize=7, ncol=2)
+        axes[1][0].legend(fontsize=7)
+    else:
+        fig.suptitle("no convergence curve: the monitor was off (defenses.monitor_every: 0)")
+    return fig

@@ -65,6 +65,50 @@ def pool_contents(patches_path: Path | None = None) -> dict[int, torch.Tensor]:
     return {size: torch.stack(contents) for size, contents in sorted(by_size.items())}
 
 
+def convergence_monitor(cfg: Config | StageConfig, method: str, splits, device):
+    """The evaluation :func:`triqdef.training.loop.fit` runs every ``defenses.monitor_every`` steps (None when 0):
+    on the first ``monitor_images`` test images and at each of
+    ``monitor_bits``, clean accuracy and each attack's targeted ASR of the ``seen`` patch set (matched size when the
+    patch stage made it, else the paper's size; transfer patches made on the FP model). A bit-width whose quantizers
+    are not yet calibrated (BACT from FP weights) gives NaN."""
+    import math
+
+    from triqdef.attacks.patchsets import MATCHED, load_patchset, regime_set, select
+    from triqdef.eval.transfer import patch_outcomes
+
+    train = cfg.defenses
+    if not train.monitor_every:
+        return None
+    images = splits.test.images[: train.monitor_images].to(device)
+    labels = splits.test.labels[: train.monitor_images].to(device)
+    patches, _ = load_patchset(paths.results_dir() / "patches" / "patches.pt")
+    seen_name = regime_set("seen", MATCHED) if select(patches, regime_set("seen", MATCHED)) else "seen"
+    seen = {a: select(patches, seen_name, a) for a in cfg.patches.attacks}
+    seen = {a: ps for a, ps in seen.items() if ps}
+    if not seen:
+        raise TriqdefError("the patch file has no 'seen' set: expected the seen patches of 'triqdef patches make'")
+
+    def ready(model, b) -> bool:
+        return b == quant.FP_BITS or all(q.calibrated for q in quant.activation_quantizers(model, b))
+
+    def evaluate(model) -> dict[str, float]:
+        point: dict[str, float] = {"seen_set": seen_name, "n_images": int(labels.numel())}
+        for b in train.monitor_bits:
+            if not ready(model, b):
+                point[f"acc_{b}"] = math.nan
+                point.update({f"asr_{a}_{b}": math.nan for a in seen})
+                continue
+            with quant.use_bitwidth(model, b):
+                clean = model(images).argmax(1)
+            point[f"acc_{b}"] = (clean == labels).float().mean().item()
+            for a, ps in seen.items():
+                targeted, _ = patch_outcomes(ps, model, b, images, labels, clean)
+                point[f"asr_{a}_{b}"] = targeted.rate()
+        return point
+
+    return evaluate
+
+
 def initial_model(cfg: Config | StageConfig, init: str):
     """(path, switchable-precision model, meta) of the shared starting checkpoint of every defense."""
     q, name = cfg.quant, cfg.model.name
@@ -166,18 +210,22 @@ def run_defense(cfg: Config | StageConfig, method: str, variant: str | None = No
                             "quant": as_dict(q), "data": pipeline.data_record(splits), "num_classes": 10,
                             "init": {"kind": init, "checkpoint": str(init_path.relative_to(paths.output_root())),
                                      "commit": init_meta.get("commit")}})
+    monitor = None if variant else convergence_monitor(cfg, method, splits, device)
     res = fit(model, splits.train.images, splits.train.labels, train, seed=seed, out_path=checkpoint(method, variant), meta=meta,
-              work_dir=pipeline.work_dir(), bits=list(q.bits), device=device, progress=progress, step_fn=step_fn)
+              work_dir=pipeline.work_dir(), bits=list(q.bits), device=device, progress=progress, step_fn=step_fn,
+              monitor=monitor, monitor_every=train.monitor_every)
     accs = {str(b): accuracy(model, splits.test.images, splits.test.labels, bits=b) for b in q.bits}
     last = res["history"][-1] if res["history"] else {}
     metrics = {"run": run, "method": method, "variant": variant, "model": name, "test_accuracy": accs,
                "n_test": int(splits.test.labels.numel()), "steps": res["steps"], "wall_time_s": res["wall_time_s"],
                "train_images_per_s": res["images_per_s"], "ms_per_step": 1000 * res["wall_time_s"] / max(res["steps"], 1),
                "last_step": last, "settings": settings, "data": pipeline.data_record(splits),
-               "profile": cfg.base.profile, "stage_wall_time_s": round(time.perf_counter() - t_stage, 1)}
+               "monitor_s": round(res.get("monitor_s", 0.0), 1), "profile": cfg.base.profile, "stage_wall_time_s": round(time.perf_counter() - t_stage, 1)}
     file = f"{'ablations' if variant else 'defenses'}/{run}"  # headline numbers for `dvc metrics`; the rest beside them
     write_metrics(file, {**{f"acc_{b}bit": a for b, a in accs.items()}, "n_test": metrics["n_test"], "steps": res["steps"],
                          "stage_wall_time_s": metrics["stage_wall_time_s"]}, provenance(cfg, metrics))
     write_curve(file, res["history"])
+    if not variant:  # a dvc output of every defense stage: the header alone when the monitor is off
+        write_curve(f"{file}_convergence", res.get("monitor") or [])
     log.info("%s: %s", run, {b: f"{100 * a:.1f}%" for b, a in accs.items()})
     return metrics

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from triqdef import paths
+from triqdef.errors import TriqdefError
 from triqdef.reporting import schemas as S
 from triqdef.stages.common import NotebookInputs
 
@@ -304,6 +305,32 @@ def figure_loss_terms(inp: Inputs) -> Path:
     hist = pd.DataFrame(read_checkpoint(checkpoint("triqdef"))["history"])
     starts = [st["start_step"] for st in inp.metas[S.TRIQDEF]["settings"]["bact_schedule"][1:]]
     return save_figure(loss_terms(hist, inp.cfg.triqdef.pair_reduction, starts), "triqdef_loss_terms")
+
+
+def convergence_curves(inp: Inputs) -> dict[str, pd.DataFrame]:
+    """Each defense's convergence curve (``results/plots/defenses/<method>_convergence.csv``, written by the
+    defense stage every ``defenses.monitor_every`` steps); empty when the monitor was off."""
+    from triqdef.stages.defense import METHODS
+
+    curves = {}
+    for method in METHODS:
+        path = paths.results_dir() / "plots" / "defenses" / f"{method}_convergence.csv"
+        if not path.is_file():
+            raise TriqdefError(f"convergence curve {path} not found: expected the output of 'triqdef train defense {method}'")
+        frame = pd.read_csv(path)
+        if len(frame):
+            curves[method] = frame
+    return curves
+
+
+def figure_convergence(inp: Inputs) -> Path:
+    """``defense_convergence.png``: seen-set ASR and clean accuracy of every defense against training steps, on the
+    monitor subset (``defenses.monitor_images`` test images); a figure that says so when the monitor was off."""
+    from triqdef.reporting.plots import convergence
+    from triqdef.reporting.tables import save_figure
+
+    d = inp.cfg.defenses
+    return save_figure(convergence(convergence_curves(inp), d.monitor_bits, inp.cfg.patches.attacks), "defense_convergence")
 
 
 # --------------------------------------------------------------------------- stage metrics

@@ -149,6 +149,8 @@ def fit(
     progress: bool = True,
     stop_after: int | None = None,
     step_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor, int], dict[str, float]] | None = None,
+    monitor: Callable[[nn.Module], dict[str, float]] | None = None,
+    monitor_every: int = 0,
 ) -> dict:
     """Train ``model`` on (images uint8 N×3×H×W, labels) and write the final checkpoint to ``out_path``.
 
@@ -162,7 +164,10 @@ def fit(
     gradients before and steps the optimizer after) and returns the values
     to log; the defenses (:mod:`triqdef.defenses.steps`) are such functions. It
     must depend only on (seed, step) and the model's state, for resuming.
-    Returns ``{"history": [...], "steps": n, "wall_time_s": t, "images_per_s": r}``.
+    ``monitor(model)``, when given, evaluates the model (in eval mode, no update of weights, observers or BN)
+    before the first step, every ``monitor_every`` steps and after the last: the convergence curve of
+    notebook 02. Its time is measured apart and not counted in ``wall_time_s``.
+    Returns ``{"history": [...], "monitor": [...], "steps": n, "wall_time_s": t, "images_per_s": r}``.
     """
     device = device or torch.device("cpu")
     model.to(device)
@@ -173,14 +178,28 @@ def fit(
     partial = Path(work_dir) / f"{Path(out_path).stem}.{run_id}.partial.pt"
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, total)
-    start, history, elapsed = 0, [], 0.0
+    start, history, elapsed, curve, monitor_s = 0, [], 0.0, [], 0.0
     if partial.is_file():
         ck = read_checkpoint(partial)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         start, history, elapsed = ck["step"], ck["history"], ck["elapsed"]
+        curve, monitor_s = ck.get("monitor", []), ck.get("monitor_s", 0.0)
         log.info("resuming %s from step %d/%d (%s)", out_path, start, total, partial)
+
+    def observe(done: int) -> None:
+        nonlocal monitor_s
+        if monitor is None or not (done == 0 or done == total or (monitor_every and done % monitor_every == 0)):
+            return
+        if any(point["step"] == done for point in curve):
+            return
+        t = time.perf_counter()
+        with torch.no_grad(), quant.eval_mode(model):
+            curve.append({"step": done, **monitor(model)})
+        monitor_s += time.perf_counter() - t
+
+    observe(start)
     model.train()
     bar = tqdm(total=total, initial=start, desc=f"train {meta.get('kind', '')} {meta.get('model', '')}", disable=not progress, unit="step")
     t0 = time.perf_counter() - elapsed
@@ -207,17 +226,21 @@ def fit(
         if step % 10 == 0:
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.startswith("loss")})
         done = step + 1
+        t_observe = monitor_s
+        observe(done)
+        t0 += monitor_s - t_observe  # the monitor's time is not training time
         if done < total and (done % cfg.checkpoint_every == 0 or done == stop_after):
             save_checkpoint(partial, model, meta, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                            step=done, history=history, elapsed=time.perf_counter() - t0)
+                            step=done, history=history, elapsed=time.perf_counter() - t0, monitor=curve,
+                            monitor_s=monitor_s)
         if stop_after is not None and done >= stop_after and done < total:
             bar.close()
             return {"history": history, "steps": done, "interrupted": True}
     bar.close()
     wall = time.perf_counter() - t0
-    result = {"history": history, "steps": total, "wall_time_s": wall,
+    result = {"history": history, "monitor": curve, "monitor_s": monitor_s, "steps": total, "wall_time_s": wall,
               "images_per_s": total * cfg.batch_size / max(wall, 1e-9)}
-    save_checkpoint(out_path, model, dict(meta, steps=total, train_wall_time_s=wall), history=history)
+    save_checkpoint(out_path, model, dict(meta, steps=total, train_wall_time_s=wall), history=history, monitor=curve)
     if partial.exists():
         partial.unlink()
     return result

@@ -80,6 +80,15 @@ t1
 motivation.table1_protocols(run, t1_records)
 
 # %% [markdown]
+# ### Table 1 with both activation range estimators
+#
+# The paper's min/max observers against the MSE-optimal clip, on the same QAT weights (observers and BN
+# recalibrated on the held-out images for each): how much of the decay across bit-widths is the estimator's.
+
+# %%
+motivation.table1_estimators(run)
+
+# %% [markdown]
 # ## Table 3: input-gradient similarity across bit-widths
 #
 # Input gradients of the cross-entropy on clean test images, for the FP model (`fp`)
@@ -153,6 +162,9 @@ t1_matched
 
 # %%
 motivation.table1_protocols(run, t1_matched_records, "matched")
+
+# %%
+motivation.table1_estimators(run, "matched")
 
 # %%
 motivation.table9_ptq_transfer(run, "matched")

@@ -181,3 +181,27 @@ def test_train_qat_refuses_a_non_boolean_every_layer_variant(tmp_path):
     p = params_with(tmp_path, **{"train_qat.cpu.every_layer_variant": "maybe"})
     assert_one_line_error(run(["--params", str(p), "--profile", "cpu", "train", "qat"], tmp_path),
                           "train_qat.cpu.every_layer_variant", "expected true or false")
+
+
+def test_pipeline_processes_start_with_the_tuned_allocator():
+    """The triqdef command re-executes itself once with glibc's allocator tunables; python -m triqdef.allocator runs
+    any command with them; TRIQDEF_MALLOC=default turns both off (triqdef.allocator)."""
+    import os
+    import subprocess
+    import sys
+
+    from triqdef.allocator import TUNABLES
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "TRIQDEF_MALLOC")}
+    if not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+        pytest.skip("glibc's tunables only")
+    show = "import os; print(os.environ.get('GLIBC_TUNABLES'))"
+    reexec = f"from triqdef.allocator import reexec_tuned; reexec_tuned(['-c', {show!r}]); print('not re-executed')"
+    out = subprocess.run([sys.executable, "-c", reexec], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == TUNABLES
+    out = subprocess.run([sys.executable, "-m", "triqdef.allocator", sys.executable, "-c", show], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == TUNABLES
+    off = dict(env, TRIQDEF_MALLOC="default")
+    out = subprocess.run([sys.executable, "-c", reexec], env=off, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "not re-executed"

@@ -287,3 +287,12 @@ def test_training_patches_mix_the_pool_sizes():
         out = pbat._patches(m.float(), torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long), 8, g)
         drawn.add(int((out[0].abs().sum(0) > 0).any(1).sum()))
     assert drawn == {6, 12}
+
+
+@pytest.mark.parametrize("scaled,every,expected", [(True, 4, 2.0), (False, 4, 0.5), (True, 1, 0.5)])
+def test_gpdp_weight_is_scaled_by_its_interval(scaled, every, expected):
+    """GPDP every n-th step weighs lambda_GPDP x n on those steps when gpdp_scaled (the paper's weight per step on
+    average), lambda_GPDP otherwise."""
+    s = TriQDefSettings(lambda_gpdp=0.5, gpdp_every=every, gpdp_scaled=scaled, taps=TAPS)
+    step = TriQDefStep(s, Schedule.constant([32, 4], 10), torch.rand(2, 3, 6, 6), [torch.rand(2, 3, 32, 32)], seed=0)
+    assert step.gpdp_weight == expected

@@ -304,7 +304,8 @@ def _joint_qat_pass(model, x, y, bits):
 @pytest.mark.parametrize("estimator", ["max", {8: "max", 5: "max", 4: "max", 2: "mse"}])
 def test_joint_qat_step_is_bitwise_pytorchs(rng, monkeypatch, estimator):
     """A 5-bit-width joint QAT step of ResNet-20 (channels-last, as training runs it): logits and every parameter's
-    gradient are bit for bit those of the same step with PyTorch's torch.fake_quantize_per_tensor_affine."""
+    gradient are bit for bit those of the same step with F.relu and PyTorch's torch.fake_quantize_per_tensor_affine
+    (the hand op, the observers' flat views and the fast rounding all included)."""
     from triqdef.models import MEMORY_FORMAT
 
     bits = (32, 8, 5, 4, 2)
@@ -333,3 +334,23 @@ def test_mse_clip_rounds_as_torch_round(rng):
         scales = (clips / qmax)[:, None]
         err = ((torch.clamp(torch.round(v[None] / scales), 0, qmax) * scales - v[None]) ** 2).mean(1)
         assert quant.mse_clip(x, 0, qmax).item() == clips[err.argmin()].item()
+
+
+def test_with_range_estimator_recalibrates_a_copy(rng):
+    """with_range_estimator: same weights, every quantizer switched and recalibrated on the given batches (the MSE
+    clip below the min/max range), the original model untouched; an unknown estimator is a one-line error."""
+    model = quant.quantize_model(build_model("resnet20"), [32, 4, 2], range_estimator="max")
+    batches = [torch.rand(16, 3, 32, 32, generator=rng) for _ in range(2)]
+    for b in (4, 2):
+        quant.calibrate(model, batches, b)
+    before = [q.observer.max_val.clone() for q in quant.activation_quantizers(model)]
+    clipped = quant.with_range_estimator(model, "mse", batches)
+    assert all(q.range_estimator == "mse" for q in quant.activation_quantizers(clipped))
+    assert all(q.range_estimator == "max" for q in quant.activation_quantizers(model))
+    assert all(torch.equal(a, q.observer.max_val) for a, q in zip(before, quant.activation_quantizers(model)))
+    assert all(torch.equal(p, c) for p, c in zip(model.parameters(), clipped.parameters()))
+    after = [q.observer.max_val for q in quant.activation_quantizers(clipped)]
+    assert all(a <= m for a, m in zip(after, before)) and any(a < m for a, m in zip(after, before))
+    with pytest.raises(TriqdefError, match="unknown activation range estimator"):
+        quant.with_range_estimator(model, "percentile", batches)
+

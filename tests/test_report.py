@@ -33,13 +33,13 @@ def test_pipeline_time_section_sums_the_recorded_stage_times(tmp_path):
     (tmp_path / "metrics" / "defenses").mkdir(parents=True)
     (tmp_path / "metrics" / "train_fp.json").write_text(json.dumps({"wall_time_s": 100.0, "stage_wall_time_s": 120.0}))
     (tmp_path / "metrics" / "motivation.json").write_text(json.dumps({"notebook_wall_time_s": 60.0}))
-    (tmp_path / "metrics" / "defenses" / "pbat.json").write_text(json.dumps({"stage_wall_time_s": 5220.0}))
+    (tmp_path / "metrics" / "defenses" / "pbat.json").write_text(json.dumps({"stage_wall_time_s": 8820.0}))
     (tmp_path / "metrics" / "train_qat_all_layers.json").write_text(json.dumps({"skipped": True, "reason": "budget"}))
     text = build_report(tmp_path, CPU)
-    assert "Total **90.0 min**" in text and "**within**" in text and "| defenses/pbat | 5220 |" in text
+    assert "Total **150.0 min**" in text and "**within**" in text and "| defenses/pbat | 8820 |" in text
     assert "skipped: budget" in text
     (tmp_path / "metrics" / "patches.json").write_text(json.dumps({"wall_time_s": 6.0}))
-    assert "Total **90.1 min**" in build_report(tmp_path, CPU) and "**over**" in build_report(tmp_path, CPU)
+    assert "Total **150.1 min**" in build_report(tmp_path, CPU) and "**over**" in build_report(tmp_path, CPU)
 
 
 def test_save_table_formats_columns_on_their_own(tmp_path):

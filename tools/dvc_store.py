@@ -93,20 +93,22 @@ def pulled_status(strict: bool = False) -> int:
     for stage, changes in status.items():
         if stage.endswith(".dvc"):
             continue  # data.dvc: the CIFAR-10 copy is fetched, not pulled
-        reasons = []
+        reasons, outs = [], []
         for change in changes:
             if not isinstance(change, dict):
                 reasons.append(str(change))
                 continue
             for kind, entries in change.items():
                 if kind == "changed outs":
-                    missing_outs += [f"{stage}: {path} ({state})" for path, state in entries.items()]
+                    outs += [f"{stage}: {path} ({state})" for path, state in entries.items()]
                 elif kind == "changed deps":
                     reasons += [f"{path} {state}" for path, state in entries.items() if path != DATA]
                 else:
                     reasons.append(kind)
-        if reasons:
-            stale.append(f"{stage}: {', '.join(reasons)}")
+        if reasons:  # a stale stage's outputs may be missing because it has not run since: that is the staleness
+            stale.append(f"{stage}: {', '.join(reasons)}" + (f" (and {len(outs)} output(s) missing)" if outs else ""))
+        else:  # every input matches dvc.lock, yet an output is not there: a missing push
+            missing_outs += outs
     if missing_outs:
         print("outputs missing after dvc pull (push them and commit dvc-store/):", *missing_outs, sep="\n  ")
     if stale:

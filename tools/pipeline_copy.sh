@@ -36,16 +36,16 @@ assert n == 1 and yaml.safe_load(text)["base"]["profile"] == profile, "params.ya
 if overlay:
     params = yaml.safe_load(text)
 
-    def merge(into: dict, new: dict, where: str) -> None:
+    def merge(into: dict, new: dict, where: str, depth: int) -> None:
         for key, value in new.items():
-            if key not in into:
+            if key not in into and depth < 2:  # a section and its profile must exist; keys inside a profile may be new
                 sys.exit(f"tools/pipeline_copy.sh: error: overlay key {where}{key} is not in params.yaml")
-            if isinstance(value, dict) and isinstance(into[key], dict):
-                merge(into[key], value, f"{where}{key}.")
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value, f"{where}{key}.", depth + 1)
             else:
                 into[key] = value
 
-    merge(params, yaml.safe_load(Path(overlay).read_text()) or {}, "")
+    merge(params, yaml.safe_load(Path(overlay).read_text()) or {}, "", 0)
     text = yaml.safe_dump(params, sort_keys=False)
 p.write_text(text)
 PY

@@ -3,7 +3,9 @@
 #   1. unit tests (tests/, among them the check that dvc.yaml lists every stage's code and params: tools/dvc_deps.py);
 #   2. `dvc repro` of the whole dvc.yaml in the smoke profile, in a temporary copy of the repository
 #      (the files git tracks or would track, without results/ and dvc.lock), data from `triqdef data fetch` offline;
-#   3. nbval on every source notebook, in the smoke profile, on that copy's outputs.
+#   3. nbval on every source notebook, in the smoke profile, on that copy's outputs;
+#   4. a fresh clone of the committed repository: `dvc pull` from dvc-store/ leaves no output of an up-to-date
+#      stage missing (a forgotten `dvc push`), stale stages listed (tools/dvc_store.py --status).
 # Options: --no-unit skips step 1. Environment: TRIQDEF_SMOKE_COPY=DIR makes the copy in DIR instead of a fresh
 # temporary folder; CIFAR10_ARCHIVE is passed on to `triqdef data fetch` (offline default: the committed sample).
 set -euo pipefail
@@ -32,6 +34,12 @@ echo "== nbval (smoke profile) on $copy/results"
   export PYTHONPATH="$copy/lib${PYTHONPATH:+:$PYTHONPATH}" TRIQDEF_OFFLINE=1 TRIQDEF_PROFILE=smoke TRIQDEF_OUTPUT="$copy"
   python -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks/
 )
+
+echo "== fresh clone: dvc pull from dvc-store/, then dvc status (tools/dvc_store.py --status)"
+clone=$(mktemp -d -t triqdef-clone-XXXXXX)
+git clone -q "$repo" "$clone"
+(cd "$clone" && dvc pull --allow-missing --quiet && python tools/dvc_store.py --status)
+rm -rf "$clone"
 end=$(date +%s)
 [[ -n ${TRIQDEF_SMOKE_COPY:-} ]] || rm -rf "$copy"   # kept on failure (set -e stops before this line)
 echo "make test: done in $(( end - start )) s (unit tests $(( t_unit - start )) s, dvc repro $(( t_repro - t_unit )) s, nbval $(( end - t_repro )) s)"

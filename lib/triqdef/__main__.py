@@ -1,3 +1,3 @@
-from triqdef.cli import main
+from triqdef.cli import entry
 
-raise SystemExit(main())
+entry()

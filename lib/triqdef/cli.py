@@ -205,7 +205,7 @@ def _cmd_report(args, cfg) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="triqdef", description="TriQDef reproduction: data, training and evaluation stages of the DVC pipeline.")
     p.add_argument("--params", default=None, help="params file (default: params.yaml at the project root)")
-    p.add_argument("--profile", default=None, help="smoke | cpu | paper (default: base.profile in params, or $TRIQDEF_PROFILE)")
+    p.add_argument("--profile", default=None, help="smoke | cpu | gpu | paper (default: base.profile in params, or $TRIQDEF_PROFILE)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -299,5 +299,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The ``triqdef`` command: re-executed once with glibc's allocator tuned (:mod:`triqdef.allocator`), then
+    :func:`main`."""
+    from triqdef.allocator import reexec_tuned
+
+    reexec_tuned(["-m", "triqdef", *sys.argv[1:]])
     raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -37,7 +37,7 @@ import yaml
 from triqdef.errors import TriqdefError
 from triqdef.paths import project_root
 
-PROFILES = ("smoke", "cpu", "paper")
+PROFILES = ("smoke", "cpu", "gpu", "paper")
 CIFAR_IMAGE_SIZE = 32  # every dataset of the project is CIFAR-10
 
 
@@ -50,7 +50,7 @@ def _check(**rules: Any) -> dict:
 
 @dataclass(frozen=True, kw_only=True)
 class Base:
-    profile: Literal["smoke", "cpu", "paper"]
+    profile: Literal["smoke", "cpu", "gpu", "paper"]
     seed: int = field(metadata=_check(ge=0))
     device: Literal["auto", "cpu", "cuda"]
 

@@ -23,7 +23,7 @@ BN, as in DWQ / Any-Precision / AdaBits). ``Q_32`` is the identity.
   quantizes every weight tensor at ``b``, as the paper's "all weight tensors" says.
 
 Public API: :func:`quantize_weight`, :func:`quantize_model`, :func:`use_bitwidth`,
-:func:`calibrate`, :func:`post_training_quantize`, :func:`dynamic_quantization`; for the statistics
+:func:`calibrate`, :func:`post_training_quantize`, :func:`dynamic_quantization`, :func:`with_range_estimator`; for the statistics
 (observers, BN) a forward updates: :func:`frozen_statistics`, :func:`eval_mode`, :func:`training_mode`.
 """
 
@@ -532,6 +532,22 @@ def post_training_quantize(
         if b != FP_BITS:
             calibrate(qmodel, calibration, b)
     return qmodel.eval()
+
+
+def with_range_estimator(model: nn.Module, estimator: str, calibration: Sequence[torch.Tensor]) -> nn.Module:
+    """A copy of the switchable-precision ``model`` whose every activation quantizer uses ``estimator`` (``max`` or
+    ``mse``), with each bit-width's observers and BN statistics recalibrated on ``calibration`` (same weights): the
+    range estimator's own effect, docs/design.md#activation-range-estimator."""
+    if estimator not in RANGE_ESTIMATORS:
+        raise TriqdefError(f"unknown activation range estimator {estimator!r}: expected one of {', '.join(RANGE_ESTIMATORS)}")
+    copy_ = copy.deepcopy(model)
+    for q in activation_quantizers(copy_):
+        q.range_estimator = estimator
+    copy_.triqdef_range_estimator = estimator
+    for b in model_bits(copy_):
+        if b != FP_BITS:
+            calibrate(copy_, calibration, b)
+    return copy_.eval()
 
 
 def dynamic_quantization(model: nn.Module, enabled: bool = True) -> nn.Module:

@@ -255,6 +255,7 @@ class TriQDefStep:
         t2 = time.perf_counter()
 
         if use_gpdp:  # GPDP on a sub-batch of the patched part, in its own eval-mode forward
+            rec["gpdp_weight"] = lambda_gpdp
             xs, ys = x_adv[: s.gpdp_sub_batch], y_adv[: s.gpdp_sub_batch]
             with quant.eval_mode(model):
                 if s.gpdp_joint:  # every bit-width's (small) double-backprop graph at once, one backward

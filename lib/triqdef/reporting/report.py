@@ -24,6 +24,7 @@ import pandas as pd
 from triqdef import paths
 from triqdef.meta import provenance, write_text
 from triqdef.reporting import schemas as S
+from triqdef.eval.intervals import overall_verdict
 
 
 @dataclass
@@ -146,7 +147,6 @@ def _paired(results, table: str, group: str, pairs, views=None, attack: str = S.
     """Verdicts from the paired-bootstrap comparisons a notebook saved (``<table>`` and ``<table>_matched``;
     docs/design.md#intervals-and-verdicts): {regime: (overall verdict of every selected comparison, text)}.
     A comparison claims that ``model`` is lower than ``against``; all of them must hold."""
-    from triqdef.eval.intervals import overall_verdict
 
     out = {}
     for regime, name in (("matched", f"{table}_matched"), ("paper", table)):
@@ -205,8 +205,9 @@ def _unseen_reduction(results):
 def _seen_2bit(results):
     t = _t5(results)
     parts, ok = [], True
+    two = S.bit_view(2)
     for attack in (S.LAVAN, S.GAP):
-        col = S.attack_column(attack, S.bit_view(2))
+        col = S.attack_column(attack, two)
         if col not in t.columns:
             continue
         tq, pb, dw = (t.loc[(m, S.SEEN), col] for m in (S.TRIQDEF, S.PBAT, S.DWQ))
@@ -214,7 +215,17 @@ def _seen_2bit(results):
         rel_dw = 100 * (1 - tq / dw) if dw > 0 else float("nan")
         ok &= rel_pb > 20 and rel_dw > 50
         parts.append(f"{attack.upper()} TriQDef {tq:.1f} vs PBAT {pb:.1f} ({rel_pb:+.0f} % rel.) vs DWQ {dw:.1f} ({rel_dw:+.0f} % rel.)")
-    return "seen patches at 2 bits: " + "; ".join(parts), "holds" if ok else "does not hold"
+    ours = "seen patches at 2 bits: " + "; ".join(parts)
+    paired = {}
+    for attack in (S.LAVAN, S.GAP):
+        for regime, (v, text) in _paired(results, "table5_comparisons", S.SEEN, {(S.TRIQDEF, S.PBAT), (S.TRIQDEF, S.DWQ)},
+                                         attack=attack, views=[two]).items():
+            prev = paired.get(regime)
+            paired[regime] = (overall_verdict([prev[0], v]) if prev else v, f"{prev[1]}; {text}" if prev else text)
+    decided = _paired_decision(paired)
+    if decided is None:  # no comparisons saved (an older run): the point estimates
+        return ours + " (point estimates)", "holds" if ok else "does not hold"
+    return ours + ". Paired: " + _paired_text(paired), ("partly" if decided == "holds" and not ok else decided)
 
 
 def _unseen_increase(results):
@@ -305,7 +316,22 @@ def _table7_gpdp(results):
     col = S.attack_columns(t.columns, S.LAVAN)
     inc = {g: (t.loc[(S.NO_GPDP, g), col] - t.loc[(S.FULL, g), col]) for g in (S.SEEN, S.UNSEEN)}
     ours = "; ".join(f"{g}: " + " / ".join(f"{v:+.1f}" for v in d) for g, d in inc.items()) + " points (w/o GPDP minus full)"
-    return ours, "holds" if min(d.min() for d in inc.values()) > 10 else "does not hold"
+    over_10 = min(d.min() for d in inc.values()) > 10
+    paired = {}
+    for group in (S.SEEN, S.UNSEEN):
+        for regime, (v, text) in _paired(results, "table7_comparisons", group, {(S.FULL, S.NO_GPDP)}).items():
+            prev = paired.get(regime)
+            paired[regime] = (overall_verdict([prev[0], v]) if prev else v, f"{prev[1]}; {group}: {text}" if prev else f"{group}: {text}")
+    decided = _paired_decision(paired)
+    if decided is None:
+        return ours + " (point estimates)", "holds" if over_10 else "does not hold"
+    # the paired interval decides the direction (full lower than w/o GPDP); the paper's size (> 10 points) the rest
+    return ours + ". Paired: " + _paired_text(paired), ("partly" if decided == "holds" and not over_10 else decided)
+
+
+#: The speed settings "do not change the result" when the paired interval of full (speed settings on) minus
+#: full without them lies inside +-SPEED_MARGIN points; an interval outside 0 says they do.
+SPEED_MARGIN = 5.0
 
 
 def _speed_settings(results):
@@ -316,7 +342,24 @@ def _speed_settings(results):
         raise NotInProfile("variant `every_step_full_res` is not in this profile's `ablations.run` (time budget); "
                            "README \"Speed\" gives its effect measured in an earlier run")
     d = t.loc[(S.FULL, S.UNSEEN), col] - t.loc[(slow, S.UNSEEN), col]
-    return "unseen LAVAN ASR, speed settings on minus off: " + " / ".join(f"{v:+.1f}" for v in d) + " points", "measured"
+    ours = "unseen LAVAN ASR, speed settings on minus off: " + " / ".join(f"{v:+.1f}" for v in d) + " points"
+    for regime in ("matched", "paper"):
+        try:
+            c = _table(results, f"table7_comparisons_matched" if regime == "matched" else "table7_comparisons")
+        except Missing:
+            continue
+        if "verdict" not in c.columns:
+            continue
+        sel = c[(c["group"] == S.UNSEEN) & (c["attack"] == S.LAVAN) & (c["model"] == S.FULL) & (c["against"] == slow)]
+        if sel.empty:
+            continue
+        inside = bool(((sel["low"] >= -SPEED_MARGIN) & (sel["high"] <= SPEED_MARGIN)).all())
+        differs = bool(((sel["low"] > 0) | (sel["high"] < 0)).any())
+        text = "; ".join(f"{r.view} {r.difference:+.1f} [{r.low:+.1f}, {r.high:+.1f}]" for r in sel.itertuples())
+        decided = "does not hold" if differs else "holds" if inside else "inconclusive at this sample size"
+        return (ours + f". Paired ({regime} regime, {int(sel['n_images'].iloc[0])} images, {int(sel['n_patches'].iloc[0])} "
+                f"patches; 'no change' = 95% CI inside ±{SPEED_MARGIN:.0f} points): {text}"), decided
+    return ours + " (point estimates)", "measured"
 
 
 def _deploy(results):
@@ -382,7 +425,7 @@ CLAIMS = [
 
 # --------------------------------------------------------------------------- pipeline time
 
-BUDGET_MIN = {"smoke": 5, "cpu": 90}  # docs/design.md#profiles: the whole pipeline's budget on 2 CPU cores
+BUDGET_MIN = {"smoke": 5, "cpu": 150, "gpu": 9}  # docs/design.md#profiles: smoke and cpu on 2 CPU cores, gpu on one GPU
 
 
 def _stage_seconds(rec: dict) -> float | None:

@@ -108,7 +108,7 @@ def table7_ablation(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
 
 
 #: Table 7's paired comparisons: full TriQDef against each ablation ("full TriQDef's ASR is lower").
-TABLE7_PAIRS = ((S.FULL, S.NO_FDP), (S.FULL, S.NO_GPDP))
+TABLE7_PAIRS = ((S.FULL, S.NO_FDP), (S.FULL, S.NO_GPDP), (S.FULL, S.FULL_SLOW))  # the last: the speed settings' effect
 
 
 def table7_comparisons(inp: Inputs, records: pd.DataFrame, regime: str) -> pd.DataFrame:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -87,9 +88,9 @@ print(json.dumps(out))
 """
 
 
-def run(lib: Path, estimator, steps: int) -> dict[str, float]:
+def run(lib: Path, estimator, steps: int, env: dict | None = None) -> dict[str, float]:
     out = subprocess.run([sys.executable, "-c", STEPS, str(lib), json.dumps(estimator), str(steps)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=env)
     if out.returncode:
         raise SystemExit(f"tools/bench_steps.py: error: the step benchmark failed with {lib}: "
                          f"{out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
@@ -103,7 +104,15 @@ def main() -> int:
     ap.add_argument("--against", default="7a21ce9")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=8, help="timed steps per method (after 2 warm-up steps)")
+    ap.add_argument("--allocator", choices=("both-default", "as-run"), default="as-run",
+                    help="as-run: this checkout's steps with glibc's allocator tuned as the pipeline now runs them "
+                         "(triqdef.allocator), the earlier commit's without; both-default: the code alone")
     args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "lib"))
+    from triqdef.allocator import tuned_environment
+
+    base_env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    now_env = tuned_environment() if args.allocator == "as-run" else base_env
     current = {str(k): v for k, v in yaml.safe_load((ROOT / "params.yaml").read_text())["quant"]["common"]
                ["activation_range"].items()}
     before: dict[str, list[float]] = {}
@@ -115,8 +124,9 @@ def main() -> int:
         try:
             old_estimator = yaml.safe_load((old / "params.yaml").read_text())["quant"]["common"].get("activation_range", "max")
             for r in range(args.rounds):
-                for store, lib, est in ((before, old / "lib", old_estimator), (after, ROOT / "lib", current)):
-                    for k, v in run(lib, est, args.steps).items():
+                for store, lib, est, env in ((before, old / "lib", old_estimator, base_env),
+                                             (after, ROOT / "lib", current, now_env)):
+                    for k, v in run(lib, est, args.steps, env).items():
                         store.setdefault(k, []).append(v)
                 print(f"round {r + 1}: " + ", ".join(f"{k} {before[k][-1]:.0f} -> {after[k][-1]:.0f} ms" for k in after),
                       flush=True)
@@ -124,7 +134,8 @@ def main() -> int:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)
     rows = {k: {"ms_before": round(statistics.median(before[k]), 1), "ms_now": round(statistics.median(after[k]), 1),
                 "speedup": round(statistics.median(before[k]) / statistics.median(after[k]), 3)} for k in after}
-    print(json.dumps({"against": args.against, "rounds": args.rounds, "steps": args.steps, "methods": rows}, indent=1))
+    print(json.dumps({"against": args.against, "rounds": args.rounds, "steps": args.steps, "allocator": args.allocator,
+                      "methods": rows}, indent=1))
     return 0
 
 

@@ -65,7 +65,7 @@ def pool_contents(patches_path: Path | None = None) -> dict[int, torch.Tensor]:
     return {size: torch.stack(contents) for size, contents in sorted(by_size.items())}
 
 
-def convergence_monitor(cfg: Config | StageConfig, method: str, splits, device):
+def convergence_monitor(cfg: Config | StageConfig, method: str, splits):
     """The evaluation :func:`triqdef.training.loop.fit` runs every ``defenses.monitor_every`` steps (None when 0):
     on the first ``monitor_images`` test images and at each of
     ``monitor_bits``, clean accuracy and each attack's targeted ASR of the ``seen`` patch set (matched size when the
@@ -74,13 +74,14 @@ def convergence_monitor(cfg: Config | StageConfig, method: str, splits, device):
     import math
 
     from triqdef.attacks.patchsets import MATCHED, load_patchset, regime_set, select
+    from triqdef.eval.accuracy import predict
     from triqdef.eval.transfer import patch_outcomes
 
     train = cfg.defenses
     if not train.monitor_every:
         return None
-    images = splits.test.images[: train.monitor_images].to(device)
-    labels = splits.test.labels[: train.monitor_images].to(device)
+    images = splits.test.images[: train.monitor_images]  # uint8; predict and the patch evaluation convert them
+    labels = splits.test.labels[: train.monitor_images]
     patches, _ = load_patchset(paths.results_dir() / "patches" / "patches.pt")
     seen_name = regime_set("seen", MATCHED) if select(patches, regime_set("seen", MATCHED)) else "seen"
     seen = {a: select(patches, seen_name, a) for a in cfg.patches.attacks}
@@ -98,12 +99,11 @@ def convergence_monitor(cfg: Config | StageConfig, method: str, splits, device):
                 point[f"acc_{b}"] = math.nan
                 point.update({f"asr_{a}_{b}": math.nan for a in seen})
                 continue
-            with quant.use_bitwidth(model, b):
-                clean = model(images).argmax(1)
+            clean = predict(model, images, b)
             point[f"acc_{b}"] = (clean == labels).float().mean().item()
             for a, ps in seen.items():
                 targeted, _ = patch_outcomes(ps, model, b, images, labels, clean)
-                point[f"asr_{a}_{b}"] = targeted.rate()
+                point[f"asr_{a}_{b}"] = float(targeted.rate())  # a Python float: checkpoints load weights-only
         return point
 
     return evaluate
@@ -210,7 +210,7 @@ def run_defense(cfg: Config | StageConfig, method: str, variant: str | None = No
                             "quant": as_dict(q), "data": pipeline.data_record(splits), "num_classes": 10,
                             "init": {"kind": init, "checkpoint": str(init_path.relative_to(paths.output_root())),
                                      "commit": init_meta.get("commit")}})
-    monitor = None if variant else convergence_monitor(cfg, method, splits, device)
+    monitor = None if variant else convergence_monitor(cfg, method, splits)
     res = fit(model, splits.train.images, splits.train.labels, train, seed=seed, out_path=checkpoint(method, variant), meta=meta,
               work_dir=pipeline.work_dir(), bits=list(q.bits), device=device, progress=progress, step_fn=step_fn,
               monitor=monitor, monitor_every=train.monitor_every)

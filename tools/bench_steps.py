@@ -2,6 +2,7 @@
 at an earlier commit, on the same random batch (ResNet-20, batch 128, channels-last, cpu-profile settings).
 
     python tools/bench_steps.py --against 7a21ce9 --rounds 2 --steps 8
+    python tools/bench_steps.py --methods qat_5bit --rounds 7 --steps 20   # issue 13: the QAT step, >= 1.25x
 
 Each round runs the earlier commit's library and this checkout's in fresh processes, one after the other (machine
 drift hits both alike); prints the median ms per step of each method and the speedups. The activation range
@@ -34,7 +35,7 @@ try:
 except ImportError:  # the flat layout before issue 11
     from triqdef.defenses import DWQStep, PBATStep, TriQDefSettings, TriQDefStep
 from triqdef.bact import Schedule
-estimator, steps = json.loads(sys.argv[2]), int(sys.argv[3])
+estimator, steps, wanted = json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(",")
 bits = [32, 8, 5, 4, 2]
 g = torch.Generator().manual_seed(0)
 x = torch.rand(128, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
@@ -72,6 +73,8 @@ methods = {
 }
 out = {}
 for name, (make, make_step) in methods.items():
+    if name not in wanted:
+        continue
     model = make()
     step_fn = make_step(model)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -88,8 +91,11 @@ print(json.dumps(out))
 """
 
 
-def run(lib: Path, estimator, steps: int, env: dict | None = None) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", STEPS, str(lib), json.dumps(estimator), str(steps)],
+METHODS = ("fp", "qat_5bit", "pbat", "dwq", "triqdef")
+
+
+def run(lib: Path, estimator, steps: int, methods, env: dict | None = None) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-c", STEPS, str(lib), json.dumps(estimator), str(steps), ",".join(methods)],
                          capture_output=True, text=True, env=env)
     if out.returncode:
         raise SystemExit(f"tools/bench_steps.py: error: the step benchmark failed with {lib}: "
@@ -104,6 +110,8 @@ def main() -> int:
     ap.add_argument("--against", default="7a21ce9")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=8, help="timed steps per method (after 2 warm-up steps)")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                    help="the steps to time (issue 13's acceptance figure: --methods qat_5bit --rounds 7 --steps 20)")
     ap.add_argument("--allocator", choices=("both-default", "as-run"), default="as-run",
                     help="as-run: this checkout's steps with glibc's allocator tuned as the pipeline now runs them "
                          "(triqdef.allocator), the earlier commit's without; both-default: the code alone")
@@ -126,7 +134,7 @@ def main() -> int:
             for r in range(args.rounds):
                 for store, lib, est, env in ((before, old / "lib", old_estimator, base_env),
                                              (after, ROOT / "lib", current, now_env)):
-                    for k, v in run(lib, est, args.steps, env).items():
+                    for k, v in run(lib, est, args.steps, args.methods, env).items():
                         store.setdefault(k, []).append(v)
                 print(f"round {r + 1}: " + ", ".join(f"{k} {before[k][-1]:.0f} -> {after[k][-1]:.0f} ms" for k in after),
                       flush=True)

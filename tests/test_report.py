@@ -1,4 +1,5 @@
 """results/REPORT.md: claims read from the result tables; a missing result is 'not measured', never a made-up figure."""
+import pytest
 
 import pandas as pd
 
@@ -84,3 +85,21 @@ def test_table7_verdict_comes_from_the_paired_interval_at_the_matched_size(tmp_p
     comparisons(-5.0, "holds").to_csv(tmp_path / "tables" / "table7_comparisons_matched.csv", index=False)
     row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| §4.5, Table 7 | removing"))
     assert "**holds**" in row and "matched regime" in row and "paper regime" in row
+
+
+@pytest.mark.parametrize("low,high,verdict", [(-2.0, 3.0, "holds"), (-8.0, 4.0, "inconclusive at this sample size"),
+                                              (1.0, 6.0, "does not hold")])
+def test_speed_settings_verdict_comes_from_the_paired_interval(tmp_path, low, high, verdict):
+    """'The speed settings do not change the result': holds when the paired interval of full minus full without
+    them lies inside +-5 points, does not hold when it excludes 0, inconclusive otherwise."""
+    from triqdef.reporting import schemas as S
+
+    (tmp_path / "tables").mkdir()
+    pd.DataFrame({"model": [S.FULL, S.FULL_SLOW], "group": ["unseen"] * 2, "lavan 32-bit": [10.0, 9.0]}).to_csv(
+        tmp_path / "tables" / "table7_ablation.csv", index=False)
+    pd.DataFrame([{"group": "unseen", "attack": "lavan", "view": "32-bit", "model": S.FULL, "against": S.FULL_SLOW,
+                   "rate": 10.0, "rate_against": 9.0, "difference": (low + high) / 2, "low": low, "high": high,
+                   "n_images": 500, "n_patches": 20, "claim": "", "verdict": ""}]).to_csv(
+        tmp_path / "tables" / "table7_comparisons_matched.csv", index=False)
+    row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| App. D (speed)"))
+    assert f"**{verdict}**" in row and f"[{low:+.1f}, {high:+.1f}]" in row

@@ -143,12 +143,10 @@ def _lavan_bits(t: pd.DataFrame, attack: str = S.LAVAN) -> list[str]:
     return [S.view_of(c) for c in S.attack_columns(t.columns, attack)]
 
 
-def _paired(results, table: str, group: str, pairs, views=None, attack: str = S.LAVAN) -> dict[str, tuple[str, str]]:
-    """Verdicts from the paired-bootstrap comparisons a notebook saved (``<table>`` and ``<table>_matched``;
-    docs/design.md#intervals-and-verdicts): {regime: (overall verdict of every selected comparison, text)}.
-    A comparison claims that ``model`` is lower than ``against``; all of them must hold."""
-
-    out = {}
+def _comparisons(results, table: str, group: str, pairs, views=None, attack: str = S.LAVAN):
+    """The rows of the paired comparisons a notebook saved (``<table>_matched``, then ``<table>``;
+    docs/design.md#intervals-and-verdicts) for ``group``, ``attack``, ``pairs`` (and ``views``): yields
+    ``(regime, rows)`` for each regime that has any."""
     for regime, name in (("matched", f"{table}_matched"), ("paper", table)):
         try:
             c = _table(results, name)
@@ -160,9 +158,15 @@ def _paired(results, table: str, group: str, pairs, views=None, attack: str = S.
         keep = (c["group"] == group) & (c["attack"] == attack) & in_pairs
         if views is not None:
             keep &= c["view"].isin(list(views))
-        sel = c[keep]
-        if sel.empty:
-            continue
+        if keep.any():
+            yield regime, c[keep]
+
+
+def _paired(results, table: str, group: str, pairs, views=None, attack: str = S.LAVAN) -> dict[str, tuple[str, str]]:
+    """Verdicts from the paired-bootstrap comparisons (:func:`_comparisons`): {regime: (overall verdict of every
+    selected comparison, text)}. A comparison claims that ``model`` is lower than ``against``; all must hold."""
+    out = {}
+    for regime, sel in _comparisons(results, table, group, pairs, views, attack):
         text = "; ".join(f"{r.view} {r.model} − {r.against} {r.difference:+.1f} [{r.low:+.1f}, {r.high:+.1f}]"
                          for r in sel.itertuples())
         out[regime] = (overall_verdict(sel["verdict"]), f"{regime} regime ({int(sel['n_images'].iloc[0])} images, "
@@ -343,16 +347,7 @@ def _speed_settings(results):
                            "README \"Speed\" gives its effect measured in an earlier run")
     d = t.loc[(S.FULL, S.UNSEEN), col] - t.loc[(slow, S.UNSEEN), col]
     ours = "unseen LAVAN ASR, speed settings on minus off: " + " / ".join(f"{v:+.1f}" for v in d) + " points"
-    for regime in ("matched", "paper"):
-        try:
-            c = _table(results, f"table7_comparisons_matched" if regime == "matched" else "table7_comparisons")
-        except Missing:
-            continue
-        if "verdict" not in c.columns:
-            continue
-        sel = c[(c["group"] == S.UNSEEN) & (c["attack"] == S.LAVAN) & (c["model"] == S.FULL) & (c["against"] == slow)]
-        if sel.empty:
-            continue
+    for regime, sel in _comparisons(results, "table7_comparisons", S.UNSEEN, {(S.FULL, slow)}):
         inside = bool(((sel["low"] >= -SPEED_MARGIN) & (sel["high"] <= SPEED_MARGIN)).all())
         differs = bool(((sel["low"] > 0) | (sel["high"] < 0)).any())
         text = "; ".join(f"{r.view} {r.difference:+.1f} [{r.low:+.1f}, {r.high:+.1f}]" for r in sel.itertuples())

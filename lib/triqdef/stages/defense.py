@@ -65,7 +65,7 @@ def pool_contents(patches_path: Path | None = None) -> dict[int, torch.Tensor]:
     return {size: torch.stack(contents) for size, contents in sorted(by_size.items())}
 
 
-def convergence_monitor(cfg: Config | StageConfig, method: str, splits):
+def convergence_monitor(cfg: Config | StageConfig, splits):
     """The evaluation :func:`triqdef.training.loop.fit` runs every ``defenses.monitor_every`` steps (None when 0):
     on the first ``monitor_images`` test images and at each of
     ``monitor_bits``, clean accuracy and each attack's targeted ASR of the ``seen`` patch set (matched size when the
@@ -210,7 +210,7 @@ def run_defense(cfg: Config | StageConfig, method: str, variant: str | None = No
                             "quant": as_dict(q), "data": pipeline.data_record(splits), "num_classes": 10,
                             "init": {"kind": init, "checkpoint": str(init_path.relative_to(paths.output_root())),
                                      "commit": init_meta.get("commit")}})
-    monitor = None if variant else convergence_monitor(cfg, method, splits)
+    monitor = None if variant else convergence_monitor(cfg, splits)
     res = fit(model, splits.train.images, splits.train.labels, train, seed=seed, out_path=checkpoint(method, variant), meta=meta,
               work_dir=pipeline.work_dir(), bits=list(q.bits), device=device, progress=progress, step_fn=step_fn,
               monitor=monitor, monitor_every=train.monitor_every)

@@ -185,7 +185,8 @@ def asr_against_size(curve: pd.DataFrame, threshold: float, matched: int | None)
 
 def convergence(curves: Mapping[str, pd.DataFrame], bits: Sequence[int], attacks: Sequence[str]):
     """Each defense's monitor curve against training steps (``defenses.monitor_*``): one column per bit-width, the
-    seen-set targeted ASR of each attack (top row, %) and clean accuracy (bottom row, %), one colour per defense."""
+    seen-set targeted ASR of each attack (top row, %, shaded: its 95 % interval) and clean accuracy (bottom row, %),
+    one colour per defense."""
     plt = _pyplot()
     fig, axes = plt.subplots(2, len(bits), figsize=(4.6 * len(bits), 6.4), sharex=True, squeeze=False)
     for i, (method, curve) in enumerate(curves.items()):
@@ -195,6 +196,9 @@ def convergence(curves: Mapping[str, pd.DataFrame], bits: Sequence[int], attacks
                 if col in curve:
                     axes[0][j].plot(curve["step"], 100 * curve[col], style, marker="o", ms=3, color=f"C{i}",
                                     label=f"{method} {attack.upper()}")
+                    if f"{col} low" in curve:  # the 95 % interval over images and patches
+                        axes[0][j].fill_between(curve["step"], 100 * curve[f"{col} low"], 100 * curve[f"{col} high"],
+                                                color=f"C{i}", alpha=0.12, lw=0)
             if f"acc_{b}" in curve:
                 axes[1][j].plot(curve["step"], 100 * curve[f"acc_{b}"], marker="o", ms=3, color=f"C{i}", label=method)
     for j, b in enumerate(bits):

@@ -65,16 +65,22 @@ def pool_contents(patches_path: Path | None = None) -> dict[int, torch.Tensor]:
     return {size: torch.stack(contents) for size, contents in sorted(by_size.items())}
 
 
+#: Bootstrap replicates of each convergence-curve interval (fewer than the tables' 2,000: a curve point every 100 steps).
+MONITOR_BOOT = 500
+
+
 def convergence_monitor(cfg: Config | StageConfig, splits):
     """The evaluation :func:`triqdef.training.loop.fit` runs every ``defenses.monitor_every`` steps (None when 0):
     on the first ``monitor_images`` test images and at each of
     ``monitor_bits``, clean accuracy and each attack's targeted ASR of the ``seen`` patch set (matched size when the
-    patch stage made it, else the paper's size; transfer patches made on the FP model). A bit-width whose quantizers
-    are not yet calibrated (BACT from FP weights) gives NaN."""
+    patch stage made it, else the paper's size; transfer patches made on the FP model), with its 95 % bootstrap
+    interval over images and patches (``MONITOR_BOOT`` replicates) and the numbers of images and patches. A
+    bit-width whose quantizers are not yet calibrated (BACT from FP weights) gives NaN."""
     import math
 
     from triqdef.attacks.patchsets import MATCHED, load_patchset, regime_set, select
     from triqdef.eval.accuracy import predict
+    from triqdef.eval.intervals import bootstrap_rate
     from triqdef.eval.transfer import patch_outcomes
 
     train = cfg.defenses
@@ -97,13 +103,15 @@ def convergence_monitor(cfg: Config | StageConfig, splits):
         for b in train.monitor_bits:
             if not ready(model, b):
                 point[f"acc_{b}"] = math.nan
-                point.update({f"asr_{a}_{b}": math.nan for a in seen})
+                point.update({f"asr_{a}_{b}{k}": math.nan for a in seen for k in ("", " low", " high")})
                 continue
             clean = predict(model, images, b)
             point[f"acc_{b}"] = (clean == labels).float().mean().item()
             for a, ps in seen.items():
                 targeted, _ = patch_outcomes(ps, model, b, images, labels, clean)
-                point[f"asr_{a}_{b}"] = float(targeted.rate())  # a Python float: checkpoints load weights-only
+                rate = bootstrap_rate(targeted, MONITOR_BOOT, cfg.base.seed)  # Python floats: weights-only checkpoints
+                point.update({f"asr_{a}_{b}": float(rate.value), f"asr_{a}_{b} low": float(rate.low),
+                              f"asr_{a}_{b} high": float(rate.high), f"n_patches_{a}": len(ps)})
         return point
 
     return evaluate

@@ -5,8 +5,8 @@ import pytest
 from scipy import stats
 
 from triqdef.errors import TriqdefError
-from triqdef.eval.intervals import (FAILS, HOLDS, INCONCLUSIVE, Outcomes, bootstrap_rate, paired_difference,
-                                    verdict)
+from triqdef.eval.intervals import (FAILS, HOLDS, INCONCLUSIVE, Outcomes, bootstrap_rate, difference,
+                                    paired_difference, verdict)
 
 
 def _outcomes(rates, n_images, seed, eligible_share=0.9):
@@ -80,3 +80,48 @@ def test_rates_without_images_and_bad_input():
         Outcomes(np.zeros((2, 5), bool), np.zeros((2, 4), bool))
     with pytest.raises(TriqdefError, match="claim 'equal'"):
         verdict(bootstrap_rate(o), "equal")
+
+
+def test_difference_of_two_patch_sets_on_the_same_images():
+    """Two different patch sets (seen against unseen, or each model's own white-box patches): the images are drawn
+    together, each set's patches on their own; same_patches=True is exactly the paired difference."""
+    a = _outcomes([0.3, 0.4, 0.5], 1000, seed=5)
+    b = _outcomes([0.6, 0.7], 1000, seed=9)
+    assert difference(a, a, seed=3) == paired_difference(a, a, seed=3)
+    with pytest.raises(TriqdefError, match="same patches"):
+        difference(a, b)
+    d = difference(a, b, seed=0, same_patches=False)
+    assert d.value == pytest.approx(a.rate() - b.rate()) and d.low < d.value < d.high
+    assert d.n_patches == 5 and d.n_images == 1000
+    assert verdict(d, "lower") == HOLDS and verdict(d, "higher") == FAILS
+    # the patches are a sample: with 3 and 2 patches a 30-point gap is still decided, a 5-point one is not
+    close = difference(a, _outcomes([0.35, 0.45], 1000, seed=11), seed=0, same_patches=False)
+    assert verdict(close, "lower") == INCONCLUSIVE
+    with pytest.raises(TriqdefError, match="same images"):
+        difference(a, _outcomes([0.3], 500, seed=1), same_patches=False)
+
+
+def test_proportion_and_margin_claims():
+    """``scale``: "a keeps at least 70 % of b"; ``margin``: "more than 20 points", "over 50 %"."""
+    b = _outcomes([0.8, 0.85, 0.9], 2000, seed=1)
+    a = Outcomes(b.hits & (np.random.default_rng(2).random(b.hits.shape) < 0.9), b.eligible)  # keeps ~90 % of b
+    kept = difference(a, b, seed=0, scale=0.7)
+    assert kept.value == pytest.approx(a.rate() - 0.7 * b.rate())
+    assert verdict(kept, "higher") == HOLDS
+    assert verdict(difference(a, b, seed=0, scale=0.95), "higher") == FAILS
+    rate = bootstrap_rate(b, seed=0)  # ~85 %
+    assert verdict(rate, "higher", margin=0.5) == HOLDS and verdict(rate, "higher", margin=0.95) == FAILS
+    assert verdict(rate, "lower", margin=0.95) == HOLDS
+    gap = difference(b, a, seed=0)  # ~8.5 points
+    assert verdict(gap, "higher", margin=0.2) == FAILS and verdict(gap, "higher", margin=0.02) == HOLDS
+
+
+def test_claim_evidence_reads_the_verdict_off_the_interval():
+    from triqdef.eval.intervals import claim_evidence, claim_text
+
+    rate = bootstrap_rate(_outcomes([0.8, 0.85, 0.9], 2000, seed=1), seed=0)
+    e = claim_evidence("ASR over 50 %", rate, "higher", 0.5)
+    assert e["verdict"] == HOLDS and e["claim"] == "higher than 50" and e["n_patches"] == 3
+    assert e["low"] == pytest.approx(100 * rate.low) and e["n_images"] == 2000
+    assert claim_text(e).startswith("ASR over 50 %: +") and claim_text(e).endswith(HOLDS)
+    assert claim_evidence("ASR over 95 %", rate, "higher", 0.95)["verdict"] == FAILS

@@ -103,3 +103,40 @@ def test_speed_settings_verdict_comes_from_the_paired_interval(tmp_path, low, hi
         tmp_path / "tables" / "table7_comparisons_matched.csv", index=False)
     row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| App. D (speed)"))
     assert f"**{verdict}**" in row and f"[{low:+.1f}, {high:+.1f}]" in row
+
+
+def _claim(statement, verdict, value=1.0, low=0.5, high=1.5, claim="higher than 0", **extra):
+    return dict(statement=statement, value=value, low=low, high=high, claim=claim, n_images=1000, n_patches=20,
+                n_boot=2000, verdict=verdict, **extra)
+
+
+def test_table1_verdict_comes_from_the_claims_beside_the_table_at_the_matched_size(tmp_path):
+    """The point estimates say 'holds'; the intervals the stage saved in the table's metadata decide, the matched
+    regime's first, and the row shows every interval with its sample."""
+    import json
+
+    (tmp_path / "tables").mkdir()
+    cols = {"32 (FP, white-box)": [80.0, 60.0], "8": [70.0, 50.0], "4": [64.0, 40.0], "2": [60.0, 30.0]}
+    pd.DataFrame(dict(attack=["lavan", "gap"], **cols)).to_csv(tmp_path / "tables" / "table1_transfer_asr.csv", index=False)
+    meta = {"claims": [_claim("LAVAN ASR on standard QAT at 2 bits − 0.7 × FP (points)", "inconclusive at this sample size",
+                              low=-1.0)]}
+    (tmp_path / "tables" / "table1_transfer_asr.json").write_text(json.dumps(meta))
+    row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| §2, Table 1"))
+    assert "**inconclusive at this sample size**" in row and "paper regime" in row and "1000 images, 20 patches" in row
+    meta = {"claims": [_claim("LAVAN ...", "does not hold", value=-9.0, low=-12.0, high=-6.0)]}
+    (tmp_path / "tables" / "table1_transfer_asr_matched.json").write_text(json.dumps(meta))
+    row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| §2, Table 1"))
+    assert "**does not hold**" in row and "matched regime" in row and "-9.0 [-12.0, -6.0]" in row
+
+
+@pytest.mark.parametrize("tq,pb,verdict", [(["holds", "holds"], ["holds", "does not hold"], "holds"),
+                                           (["holds", "does not hold"], ["holds", "holds"], "does not hold"),
+                                           (["holds", "holds"], ["does not hold", "does not hold"], "does not hold"),
+                                           (["holds", "inconclusive at this sample size"], ["holds", "holds"],
+                                            "inconclusive at this sample size")])
+def test_unseen_rise_needs_triqdef_marginal_everywhere_and_pbat_large_somewhere(tq, pb, verdict):
+    from triqdef.reporting.report import _marginal_rise_verdict
+
+    claims = ([_claim(f"{b} TriQDef GAP unseen − seen ASR (points)", v) for b, v in zip(("4-bit", "2-bit"), tq)]
+              + [_claim(f"{b} PBAT GAP unseen − seen ASR (points)", v) for b, v in zip(("4-bit", "2-bit"), pb)])
+    assert _marginal_rise_verdict(claims) == verdict

@@ -210,8 +210,10 @@ def test_sensitivity_grid_and_table():
         y = m(x).argmax(1)  # every image correct at 4 bits
     patch = Patch(torch.ones(3, 4, 4), (0, 0), target=int((y[0] + 1) % 10), attack="lavan", source_model="toy",
                   source_bits=None, info={"set": "seen"})
-    t = sensitivity_table({"full": m, "ab": m}, grid, [4], [patch], x, y, x, y)
+    adv = {}
+    t = sensitivity_table({"full": m, "ab": m}, grid, [4], [patch], x, y, x, y, adv)
     assert list(t.columns) == [S.VARIANT, S.SETTING, S.METRIC, "4bit"]
+    assert set(adv) == {("full", 4), ("ab", 4)} and t["4bit"].iloc[1] == pytest.approx(100 * adv[("full", 4)].rate())
     assert t[S.METRIC].tolist() == [S.CLEAN, S.ADV, S.ASR] * 2 and t[S.SETTING].tolist()[:2] == [DEFAULT_SETTING, ""]
     assert t["4bit"].iloc[0] == 100.0 and 0 <= t["4bit"].iloc[1] <= 100 and 0 <= t["4bit"].iloc[2] <= 100
 
@@ -222,6 +224,20 @@ def test_sensitivity_grid_and_table():
     head, details = metrics(SimpleNamespace(profile="smoke", meta={}), t7, t, 3.0)
     assert head == {"unseen_lavan_mean_full": 2.0, "unseen_lavan_mean_no_fdp": 3.0, "stage_wall_time_s": 3.0}
     assert len(details["table13"]) == 6
+
+
+def test_table13_claims_pair_full_with_each_variant():
+    from triqdef.eval.intervals import FAILS, HOLDS, INCONCLUSIVE, Outcomes
+    from triqdef.stages.ablation_tables import table13_claims
+
+    rng = np.random.default_rng(0)
+    u = rng.random((3, 2000))
+    adv = {(v, b): Outcomes(u < r + 0.02 * (b == 2), np.ones_like(u, dtype=bool))
+           for v, r in (("full", 0.6), ("worse", 0.4), ("same", 0.6), ("better", 0.8)) for b in (4, 2)}
+    claims = {c["statement"].split("full − ")[1].split(" ")[0]: c for c in table13_claims(adv, [4, 2], seed=0)}
+    assert claims["worse"]["verdict"] == HOLDS and claims["better"]["verdict"] == FAILS
+    assert claims["same"]["verdict"] == INCONCLUSIVE and claims["same"]["n_patches"] == 6  # (bit-width, patch) units
+    assert table13_claims({("ab", 4): adv[("worse", 4)]}, [4], seed=0) == []  # no full row: nothing to claim
 
 
 def test_motivation_headline_reads_the_tables():
@@ -241,6 +257,66 @@ def test_motivation_headline_reads_the_tables():
     assert details["table1_asr"]["gap"] == {S.FP_WHITEBOX_VIEW: 50.0, "4": 10.0}
     assert details["accuracy"]["FP"] == {"32bit": 90.0} and details["table8_asr"] == {"a -> b lavan": {"FP": 1.0, "4-bit": 2.0}}
     assert details["seconds_per_patch_evaluation"] == {"n_images": 3, "4": 1.5, S.FP_WHITEBOX_VIEW: 3.0}
+
+
+def _records(rates_by_view: dict, n_images=400, attack="lavan", seed=0, **columns):
+    """Synthetic transfer records: one row per (patch, view), hits drawn at the given per-patch rates."""
+    rng = np.random.default_rng(seed)
+    base = rng.random((len(next(iter(rates_by_view.values()))), n_images))
+    return pd.DataFrame([{"patch": i, "view": view, "attack": attack, **columns, "hits_asr": base[i] < r,
+                          "eligible": np.ones(n_images, dtype=bool)}
+                         for view, rates in rates_by_view.items() for i, r in enumerate(rates)])
+
+
+def test_motivation_claims_are_decided_on_intervals():
+    """Table 1 / 11's "keeps most of its success" (ASR − 0.7 × reference) and Tables 8 / 9's levels, each a
+    verdict read off a 95 % bootstrap interval; too few images or patches give "inconclusive"."""
+    from types import SimpleNamespace
+
+    from triqdef.eval.intervals import FAILS, HOLDS, INCONCLUSIVE
+    from triqdef.stages import motivation
+
+    inp = SimpleNamespace(cfg=SimpleNamespace(base=SimpleNamespace(seed=0)))
+    # hits share one uniform draw per patch, so a lower rate is a subset of a higher one: a paired design
+    kept = _records({"wb": [0.8, 0.85, 0.9], "2": [0.75, 0.8, 0.85]})
+    (c,) = motivation.keeps_claims(inp, kept, "2", "wb", "at 2 bits")
+    assert c["verdict"] == HOLDS and c["n_patches"] == 3 and c["n_images"] == 400 and c["statement"].startswith("LAVAN")
+    lost = _records({"wb": [0.8, 0.85, 0.9], "2": [0.2, 0.25, 0.3]})
+    assert motivation.keeps_claims(inp, lost, "2", "wb", "at 2 bits")[0]["verdict"] == FAILS
+    few = _records({"wb": [0.8, 0.85], "2": [0.55, 0.6]}, n_images=30)
+    assert motivation.keeps_claims(inp, few, "2", "wb", "at 2 bits")[0]["verdict"] == INCONCLUSIVE
+    level = _records({"2-bit": [0.8, 0.9]}, source="a", target="b")
+    assert motivation.level_claims(inp, level, 0.7, "a→b", source="a", view="2-bit")["verdict"] == HOLDS
+    assert motivation.level_claims(inp, level, 0.95, "a→b", source="a", view="2-bit")["verdict"] == FAILS
+
+
+def test_table5_claims_compare_different_patch_sets_on_the_same_images():
+    """Unseen minus seen (GAP) per model and each model's own white-box patches: two patch sets on the same
+    images, each decided on its interval, one record per (view, claim) with its topic."""
+    from types import SimpleNamespace
+
+    from triqdef.eval.intervals import FAILS, HOLDS
+    from triqdef.stages import training
+
+    inp = SimpleNamespace(cfg=SimpleNamespace(base=SimpleNamespace(seed=0)))
+    parts = []
+    for model, seen, unseen, wb in ((S.TRIQDEF, 0.2, 0.2, 0.1), (S.PBAT, 0.2, 0.5, 0.6), (S.DWQ, 0.3, 0.3, 0.7)):
+        parts.append(_records({"4-bit": [seen] * 4}, n_images=3000, attack=S.GAP, seed=1, model=model, patch_set="seen"))
+        parts.append(_records({"4-bit": [unseen] * 4}, n_images=3000, attack=S.GAP, seed=2, model=model, patch_set="unseen_bits2"))
+        parts.append(_records({"4-bit": [wb] * 3}, n_images=3000, attack=S.LAVAN, seed=3, model=model, patch_set="whitebox"))
+    claims = training.table5_claims(inp, pd.concat(parts, ignore_index=True), ["4-bit"])
+    by = {(c["topic"], c["statement"]): c for c in claims}
+    assert [c["topic"] for c in claims] == ["unseen_rise", "unseen_rise", "whitebox", "whitebox"]
+    rise = {k[1].split()[1]: c for k, c in by.items() if k[0] == "unseen_rise"}
+    assert rise[S.TRIQDEF]["verdict"] == HOLDS and rise[S.TRIQDEF]["claim"] == "lower than 3"  # no rise: below 3
+    assert rise[S.PBAT]["verdict"] == HOLDS and rise[S.PBAT]["n_patches"] == 8  # +30 points > 15
+    assert all(c["verdict"] == HOLDS for c in claims if c["topic"] == "whitebox")
+    # a model without GAP records has no rise claim; PBAT's rise below 15 points does not hold
+    few = pd.concat([p for p in parts if not (p["model"].iloc[0] == S.TRIQDEF and p["attack"].iloc[0] == S.GAP)])
+    few.loc[(few["model"] == S.PBAT) & (few["patch_set"] == "unseen_bits2"), "hits_asr"] = \
+        few.loc[(few["model"] == S.PBAT) & (few["patch_set"] == "seen"), "hits_asr"].values
+    claims = training.table5_claims(inp, few, ["4-bit"])
+    assert [c["verdict"] for c in claims if c["topic"] == "unseen_rise"] == [FAILS]
 
 
 def test_report_reads_the_training_metrics_where_the_stage_writes_them(tmp_path, monkeypatch):

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from triqdef import quant
@@ -75,3 +76,18 @@ def test_markdown_shows_rate_plus_minus_half_width():
     shown = with_half_widths(df)
     assert list(shown.columns) == ["attack", "m", "n m", "other"]
     assert shown["m"][0] == "50.0 ± 11.0" and pd.isna(shown["m"][1]) and shown["other"].tolist() == [1.0, 2.0]
+
+
+def test_select_outcomes_orders_patches_and_rejects_an_empty_selection():
+    import numpy as np
+    import pandas as pd
+
+    from triqdef.errors import TriqdefError
+    from triqdef.eval.transfer import select_outcomes
+
+    rec = pd.DataFrame([{"patch": p, "view": v, "attack": "lavan", "hits_asr": np.array([p == 1, v == "a"]),
+                         "eligible": np.array([True, True])} for p in (1, 0) for v in ("a", "b")])
+    o = select_outcomes(rec, "asr", view="a")
+    assert o.hits.tolist() == [[False, True], [True, True]]  # patch 0 first
+    with pytest.raises(TriqdefError, match="no records"):
+        select_outcomes(rec, "asr", view="c")

@@ -23,6 +23,7 @@ Accuracies are rates with one "patch" whose every image is eligible (``hits``: c
 from __future__ import annotations
 
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,29 +141,64 @@ def bootstrap_rate(o: Outcomes, n_boot: int = 2000, seed: int = 0) -> Interval:
 def paired_difference(a: Outcomes, b: Outcomes, n_boot: int = 2000, seed: int = 0) -> Interval:
     """``rate(a) − rate(b)`` with its 95 % interval, the same images and patches drawn for both in every
     replicate. ``a`` and ``b`` must be the same patches on the same images (same shapes)."""
+    return difference(a, b, n_boot, seed)
+
+
+def difference(a: Outcomes, b: Outcomes, n_boot: int = 2000, seed: int = 0, scale: float = 1.0,
+               same_patches: bool = True) -> Interval:
+    """``rate(a) − scale · rate(b)`` with its 95 % interval; the same test images are drawn for both in every
+    replicate (``a`` and ``b`` must be outcomes on the same images, in the same order).
+
+    ``same_patches``: ``a`` and ``b`` are the same patches (two models, or two views of one model): they are drawn
+    together, as :func:`paired_difference` does. ``False``: two different patch sets on the same images (seen
+    against unseen patches, or each model's own white-box patches): each set's patches are drawn on their own.
+    ``scale`` tests a proportion, e.g. "the 2-bit ASR keeps 70 % of the white-box ASR": ``scale=0.7``, claim
+    ``"higher"``."""
     _check_boot(n_boot)
-    if a.hits.shape != b.hits.shape:
+    if same_patches and a.hits.shape != b.hits.shape:
         raise TriqdefError(f"paired difference of outcomes of shapes {a.hits.shape} and {b.hits.shape}: expected the "
                            "same patches on the same images")
-    images, patches = _draws(a.n_images, a.n_patches, n_boot, seed)
-    reps = _replicates(a, images, patches) - _replicates(b, images, patches)
-    both = Outcomes(a.hits, a.eligible | b.eligible)
-    return _interval(a.rate() - b.rate(), reps, both, n_boot)
+    if a.n_images != b.n_images:
+        raise TriqdefError(f"difference of outcomes on {a.n_images} and {b.n_images} images: expected the same images")
+    images, patches_a = _draws(a.n_images, a.n_patches, n_boot, seed)
+    patches_b = patches_a if same_patches else _draws(b.n_images, b.n_patches, n_boot, seed + 1)[1]
+    reps = _replicates(a, images, patches_a) - scale * _replicates(b, images, patches_b)
+    n_patches = a.n_patches if same_patches else a.n_patches + b.n_patches
+    eligible = int((a.eligible | b.eligible).sum()) if same_patches else int(a.eligible.sum() + b.eligible.sum())
+    ci = _interval(a.rate() - scale * b.rate(), reps, a, n_boot)
+    return dataclasses.replace(ci, n_patches=n_patches, n_eligible=eligible)
 
 
-def verdict(difference: Interval, claim: str) -> str:
-    """Read a claim off a difference's interval: ``claim`` is ``"lower"`` (the first rate is claimed below the
-    second) or ``"higher"``."""
+def verdict(interval: Interval, claim: str, margin: float = 0.0) -> str:
+    """Read a claim off an interval: ``claim`` is ``"lower"`` (the value, e.g. the first rate minus the second,
+    is claimed below ``margin``) or ``"higher"`` (above it). ``margin`` (same units as the interval, [0, 1]) turns
+    a difference into "more than 20 points higher" (``margin=0.2``) and a rate into "over 50 %" (``margin=0.5``)."""
     if claim not in ("lower", "higher"):
         raise TriqdefError(f"claim {claim!r}: expected 'lower' or 'higher'")
-    if np.isnan(difference.low):
+    if np.isnan(interval.low):
         return INCONCLUSIVE
-    below, above = difference.high < 0, difference.low > 0
+    below, above = interval.high < margin, interval.low > margin
     if (claim == "lower" and below) or (claim == "higher" and above):
         return HOLDS
     if (claim == "lower" and above) or (claim == "higher" and below):
         return FAILS
     return INCONCLUSIVE
+
+
+def claim_evidence(statement: str, interval: Interval, claim: str, margin: float = 0.0) -> dict:
+    """One claim's evidence as a table's metadata keeps it (key ``claims``, read by REPORT.md): what the interval
+    measures (``statement``), its value and 95 % interval in points (or %), the sample behind it, the claimed
+    side of ``margin`` and the :func:`verdict`."""
+    return {"statement": statement, "value": 100 * interval.value, "low": 100 * interval.low, "high": 100 * interval.high,
+            "claim": f"{claim} than {100 * margin:g}", "n_images": interval.n_images, "n_patches": interval.n_patches,
+            "n_boot": interval.n_boot, "verdict": verdict(interval, claim, margin)}
+
+
+def claim_text(evidence: dict) -> str:
+    """``statement: value [low, high] (claimed higher than m; N images, P patches): verdict``, as captions show it."""
+    e = evidence
+    return (f"{e['statement']}: {e['value']:+.1f} [{e['low']:+.1f}, {e['high']:+.1f}] (claimed {e['claim']}; "
+            f"{e['n_images']} images, {e['n_patches']} patches): {e['verdict']}")
 
 
 def _check_boot(n_boot: int) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
@@ -26,6 +27,7 @@ from triqdef.attacks.patches import Patch
 from triqdef.attacks.patchsets import balanced_targets, optimiser
 from triqdef.attacks.universal import PatchRequest, optimise_patches
 from triqdef.config import PatchParams
+from triqdef.eval.intervals import Outcomes
 from triqdef.eval.transfer import add_intervals, patch_counts, transfer_records, view_predictions
 
 UNSEEN_SETS = ("unseen_bits4", "unseen_bits2", "unseen_size8", "unseen_size10", "unseen_location")
@@ -118,12 +120,20 @@ def asr_table(records: pd.DataFrame, by: str = "group", views: Sequence[str] | N
     return add_intervals(table, rec, value, keys, "attack view", [f"{a} {v}" for a, v in cols])
 
 
+def robust_outcomes(model: nn.Module, bits: int | None, patches: Sequence[Patch], images: torch.Tensor,
+                    labels: torch.Tensor) -> Outcomes:
+    """Per-image correctness with each patch pasted at its location: (patches, images) outcomes, every image
+    eligible (Table 13's "Adv", with its intervals)."""
+    from triqdef.attacks.patches import patched_predictions
+
+    correct = np.stack([(patched_predictions(model, images, p, bits) == labels).cpu().numpy() for p in patches]) \
+        if patches else np.zeros((0, len(labels)), dtype=bool)
+    return Outcomes(correct, np.ones_like(correct))
+
+
 def robust_accuracy(model: nn.Module, bits: int | None, patches: Sequence[Patch], images: torch.Tensor,
                     labels: torch.Tensor) -> float:
     """Accuracy (%) on every image with the patch pasted at its location, mean over the patches (Table 13's "Adv")."""
-    from triqdef.attacks.patches import patched_predictions
-
     if not patches:
         return float("nan")
-    accs = [(patched_predictions(model, images, p, bits) == labels).float().mean().item() for p in patches]
-    return 100 * sum(accs) / len(accs)
+    return 100 * robust_outcomes(model, bits, patches, images, labels).rate()

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from triqdef.attacks.patches import Patch, patched_predictions
 from triqdef.attacks.success import common_subset, eligible_images, fooling_rate, targeted_asr
+from triqdef.errors import TriqdefError
 from triqdef.eval.accuracy import predict
 from triqdef.eval.intervals import Outcomes, bootstrap_rate
 
@@ -71,6 +72,19 @@ def records_outcomes(records: pd.DataFrame, value: str = "asr") -> Outcomes:
     """The per-image outcomes of ``records`` (one row per patch, all on the same images) behind ``value``."""
     hits, eligible = OUTCOME_COLUMNS[value]
     return Outcomes(np.stack(list(records[hits])), np.stack(list(records[eligible])))
+
+
+def select_outcomes(records: pd.DataFrame, value: str = "asr", **where) -> Outcomes:
+    """The outcomes behind ``value`` of the records whose columns equal ``where`` (e.g. ``attack="lavan",
+    view="2-bit"``), one row per patch in a fixed patch order (so that two selections of the same patches pair)."""
+    mask = np.ones(len(records), dtype=bool)
+    for column, wanted in where.items():
+        mask &= (records[column] == wanted).to_numpy()
+    rows = records[mask]
+    if rows.empty:
+        raise TriqdefError(f"no records with {where}: expected at least one patch evaluated there")
+    order = [c for c in ("patch_set", "set", "patch") if c in rows.columns]
+    return records_outcomes(rows.sort_values(order) if order else rows, value)
 
 
 def add_intervals(table: pd.DataFrame, records: pd.DataFrame, value: str, keys: list[str], columns: str,

@@ -24,7 +24,7 @@ import pandas as pd
 from triqdef import paths
 from triqdef.meta import provenance, write_text
 from triqdef.reporting import schemas as S
-from triqdef.eval.intervals import overall_verdict
+from triqdef.eval.intervals import FAILS, HOLDS, INCONCLUSIVE, claim_text, overall_verdict
 
 
 @dataclass
@@ -84,7 +84,8 @@ def _table1(results):
     ours = f"LAVAN {_fmt(lav[c] for c in cols)} %, GAP {_fmt(t.loc[S.GAP][c] for c in cols)} % (32 FP white-box / 8 / 4 / 2)"
     verdict = "holds" if lav[wb] >= 50 and kept >= 0.7 else (
         "partly" if kept >= 0.7 else "does not hold")
-    return ours + f"; 2-bit keeps {100 * kept:.0f} % of the white-box LAVAN ASR", verdict
+    return _decided(ours + f"; 2-bit keeps {100 * kept:.0f} % of the white-box LAVAN ASR",
+                    _claims(results, "table1_transfer_asr"), verdict)
 
 
 def _table3(results):
@@ -114,20 +115,21 @@ def _table8(results):
     cols = [S.bit_view(b) for b in (32, 8, 4, 2)]
     rows = [f"{r[S.SOURCE]}→{r[S.TARGET]}: {_fmt([r[c] for c in cols])}" for _, r in lav.iterrows()]
     two = lav[S.bit_view(2)]
-    return "LAVAN " + "; ".join(rows) + " % (32 / 8 / 4 / 2)", ("holds" if two.min() > 70 else "does not hold" if two.max() < 35 else "partly")
+    return _decided("LAVAN " + "; ".join(rows) + " % (32 / 8 / 4 / 2)", _claims(results, "table8_cross_architecture"),
+                    "holds" if two.min() > 70 else "does not hold" if two.max() < 35 else "partly")
 
 
 def _table9(results):
     t = _table(results, "table9_ptq_transfer_cifar").set_index(S.SIZE)
     ptq2 = S.ptq_view(2)
-    return ("CIFAR analogue, LAVAN on PTQ ResNet-20 at 2 bits: " + ", ".join(f"{s}px {t.loc[s, ptq2]:.1f} %" for s in t.index),
-            "holds" if t[ptq2].min() > 50 else "does not hold")
+    return _decided("CIFAR analogue, LAVAN on PTQ ResNet-20 at 2 bits: " + ", ".join(f"{s}px {t.loc[s, ptq2]:.1f} %" for s in t.index),
+                    _claims(results, "table9_ptq_transfer_cifar"), "holds" if t[ptq2].min() > 50 else "does not hold")
 
 
 def _table11(results):
     t = _table(results, "table11_dynamic_quantization").set_index(S.ATTACK)
-    return (", ".join(f"{a.upper()} {t.loc[a, S.FP32_VIEW]:.1f} → {t.loc[a, S.DYNAMIC_8BIT_VIEW]:.1f} %" for a in t.index)
-            + " (FP → dynamic 8-bit)", "partly")
+    return _decided(", ".join(f"{a.upper()} {t.loc[a, S.FP32_VIEW]:.1f} → {t.loc[a, S.DYNAMIC_8BIT_VIEW]:.1f} %" for a in t.index)
+                    + " (FP → dynamic 8-bit)", _claims(results, "table11_dynamic_quantization"), "not decided")
 
 
 # --------------------------------------------------------------------------- section 4
@@ -184,6 +186,39 @@ def _paired_decision(paired: dict[str, tuple[str, str]]) -> str | None:
         if regime in paired:
             return paired[regime][0]
     return None
+
+
+def _claim_sets(results, table: str, topic: str | None = None):
+    """The claims a table's metadata keeps (key ``claims``: :func:`triqdef.eval.intervals.claim_evidence`, written by
+    the notebook stage beside the table), ``<table>_matched`` first: yields ``(regime, claims)`` for each regime
+    that has any (of ``topic``, when given)."""
+    for regime, name in (("matched", f"{table}_matched"), ("paper", table)):
+        path = results / "tables" / f"{name}.json"
+        if not path.is_file():
+            continue
+        claims = [c for c in json.loads(path.read_text()).get("claims") or [] if topic is None or c.get("topic") == topic]
+        if claims:
+            yield regime, claims
+
+
+def _all_hold(claims: list[dict]) -> str:
+    return overall_verdict([c["verdict"] for c in claims])
+
+
+def _claims(results, table: str, topic: str | None = None, combine=_all_hold) -> dict[str, tuple[str, str]]:
+    """{regime: (verdict, text)} from :func:`_claim_sets`: ``combine`` (default: every claim must hold) turns the
+    regime's claims into one verdict; the text lists each interval with its sample and verdict."""
+    return {regime: (combine(claims), f"{regime} regime: " + "; ".join(claim_text(c) for c in claims))
+            for regime, claims in _claim_sets(results, table, topic)}
+
+
+def _decided(ours: str, paired: dict[str, tuple[str, str]], fallback: str) -> tuple[str, str]:
+    """``ours`` with the intervals behind the verdict, and the verdict in the paper's regime of attack strength
+    (:func:`_paired_decision`); ``fallback`` (from point estimates) only when no claims were saved (an older run)."""
+    decided = _paired_decision(paired)
+    if decided is None:
+        return ours + " (point estimates)", fallback
+    return ours + ". 95% CI: " + _paired_text(paired), decided
 
 
 def _unseen_reduction(results):
@@ -243,7 +278,21 @@ def _unseen_increase(results):
         pb_inc.append(pb)
         parts.append(f"{b}: TriQDef {tq:+.1f}, PBAT {pb:+.1f}")
     ok = max(tq_inc) <= 3 and max(pb_inc) > 15
-    return "GAP unseen minus seen ASR (points) " + "; ".join(parts), ("holds" if ok else "partly" if max(tq_inc) < max(pb_inc) else "does not hold")
+    return _decided("GAP unseen minus seen ASR (points) " + "; ".join(parts),
+                    _claims(results, "table5_asr", "unseen_rise", _marginal_rise_verdict),
+                    "holds" if ok else "partly" if max(tq_inc) < max(pb_inc) else "does not hold")
+
+
+def _marginal_rise_verdict(claims: list[dict]) -> str:
+    """Section 4.3: TriQDef's rise stays below the margin at every bit-width (all its claims hold) and PBAT's
+    exceeds its margin "often" (at least one bit-width)."""
+    tq = [c["verdict"] for c in claims if f" {S.TRIQDEF} " in c["statement"]]
+    pb = [c["verdict"] for c in claims if f" {S.PBAT} " in c["statement"]]
+    if FAILS in tq or (pb and all(v == FAILS for v in pb)):
+        return FAILS
+    if tq and pb and all(v == HOLDS for v in tq) and HOLDS in pb:
+        return HOLDS
+    return INCONCLUSIVE
 
 
 def _whitebox(results):
@@ -255,7 +304,8 @@ def _whitebox(results):
         parts.append(f"{b}: " + ", ".join(f"{m} {v:.1f}" for m, v in vals.items()))
     lowest = all(min(t.loc[(m, S.WHITEBOX), S.attack_column(S.LAVAN, b)] for m in (S.PBAT, S.DWQ))
                  > t.loc[(S.TRIQDEF, S.WHITEBOX), S.attack_column(S.LAVAN, b)] for b in _lavan_bits(t))
-    return "white-box LAVAN ASR " + "; ".join(parts), ("TriQDef lowest" if lowest else "TriQDef not lowest")
+    return _decided("white-box LAVAN ASR " + "; ".join(parts) + " (claim: TriQDef's is the lowest)",
+                    _claims(results, "table5_asr", "whitebox"), "holds" if lowest else "does not hold")
 
 
 def _table2(results):
@@ -264,8 +314,9 @@ def _table2(results):
     seen = t.loc[(S.PBAT, S.T2_SEEN_10), col]
     unseen = t.loc[(S.PBAT, S.T2_UNSEEN_2BIT), col]
     std = t.loc[(S.STANDARD_QAT, S.T2_UNSEEN_2BIT), col]
-    return (f"PBAT 8-bit QAT: seen 10×10 {seen:.1f} %, unseen (made at 2 bits) {unseen:.1f} % ({unseen - seen:+.1f} points); "
-            f"standard QAT on the latter {std:.1f} %"), ("holds" if unseen - seen > 20 else "does not hold")
+    return _decided(f"PBAT 8-bit QAT: seen 10×10 {seen:.1f} %, unseen (made at 2 bits) {unseen:.1f} % ({unseen - seen:+.1f} "
+                    f"points); standard QAT on the latter {std:.1f} %", _claims(results, "table2_qat_vs_pbat"),
+                    "holds" if unseen - seen > 20 else "does not hold")
 
 
 def _gradcam(results):
@@ -285,8 +336,8 @@ def _table13(results):
     cols = [c for c in adv.columns if S.is_accuracy_column(c)]
     means = adv[cols].mean(axis=1)
     best = means.idxmax()
-    return ("mean robust accuracy under seen LAVAN: " + ", ".join(f"{v} {x:.1f}" for v, x in means.items())
-            + " %"), ("holds" if best == "full" else "does not hold")
+    return _decided("mean robust accuracy under seen LAVAN: " + ", ".join(f"{v} {x:.1f}" for v, x in means.items()) + " %",
+                    _claims(results, "table13_sensitivity"), "holds" if best == "full" else "does not hold")
 def _clean_cost(results):
     t = _table(results, "table4_defenses_clean_accuracy").set_index(S.MODEL)
     cols = [c for c in t.columns if S.is_accuracy_column(c)]

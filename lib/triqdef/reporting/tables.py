@@ -31,6 +31,14 @@ def save_table(df: pd.DataFrame, name: str, meta: dict, directory: Path | None =
     return {"csv": csv, "md": md, "json": js}
 
 
+def caption_with_claims(caption: str, claims: list[dict]) -> str:
+    """A caption followed by each claim's interval and verdict (:func:`triqdef.eval.intervals.claim_text`); the
+    claims themselves go in the table's metadata (key ``claims``), where REPORT.md reads them."""
+    from triqdef.eval.intervals import claim_text
+
+    return caption + (" Claims (95% CI): " + "; ".join(claim_text(c) for c in claims) + "." if claims else "")
+
+
 def with_half_widths(df: pd.DataFrame, fmt: str = ".1f") -> pd.DataFrame:
     """The table as the Markdown shows it: every column ``c`` with ``c low`` and ``c high`` beside it becomes
     ``rate ± half-width`` (the interval's half width; docs/design.md#intervals-and-verdicts), the bounds dropped."""

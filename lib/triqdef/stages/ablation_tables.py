@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
@@ -141,10 +142,11 @@ def sensitivity_grid(runs: Sequence[str], variants: Mapping[str, Mapping]) -> di
 
 def sensitivity_table(models: Mapping[str, nn.Module], grid: Mapping[str, str], bits: Sequence[int], patches: Sequence,
                       clean_images: torch.Tensor, clean_labels: torch.Tensor, images: torch.Tensor,
-                      labels: torch.Tensor) -> pd.DataFrame:
+                      labels: torch.Tensor, adv_outcomes: dict | None = None) -> pd.DataFrame:
     """Table 13: for each model of ``grid`` three rows at each of ``bits``: ``Clean`` accuracy (%) on
     ``clean_images`` (every test image, as Table 4), ``Adv`` accuracy (%) with each of ``patches`` pasted
-    (mean over them), and their targeted ``ASR`` (%), on ``images``."""
+    (mean over them), and their targeted ``ASR`` (%), on ``images``. ``adv_outcomes``: a dict that receives the
+    per-image outcomes behind each ``Adv`` cell, ``{(variant, bits): Outcomes}`` (for :func:`table13_claims`)."""
     from triqdef.eval import robustness
     from triqdef.eval.accuracy import accuracy
 
@@ -156,7 +158,10 @@ def sensitivity_table(models: Mapping[str, nn.Module], grid: Mapping[str, str], 
                 if setting == S.CLEAN:
                     row[S.accuracy_column(b)] = 100 * accuracy(models[v], clean_images, clean_labels, bits=b)
                 elif setting == S.ADV:
-                    row[S.accuracy_column(b)] = robustness.robust_accuracy(models[v], b, patches, images, labels)
+                    o = robustness.robust_outcomes(models[v], b, patches, images, labels)
+                    row[S.accuracy_column(b)] = 100 * o.rate() if patches else float("nan")
+                    if adv_outcomes is not None:
+                        adv_outcomes[(v, b)] = o
                 else:
                     r = robustness.defense_records({v: models[v]}, {S.SEEN: list(patches)}, [b], images, labels)
                     row[S.accuracy_column(b)] = r["asr"].mean()
@@ -168,23 +173,44 @@ def table13_sensitivity(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     """Table 13: clean accuracy, accuracy under the seen LAVAN patches and their ASR for the default setting and
     each sensitivity variant this profile trained; ``regime`` as in :func:`table7_ablation`."""
     from triqdef.attacks.patchsets import regime_set, select
-    from triqdef.reporting.tables import save_table
+    from triqdef.reporting.tables import caption_with_claims, save_table
     from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
 
     if regime_size(inp, regime) is None:
         return save_absent_regime(inp, ["table13_sensitivity"], regime)
     grid = sensitivity_grid(inp.runs, inp.cfg.ablations.variants)
     seen_lavan = select(inp.patches, regime_set("seen", regime), "lavan")
+    adv: dict = {}
     t13 = sensitivity_table(inp.models, grid, inp.bits, seen_lavan, inp.splits.test.images, inp.splits.test.labels,
-                            inp.test_x, inp.test_y)
-    save_table(t13, regime_table("table13_sensitivity", regime), dict(inp.meta, regime=regime),
-               caption=(f"Clean accuracy ({len(inp.splits.test.labels)} test images, as Table 4), robust accuracy under the seen "
+                            inp.test_x, inp.test_y, adv)
+    claims = table13_claims(adv, inp.bits, inp.cfg.base.seed)
+    save_table(t13, regime_table("table13_sensitivity", regime), dict(inp.meta, regime=regime, claims=claims),
+               caption=caption_with_claims(f"Clean accuracy ({len(inp.splits.test.labels)} test images, as Table 4), robust accuracy under the seen "
                         f"{regime_label(inp, regime)} "
                         f"LAVAN patches ('Adv') and their targeted ASR (%) ({inp.n_eval} test images), profile `{inp.profile}` "
                         f"(reduced grid: {', '.join(grid)}). Paper Table 13 has two rows "
                         "for the default configuration, (α, β) = (0.5, 1.0) and (λ_FDP, λ_GPDP) = (0.8, 0.5), with different numbers, "
-                        "and its (1.0, 0.5) row equals its (0.8, 0.5) row."))
+                        "and its (1.0, 0.5) row equals its (0.8, 0.5) row.", claims))
     return t13
+
+
+def table13_claims(adv_outcomes: Mapping[tuple[str, int], object], bits: Sequence[int], seed: int) -> list[dict]:
+    """Appendix C's "the default setting is the most balanced", read as: under the seen LAVAN patches, ``full``'s
+    robust accuracy (mean over ``bits`` and patches) is higher than each other variant's. Paired intervals: the
+    same patches and images for both, each (bit-width, patch) one resampled unit."""
+    from triqdef.eval.intervals import Outcomes, claim_evidence, difference
+    from triqdef.eval.transfer import N_BOOT
+
+    def stacked(v):
+        parts = [adv_outcomes[(v, b)] for b in bits]
+        return Outcomes(np.concatenate([o.hits for o in parts]), np.concatenate([o.eligible for o in parts]))
+
+    variants = sorted({v for v, _ in adv_outcomes} - {"full"})
+    if "full" not in {v for v, _ in adv_outcomes} or not stacked("full").n_patches:
+        return []
+    full = stacked("full")
+    return [claim_evidence(f"robust accuracy under seen LAVAN, full − {v} (points, mean over bit-widths)",
+                           difference(full, stacked(v), N_BOOT, seed), "higher") for v in variants]
 
 
 # --------------------------------------------------------------------------- stage metrics

@@ -141,6 +141,37 @@ def figure_training_curves(inp: Inputs) -> Path:
 # --------------------------------------------------------------------------- Table 1
 
 
+#: "Keeps most of its success" (Tables 1 and 11): the transferred ASR is at least this share of the ASR it is
+#: compared with, decided on the 95 % interval of ``ASR − share × reference`` (docs/design.md#intervals-and-verdicts).
+KEEPS_SHARE = 0.7
+#: The paper's levels: Table 8 "above 70 % at 2 bits", Table 9 "over 50 % at 2 bits".
+TABLE8_LEVEL, TABLE9_LEVEL = 0.7, 0.5
+
+
+def keeps_claims(inp: Inputs, records: pd.DataFrame, view: str, reference: str, label: str) -> list[dict]:
+    """For each attack: the paired interval of ``ASR(view) − KEEPS_SHARE × ASR(reference)`` on the same patches and
+    images, and the verdict on "the patches keep at least that share of their success" (Tables 1 and 11)."""
+    from triqdef.eval.intervals import claim_evidence, difference
+    from triqdef.eval.transfer import N_BOOT, select_outcomes
+
+    out = []
+    for attack in records["attack"].unique():
+        d = difference(select_outcomes(records, "asr", attack=attack, view=view),
+                       select_outcomes(records, "asr", attack=attack, view=reference), N_BOOT, inp.cfg.base.seed,
+                       scale=KEEPS_SHARE)
+        out.append(claim_evidence(f"{attack.upper()} ASR {label} − {KEEPS_SHARE:g} × {reference} (points)", d, "higher"))
+    return out
+
+
+def level_claims(inp: Inputs, records: pd.DataFrame, level: float, statement: str, **where) -> dict:
+    """The rate of the records matching ``where`` with its 95 % interval, and the verdict on "above ``level``"."""
+    from triqdef.eval.intervals import bootstrap_rate, claim_evidence
+    from triqdef.eval.transfer import N_BOOT, select_outcomes
+
+    rate = bootstrap_rate(select_outcomes(records, "asr", **where), N_BOOT, inp.cfg.base.seed)
+    return claim_evidence(statement, rate, "higher", level)
+
+
 def table1_views(inp: Inputs) -> dict:
     """The FP model itself (white-box) and standard QAT at each of its bit-widths."""
     views = {S.FP_WHITEBOX_VIEW: (inp.fp, None)}
@@ -155,7 +186,7 @@ def table1_transfer(inp: Inputs, regime: str = "paper") -> tuple[pd.DataFrame, p
     Returns the ASR table and the records."""
     from triqdef.attacks.patchsets import regime_set, select
     from triqdef.eval.transfer import pivot_rates, transfer_records, view_predictions
-    from triqdef.reporting.tables import save_table
+    from triqdef.reporting.tables import caption_with_claims, save_table
     from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
 
     names = ["table1_transfer_asr", "table1_transfer_fooling", "table1_transfer_asr_common"]
@@ -166,14 +197,17 @@ def table1_transfer(inp: Inputs, regime: str = "paper") -> tuple[pd.DataFrame, p
     seen = select(inp.patches, regime_set("seen", regime))
     records = transfer_records(seen, views, inp.test_x, inp.test_y, clean)
     order = list(views)
+    low = min(b for b in inp.qat_meta["bits"] if b != quant.FP_BITS)
+    claims = keeps_claims(inp, records, S.qat_view(low), S.FP_WHITEBOX_VIEW, f"on standard QAT at {low} bits")
     meta = dict(inp.meta, regime=regime, patches={"set": regime_set("seen", regime), "n": len(seen),
                                                   "size": regime_size(inp, regime), "steps": inp.patch_meta["params"]["steps"]})
     cap = (f"Targeted ASR (%) of {len(seen)} seen {regime_label(inp, regime)} patches made on the FP {inp.model_name}, "
            f"transferred to standard multi-bit QAT, {len(inp.test_y)} test images ({inp.splits.source['source']}), profile "
            f"`{inp.profile}`; 95% bootstrap intervals over images and patches. "
            "Paper Table 1 (ResNet-20, 6×6): LAVAN 87.2 / 83.7 / 77.3 / 74.2, GAP 84.7 / 59.6 / 58.5 / 50.3 at 32 / 8 / 4 / 2 bits.")
+    cap = caption_with_claims(cap, claims)
     t1 = pivot_rates(records, "asr", column_order=order)
-    save_table(t1, regime_table(names[0], regime), meta, caption=cap)
+    save_table(t1, regime_table(names[0], regime), dict(meta, claims=claims), caption=cap)
     save_table(pivot_rates(records, "fooling", column_order=order), regime_table(names[1], regime), meta,
                caption="Untargeted fooling rate (%) of the same patches and views as Table 1.")
     common = pivot_rates(records, "asr_common", column_order=order)  # empty columns when no image is correct in every view
@@ -361,7 +395,7 @@ def table9_ptq_transfer(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     same factor) on the FP model and its PTQ versions."""
     from triqdef.attacks.patchsets import regime_set, select
     from triqdef.eval.transfer import pivot_rates, transfer_records
-    from triqdef.reporting.tables import save_table
+    from triqdef.reporting.tables import caption_with_claims, save_table
     from triqdef.stages.regimes import regime_size, regime_table, save_absent_regime
 
     if regime_size(inp, regime) is None:
@@ -371,11 +405,15 @@ def table9_ptq_transfer(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     sized = [p for s in TABLE9_SETS for p in select(inp.patches, regime_set(s, regime), "lavan")]
     records = transfer_records(sized, views, inp.test_x, inp.test_y)
     t9 = pivot_rates(records, "asr", index=(S.SIZE,), column_order=list(views))
+    low = min(b for b in inp.cfg.quant.bits if b != quant.FP_BITS)
+    claims = [level_claims(inp, records, TABLE9_LEVEL, f"LAVAN {s}×{s} ASR on PTQ {low}-bit (%)", size=s, view=S.ptq_view(low))
+              for s in sorted(records["size"].unique())]
     save_table(t9, regime_table("table9_ptq_transfer_cifar", regime),
-               dict(inp.meta, regime=regime, analogue_of="paper Table 9 (ImageNet ResNets)"),
-               caption=("CIFAR analogue of paper Table 9 (which is ImageNet): targeted ASR (%) of FP-made LAVAN patches "
-                        f"by size on the PTQ ResNet-20 ({regime} regime; sizes scaled by the same factor and clamped to the "
-                        "largest patch that fits); 95% bootstrap intervals."))
+               dict(inp.meta, regime=regime, analogue_of="paper Table 9 (ImageNet ResNets)", claims=claims),
+               caption=caption_with_claims("CIFAR analogue of paper Table 9 (which is ImageNet): targeted ASR (%) of FP-made "
+                                           f"LAVAN patches by size on the PTQ ResNet-20 ({regime} regime; sizes scaled by the "
+                                           "same factor and clamped to the largest patch that fits); 95% bootstrap "
+                                           "intervals.", claims))
     return t9
 
 
@@ -383,7 +421,7 @@ def table11_dynamic_quantization(inp: Inputs) -> pd.DataFrame:
     """Table 11: the seen patches on the FP model and on its dynamically quantized 8-bit version."""
     from triqdef.attacks.patchsets import select
     from triqdef.eval.transfer import pivot_rates, transfer_records
-    from triqdef.reporting.tables import save_table
+    from triqdef.reporting.tables import caption_with_claims, save_table
     from triqdef.stages import common
 
     q = inp.cfg.quant
@@ -392,8 +430,10 @@ def table11_dynamic_quantization(inp: Inputs) -> pd.DataFrame:
     views = {S.FP32_VIEW: (inp.fp, None), S.DYNAMIC_8BIT_VIEW: (dyn, 8)}
     records = transfer_records(select(inp.patches, "seen"), views, inp.test_x, inp.test_y)
     t11 = pivot_rates(records, "asr", column_order=list(views))
-    save_table(t11, "table11_dynamic_quantization", inp.meta,
-               caption="Targeted ASR (%) of the seen 6×6 patches on the FP model and its dynamically quantized 8-bit version.")
+    claims = keeps_claims(inp, records, S.DYNAMIC_8BIT_VIEW, S.FP32_VIEW, "on the dynamic 8-bit model")
+    save_table(t11, "table11_dynamic_quantization", dict(inp.meta, claims=claims),
+               caption=caption_with_claims("Targeted ASR (%) of the seen 6×6 patches on the FP model and its "
+                                           "dynamically quantized 8-bit version.", claims))
     return t11
 
 
@@ -405,7 +445,7 @@ def table8_cross_architecture(inp: Inputs, regime: str = "paper") -> pd.DataFram
     patches on the main model, and on its own FP model (white-box reference), in ``regime``."""
     from triqdef.attacks.patchsets import regime_set, select
     from triqdef.eval.accuracy import accuracy
-    from triqdef.reporting.tables import save_table
+    from triqdef.reporting.tables import caption_with_claims, save_table
     from triqdef.stages import cross_arch
     from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
 
@@ -423,7 +463,10 @@ def table8_cross_architecture(inp: Inputs, regime: str = "paper") -> pd.DataFram
         {"source": second["name"], "patches": second["patches"], "target": second["name"] + S.WHITEBOX_TARGET_SUFFIX,
          "fp": second["fp"], "qat": None, "bits": []},
     ]
-    _, t8 = cross_arch.table8_records(directions, inp.test_x, inp.test_y)
+    records, t8 = cross_arch.table8_records(directions, inp.test_x, inp.test_y)
+    claims = [level_claims(inp, records, TABLE8_LEVEL, f"LAVAN {d['source']}→{d['target']} ASR at {min(d['bits'])} bits (%)",
+                           source=d["source"], target=d["target"], attack=S.LAVAN, view=f"{min(d['bits'])}-bit")
+              for d in directions if d["bits"] and any(p.attack == S.LAVAN for p in d["patches"])]
     images, labels = inp.splits.test.images, inp.splits.test.labels
     acc = {S.FP_VIEW: 100 * accuracy(second["fp"], images, labels)}  # every test image, as Table 4
     acc.update({S.bit_view(b): 100 * accuracy(second["qat"], images, labels, bits=b) for b in bits})
@@ -436,8 +479,9 @@ def table8_cross_architecture(inp: Inputs, regime: str = "paper") -> pd.DataFram
            + f" ({second['fp_meta']['steps']} FP steps, {second['qat_meta']['steps']} QAT steps). "
            "Paper Table 8 (200-epoch models): ResNet-20 → ResNet-56 84.2 / 79.6 / 77.7 / 75.2, "
            "ResNet-56 → ResNet-20 84.1 / 77.7 / 75.3 / 71.8 at 32 / 8 / 4 / 2 bits.")
+    cap = caption_with_claims(cap, claims)
     save_table(t8, regime_table("table8_cross_architecture", regime),
-               dict(inp.meta, regime=regime, second_model=second["name"], second_model_accuracy=acc,
+               dict(inp.meta, regime=regime, second_model=second["name"], second_model_accuracy=acc, claims=claims,
                     second_model_steps={"fp": second["fp_meta"]["steps"], "qat": second["qat_meta"]["steps"]}),
                caption=cap)
     return t8

@@ -140,3 +140,17 @@ def test_unseen_rise_needs_triqdef_marginal_everywhere_and_pbat_large_somewhere(
     claims = ([_claim(f"{b} TriQDef GAP unseen − seen ASR (points)", v) for b, v in zip(("4-bit", "2-bit"), tq)]
               + [_claim(f"{b} PBAT GAP unseen − seen ASR (points)", v) for b, v in zip(("4-bit", "2-bit"), pb)])
     assert _marginal_rise_verdict(claims) == verdict
+
+
+@pytest.mark.parametrize("direction,size,verdict", [("holds", "holds", "holds"), ("holds", "does not hold", "partly"),
+                                                    ("does not hold", "holds", "does not hold"),
+                                                    ("holds", "inconclusive at this sample size",
+                                                     "inconclusive at this sample size")])
+def test_a_reduction_claim_needs_its_direction_and_its_size(direction, size, verdict):
+    """'TriQDef lowers unseen ASR by over 40 %': the paired 'lower' intervals and the 'TriQDef − 0.6 × PBAT'
+    intervals, both in the matched regime when it exists."""
+    from triqdef.reporting.report import _direction_and_size
+
+    text, got = _direction_and_size("ours", {"matched": (direction, "m-dir"), "paper": ("holds", "p-dir")},
+                                    {"matched": (size, "m-size")})
+    assert got == verdict and text.startswith("ours. 95% CI: ") and "m-dir; m-size" in text and "p-dir" in text

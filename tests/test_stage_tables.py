@@ -306,7 +306,11 @@ def test_table5_claims_compare_different_patch_sets_on_the_same_images():
         parts.append(_records({"4-bit": [wb] * 3}, n_images=3000, attack=S.LAVAN, seed=3, model=model, patch_set="whitebox"))
     claims = training.table5_claims(inp, pd.concat(parts, ignore_index=True), ["4-bit"])
     by = {(c["topic"], c["statement"]): c for c in claims}
-    assert [c["topic"] for c in claims] == ["unseen_rise", "unseen_rise", "whitebox", "whitebox"]
+    assert [c["topic"] for c in claims] == ["unseen_rise", "unseen_rise", "whitebox", "whitebox", "seen_lowest_bits",
+                                            "seen_lowest_bits"]
+    # TriQDef 20 % vs PBAT 20 % and DWQ 30 % on the seen GAP patches: neither "20 % below PBAT" nor "50 % below DWQ"
+    lowest = [c for c in claims if c["topic"] == "seen_lowest_bits"]
+    assert [c["verdict"] for c in lowest] == [FAILS, FAILS] and "TriQDef − 0.8 × PBAT" in lowest[0]["statement"]
     rise = {k[1].split()[1]: c for k, c in by.items() if k[0] == "unseen_rise"}
     assert rise[S.TRIQDEF]["verdict"] == HOLDS and rise[S.TRIQDEF]["claim"] == "lower than 3"  # no rise: below 3
     assert rise[S.PBAT]["verdict"] == HOLDS and rise[S.PBAT]["n_patches"] == 8  # +30 points > 15
@@ -317,6 +321,11 @@ def test_table5_claims_compare_different_patch_sets_on_the_same_images():
         few.loc[(few["model"] == S.PBAT) & (few["patch_set"] == "seen"), "hits_asr"].values
     claims = training.table5_claims(inp, few, ["4-bit"])
     assert [c["verdict"] for c in claims if c["topic"] == "unseen_rise"] == [FAILS]
+    # LAVAN unseen patches on TriQDef at a third of PBAT's rate: "over 40 % lower" holds
+    unseen = pd.concat([_records({"4-bit": [r] * 4}, n_images=3000, seed=4, model=m, patch_set="unseen_bits2")
+                        for m, r in ((S.TRIQDEF, 0.1), (S.PBAT, 0.3))])
+    (red,) = [c for c in training.table5_claims(inp, unseen, ["4-bit"]) if c["topic"] == "unseen_reduction"]
+    assert red["verdict"] == HOLDS and red["n_patches"] == 4
 
 
 def test_report_reads_the_training_metrics_where_the_stage_writes_them(tmp_path, monkeypatch):

@@ -25,10 +25,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[notebooks,dev]'
 	@touch $@
 
-# after a run, `dvc push` copies the new outputs into dvc-store/: commit it with dvc.lock and results/
+# `dvc pull dvc.yaml`: the pipeline's outputs only (data.dvc is fetched, never pulled: pulling it would refuse to
+# overwrite the fetched copy). After a run, `dvc push` copies the new outputs into dvc-store/: commit it with dvc.lock and results/
 repro: env
 	@start=$$(date +%s); \
-	triqdef data fetch && dvc pull --allow-missing && dvc repro && dvc push && \
+	triqdef data fetch && dvc pull --allow-missing dvc.yaml && dvc repro && dvc push && \
 	echo "make repro: done in $$(( $$(date +%s) - start )) s; stage times in results/metrics/*.json"
 
 repro-from-scratch: env

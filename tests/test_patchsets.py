@@ -73,3 +73,31 @@ def test_the_second_size_is_read_from_the_attack_strength_record(tmp_path):
             second_size(path)
     with pytest.raises(TriqdefError, match="not found"):
         second_size(tmp_path / "missing.json")
+
+
+def _patch(set_name: str, target: int, attack: str = "lavan", size: int = 6):
+    import torch
+
+    from triqdef.attacks.patches import Patch
+
+    return Patch(torch.zeros(3, size, size), (0, 0), target, attack, "resnet20", None, {"set": set_name})
+
+
+def test_the_caption_note_counts_each_sets_targets_from_the_patches():
+    """Tables 2, 5 and 7 say how the targets spread, counted from the patch file, so a skewed file shows."""
+    from triqdef.eval.robustness import evaluation_sets_note, set_targets, target_coverage
+
+    even = [_patch("pool", c) for c in range(10)] + [_patch("seen", c) for c in range(10)]
+    even += [_patch(f"unseen_bits{4 if c < 5 else 2}", c) for c in range(10)]
+    note = target_coverage(even, {"pool": ["pool"], "seen": ["seen"], "unseen": ["unseen_bits4", "unseen_bits2"]})
+    assert note.startswith("Patch targets (counted from the patch file): every set covers the 10 classes evenly")
+    assert "pool: lavan 10 (each class 1×)" in note and "unseen: lavan 10 (each class 1×)" in note
+    skewed = even[:-1] + [_patch("unseen_bits2", 0)]
+    note = target_coverage(skewed, {"unseen": ["unseen_bits4", "unseen_bits2"]})
+    assert "NOT every set covers the classes evenly" in note and "0–2 per class (uneven)" in note
+    assert set_targets(even, {"made at 4 bits": "unseen_bits4"}) == "Sizes and targets per set: made at 4 bits (6×6): lavan 0, 1, 2, 3, 4."
+    independent = {"params": {"unseen_bits_source": "independent_qat"},
+                   "unseen_bits_source": "results/models/qat/resnet20_independent.pt"}
+    assert "trained with another seed (results/models/qat/resnet20_independent.pt)" in evaluation_sets_note(even, independent, "paper")
+    shared = {"params": {"unseen_bits_source": "shared_qat"}, "unseen_bits_source": "results/models/qat/resnet20.pt"}
+    assert "partly white-box" in evaluation_sets_note(even, shared, "paper")

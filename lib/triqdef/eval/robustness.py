@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from triqdef import quant
 from triqdef.attacks.patches import Patch
-from triqdef.attacks.patchsets import balanced_targets, optimiser
+from triqdef.attacks.patchsets import balanced_targets, optimiser, regime_set
 from triqdef.attacks.universal import PatchRequest, optimise_patches
 from triqdef.config import PatchParams
 from triqdef.eval.intervals import Outcomes
@@ -101,6 +101,66 @@ def set_group(set_name: str) -> str:
     return "unseen" if set_name in UNSEEN_SETS else set_name
 
 
+def target_coverage(patches: Sequence[Patch], groups: Mapping[str, Sequence[str]], num_classes: int = 10) -> str:
+    """A caption sentence on how each group's targets spread over the classes, counted from the patches
+    themselves (issue 12: the pool and every evaluation set must share one target distribution).
+
+    ``groups``: caption label -> the set names counted together (the unseen kinds form one group, as in
+    Table 5). Per attack, a group is "even" when every class is the target equally often.
+    """
+    parts, even = [], True
+    for label, names in groups.items():
+        chosen = [p for p in patches if p.info.get("set") in set(names)]
+        if not chosen:
+            continue
+        per_attack = []
+        for attack in sorted({p.attack for p in chosen}):
+            counts = np.bincount([p.target for p in chosen if p.attack == attack], minlength=num_classes)
+            lo, hi = int(counts.min()), int(counts.max())
+            even &= lo == hi
+            spread = f"each class {lo}×" if lo == hi else f"{lo}–{hi} per class (uneven)"
+            per_attack.append(f"{attack} {int(counts.sum())} ({spread})")
+        parts.append(f"{label}: {', '.join(per_attack)}")
+    head = (f"Patch targets (counted from the patch file): every set covers the {num_classes} classes evenly"
+            if even else "Patch targets (counted from the patch file): NOT every set covers the classes evenly")
+    return f"{head}; " + "; ".join(parts) + "."
+
+
+def set_targets(patches: Sequence[Patch], sets: Mapping[str, str]) -> str:
+    """Each named set's size and targets per attack, for captions of tables that show sets one by one
+    (``sets``: caption label -> set name): ``seen 8x8 (16×16): gap 0, 2; lavan 0, 4``."""
+    parts = []
+    for label, name in sets.items():
+        chosen = [p for p in patches if p.info.get("set") == name]
+        if not chosen:
+            continue
+        sizes = "/".join(f"{s}×{s}" for s in sorted({p.size for p in chosen}))
+        by_attack = "; ".join(f"{a} " + ", ".join(str(t) for t in sorted(p.target for p in chosen if p.attack == a))
+                              for a in sorted({p.attack for p in chosen}))
+        parts.append(f"{label} ({sizes}): {by_attack}")
+    return "Sizes and targets per set: " + " | ".join(parts) + "."
+
+
+def unseen_bits_source(patch_meta: Mapping) -> str:
+    """A caption sentence on which model the unseen-bit-width patches were made on (issue 12: a standard-QAT model
+    trained with another seed than the defenses' starting checkpoint, ``patches.unseen_bits_source``)."""
+    source = patch_meta.get("params", {}).get("unseen_bits_source")
+    path = patch_meta.get("unseen_bits_source", "?")
+    if source == "independent_qat":
+        return (f"The unseen-bit-width patches are made on a standard-QAT model trained with another seed ({path}), "
+                "not on the defenses' starting checkpoint.")
+    return (f"The unseen-bit-width patches are made on the defenses' own starting checkpoint ({path}): partly "
+            "white-box for every row.")
+
+
+def evaluation_sets_note(patches: Sequence[Patch], patch_meta: Mapping, regime: str) -> str:
+    """The caption note of Tables 2, 5 and 7 (issue 12): the pool's, the seen set's and the unseen kinds' targets
+    counted per attack (:func:`target_coverage`) and the unseen-bit-width patches' source model."""
+    groups = {"training pool": [regime_set("pool", regime)], "seen": [regime_set("seen", regime)],
+              "the five unseen kinds together": [regime_set(k, regime) for k in UNSEEN_SETS]}
+    return f"{target_coverage(patches, groups)} {unseen_bits_source(patch_meta)}"
+
+
 def asr_table(records: pd.DataFrame, by: str = "group", views: Sequence[str] | None = None, value: str = "asr") -> pd.DataFrame:
     """Paper-style Table 5: one row per (model, patch group or set), columns ``<attack> <view>``, each the mean
     over the patches of the rate with its 95 % interval (``<column> low`` / ``high``), with the mean number of
@@ -120,20 +180,11 @@ def asr_table(records: pd.DataFrame, by: str = "group", views: Sequence[str] | N
     return add_intervals(table, rec, value, keys, "attack view", [f"{a} {v}" for a, v in cols])
 
 
-def robust_outcomes(model: nn.Module, bits: int | None, patches: Sequence[Patch], images: torch.Tensor,
-                    labels: torch.Tensor) -> Outcomes:
-    """Per-image correctness with each patch pasted at its location: (patches, images) outcomes, every image
-    eligible (Table 13's "Adv", with its intervals)."""
-    from triqdef.attacks.patches import patched_predictions
-
-    correct = np.stack([(patched_predictions(model, images, p, bits) == labels).cpu().numpy() for p in patches]) \
-        if patches else np.zeros((0, len(labels)), dtype=bool)
+def robust_outcomes(records: pd.DataFrame) -> Outcomes:
+    """Per-image correctness with each patch pasted (Table 13's "Adv"), every image eligible, read from the
+    records of :func:`defense_records` (one row per patch, one view): a correct prediction is one that is not
+    fooled, so the patches are pasted once for both the ASR and the robust-accuracy rows."""
+    if records.empty:
+        return Outcomes(np.zeros((0, 0), dtype=bool), np.zeros((0, 0), dtype=bool))
+    correct = ~np.stack(list(records["hits_fooling"]))
     return Outcomes(correct, np.ones_like(correct))
-
-
-def robust_accuracy(model: nn.Module, bits: int | None, patches: Sequence[Patch], images: torch.Tensor,
-                    labels: torch.Tensor) -> float:
-    """Accuracy (%) on every image with the patch pasted at its location, mean over the patches (Table 13's "Adv")."""
-    if not patches:
-        return float("nan")
-    return 100 * robust_outcomes(model, bits, patches, images, labels).rate()

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from triqdef import paths
+from triqdef import paths, quant
 from triqdef.errors import TriqdefError
 from triqdef.reporting import schemas as S
 from triqdef.stages.common import NotebookInputs
@@ -58,6 +58,7 @@ class Inputs(NotebookInputs):
 
     models: dict[str, nn.Module]  # row label (schemas.DEFENSE_LABELS) -> model
     metas: dict[str, dict]
+    patch_meta: dict  # the patch file's metadata (regimes, the unseen-bit-width patches' source)
 
     @property
     def bits(self) -> list[int]:
@@ -89,9 +90,9 @@ def load(cfg) -> Inputs:
                             "checkpoints": {k: m.get("commit") for k, m in metas.items()},
                             "init": {k: m["init"] for k, m in metas.items()},
                             "steps": {k: m.get("steps") for k, m in metas.items()}})
-    patches, _ = load_patchset(paths.results_dir() / "patches" / "patches.pt")
+    patches, patch_meta = load_patchset(paths.results_dir() / "patches" / "patches.pt")
     return Inputs(cfg=cfg, splits=splits, models=models, metas=metas, patches=patches, test_x=test_x, test_y=test_y,
-                  meta=meta)
+                  meta=meta, patch_meta=patch_meta)
 
 
 # --------------------------------------------------------------------------- Table 4
@@ -168,7 +169,8 @@ def table5_asr(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
             "and patches. 'random' = random-precision inference (DWQ only). "
             "The PatchAttack columns stay empty: that attack is not implemented here yet. "
             "Paper Table 5 (ResNet-56, LAVAN 32/5/4/2): PBAT unseen 71.8 / 65.3 / 61.1 / 57.5, DWQ unseen 86.5 / 81.7 / 76.4 / 72.9, "
-            "TriQDef unseen 35.6 / 33.3 / 29.1 / 27.3.")
+            "TriQDef unseen 35.6 / 33.3 / 29.1 / 27.3. "
+            + robustness.evaluation_sets_note(inp.patches, inp.patch_meta, regime))
     meta = dict(inp.meta, regime=regime, patch_size=size, whitebox_steps=inp.cfg.robustness.whitebox_steps)
     claims = table5_claims(inp, rec_all, [S.bit_view(b) for b in sorted(eval_bits, reverse=True)])  # lowest last
     save_table(t5, regime_table("table5_asr", regime), dict(meta, claims=claims), caption=caption_with_claims(cap5, claims))
@@ -282,17 +284,28 @@ def table5_comparisons(inp: Inputs, records: pd.DataFrame, regime: str, meta: di
 # --------------------------------------------------------------------------- Table 2
 
 
+CLIP, CLIP_LABEL = "mse", "MSE clip"  # the second activation range estimator of Tables 2 and 9 (issue 12 item 6)
+
+
+def estimator_note(q, bits: int, what: str) -> str:
+    """Caption words on the activation range estimators of ``what``: the trained one, and the MSE clip's columns."""
+    trained = quant.estimator_for(q.activation_range, bits)
+    if trained == CLIP:
+        return f"{what} use the MSE clip"
+    return (f"{what} use min/max observers as trained; the '({CLIP_LABEL})' columns recalibrate observers and BN of the "
+            f"same weights with the MSE clip on the held-out images, so the estimator's own effect shows")
+
+
 def table2_qat_vs_pbat(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     """Table 2 in the project's terms: 8×8 / 10×10 FP-made patches and 6×6 patches made on standard QAT at 4 and
     2 bits (in the matched regime: every size scaled by the same factor), on standard QAT and PBAT at 32 bits,
     8 bits, and 8-bit PTQ of their 32-bit weights."""
-    from triqdef import quant
     from triqdef.attacks.patchsets import regime_set, select
-    from triqdef.eval import deploy
+    from triqdef.eval import deploy, robustness
     from triqdef.eval.transfer import asr_by_model_and_set
     from triqdef.reporting.tables import caption_with_claims, save_table
     from triqdef.stages import common
-    from triqdef.stages.regimes import regime_size, regime_table, save_absent_regime
+    from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
 
     if regime_size(inp, regime) is None:
         return save_absent_regime(inp, ["table2_qat_vs_pbat"], regime)
@@ -304,17 +317,26 @@ def table2_qat_vs_pbat(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
         ptq8 = quant.post_training_quantize(deploy.to_float_model(model, inp.model_name), [32, 8], calib, q.first_last_bits,
                                             q.activation_range)
         views[label] = {S.T2_32BIT: (model, 32), S.T2_8BIT: (model, 8), S.T2_PTQ8: (ptq8, 8)}
+        if quant.estimator_for(q.activation_range, 8) != CLIP:  # issue 12 item 6: the MSE clip's columns beside
+            views[label].update({f"{S.T2_8BIT} ({CLIP_LABEL})": (quant.with_range_estimator(model, CLIP, calib), 8),
+                                 f"{S.T2_PTQ8} ({CLIP_LABEL})": (quant.with_range_estimator(ptq8, CLIP, calib), 8)})
     sets = {label: select(inp.patches, regime_set(name, regime)) for label, name in S.T2_PATCH_SETS.items()}
     records, t2 = asr_by_model_and_set(views, sets, inp.test_x, inp.test_y)
     where = {"model": S.PBAT, "view": S.T2_8BIT}
     claims = [set_difference_claim(records, dict(where, patch_set=S.T2_UNSEEN_2BIT), dict(where, patch_set=S.T2_SEEN_10),
                                    f"PBAT {S.T2_8BIT}: '{S.T2_UNSEEN_2BIT}' − '{S.T2_SEEN_10}' ASR (points)", "higher",
                                    TABLE2_RISE, inp.cfg.base.seed, "table2")]
+    s8, s10, s4bit, s2bit = (select(inp.patches, regime_set(name, regime))[0].size for name in S.T2_PATCH_SETS.values())
+    cap2 = (f"Targeted ASR (%) in the project's terms of paper Table 2 ({regime_label(inp, regime)} regime): "
+            f"{s8}×{s8} / {s10}×{s10} FP-made patches (the "
+            f"paper's 'seen' 8×8 / 10×10, scaled as docs/design.md#attack-regime; capped at the largest size that fits) and "
+            f"{s4bit}×{s4bit} / {s2bit}×{s2bit} patches made on a standard-QAT model at 4 / 2 bits, on "
+            f"standard QAT and PBAT at 32 bits, 8 bits, and 8-bit PTQ of their 32-bit weights ({estimator_note(q, 8, 'the 8-bit views')}); "
+            f"{inp.n_eval} test images. "
+            f"{robustness.evaluation_sets_note(inp.patches, inp.patch_meta, regime)} "
+            f"{robustness.set_targets(inp.patches, {k: regime_set(v, regime) for k, v in S.T2_PATCH_SETS.items()})}")
     save_table(t2, regime_table("table2_qat_vs_pbat", regime), dict(inp.meta, regime=regime, claims=claims),
-               caption=caption_with_claims("Targeted ASR (%) in the project's terms of paper Table 2: 8×8 / 10×10 FP-made "
-                                           "patches (the paper's 'seen' sizes) and 6×6 patches made on the standard-QAT model "
-                                           "at 4 and 2 bits, on standard QAT and PBAT at 32 bits, 8 bits, and 8-bit PTQ of "
-                                           f"their 32-bit weights; {inp.n_eval} test images.", claims))
+               caption=caption_with_claims(cap2, claims))
     return t2
 
 

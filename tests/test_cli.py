@@ -205,3 +205,14 @@ def test_pipeline_processes_start_with_the_tuned_allocator():
     off = dict(env, TRIQDEF_MALLOC="default")
     out = subprocess.run([sys.executable, "-c", reexec], env=off, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "not re-executed"
+
+
+def test_bench_models_use_the_range_estimator_given():
+    """The bench times models with the profile's activation range estimators (issue 13), not the MSE clip everywhere."""
+    from triqdef import quant
+    from triqdef.eval.bench import _bench_models
+
+    x = torch.rand(4, 3, 32, 32)
+    models = _bench_models("resnet20", (32, 8, 2), x, 0, ["a"], "cpu", {8: "max", 2: "mse"})
+    by_bits = {q.bits: q.range_estimator for q in quant.activation_quantizers(models["a"])}
+    assert by_bits == {8: "max", 2: "mse"}

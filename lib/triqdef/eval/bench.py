@@ -148,11 +148,11 @@ def compare_steps(runners: dict, steps: int, warmup: int, peak_runs: int = 1, de
     return out
 
 
-def _bench_models(model_name, bit_set, x, seed, names, dev):
+def _bench_models(model_name, bit_set, x, seed, names, dev, range_estimator="max"):
     models = {}
     for k in names:
         torch.manual_seed(seed)
-        m = quant.quantize_model(build_model(model_name), list(bit_set), range_estimator="mse").to(dev)
+        m = quant.quantize_model(build_model(model_name), list(bit_set), range_estimator=range_estimator).to(dev)
         for b in bit_set:
             if b != quant.FP_BITS:
                 quant.calibrate(m, [x], b)
@@ -175,7 +175,8 @@ def _runner(model, opt, step_fn, x, y, bits, records: list | None = None):
 
 def train_step_benchmark(settings, model_name: str = "resnet20", bits=(32, 8, 4, 2), batch_size: int = 64,
                          steps: int = 10, warmup: int = 2, seed: int = 0, pool_size: int = 10, patch_size: int = 6,
-                         device: str = "auto", extra_steps: dict | None = None) -> dict:
+                         device: str = "auto", extra_steps: dict | None = None,
+                         range_estimator: str | dict = "max") -> dict:
     """Time a TriQDef step (``settings``: :class:`triqdef.defenses.steps.TriQDefSettings`, every bit-width of ``bits``
     active: BACT's last stage) against a vanilla multi-bit QAT step (cross-entropy only) on the same batch,
     alternating, in one process.
@@ -185,7 +186,8 @@ def train_step_benchmark(settings, model_name: str = "resnet20", bits=(32, 8, 4,
     is the peak of the bytes saved for backward, measured for each step type on
     its own (:class:`SavedTensorMeter`), plus ``torch.cuda.max_memory_allocated``
     on a GPU. ``extra_steps``: more step functions (name -> ``f(model, x, y, step)``)
-    timed in the same rotation (Table 17's DWQ and PBAT).
+    timed in the same rotation (Table 17's DWQ and PBAT). ``range_estimator``: the activation range estimator
+    (``quant.activation_range``: one name or a mapping per bit-width), as the training runs it.
     """
     from triqdef.bact import Schedule
     from triqdef.defenses.steps import TriQDefStep
@@ -203,7 +205,7 @@ def train_step_benchmark(settings, model_name: str = "resnet20", bits=(32, 8, 4,
     x, y = x.to(dev, memory_format=MEMORY_FORMAT), y.to(dev)  # as the training loop feeds its batches
     step_fns = {"triqdef": TriQDefStep(settings, Schedule.constant(bit_set, 10**9), pool, [x], seed), "qat": None}
     step_fns.update(extra_steps or {})
-    models = _bench_models(model_name, bit_set, x, seed, list(step_fns), dev)
+    models = _bench_models(model_name, bit_set, x, seed, list(step_fns), dev, range_estimator)
     tq_records: list[dict] = []
     runners = {k: _runner(models[k], torch.optim.SGD(models[k].parameters(), lr=1e-3, momentum=0.9), fn, x, y, list(bit_set),
                           tq_records if k == "triqdef" else None)

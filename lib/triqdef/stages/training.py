@@ -355,7 +355,8 @@ def table17_training_cost(inp: Inputs) -> tuple[pd.DataFrame, dict]:
     cfg = inp.cfg
     extra = {method: build_step(method, cfg, None, inp.splits, 1)[0] for method in ("dwq", "pbat")}
     tb = train_step_benchmark(triqdef_settings(cfg.triqdef, inp.model_name), inp.model_name, inp.bits, cfg.defenses.batch_size,
-                              steps=cfg.robustness.bench_steps, warmup=1, extra_steps=extra, device=cfg.base.device)
+                              steps=cfg.robustness.bench_steps, warmup=1, extra_steps=extra, device=cfg.base.device,
+                              range_estimator=cfg.quant.activation_range)
     t17 = cost_table(tb)
     save_table(t17, "table17_training_cost", dict(inp.meta, bench=tb), floatfmt={S.T17_TIME_RATIO: ".2f", S.T17_MEM_RATIO: ".2f"},
                caption=(f"Training cost per step on this machine ({tb['device']}, {tb['threads']} threads), {inp.model_name}, "

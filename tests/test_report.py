@@ -154,3 +154,25 @@ def test_a_reduction_claim_needs_its_direction_and_its_size(direction, size, ver
     text, got = _direction_and_size("ours", {"matched": (direction, "m-dir"), "paper": ("holds", "p-dir")},
                                     {"matched": (size, "m-size")})
     assert got == verdict and text.startswith("ours. 95% CI: ") and "m-dir; m-size" in text and "p-dir" in text
+
+
+def test_the_figures_beside_a_verdict_come_from_its_regime(tmp_path):
+    """The matched-size table, when there is one, gives the figures beside the verdict (it decides the verdict),
+    labelled with its size; without it, the paper's size, labelled so."""
+    import json
+
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "metrics").mkdir()
+    cols = {"32 (FP, white-box)": [80.0, 60.0], "8": [70.0, 50.0], "4": [64.0, 40.0], "2": [60.0, 30.0]}
+    pd.DataFrame(dict(attack=["lavan", "gap"], **cols)).to_csv(tmp_path / "tables" / "table1_transfer_asr.csv", index=False)
+    row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| §2, Table 1"))
+    assert "[paper's size] LAVAN 80.0 / 70.0 / 64.0 / 60.0 %" in row
+    cols = {"32 (FP, white-box)": [95.0, 90.0], "8": [91.0, 85.0], "4": [90.0, 80.0], "2": [20.0, 10.0]}
+    pd.DataFrame(dict(attack=["lavan", "gap"], **cols)).to_csv(tmp_path / "tables" / "table1_transfer_asr_matched.csv",
+                                                               index=False)
+    (tmp_path / "metrics" / "attack_strength.json").write_text(json.dumps({"matched_size": 12}))
+    row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| §2, Table 1"))
+    assert "[12×12, matched size] LAVAN 95.0 / 91.0 / 90.0 / 20.0 %" in row
+    pd.DataFrame({"note": ["no matched regime"]}).to_csv(tmp_path / "tables" / "table1_transfer_asr_matched.csv", index=False)
+    row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| §2, Table 1"))
+    assert "[paper's size] LAVAN 80.0" in row

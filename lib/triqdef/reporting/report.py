@@ -59,6 +59,16 @@ def _table(results: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+def _patch_table(results: Path, name: str) -> tuple[pd.DataFrame, str]:
+    """A patch table in the regime its verdict is read in: ``<name>_matched`` when the matched-size table exists
+    (docs/design.md#attack-regime), else ``<name>``; with the words that say which, to put before the figures."""
+    matched = results / "tables" / f"{name}_matched.csv"
+    if matched.is_file() and "note" not in pd.read_csv(matched, nrows=0).columns:
+        size = json.loads(p.read_text()).get("matched_size") if (p := results / "metrics" / "attack_strength.json").is_file() else None
+        return pd.read_csv(matched), (f"[{size}×{size}, matched size] " if size else "[matched size] ")
+    return _table(results, name), "[paper's size] "
+
+
 def _metrics(results: Path, name: str, folder: str = "metrics") -> dict:
     """A stage's headline numbers (``results/metrics/<name>.json``), or with ``folder="metadata"`` the
     details written beside them (:func:`triqdef.meta.write_metrics`)."""
@@ -76,12 +86,13 @@ def _fmt(values, digits: int = 1) -> str:
 
 
 def _table1(results):
-    t = _table(results, "table1_transfer_asr").set_index(S.ATTACK)
+    t, size = _patch_table(results, "table1_transfer_asr")
+    t = t.set_index(S.ATTACK)
     lav = t.loc[S.LAVAN]
     wb = S.FP_WHITEBOX_VIEW
     cols = [wb, S.qat_view(8), S.qat_view(4), S.qat_view(2)]
     kept = lav[S.qat_view(2)] / lav[wb] if lav[wb] > 0 else float("nan")
-    ours = f"LAVAN {_fmt(lav[c] for c in cols)} %, GAP {_fmt(t.loc[S.GAP][c] for c in cols)} % (32 FP white-box / 8 / 4 / 2)"
+    ours = f"{size}LAVAN {_fmt(lav[c] for c in cols)} %, GAP {_fmt(t.loc[S.GAP][c] for c in cols)} % (32 FP white-box / 8 / 4 / 2)"
     verdict = "holds" if lav[wb] >= 50 and kept >= 0.7 else (
         "partly" if kept >= 0.7 else "does not hold")
     return _decided(ours + f"; 2-bit keeps {100 * kept:.0f} % of the white-box LAVAN ASR",
@@ -110,19 +121,20 @@ def _figure2(results):
 
 
 def _table8(results):
-    t = _table(results, "table8_cross_architecture")
+    t, size = _patch_table(results, "table8_cross_architecture")
     lav = t[(t[S.ATTACK] == S.LAVAN) & ~t[S.TARGET].str.endswith(S.WHITEBOX_TARGET_SUFFIX)]
     cols = [S.bit_view(b) for b in (32, 8, 4, 2)]
     rows = [f"{r[S.SOURCE]}→{r[S.TARGET]}: {_fmt([r[c] for c in cols])}" for _, r in lav.iterrows()]
     two = lav[S.bit_view(2)]
-    return _decided("LAVAN " + "; ".join(rows) + " % (32 / 8 / 4 / 2)", _claims(results, "table8_cross_architecture"),
+    return _decided(size + "LAVAN " + "; ".join(rows) + " % (32 / 8 / 4 / 2)", _claims(results, "table8_cross_architecture"),
                     "holds" if two.min() > 70 else "does not hold" if two.max() < 35 else "partly")
 
 
 def _table9(results):
-    t = _table(results, "table9_ptq_transfer_cifar").set_index(S.SIZE)
+    t, size = _patch_table(results, "table9_ptq_transfer_cifar")
+    t = t.set_index(S.SIZE)
     ptq2 = S.ptq_view(2)
-    return _decided("CIFAR analogue, LAVAN on PTQ ResNet-20 at 2 bits: " + ", ".join(f"{s}px {t.loc[s, ptq2]:.1f} %" for s in t.index),
+    return _decided(size + "CIFAR analogue, LAVAN on PTQ ResNet-20 at 2 bits: " + ", ".join(f"{s}px {t.loc[s, ptq2]:.1f} %" for s in t.index),
                     _claims(results, "table9_ptq_transfer_cifar"), "holds" if t[ptq2].min() > 50 else "does not hold")
 
 
@@ -136,8 +148,11 @@ def _table11(results):
 
 
 def _t5(results):
-    t = _table(results, "table5_asr")
-    return t.set_index([S.MODEL, S.GROUP])
+    """Table 5 in its verdicts' regime, indexed by (model, group); the regime's words in ``attrs["size"]``."""
+    t, size = _patch_table(results, "table5_asr")
+    t = t.set_index([S.MODEL, S.GROUP])
+    t.attrs["size"] = size
+    return t
 
 
 def _lavan_bits(t: pd.DataFrame, attack: str = S.LAVAN) -> list[str]:
@@ -234,7 +249,7 @@ def _unseen_reduction(results):
     paired = _paired(results, "table5_comparisons", S.UNSEEN, {(S.TRIQDEF, S.PBAT), (S.TRIQDEF, S.DWQ)},
                      views=_lavan_bits(t))
     sized = _claims(results, "table5_asr", "unseen_reduction")
-    ours = "LAVAN unseen ASR " + "; ".join(parts)
+    ours = t.attrs["size"] + "LAVAN unseen ASR " + "; ".join(parts)
     if not paired:  # no comparisons saved (an older run): the point estimates
         verdict = "holds" if every and min(rels) > 40 else ("partly" if every else "does not hold")
         return ours + " (point estimates)", verdict
@@ -270,7 +285,7 @@ def _seen_2bit(results):
         rel_dw = 100 * (1 - tq / dw) if dw > 0 else float("nan")
         ok &= rel_pb > 20 and rel_dw > 50
         parts.append(f"{attack.upper()} TriQDef {tq:.1f} vs PBAT {pb:.1f} ({rel_pb:+.0f} % rel.) vs DWQ {dw:.1f} ({rel_dw:+.0f} % rel.)")
-    ours = "seen patches at 2 bits: " + "; ".join(parts)
+    ours = t.attrs["size"] + "seen patches at 2 bits: " + "; ".join(parts)
     paired = {}
     for attack in (S.LAVAN, S.GAP):
         for regime, (v, text) in _paired(results, "table5_comparisons", S.SEEN, {(S.TRIQDEF, S.PBAT), (S.TRIQDEF, S.DWQ)},
@@ -297,7 +312,7 @@ def _unseen_increase(results):
         pb_inc.append(pb)
         parts.append(f"{b}: TriQDef {tq:+.1f}, PBAT {pb:+.1f}")
     ok = max(tq_inc) <= 3 and max(pb_inc) > 15
-    return _decided("GAP unseen minus seen ASR (points) " + "; ".join(parts),
+    return _decided(t.attrs["size"] + "GAP unseen minus seen ASR (points) " + "; ".join(parts),
                     _claims(results, "table5_asr", "unseen_rise", _marginal_rise_verdict),
                     "holds" if ok else "partly" if max(tq_inc) < max(pb_inc) else "does not hold")
 
@@ -323,17 +338,18 @@ def _whitebox(results):
         parts.append(f"{b}: " + ", ".join(f"{m} {v:.1f}" for m, v in vals.items()))
     lowest = all(min(t.loc[(m, S.WHITEBOX), S.attack_column(S.LAVAN, b)] for m in (S.PBAT, S.DWQ))
                  > t.loc[(S.TRIQDEF, S.WHITEBOX), S.attack_column(S.LAVAN, b)] for b in _lavan_bits(t))
-    return _decided("white-box LAVAN ASR " + "; ".join(parts) + " (claim: TriQDef's is the lowest)",
+    return _decided(t.attrs["size"] + "white-box LAVAN ASR " + "; ".join(parts) + " (claim: TriQDef's is the lowest)",
                     _claims(results, "table5_asr", "whitebox"), "holds" if lowest else "does not hold")
 
 
 def _table2(results):
-    t = _table(results, "table2_qat_vs_pbat").set_index([S.MODEL, S.PATCH_SET])
+    t, size = _patch_table(results, "table2_qat_vs_pbat")
+    t = t.set_index([S.MODEL, S.PATCH_SET])
     col = S.T2_8BIT
     seen = t.loc[(S.PBAT, S.T2_SEEN_10), col]
     unseen = t.loc[(S.PBAT, S.T2_UNSEEN_2BIT), col]
     std = t.loc[(S.STANDARD_QAT, S.T2_UNSEEN_2BIT), col]
-    return _decided(f"PBAT 8-bit QAT: seen 10×10 {seen:.1f} %, unseen (made at 2 bits) {unseen:.1f} % ({unseen - seen:+.1f} "
+    return _decided(f"{size}PBAT 8-bit QAT: '{S.T2_SEEN_10}' {seen:.1f} %, unseen (made at 2 bits) {unseen:.1f} % ({unseen - seen:+.1f} "
                     f"points); standard QAT on the latter {std:.1f} %", _claims(results, "table2_qat_vs_pbat"),
                     "holds" if unseen - seen > 20 else "does not hold")
 
@@ -350,12 +366,12 @@ def _gradcam(results):
 
 
 def _table13(results):
-    t = _table(results, "table13_sensitivity")
+    t, size = _patch_table(results, "table13_sensitivity")
     adv = t[t[S.METRIC] == S.ADV].set_index(S.VARIANT)
     cols = [c for c in adv.columns if S.is_accuracy_column(c)]
     means = adv[cols].mean(axis=1)
     best = means.idxmax()
-    return _decided("mean robust accuracy under seen LAVAN: " + ", ".join(f"{v} {x:.1f}" for v, x in means.items()) + " %",
+    return _decided(size + "mean robust accuracy under seen LAVAN: " + ", ".join(f"{v} {x:.1f}" for v, x in means.items()) + " %",
                     _claims(results, "table13_sensitivity"), "holds" if best == "full" else "does not hold")
 def _clean_cost(results):
     t = _table(results, "table4_defenses_clean_accuracy").set_index(S.MODEL)
@@ -373,10 +389,11 @@ def _bench(results):
 
 
 def _table7(results):
-    t = _table(results, "table7_ablation").set_index([S.MODEL, S.GROUP])
+    t, size = _patch_table(results, "table7_ablation")
+    t = t.set_index([S.MODEL, S.GROUP])
     col = S.attack_columns(t.columns, S.LAVAN)
     rows = {k: t.loc[(k, S.UNSEEN), col].mean() for k in (S.NO_FDP, S.NO_GPDP, S.FULL) if (k, S.UNSEEN) in t.index}
-    ours = ", ".join(f"{k} {v:.1f}" for k, v in rows.items()) + " % (6×6 LAVAN unseen, mean over bit-widths)"
+    ours = size + ", ".join(f"{k} {v:.1f}" for k, v in rows.items()) + " % (LAVAN unseen, mean over bit-widths)"
     paired = _paired(results, "table7_comparisons", S.UNSEEN, {(S.FULL, S.NO_FDP), (S.FULL, S.NO_GPDP)})
     decided = _paired_decision(paired)
     if decided is None:
@@ -386,10 +403,11 @@ def _table7(results):
 
 
 def _table7_gpdp(results):
-    t = _table(results, "table7_ablation").set_index([S.MODEL, S.GROUP])
+    t, size = _patch_table(results, "table7_ablation")
+    t = t.set_index([S.MODEL, S.GROUP])
     col = S.attack_columns(t.columns, S.LAVAN)
     inc = {g: (t.loc[(S.NO_GPDP, g), col] - t.loc[(S.FULL, g), col]) for g in (S.SEEN, S.UNSEEN)}
-    ours = "; ".join(f"{g}: " + " / ".join(f"{v:+.1f}" for v in d) for g, d in inc.items()) + " points (w/o GPDP minus full)"
+    ours = size + "; ".join(f"{g}: " + " / ".join(f"{v:+.1f}" for v in d) for g, d in inc.items()) + " points (w/o GPDP minus full)"
     over_10 = min(d.min() for d in inc.values()) > 10
     paired = {}
     for group in (S.SEEN, S.UNSEEN):
@@ -409,14 +427,15 @@ SPEED_MARGIN = 5.0
 
 
 def _speed_settings(results):
-    t = _table(results, "table7_ablation").set_index([S.MODEL, S.GROUP])
+    t, size = _patch_table(results, "table7_ablation")
+    t = t.set_index([S.MODEL, S.GROUP])
     slow = S.FULL_SLOW
     col = S.attack_columns(t.columns, S.LAVAN)
     if (slow, S.UNSEEN) not in t.index:
         raise NotInProfile("variant `every_step_full_res` is not in this profile's `ablations.run` (time budget); "
                            "README \"Speed\" gives its effect measured in an earlier run")
     d = t.loc[(S.FULL, S.UNSEEN), col] - t.loc[(slow, S.UNSEEN), col]
-    ours = "unseen LAVAN ASR, speed settings on minus off: " + " / ".join(f"{v:+.1f}" for v in d) + " points"
+    ours = size + "unseen LAVAN ASR, speed settings on minus off: " + " / ".join(f"{v:+.1f}" for v in d) + " points"
     for regime, sel in _comparisons(results, "table7_comparisons", S.UNSEEN, {(S.FULL, slow)}):
         inside = bool(((sel["low"] >= -SPEED_MARGIN) & (sel["high"] <= SPEED_MARGIN)).all())
         differs = bool(((sel["low"] > 0) | (sel["high"] < 0)).any())
@@ -463,7 +482,7 @@ CLAIMS = [
           "0 ms extra", _deploy),
     Claim("§2, Table 2", "PBAT fails on unseen patch bit-widths: ASR rises by more than 20 % on 2-bit patches",
           "PBAT QAT 10×10 seen 56.8 % vs 10×10 unseen (2-bit) 78.3 %", _table2,
-          "Ours compares seen 10×10 FP-made patches with 6×6 patches made on standard QAT at 2 bits (docs/design.md#patch-sets)."),
+          "Ours compares seen 10×10 FP-made patches with 6×6 patches made on a standard-QAT model at 2 bits (in the matched regime both scaled by the same factor: the sizes are in the table caption; docs/design.md#patch-sets)."),
     Claim("§4.3, Table 5", "at 2 bits TriQDef lowers ASR by over 20 % against PBAT and over 50 % against DWQ",
           "seen LAVAN 2-bit: 26.2 vs PBAT 39.7 vs DWQ 76.4 %", _seen_2bit,
           "Read as relative; the paper's own Table 5 gives 34 % / 66 % relative (13.5 / 50.2 points)."),

@@ -63,10 +63,12 @@ def _patch_table(results: Path, name: str) -> tuple[pd.DataFrame, str]:
     """A patch table in the regime its verdict is read in: ``<name>_matched`` when the matched-size table exists
     (docs/design.md#attack-regime), else ``<name>``; with the words that say which, to put before the figures."""
     matched = results / "tables" / f"{name}_matched.csv"
-    if matched.is_file() and "note" not in pd.read_csv(matched, nrows=0).columns:
-        size = json.loads(p.read_text()).get("matched_size") if (p := results / "metrics" / "attack_strength.json").is_file() else None
-        return pd.read_csv(matched), (f"[{size}×{size}, matched size] " if size else "[matched size] ")
-    return _table(results, name), "[paper's size] "
+    table = pd.read_csv(matched) if matched.is_file() else None
+    if table is None or "note" in table.columns:  # no matched regime (its table only says so)
+        return _table(results, name), "[paper's size] "
+    strength = results / "metrics" / "attack_strength.json"
+    size = json.loads(strength.read_text()).get("matched_size") if strength.is_file() else None
+    return table, (f"[{size}×{size}, matched size] " if size else "[matched size] ")
 
 
 def _metrics(results: Path, name: str, folder: str = "metrics") -> dict:

@@ -207,6 +207,22 @@ def test_pipeline_processes_start_with_the_tuned_allocator():
     assert out.strip() == "not re-executed"
 
 
+def test_bench_train_step_defaults_to_what_the_profile_trains(tmp_path):
+    """Issue 13: the bench's defaults are the profile's training batch, bit-widths and range estimators, so that
+    its ratio is the one the pipeline pays (not a batch and bit set of its own)."""
+    p = params_with(tmp_path, **{"defenses.smoke.batch_size": 24, "quant.common.bits": [32, 8, 2],
+                                 "quant.common.activation_range": {8: "max", 2: "mse"}})
+    proc = run(["--params", p, "--profile", "smoke", "--quiet", "bench", "train-step", "--steps", "1", "--warmup", "0"],
+               tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["batch_size"] == 24 and out["bits"] == [32, 8, 2]
+    proc = run(["--params", p, "--profile", "smoke", "--quiet", "bench", "train-step", "--steps", "1", "--warmup", "0",
+                "--batch-size", "16", "--bits", "32", "2"], tmp_path)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["batch_size"] == 16 and out["bits"] == [32, 2]
+
+
 def test_bench_models_use_the_range_estimator_given():
     """The bench times models with the profile's activation range estimators (issue 13), not the MSE clip everywhere."""
     from triqdef import quant

@@ -167,8 +167,12 @@ def _cmd_bench_train_step(args, cfg) -> int:
                                 downsample=args.downsample,
                                 gpdp_joint=None if args.gpdp_joint is None else args.gpdp_joint == "yes")
     require_positive_int(args.repeat, "--repeat")
-    runs = [train_step_benchmark(settings, args.model, args.bits, args.batch_size, args.steps, args.warmup,
-                                 device=cfg.base.device) for _ in range(args.repeat)]
+    # defaults: what the profile's defenses train with (defenses.batch_size, quant.bits, quant.activation_range)
+    bits = args.bits or list(cfg.quant.bits)
+    batch_size = args.batch_size or cfg.defenses.batch_size
+    runs = [train_step_benchmark(settings, args.model, bits, batch_size, args.steps, args.warmup,
+                                 device=cfg.base.device, range_estimator=cfg.quant.activation_range)
+            for _ in range(args.repeat)]
     res = runs[0] if len(runs) == 1 else _repeated_train_step(runs)
     res["provenance"] = provenance(cfg)
     if args.out:
@@ -260,8 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bs = bsub.add_parser("train-step", help="ms and peak memory of a TriQDef training step vs a vanilla multi-bit QAT step")
     bs.add_argument("--model", default="resnet20")
-    bs.add_argument("--bits", type=int, nargs="+", default=[32, 8, 4, 2])
-    bs.add_argument("--batch-size", type=int, default=64)
+    bs.add_argument("--bits", type=int, nargs="+", default=None,
+                    help="active bit-widths (default: quant.bits of the profile, as the defenses train)")
+    bs.add_argument("--batch-size", type=int, default=None,
+                    help="batch size (default: defenses.batch_size of the profile, as the defenses train)")
     bs.add_argument("--steps", type=int, default=10)
     bs.add_argument("--warmup", type=int, default=2)
     bs.add_argument("--gpdp-sub-batch", type=int, default=None, help="override triqdef.gpdp_sub_batch")

@@ -313,6 +313,19 @@ class DWQParams:
 
 
 @dataclass(frozen=True, kw_only=True)
+class QADTRParams:
+    """QADT-R (the developers' notes, "Related systems"): DBWT + A-QAPA + GIR (:mod:`triqdef.defenses.qadt_r`)."""
+
+    rho: float = field(metadata=_check(ge=0, le=1))          # share of each batch that is patched
+    pool_share: float = field(metadata=_check(ge=0, le=1))   # of the patched share: pool patches; the rest on the fly
+    attack_steps: int = field(metadata=_check(ge=0))         # A-QAPA: signed steps of the on-the-fly patch
+    step_size: float = field(metadata=_check(gt=0))
+    lambda_gir: float = field(metadata=_check(ge=0))
+    sigma: float = field(metadata=_check(ge=0))              # GIR's gradient noise, in units of the gradient's rms
+    gir_sub_batch: int = field(metadata=_check(gt=0))
+
+
+@dataclass(frozen=True, kw_only=True)
 class AblationParams:
     """Tables 7 and 13: TriQDef variants (overrides of ``triqdef``) and the ones this profile trains."""
 
@@ -364,6 +377,7 @@ class Config:
     triqdef: TriQDefParams
     pbat: PBATParams
     dwq: DWQParams
+    qadt_r: QADTRParams
     ablations: AblationParams
     robustness: RobustnessParams
     motivation: MotivationParams

@@ -1,4 +1,4 @@
-"""Stage ``training`` (notebook ``02_training``): TriQDef against standard QAT, PBAT and DWQ.
+"""Stage ``training`` (notebook ``02_training``): TriQDef against standard QAT, PBAT, DWQ and QADT-R.
 
 Paper sections 3–4 and appendix D. From the four models of the ``defense``
 stages (every one a fine-tune of the same checkpoint, ``defenses.init``, for
@@ -36,12 +36,12 @@ from triqdef.reporting import schemas as S
 from triqdef.stages.common import NotebookInputs
 
 #: The params.yaml sections this stage reads.
-PARAMS = ("base", "data", "model", "quant", "robustness", "defenses", "triqdef", "pbat", "dwq", "patches")
+PARAMS = ("base", "data", "model", "quant", "robustness", "defenses", "triqdef", "pbat", "dwq", "qadt_r", "patches")
 
 #: Bit-width columns of Table 4.
 ACCURACY_COLUMNS = [32, 8, 5, 4, 2]
 #: Models whose white-box row Table 5 adds (LAVAN optimised on the model itself).
-WHITEBOX_MODELS = (S.PBAT, S.DWQ, S.TRIQDEF)
+WHITEBOX_MODELS = (S.PBAT, S.DWQ, S.QADT_R, S.TRIQDEF)
 #: Models of Table 2.
 TABLE2_MODELS = (S.STANDARD_QAT, S.PBAT)
 #: Bit-widths of Figure 3's Grad-CAM maps (32: the fp path).
@@ -54,7 +54,7 @@ WHITEBOX_IMAGES_SALT = 11
 
 @dataclass(kw_only=True)
 class Inputs(NotebookInputs):
-    """:class:`~triqdef.stages.common.NotebookInputs` and the four defended models with their checkpoints' metadata."""
+    """:class:`~triqdef.stages.common.NotebookInputs` and the defended models with their checkpoints' metadata."""
 
     models: dict[str, nn.Module]  # row label (schemas.DEFENSE_LABELS) -> model
     metas: dict[str, dict]
@@ -73,7 +73,7 @@ class Inputs(NotebookInputs):
 
 
 def load(cfg) -> Inputs:
-    """Data, the standard-QAT, PBAT, DWQ and TriQDef models of the ``defense`` stages, the patch sets."""
+    """Data, the standard-QAT, PBAT, DWQ, QADT-R and TriQDef models of the ``defense`` stages, the patch sets."""
     from triqdef.attacks.patchsets import load_patchset
     from triqdef.eval.accuracy import first_test_images
     from triqdef.meta import provenance
@@ -99,7 +99,7 @@ def load(cfg) -> Inputs:
 
 
 def table4_clean_accuracy(inp: Inputs) -> pd.DataFrame:
-    """Table 4: clean accuracy (%) of the four models per bit-width, on every test image."""
+    """Table 4: clean accuracy (%) of the defended models per bit-width, on every test image."""
     from triqdef.eval.accuracy import clean_accuracy_table
     from triqdef.reporting.tables import save_table
 
@@ -224,8 +224,9 @@ def reduction_claim(records: pd.DataFrame, where: dict, other: str, reduction: f
 def table5_claims(inp: Inputs, records: pd.DataFrame, views: list[str]) -> list[dict]:
     """The Table 5 claims beyond "TriQDef is lower" (``table5_comparisons``), each decided on a 95 % interval:
     topic ``unseen_rise`` (GAP unseen minus seen ASR, TriQDef below :data:`MARGINAL_RISE`, PBAT above
-    :data:`PBAT_RISE`; two patch sets on the same images), ``whitebox`` (each model's own white-box LAVAN patches:
-    TriQDef's ASR below PBAT's and DWQ's), ``unseen_reduction`` (:data:`UNSEEN_REDUCTION`, LAVAN, every view)
+    :data:`PBAT_RISE`; two patch sets on the same images), ``pbat_unseen`` (QADT-R's abstract: PBAT's unseen minus
+    seen ASR above 0, both attacks), ``whitebox`` (each model's own white-box LAVAN patches: TriQDef's ASR below
+    PBAT's, DWQ's and QADT-R's), ``unseen_reduction`` (:data:`UNSEEN_REDUCTION`, LAVAN, every view)
     and ``seen_lowest_bits`` (:data:`SEEN_LOWEST_BITS_REDUCTION`, both attacks, the lowest bit-width's view)."""
     from triqdef.eval.robustness import set_group
 
@@ -240,7 +241,13 @@ def table5_claims(inp: Inputs, records: pd.DataFrame, views: list[str]) -> list[
             out.append(set_difference_claim(grouped, dict(where, group=S.UNSEEN), dict(where, group=S.SEEN),
                                             f"{view} {model} GAP unseen − seen ASR (points)", claim, margin, seed,
                                             "unseen_rise"))
-        for other in (S.PBAT, S.DWQ):
+        for attack in (S.LAVAN, S.GAP):  # QADT-R's abstract: PBAT fails on unseen patches (rise above 0 points)
+            where = {"model": S.PBAT, "attack": attack, "view": view}
+            if {(S.PBAT, attack, view, g) for g in (S.SEEN, S.UNSEEN)} <= present:
+                out.append(set_difference_claim(grouped, dict(where, group=S.UNSEEN), dict(where, group=S.SEEN),
+                                                f"{view} {S.PBAT} {attack.upper()} unseen − seen ASR (points)", "higher",
+                                                0.0, seed, "pbat_unseen"))
+        for other in (S.PBAT, S.DWQ, S.QADT_R):
             where = {"group": S.WHITEBOX, "attack": S.LAVAN, "view": view}
             if not {(m, S.LAVAN, view, S.WHITEBOX) for m in (S.TRIQDEF, other)} <= present:
                 continue
@@ -259,14 +266,16 @@ def table5_claims(inp: Inputs, records: pd.DataFrame, views: list[str]) -> list[
     return out
 
 
-#: Table 5's paired comparisons: TriQDef against each other model ("TriQDef's ASR is lower").
-TABLE5_PAIRS = ((S.TRIQDEF, S.PBAT), (S.TRIQDEF, S.DWQ), (S.TRIQDEF, S.STANDARD_QAT))
+#: Table 5's paired comparisons, each on "the first model's ASR is lower": TriQDef against each other model, and
+#: QADT-R against the baselines it claims to beat (its summary: "up to 25 % lower than PBAT and DWQ").
+TABLE5_PAIRS = ((S.TRIQDEF, S.PBAT), (S.TRIQDEF, S.DWQ), (S.TRIQDEF, S.STANDARD_QAT), (S.TRIQDEF, S.QADT_R),
+                (S.QADT_R, S.PBAT), (S.QADT_R, S.DWQ))
 
 
 def table5_comparisons(inp: Inputs, records: pd.DataFrame, regime: str, meta: dict) -> pd.DataFrame:
-    """TriQDef's ASR minus each other model's, on the same seen and unseen patches and test images, with the 95 %
-    paired-bootstrap interval and the verdict on "TriQDef is lower" (table ``table5_comparisons``), the evidence
-    behind REPORT.md's Table 5 verdicts."""
+    """The first model's ASR minus the second's for each of :data:`TABLE5_PAIRS`, on the same seen and unseen patches
+    and test images, with the 95 % paired-bootstrap interval and the verdict on "the first is lower" (table
+    ``table5_comparisons``), the evidence behind REPORT.md's Table 5 and QADT-R verdicts."""
     from triqdef.eval import robustness
     from triqdef.eval.comparisons import paired_comparisons
     from triqdef.reporting.tables import save_table
@@ -275,9 +284,9 @@ def table5_comparisons(inp: Inputs, records: pd.DataFrame, regime: str, meta: di
     grouped = records.assign(**{S.GROUP: records["patch_set"].map(robustness.set_group)})
     comp = paired_comparisons(grouped, TABLE5_PAIRS, groups=(S.SEEN, S.UNSEEN), seed=inp.cfg.base.seed)
     save_table(comp, regime_table("table5_comparisons", regime), meta,
-               caption=(f"TriQDef's targeted ASR minus each other model's (points), {regime_label(inp, regime)} patches, "
+               caption=(f"Targeted ASR of the first model minus the second's (points), {regime_label(inp, regime)} patches, "
                         f"on the same patches and {inp.n_eval} test images: 95% paired-bootstrap interval (images and "
-                        "patches resampled together) and the verdict on 'TriQDef is lower'."))
+                        "patches resampled together) and the verdict on 'the first is lower'."))
     return comp
 
 
@@ -344,7 +353,7 @@ def table2_qat_vs_pbat(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
 
 
 def table17_training_cost(inp: Inputs) -> tuple[pd.DataFrame, dict]:
-    """Table 17: time and memory of a TriQDef, DWQ and PBAT training step against a multi-bit QAT step
+    """Table 17: time and memory of a TriQDef, DWQ, PBAT and QADT-R training step against a multi-bit QAT step
     (``robustness.bench_steps`` alternating steps, batch ``defenses.batch_size``). Returns the table and the
     benchmark record (:func:`triqdef.eval.bench.train_step_benchmark`)."""
     from triqdef.defenses.steps import triqdef_settings
@@ -353,7 +362,7 @@ def table17_training_cost(inp: Inputs) -> tuple[pd.DataFrame, dict]:
     from triqdef.stages.defense import build_step
 
     cfg = inp.cfg
-    extra = {method: build_step(method, cfg, None, inp.splits, 1)[0] for method in ("dwq", "pbat")}
+    extra = {method: build_step(method, cfg, None, inp.splits, 1)[0] for method in ("dwq", "pbat", "qadt_r")}
     tb = train_step_benchmark(triqdef_settings(cfg.triqdef, inp.model_name), inp.model_name, inp.bits, cfg.defenses.batch_size,
                               steps=cfg.robustness.bench_steps, warmup=1, extra_steps=extra, device=cfg.base.device,
                               range_estimator=cfg.quant.activation_range)

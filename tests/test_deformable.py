@@ -1,4 +1,5 @@
-"""DPR (triqdef.attacks.deformable): the mask's geometry, the area budget, the attack's reach, bad input."""
+"""DPR (triqdef.attacks.deformable, the optimiser's ``dpr`` recipe): the mask's geometry, the area budget, the
+attack's reach, batched against alone, bad input."""
 
 import math
 
@@ -6,8 +7,8 @@ import pytest
 import torch
 
 from helpers import tiny_trained
-from triqdef.attacks.deformable import (DeformableSettings, deformable_mask, optimise_deformable_patch,
-                                        project_to_budget)
+from triqdef.attacks.deformable import deformable_mask, project_to_budget
+from triqdef.attacks.universal import PatchRequest, optimise_patches, recipe
 from triqdef.attacks.patches import Patch, apply_patch
 from triqdef.attacks.success import targeted_asr
 from triqdef.errors import TriqdefError
@@ -47,15 +48,18 @@ def test_the_projection_meets_the_area_budget(budget):
     assert torch.equal(project_to_budget(torch.tensor([4.0, 4.0]), small, 8, 0.6)[1], small)
 
 
+DPR = dict(method="adam", steps=40, step_size=0.1, images_per_patch=32, area_budget=0.6)
+
+
 def test_a_dpr_patch_on_a_tiny_model_reaches_the_target_and_keeps_its_budget():
     """TinyNet classifies by the spatial max of its features: a shaped 6x6 patch at a fixed corner, covering at
     most 60 % of its box, must take most images to the target, where the same mask with random texture moves
     few (the test has teeth)."""
     model, x, labels = tiny_trained()
-    settings = DeformableSettings(steps=40, images_per_step=32, step_size=0.1, area_budget=0.6, border=0)
-    patch = optimise_deformable_patch(model, x, labels, 6, 2, seed=3, settings=settings, location=(0, 0),
-                                      fixed_location=True)
-    assert patch.mask is not None and patch.mask.mean() <= 0.6 + 1e-6 and patch.info["mask_area"] <= 0.6 + 1e-6
+    (patch,) = optimise_patches(model, x, labels, 6, [PatchRequest(2, seed=3, border=0, location=(0, 0),
+                                                                   fixed_location=True)], recipe("dpr", **DPR))
+    assert patch.attack == "dpr" and patch.mask is not None
+    assert patch.mask.mean() <= 0.6 + 1e-6 and patch.info["mask_area"] <= 0.6 + 1e-6
     noise = Patch(torch.rand(3, 6, 6, generator=torch.Generator().manual_seed(1)), (0, 0), 2, "dpr", "tiny", None,
                   {}, patch.mask)
     with torch.no_grad():
@@ -66,12 +70,24 @@ def test_a_dpr_patch_on_a_tiny_model_reaches_the_target_and_keeps_its_budget():
     assert torch.equal(restored.mask, patch.mask) and torch.equal(apply_patch(x, restored), apply_patch(x, patch))
 
 
+def test_dpr_patches_optimised_together_equal_each_optimised_alone():
+    """The one optimiser's promise holds for shaped patches: content, mask and location as a run of one."""
+    model, x, labels = tiny_trained()
+    opt = recipe("dpr", **dict(DPR, steps=5))
+    requests = [PatchRequest(1, seed=5, border=0), PatchRequest(3, seed=6, border=0)]
+    together = optimise_patches(model, x, labels, 6, requests, opt)
+    for req, p in zip(requests, together):
+        (alone,) = optimise_patches(model, x, labels, 6, [req], opt)
+        assert torch.allclose(alone.content, p.content, atol=1e-5) and torch.allclose(alone.mask, p.mask, atol=1e-5)
+        assert alone.location == p.location and p.mask.mean() <= 0.6 + 1e-6
+
+
 @pytest.mark.parametrize("kwargs,needle", [({"area_budget": 0.0}, "area budget"), ({"area_budget": 1.5}, "area budget"),
                                            ({"sectors": 2}, "sectors"), ({"steps": 0}, "steps"),
-                                           ({"loss": "hinge"}, "loss")])
+                                           ({"loss": "hinge"}, "loss"), ({"shape_step_size": 0.0}, "shape_step_size")])
 def test_bad_settings_are_refused(kwargs, needle):
     with pytest.raises(TriqdefError, match=needle):
-        DeformableSettings(**{"steps": 1, "images_per_step": 1, **kwargs})
+        recipe("dpr", **{"steps": 1, "step_size": 0.1, "images_per_patch": 1, **kwargs})
 
 
 def test_a_square_patch_keeps_its_file_format():

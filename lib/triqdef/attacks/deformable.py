@@ -13,23 +13,17 @@ patched image is ``x ⊙ (1 − M) + P ⊙ M`` (:func:`triqdef.attacks.patches.p
 ``a ∈ (0, 1)`` bounds the mask's mean over the box: after every step the radii are scaled down (bisection on
 one factor) until ``mean(M) ≤ a`` (:func:`project_to_budget`).
 
-:func:`optimise_deformable_patch` is the attack: a universal targeted patch, texture and shape optimised
-with Adam on a loss of :mod:`triqdef.attacks.objectives` (LAVAN's ``logprob`` by default) at random
-locations inside the training region (expectation over location, as LAVAN), its random numbers from its
-own seed. It returns a :class:`~triqdef.attacks.patches.Patch` that carries its mask.
+The attack itself is the one patch optimiser's ``dpr`` recipe (:mod:`triqdef.attacks.universal`,
+``recipe("dpr", ...)``): universal targeted patches, texture and shape optimised together at random locations
+inside the training region (expectation over location, as LAVAN), K patches in one forward per step; each
+returned :class:`~triqdef.attacks.patches.Patch` carries its mask. This module is the shape's geometry.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-
 import torch
-import torch.nn as nn
 
-from triqdef import quant
-from triqdef.attacks.objectives import LOSSES, per_image_loss
-from triqdef.attacks.patches import Patch, paste, random_locations
 from triqdef.errors import TriqdefError
 
 
@@ -75,84 +69,3 @@ def project_to_budget(center: torch.Tensor, radii: torch.Tensor, size: int, budg
             else:
                 hi = mid
         return center, radii * lo
-
-
-@dataclass(frozen=True, kw_only=True)
-class DeformableSettings:
-    """One DPR run: ``steps`` Adam steps on ``images_per_step`` images each, texture learning rate ``step_size``,
-    shape learning rate ``shape_step_size`` (pixels), ``sectors`` radii, mask ``sharpness``, ``area_budget``."""
-
-    steps: int
-    images_per_step: int
-    step_size: float = 0.05
-    shape_step_size: float = 0.1
-    sectors: int = 8
-    sharpness: float = 4.0
-    area_budget: float = 0.6
-    loss: str = "logprob"
-    border: int = 4
-
-    def __post_init__(self) -> None:
-        check_area_budget(self.area_budget)
-        for name in ("steps", "images_per_step"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise TriqdefError(f"DPR {name}={value!r}: expected a positive integer")
-        if isinstance(self.sectors, bool) or not isinstance(self.sectors, int) or self.sectors < 3:
-            raise TriqdefError(f"DPR sectors={self.sectors!r}: expected an integer >= 3")
-        for name in ("step_size", "shape_step_size", "sharpness"):
-            if not getattr(self, name) > 0:
-                raise TriqdefError(f"DPR {name}={getattr(self, name)!r}: expected a positive number")
-        if self.loss not in LOSSES:
-            raise TriqdefError(f"DPR loss {self.loss!r}: expected one of {', '.join(LOSSES)}")
-
-
-def optimise_deformable_patch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, size: int, target: int,
-                              seed: int, settings: DeformableSettings, bits: int | None = None,
-                              location: tuple[int, int] | None = None, fixed_location: bool = False,
-                              source_model: str = "model") -> Patch:
-    """A universal targeted DPR patch of box ``size`` on ``model`` (eval mode, at ``bits``), from ``images``
-    (N, 3, H, W) floats in [0, 1]: texture and shape optimised jointly, the shape projected onto the area budget
-    after every step. ``location``: where the returned patch is evaluated (default: random inside the region,
-    from ``seed``); ``fixed_location``: optimise there only. The patch's ``info`` records the settings, the
-    final mask area and the shape."""
-    s = settings
-    image_size = images.shape[-1]
-    if not 0 < size <= image_size - 2 * s.border:
-        raise TriqdefError(f"DPR patch size {size}: expected 1..{image_size - 2 * s.border} for a {image_size}px image "
-                           f"with a {s.border}px border")
-    g = torch.Generator().manual_seed(int(seed))
-    texture = torch.rand(3, size, size, generator=g).requires_grad_(True)
-    center = torch.full((2,), size / 2).requires_grad_(True)
-    radii = torch.full((s.sectors,), size / 2 * math.sqrt(s.area_budget / math.pi) * 2).requires_grad_(True)
-    with torch.no_grad():  # start inside the budget
-        c0, r0 = project_to_budget(center, radii, size, s.area_budget, s.sharpness)
-        center.copy_(c0)
-        radii.copy_(r0)
-    opt = torch.optim.Adam([{"params": [texture], "lr": s.step_size},
-                            {"params": [center, radii], "lr": s.shape_step_size}])
-    if location is None:
-        location = tuple(int(v) for v in random_locations(1, size, g, image_size, s.border)[0])
-    targets = torch.full((s.images_per_step,), int(target), dtype=torch.long)
-    model.eval()
-    with quant.use_bitwidth(model, bits):
-        for _ in range(s.steps):
-            idx = torch.randint(0, images.shape[0], (s.images_per_step,), generator=g)
-            locs = (torch.tensor([location]).expand(s.images_per_step, 2) if fixed_location
-                    else random_locations(s.images_per_step, size, g, image_size, s.border))
-            mask = deformable_mask(center, radii, size, s.sharpness)
-            m = s.images_per_step
-            x = paste(images[idx], texture.expand(m, -1, -1, -1), locs, mask[None].expand(m, -1, -1, -1))
-            loss = per_image_loss(s.loss, model(x), labels[idx], targets).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                texture.clamp_(0, 1)
-                c, r = project_to_budget(center, radii, size, s.area_budget, s.sharpness)
-                center.copy_(c)
-                radii.copy_(r)
-    mask = deformable_mask(center.detach(), radii.detach(), size, s.sharpness)
-    info = {"attack": "dpr", **asdict(s), "seed": int(seed), "fixed_location": fixed_location,
-            "mask_area": float(mask.mean()), "center": center.detach().tolist(), "radii": radii.detach().tolist()}
-    return Patch(texture.detach().clone(), location, int(target), "dpr", source_model, bits, info, mask)

@@ -42,7 +42,7 @@ CIFAR_IMAGE_SIZE = 32  # every dataset of the project is CIFAR-10
 
 
 def _check(**rules: Any) -> dict:
-    """Field metadata: ``gt``/``ge``/``le`` bounds, checked by :func:`_convert`."""
+    """Field metadata: ``gt``/``ge``/``le``/``lt`` bounds, checked by :func:`_convert`."""
     return {"rules": rules}
 
 
@@ -352,6 +352,26 @@ class RobustnessParams:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AppendixParams:
+    """Notebook 04 (paper appendix C, section 4.4): Table 16 (DPR), Table 6 (preprocessing), Table 14, QADT-R."""
+
+    test_images: int = field(metadata=_check(gt=0))         # Tables 6 and 16: the first test images
+    dpr_per_set: int = field(metadata=_check(gt=0))         # DPR patches per set (seen, unseen 2-bit source)
+    dpr_steps: int = field(metadata=_check(gt=0))
+    dpr_method: Literal["sign", "adam"]                     # the texture's steps (the shape always takes Adam's)
+    dpr_step_size: float = field(metadata=_check(gt=0))
+    dpr_shape_step_size: float = field(metadata=_check(gt=0))
+    dpr_area_budget: float = field(metadata=_check(gt=0, lt=1))
+    dpr_sectors: int = field(metadata=_check(ge=3))
+    dpr_sharpness: float = field(metadata=_check(gt=0))
+    jedi_window: int = field(metadata=_check(gt=0))         # odd side of the local-entropy window (pixels)
+    jedi_bins: int = field(metadata=_check(gt=1))           # grey levels of the entropy histogram
+    jedi_threshold_std: float                               # mask: entropy above mean + this many std of the image
+    jedi_dilate: int = field(metadata=_check(ge=0))         # mask dilation (pixels)
+    jedi_inpaint_steps: int = field(metadata=_check(gt=0))  # diffusion inpainting iterations
+
+
+@dataclass(frozen=True, kw_only=True)
 class MotivationParams:
     """Notebook 01: ``n_align`` test images for Tables 3, 12 and Figure 2; ``test_images`` for the patch tables (None: all)."""
 
@@ -381,6 +401,7 @@ class Config:
     ablations: AblationParams
     robustness: RobustnessParams
     motivation: MotivationParams
+    appendix: AppendixParams
 
     def only(self, sections: typing.Iterable[str]) -> "StageConfig":
         """A view that refuses every section but ``sections`` (and ``base``): what a stage declares it reads."""
@@ -497,9 +518,9 @@ def _check_rules(value: Any, rules: dict, key: str) -> None:
     if value is None or not rules:
         return
     for rule, bound in rules.items():
-        ok = {"gt": value > bound, "ge": value >= bound, "le": value <= bound}[rule]
+        ok = {"gt": value > bound, "ge": value >= bound, "le": value <= bound, "lt": value < bound}[rule]
         if not ok:
-            want = {"gt": f"> {bound}", "ge": f">= {bound}", "le": f"<= {bound}"}[rule]
+            want = {"gt": f"> {bound}", "ge": f">= {bound}", "le": f"<= {bound}", "lt": f"< {bound}"}[rule]
             raise TriqdefError(f"parameter {key} = {value!r}: expected a number {want}")
 
 

@@ -2,7 +2,7 @@
 backbone, a step function for :func:`triqdef.training.loop.fit` beside PBAT, DWQ and TriQDef
 (:mod:`triqdef.defenses.steps`), from the same checkpoint for the same steps.
 
-Our reading of what the summary leaves open (the developers' notes, "Related systems"):
+Our reading of what the summary leaves open (docs/design.md#qadt-r):
 
 * **DBWT** (dynamic bit-width training): one bit-width per step, cycled through ``B`` in an order shuffled
   anew for every cycle (TriQDef instead trains every active bit-width each step).

@@ -100,7 +100,7 @@ def test_the_agent_finds_the_trigger_from_outputs_only_and_a_random_action_does_
     victim.seen = victim.forwards_with_grad = 0
     settings = PatchAttackSettings(**SMALL)
     patch = patch_attack(victim, x, labels, 4, TARGET, trigger_dictionary(), settings, seed=0, victim_name="trigger")
-    assert patch.attack == "patch_attack" and patch.source_model == "trigger" and patch.source_bits is None
+    assert patch.attack == "patchattack" and patch.source_model == "trigger" and patch.source_bits is None
     assert patch.info["texture_index"] == YELLOW and patch.location in GOOD_CORNERS
     assert asr(model, x, labels, patch) >= 0.95
     # the agent learnt, not only searched: its policy points at the trigger, and its rewards rose

@@ -135,6 +135,15 @@ def _cmd_train_cross_arch(args, cfg) -> int:
     return 0
 
 
+def _cmd_train_stq(args, cfg) -> int:
+    from triqdef.stages import stq_train
+
+    m = stq_train.run_stq_train(cfg.only(stq_train.PARAMS), progress=not args.quiet)
+    print(json.dumps({"runs": {r: {k: v[k] for k in ("test_accuracy", "memory_kb")} for r, v in m["runs"].items()},
+                      "stage_wall_time_s": m["stage_wall_time_s"]}))
+    return 0
+
+
 def _repeated_train_step(runs: list[dict]) -> dict:
     """Several ``bench train-step`` runs as one result: the ms are the means over every measured step of every run
     (so ``time_ratio`` is the ratio of those means), peak memory the largest; ``runs`` keeps each run's own figures."""
@@ -232,14 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quantize the first/last layer at b too ('yes'), or train both variants "
                         "(default: 'both' if train_qat.every_layer_variant, else 'no')")
     q.set_defaults(func=_cmd_train_qat)
-    de = tsub.add_parser("defense", help="a defense from the FP checkpoint: qat | pbat | dwq | triqdef (params: defenses, triqdef, pbat, dwq)")
-    de.add_argument("methods", nargs="+", metavar="METHOD", help="qat, pbat, dwq or triqdef")
+    de = tsub.add_parser("defense", help="a defense from the shared checkpoint: qat | pbat | dwq | triqdef | qadt_r (params: defenses, <method>)")
+    de.add_argument("methods", nargs="+", metavar="METHOD", help="qat, pbat, dwq, triqdef or qadt_r")
     de.add_argument("--variant", default=None, help="a TriQDef ablation of ablations.variants (e.g. no_fdp)")
     de.set_defaults(func=_cmd_train_defense)
     tsub.add_parser("ablations", help="the TriQDef variants of ablations.run (Tables 7 and 13)").set_defaults(
         func=_cmd_train_ablations)
     tsub.add_parser("cross-arch", help="Table 8's second architecture: FP, multi-bit QAT and its patches (params: cross_arch)"
                     ).set_defaults(func=_cmd_train_cross_arch)
+    tsub.add_parser("stq", help="notebook 05's tiny networks: FP, STQ, STQ-T1, STQ-T50 (teacher, student), STQ-JR "
+                    "(params: stq, train_fp)").set_defaults(func=_cmd_train_stq)
 
     pa = sub.add_parser("patches", help="adversarial patch sets (LAVAN, GAP)")
     pasub = pa.add_subparsers(dest="what", metavar="WHAT")

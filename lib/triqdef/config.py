@@ -326,6 +326,23 @@ class QADTRParams:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PatchAttackParams:
+    """Table 5's PatchAttack columns (docs/design.md#patchattack): black-box patches found by querying each defended
+    model at each bit-width, at the matched size; the rest of :class:`triqdef.attacks.patch_attack.PatchAttackSettings`
+    keeps its defaults."""
+
+    targets: int = field(metadata=_check(gt=0))              # patches (targets, balanced) per (model, bit-width)
+    attack_images: int = field(metadata=_check(gt=0))        # the attacker's training images
+    textures_per_class: int = field(metadata=_check(gt=0))
+    texture_steps: int = field(metadata=_check(gt=0))
+    iterations: int = field(metadata=_check(gt=0))
+    actions_per_iteration: int = field(metadata=_check(ge=2))
+    reward_images: int = field(metadata=_check(gt=0))
+    selection_images: int = field(metadata=_check(ge=0))
+    max_queries: int = field(metadata=_check(ge=0))
+
+
+@dataclass(frozen=True, kw_only=True)
 class AblationParams:
     """Tables 7 and 13: TriQDef variants (overrides of ``triqdef``) and the ones this profile trains."""
 
@@ -349,6 +366,39 @@ class RobustnessParams:
     bench_steps: int = field(metadata=_check(gt=0))
     latency_batch: int = field(metadata=_check(gt=0))
     latency_repeats: int = field(metadata=_check(gt=0))
+
+
+@dataclass(frozen=True, kw_only=True)
+class STQParams:
+    """Notebook 05 (docs/design.md#stq): the tiny grayscale network, stochastic ternary QAT, defensive distillation,
+    explicit Jacobian regularisation, and the ART attack suite against them and against our ResNet-20."""
+
+    widths: tuple[int, ...]
+    hidden: tuple[int, ...]
+    activation_bits: int = field(metadata=_check(gt=0))
+    edge_bits: int = field(metadata=_check(gt=0))
+    rounding: Literal["unbiased", "sigmoid", "deterministic"]
+    rounding_temperature: float = field(metadata=_check(gt=0))
+    distill_temperature: float = field(metadata=_check(gt=0))     # STQ-T50's T (STQ-T1: T = 1)
+    lambda_jr: float = field(metadata=_check(ge=0))
+    jr_projections: int = field(metadata=_check(gt=0))
+    train: dict[str, Any]                  # overrides of train_fp: the recipe of every STQ-notebook model
+    attacks: dict[str, dict[str, Any]]     # overrides of triqdef.eval.art_suite's settings, per attack
+    attack_images: dict[str, int]          # test images per attack (the first ones)
+    resnet_bits: tuple[int, ...]           # our standard-QAT ResNet-20 attacked at these bit-widths
+    jacobian_images: int = field(metadata=_check(gt=0))
+
+    def __post_init__(self) -> None:
+        from triqdef.eval.art_suite import ATTACKS
+
+        for key in ("attacks", "attack_images"):
+            for name in getattr(self, key):
+                if name not in ATTACKS:
+                    raise TriqdefError(f"parameter stq.{key} names attack {name!r}: expected one of {', '.join(ATTACKS)}")
+        for name in ATTACKS:
+            n = self.attack_images.get(name)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise TriqdefError(f"parameter stq.attack_images.{name} = {n!r}: expected a positive integer")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -398,10 +448,12 @@ class Config:
     pbat: PBATParams
     dwq: DWQParams
     qadt_r: QADTRParams
+    patch_attack: PatchAttackParams
     ablations: AblationParams
     robustness: RobustnessParams
     motivation: MotivationParams
     appendix: AppendixParams
+    stq: STQParams
 
     def only(self, sections: typing.Iterable[str]) -> "StageConfig":
         """A view that refuses every section but ``sections`` (and ``base``): what a stage declares it reads."""

@@ -63,7 +63,7 @@ from triqdef.attacks.patches import Patch, check_images, paste, region_locations
 from triqdef.attacks.universal import PatchRequest, optimise_patches, recipe
 from triqdef.errors import TriqdefError
 
-ATTACK_NAME = "patch_attack"
+ATTACK_NAME = "patchattack"  # the name Table 5's columns carry (reporting.schemas.PATCHATTACK)
 REWARDS = ("logprob", "prob")
 _TEXTURE_SALT, _SELECT_SALT = 7_919, 104_729
 
@@ -312,7 +312,7 @@ def patch_attack(victim: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     ``images`` (N, 3, H, W) in [0, 1] with true ``labels``: the attacker's images (those labelled ``target``
     are left out); ``dictionary``: textures of ``size`` pixels (:func:`build_texture_dictionary`), the agent
     choosing among class ``target``'s. Returns the chosen texture at the chosen corner as a :class:`Patch`
-    of attack ``"patch_attack"`` made on ``victim_name`` at ``victim_bits``; its ``info`` holds the queries
+    of attack ``"patchattack"`` made on ``victim_name`` at ``victim_bits``; its ``info`` holds the queries
     used, the iterations run, the policy's final entropy, the seed, the settings and the search's history.
     Never exceeds ``settings.max_queries`` and never errors on a spent budget: it stops and returns the best
     action found so far.

@@ -36,7 +36,8 @@ from triqdef.reporting import schemas as S
 from triqdef.stages.common import NotebookInputs
 
 #: The params.yaml sections this stage reads.
-PARAMS = ("base", "data", "model", "quant", "robustness", "defenses", "triqdef", "pbat", "dwq", "qadt_r", "patches")
+PARAMS = ("base", "data", "model", "quant", "robustness", "defenses", "triqdef", "pbat", "dwq", "qadt_r", "patches",
+          "patch_attack")
 
 #: Bit-width columns of Table 4.
 ACCURACY_COLUMNS = [32, 8, 5, 4, 2]
@@ -50,6 +51,10 @@ GRADCAM_BITS = [32, 5, 4, 2]
 GRADCAM_SHOWN, GRADCAM_IMAGES = 4, 64
 #: Salt of the generator that draws the white-box attacker's training images (with ``base.seed``).
 WHITEBOX_IMAGES_SALT = 11
+#: Salt of PatchAttack's attacker images and of its seeds (with ``base.seed``).
+PATCHATTACK_SALT = 13
+#: Group of Table 5's PatchAttack rows: patches found by querying each model itself (black-box).
+BLACKBOX = "blackbox"
 
 
 @dataclass(kw_only=True)
@@ -141,6 +146,43 @@ def whitebox_records(inp: Inputs, bits, size: int) -> list[pd.DataFrame]:
     return records
 
 
+def patchattack_records(inp: Inputs, bits, size: int) -> tuple[list[pd.DataFrame], dict]:
+    """Table 5's PatchAttack columns (Yang 2020; docs/design.md#patchattack): for each defended model and each of
+    ``bits``, ``patch_attack.targets`` targeted patches of ``size`` pixels found by querying that model at that
+    bit-width only (its texture dictionary made on our FP model), each evaluated on the same view (group
+    :data:`BLACKBOX`). Returns the records and the queries used per patch (mean, max, budget)."""
+    from triqdef.attacks.patch_attack import PatchAttackSettings, build_texture_dictionary, patch_attack
+    from triqdef.attacks.patchsets import balanced_targets
+    from triqdef.eval.transfer import transfer_records, view_predictions
+    from triqdef.stages import common
+    from triqdef.training.loop import model_from_checkpoint
+
+    pa, seed, train = inp.cfg.patch_attack, inp.cfg.base.seed, inp.splits.train
+    settings = PatchAttackSettings(textures_per_class=pa.textures_per_class, texture_steps=pa.texture_steps,
+                                   iterations=pa.iterations, actions_per_iteration=pa.actions_per_iteration,
+                                   reward_images=pa.reward_images, selection_images=pa.selection_images,
+                                   max_queries=pa.max_queries, border=inp.cfg.patches.border)
+    rng = np.random.default_rng([seed, PATCHATTACK_SALT])
+    idx = torch.from_numpy(rng.choice(len(train.labels), size=min(pa.attack_images, len(train.labels)), replace=False))
+    x, y = train.images[idx].float() / 255, train.labels[idx]
+    fp, _ = model_from_checkpoint(common.fp_checkpoint(inp.cfg), kind="fp", model_name=inp.model_name)
+    dictionary = build_texture_dictionary(fp.eval(), x, size, 10, settings, seed * 1_000 + PATCHATTACK_SALT,
+                                          source_model=f"{inp.model_name} FP")
+    targets = balanced_targets(pa.targets, seed * 1_000 + PATCHATTACK_SALT)
+    records, queries = [], []
+    for label, model in inp.models.items():
+        for b in bits:
+            view = {S.bit_view(b): (model, b)}
+            made = [patch_attack(model, x, y, size, t, dictionary, settings, seed * 100_003 + 80_000 + 97 * b + i,
+                                 victim_bits=b, victim_name=label) for i, t in enumerate(targets)]
+            queries += [p.info["queries"] for p in made]
+            clean = view_predictions(view, inp.test_x)
+            records.append(transfer_records(made, view, inp.test_x, inp.test_y, clean)
+                           .assign(model=label, patch_set=BLACKBOX))
+    return records, {"mean": float(np.mean(queries)), "max": int(max(queries)), "budget": pa.max_queries,
+                     "per_model_and_bits": pa.targets}
+
+
 def table5_asr(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     """Table 5: targeted ASR (%) of the seen, unseen (together) and white-box patches on the four models at
     ``robustness.bits``, DWQ's random-precision inference as column ``random``, each with its 95 % interval; also
@@ -159,19 +201,29 @@ def table5_asr(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     eval_bits = list(inp.cfg.robustness.bits)
     rec = robustness.defense_records(inp.models, sets, eval_bits, inp.test_x, inp.test_y, random_precision=[S.DWQ],
                                      rp_bits=inp.bits, seed=inp.cfg.base.seed)
-    rec_all = pd.concat([rec] + whitebox_records(inp, eval_bits, size), ignore_index=True)
+    from triqdef.attacks.patchsets import MATCHED
+
+    black, queries = patchattack_records(inp, eval_bits, size) if regime == MATCHED else ([], None)
+    rec_all = pd.concat([rec] + whitebox_records(inp, eval_bits, size) + black, ignore_index=True)
     views = [S.bit_view(b) for b in eval_bits] + [S.RANDOM_VIEW]
     t5 = robustness.asr_table(rec_all, S.GROUP, views)
-    t5 = t5.assign(**{S.attack_column(S.PATCHATTACK, v): float("nan") for v in views[:-1]})  # PatchAttack (Yang 2020): not implemented yet
+    if queries is None:  # PatchAttack runs at the matched size only (time budget): its columns stay empty here
+        t5 = t5.assign(**{S.attack_column(S.PATCHATTACK, v): float("nan") for v in views[:-1]})
+        pa_note = "The PatchAttack columns are in the matched-size table only (time budget). "
+    else:
+        pa_note = (f"PatchAttack (black-box, rows '{BLACKBOX}'): {inp.cfg.patch_attack.targets} targeted patches per "
+                   f"model and bit-width, each found by querying that view only (texture dictionary from our FP "
+                   f"model): {queries['mean']:.0f} queries per patch on average (at most {queries['max']}, budget "
+                   f"{queries['budget']}). ")
     cap5 = (f"Targeted ASR (%) of LAVAN / GAP {regime_label(inp, regime)} patches (seen: FP-made from the training "
             f"distribution; unseen: the five unseen sets together; whitebox: LAVAN optimised on each model over locations "
             f"and B = {inp.bits}), {inp.n_eval} test images, profile `{inp.profile}`; 95% bootstrap intervals over images "
-            "and patches. 'random' = random-precision inference (DWQ only). "
-            "The PatchAttack columns stay empty: that attack is not implemented here yet. "
+            "and patches. 'random' = random-precision inference (DWQ only). " + pa_note +
             "Paper Table 5 (ResNet-56, LAVAN 32/5/4/2): PBAT unseen 71.8 / 65.3 / 61.1 / 57.5, DWQ unseen 86.5 / 81.7 / 76.4 / 72.9, "
             "TriQDef unseen 35.6 / 33.3 / 29.1 / 27.3. "
             + robustness.evaluation_sets_note(inp.patches, inp.patch_meta, regime))
-    meta = dict(inp.meta, regime=regime, patch_size=size, whitebox_steps=inp.cfg.robustness.whitebox_steps)
+    meta = dict(inp.meta, regime=regime, patch_size=size, whitebox_steps=inp.cfg.robustness.whitebox_steps,
+                patchattack_queries=queries)
     claims = table5_claims(inp, rec_all, [S.bit_view(b) for b in sorted(eval_bits, reverse=True)])  # lowest last
     save_table(t5, regime_table("table5_asr", regime), dict(meta, claims=claims), caption=caption_with_claims(cap5, claims))
     save_table(robustness.asr_table(rec_all, S.PATCH_SET, views), regime_table("table5_asr_by_set", regime), meta,
@@ -254,6 +306,12 @@ def table5_claims(inp: Inputs, records: pd.DataFrame, views: list[str]) -> list[
             out.append(set_difference_claim(grouped, dict(where, model=S.TRIQDEF), dict(where, model=other),
                                             f"{view} white-box LAVAN ASR, TriQDef − {other} (points)", "lower", 0.0, seed,
                                             "whitebox"))
+        for other in (S.PBAT, S.DWQ):  # §4.3: TriQDef resists PatchAttack (each model queried itself: images paired)
+            where = {"group": BLACKBOX, "attack": S.PATCHATTACK, "view": view}
+            if {(m, S.PATCHATTACK, view, BLACKBOX) for m in (S.TRIQDEF, other)} <= present:
+                out.append(set_difference_claim(grouped, dict(where, model=S.TRIQDEF), dict(where, model=other),
+                                                f"{view} PatchAttack ASR, TriQDef − {other} (points)", "lower", 0.0,
+                                                seed, "patchattack"))
         for other, reduction in UNSEEN_REDUCTION.items():
             if {(m, S.LAVAN, view, S.UNSEEN) for m in (S.TRIQDEF, other)} <= present:
                 out.append(reduction_claim(grouped, {"view": view, "group": S.UNSEEN, "attack": S.LAVAN}, other, reduction,

@@ -232,3 +232,20 @@ def test_bench_models_use_the_range_estimator_given():
     models = _bench_models("resnet20", (32, 8, 2), x, 0, ["a"], "cpu", {8: "max", 2: "mse"})
     by_bits = {q.bits: q.range_estimator for q in quant.activation_quantizers(models["a"])}
     assert by_bits == {8: "max", 2: "mse"}
+
+
+@pytest.mark.parametrize("key,value,command,needle", [
+    ("stq.smoke.attacks", {"deepfool": {}}, ["train", "stq"], "attack 'deepfool'"),
+    ("stq.common.distill_temperature", 0, ["train", "stq"], "distill_temperature"),
+    ("stq.common.distill_temperature", -50, ["train", "stq"], "distill_temperature"),
+    ("appendix.common.dpr_area_budget", 1.5, ["report"], "dpr_area_budget"),
+    ("appendix.common.dpr_area_budget", 0.0, ["report"], "dpr_area_budget"),
+    ("patch_attack.smoke.max_queries", -1, ["report"], "max_queries"),
+    ("qadt_r.common.sigma", -0.1, ["train", "defense", "qadt_r"], "sigma"),
+])
+def test_issue14_parameters_refuse_bad_values_with_one_line(tmp_path, key, value, command, needle):
+    """An unknown ART attack, a DPR area budget outside (0, 1), a negative PatchAttack query budget, a distillation
+    temperature <= 0, a negative GIR noise: one 'triqdef: error:' line naming the parameter, before any work."""
+    p = params_with(tmp_path, **{key: value})
+    assert_one_line_error(run(["--params", p, "--profile", "smoke", *command], tmp_path), needle)
+    assert not (tmp_path / "out" / "results" / "models").exists()

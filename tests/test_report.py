@@ -188,3 +188,14 @@ def test_qadt_r_transfer_claim_is_decided_on_the_2bit_interval_against_70(tmp_pa
         .to_csv(tmp_path / "tables" / "table1_transfer_asr.csv", index=False)
     line = next(x for x in build_report(tmp_path).splitlines() if "over 70 % ASR at 2 bits" in x)
     assert f"LAVAN {(low + high) / 2:.1f} [{low:.1f}, {high:.1f}] % (n 500)" in line and f"**{verdict}**" in line
+
+
+def test_table13_with_the_default_setting_alone_is_not_measured(tmp_path):
+    """A profile that trains no sensitivity variant has nothing to rank: not a trivial 'holds'."""
+    from triqdef.reporting import schemas as S
+
+    (tmp_path / "tables").mkdir()
+    rows = [{S.VARIANT: "full", S.SETTING: "", S.METRIC: m, "32bit": 50.0, "2bit": 40.0} for m in S.T13_METRICS]
+    pd.DataFrame(rows).to_csv(tmp_path / "tables" / "table13_sensitivity.csv", index=False)
+    line = next(x for x in build_report(tmp_path).splitlines() if x.startswith("| App. C, Table 13"))
+    assert "**not measured**" in line and "no sensitivity variant" in line

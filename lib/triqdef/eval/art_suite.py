@@ -1,5 +1,5 @@
 """The six attacks STQ is evaluated with (Zakariyya et al. 2025, "Method Summary" of its summary), from the
-Adversarial Robustness Toolbox (ART, the optional ``reference`` extra): white-box FGSM, PGD and C&W,
+Adversarial Robustness Toolbox (ART, a core dependency): white-box FGSM, PGD and C&W,
 black-box (query-based) Square, Boundary and ZOO.
 
 Threat model: untargeted, ℓ∞ ball of radius ``eps = 8/255`` around the test image, pixels in [0, 1]. FGSM,
@@ -64,8 +64,8 @@ ATTACKS = WHITE_BOX + BLACK_BOX
 
 def _require_art() -> None:
     if importlib.util.find_spec("art") is None:
-        raise TriqdefError("the Adversarial Robustness Toolbox is not installed: expected `pip install -e "
-                           "'.[reference]'` (package adversarial-robustness-toolbox)")
+        raise TriqdefError("the Adversarial Robustness Toolbox is not installed: expected `pip install -e .` "
+                           "(package adversarial-robustness-toolbox, a core dependency)")
 
 
 # --------------------------------------------------------------------------- settings

@@ -394,11 +394,16 @@ def _gradcam(results):
 def _table13(results):
     t, size = _patch_table(results, "table13_sensitivity")
     adv = t[t[S.METRIC] == S.ADV].set_index(S.VARIANT)
+    if len(adv) < 2:  # the default alone: nothing to compare it with
+        raise NotInProfile("no sensitivity variant in this profile's `ablations.run` (time budget): Table 13 has the "
+                           "default setting only")
     cols = [c for c in adv.columns if S.is_accuracy_column(c)]
     means = adv[cols].mean(axis=1)
     best = means.idxmax()
     return _decided(size + "mean robust accuracy under seen LAVAN: " + ", ".join(f"{v} {x:.1f}" for v, x in means.items()) + " %",
                     _claims(results, "table13_sensitivity"), "holds" if best == "full" else "does not hold")
+
+
 def _clean_cost(results):
     t = _table(results, "table4_defenses_clean_accuracy").set_index(S.MODEL)
     cols = [c for c in t.columns if S.is_accuracy_column(c)]
@@ -614,7 +619,7 @@ def _stq_distillation(results):
 def _stq_jacobian(results):
     t = _table(results, "stq_jacobian").set_index(S.MODEL)
     claims = json.loads((results / "tables" / "stq_jacobian.json").read_text()).get("claims") or []
-    ours = "mean ||J||_F²: " + ", ".join(f"{m} {t.loc[m, 'jacobian_fro_sq']:.3g}" for m in t.index)
+    ours = "mean ‖J‖_F²: " + ", ".join(f"{m} {t.loc[m, 'jacobian_fro_sq']:.3g}" for m in t.index)
     if claims:  # not a rate: the interval is in the table's own units, not points
         c = claims[0]
         return (ours + f". 95% CI of STQ − FP: {c['value']:+.3g} [{c['low']:+.3g}, {c['high']:+.3g}] "

@@ -187,7 +187,7 @@ def jacobian_table(inp: Inputs) -> pd.DataFrame:
     d = per_image["STQ"] - per_image["FP (tiny)"]
     reps = d[draws].mean(1)
     lo, hi = float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5))
-    claim = {"statement": "mean ||J||_F², STQ − FP (paired over images)", "value": float(d.mean()), "low": lo,
+    claim = {"statement": "mean ‖J‖_F², STQ − FP (paired over images)", "value": float(d.mean()), "low": lo,
              "high": hi, "claim": "lower than 0", "n_images": len(x), "n_patches": 1, "n_boot": 2000,
              "verdict": HOLDS if hi < 0 else FAILS if lo > 0 else INCONCLUSIVE}
     table = pd.DataFrame(rows)

@@ -388,3 +388,43 @@ def test_steps_train_through_fit_and_resume_exactly(tmp_path):
     loaded, meta = stq_from_checkpoint(tmp_path / "b.pt")
     assert not loaded.training and meta["stq"] == resumed.config()
     assert all(torch.equal(v, b[k]) for k, v in loaded.state_dict().items())
+
+
+def test_scaling_by_temperature_keeps_the_gradient_at_the_t1_scale():
+    """T · CE(z / T, y) has the logit gradient softmax(z / T) − y (the plain loss's divided by T); the logged
+    loss stays the plain CE."""
+    import torch.nn.functional as F
+
+    from triqdef.stq.distillation import TemperatureStep
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 4)
+    x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 3, 0])
+    T = 50.0
+    plain, logits, rec = TemperatureStep(T).loss(model, x, y, 0)
+    scaled, _, rec_scaled = TemperatureStep(T, scale_by_T=True).loss(model, x, y, 0)
+    torch.testing.assert_close(scaled, plain * T)
+    assert rec["loss"] == pytest.approx(rec_scaled["loss"])
+    z = logits.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(T * F.cross_entropy(z / T, y), z)
+    torch.testing.assert_close(g, (F.softmax(z / T, 1) - F.one_hot(y, 4)) / len(y))
+
+
+def test_the_student_at_temperature_t_scaled_by_t_has_the_t1_gradient_scale():
+    """T · softCE(s, t; T): logit gradient softmax(s / T) − softmax(t / T) (over the batch); the log keeps the plain loss."""
+    import torch.nn.functional as F
+
+    from triqdef.stq.distillation import DistillationStep
+
+    torch.manual_seed(1)
+    teacher, student = torch.nn.Linear(6, 4), torch.nn.Linear(6, 4)
+    x, y, T = torch.randn(5, 6), torch.tensor([0, 1, 2, 3, 0]), 50.0
+    plain, logits, rec = DistillationStep(teacher, T).loss(student, x, y, 0)
+    scaled, _, rec_scaled = DistillationStep(teacher, T, scale_by_T=True).loss(student, x, y, 0)
+    torch.testing.assert_close(scaled, plain * T)
+    assert rec["loss"] == pytest.approx(rec_scaled["loss"])
+    z = logits.detach().requires_grad_(True)
+    with torch.no_grad():
+        t = teacher(x)
+    (g,) = torch.autograd.grad(T * -(F.softmax(t / T, 1) * F.log_softmax(z / T, 1)).sum(1).mean(), z)
+    torch.testing.assert_close(g, (F.softmax(z / T, 1) - F.softmax(t / T, 1)) / len(y))

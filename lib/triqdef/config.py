@@ -380,6 +380,7 @@ class STQParams:
     rounding: Literal["unbiased", "sigmoid", "deterministic"]
     rounding_temperature: float = field(metadata=_check(gt=0))
     distill_temperature: float = field(metadata=_check(gt=0))     # STQ-T50's T (STQ-T1: T = 1)
+    temperature_scaling: bool              # teacher's and student's losses x T (the T = 1 gradient scale)
     lambda_jr: float = field(metadata=_check(ge=0))
     jr_projections: int = field(metadata=_check(gt=0))
     train: dict[str, Any]                  # overrides of train_fp: the recipe of every STQ-notebook model

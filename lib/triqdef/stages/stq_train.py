@@ -67,14 +67,15 @@ def step_function(cfg: Config | StageConfig, run: str, teachers: dict):
     from triqdef.stq.jacobian import JacobianStep
 
     s, smooth = cfg.stq, train_params(cfg).label_smoothing
+    scaled = s.temperature_scaling  # teacher's and student's losses x T: gradients at the T = 1 scale
     if run in ("fp", "stq"):
         return TemperatureStep(1.0, smooth)
     if run == "stq_t1":
         return DistillationStep(teachers["stq"], 1.0)
     if run == "stq_t50_teacher":
-        return TemperatureStep(s.distill_temperature, smooth)
+        return TemperatureStep(s.distill_temperature, smooth, scale_by_T=scaled)
     if run == "stq_t50":
-        return DistillationStep(teachers["stq_t50_teacher"], s.distill_temperature)
+        return DistillationStep(teachers["stq_t50_teacher"], s.distill_temperature, scale_by_T=scaled)
     if run == "stq_jr":
         return JacobianStep(s.lambda_jr, s.jr_projections, cfg.base.seed, base=TemperatureStep(1.0, smooth))
     raise ValueError(run)

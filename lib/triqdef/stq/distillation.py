@@ -90,20 +90,24 @@ class DistillationLoss(nn.Module):
 class TemperatureStep:
     """Train on the hard labels at temperature T: ``CE(z / T, y)`` (the teacher; T = 1 is plain training).
 
+    ``scale_by_T``: the loss that is back-propagated is ``T · CE(z / T, y)``, whose gradient in the logits,
+    ``softmax(z / T) − y``, keeps the T = 1 scale (the plain loss's is T times smaller: at T = 50 and a few
+    hundred steps the teacher does not learn; README "Deviations"). The logged ``loss`` is the unscaled CE.
     ``log`` keys: ``loss``, ``acc`` (training-batch accuracy of the argmax, the same at any T).
     """
 
-    def __init__(self, T: float = 1.0, label_smoothing: float = 0.0):
+    def __init__(self, T: float = 1.0, label_smoothing: float = 0.0, scale_by_T: bool = False):
         self.T = check_temperature(T)
         if not 0 <= label_smoothing < 1:
             raise TriqdefError(f"label_smoothing={label_smoothing!r}: expected a number in [0, 1)")
-        self.label_smoothing = label_smoothing
+        self.label_smoothing, self.scale_by_T = label_smoothing, bool(scale_by_T)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int):
-        """``(loss, logits, record)`` of one batch, without ``backward``."""
+        """``(loss, logits, record)`` of one batch, without ``backward`` (``loss`` scaled by T when asked)."""
         logits = model(x)
         loss = F.cross_entropy(logits / self.T, y, label_smoothing=self.label_smoothing)
-        return loss, logits, {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
+        record = {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
+        return (loss * self.T if self.scale_by_T else loss), logits, record
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, float]:
         loss, _, record = self.loss(model, x, y, step)
@@ -117,10 +121,17 @@ class DistillationStep:
     The teacher runs in eval mode without a graph (its BN statistics and quantizers do not change; its own
     mode is restored after each step); it is moved to the batch's device once. ``log`` keys: ``loss``,
     ``acc`` (student against the hard labels), ``agreement`` (student's argmax equals the teacher's).
+
+    ``scale_by_T``: back-propagate ``T ·`` the soft loss. Its logit gradient is then ``softmax(s / T) −
+    softmax(t / T)``, the T = 1 scale, for a teacher trained at the same T (defensive distillation), whose soft
+    labels at T are as confident as a T = 1 model's. (Hinton's T² suits a teacher trained at T = 1, whose soft
+    labels at a high T are near uniform; here it multiplies the gradient by T and the student diverges: at T = 50
+    it stayed at 10 % after 300 steps, measured.) The logged ``loss`` is the unscaled one.
     """
 
-    def __init__(self, teacher: nn.Module, T: float, t_squared: bool = False):
+    def __init__(self, teacher: nn.Module, T: float, t_squared: bool = False, scale_by_T: bool = False):
         self.teacher, self.T, self.t_squared = teacher, check_temperature(T), bool(t_squared)
+        self.scale_by_T = bool(scale_by_T)
 
     @torch.no_grad()
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,7 +148,7 @@ class DistillationStep:
         loss = distillation_loss(logits, teacher, self.T, t_squared=self.t_squared)
         record = {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item(),
                   "agreement": (logits.argmax(1) == teacher.argmax(1)).float().mean().item()}
-        return loss, logits, record
+        return (loss * self.T if self.scale_by_T else loss), logits, record
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, float]:
         loss, _, record = self.loss(model, x, y, step)

@@ -61,6 +61,10 @@ def test_literal_choices_match_the_library():
     item = typing.get_args(hints["attacks"])[0]
     assert set(typing.get_args(item)) == set(ATTACKS) - set(SHAPED)  # DPR's sets are notebook 04's (stage appendix)
     assert set(typing.get_args(hints["method"])) == set(METHODS)
+    from triqdef.config import ART_ATTACKS
+    from triqdef.eval.art_suite import ATTACKS as ART_SUITE
+
+    assert ART_ATTACKS == ART_SUITE  # notebook 05's attack names, checked by the config without importing the suite
     with pytest.raises(TriqdefError, match="expected an attack .* one of " + ", ".join(LOSSES)):
         dataclasses.replace(load_config(None, "smoke").patches, loss={"lavan": "nope", "gap": "ce"})
 

@@ -368,6 +368,11 @@ class RobustnessParams:
     latency_repeats: int = field(metadata=_check(gt=0))
 
 
+#: The six ART attacks of notebook 05, as :mod:`triqdef.eval.art_suite` names them (a test keeps the two equal;
+#: named here so that the config does not import the attack suite, which every stage would then depend on).
+ART_ATTACKS = ("fgsm", "pgd", "cw", "square", "boundary", "zoo")
+
+
 @dataclass(frozen=True, kw_only=True)
 class STQParams:
     """Notebook 05 (docs/design.md#stq): the tiny grayscale network, stochastic ternary QAT, defensive distillation,
@@ -390,13 +395,11 @@ class STQParams:
     jacobian_images: int = field(metadata=_check(gt=0))
 
     def __post_init__(self) -> None:
-        from triqdef.eval.art_suite import ATTACKS
-
         for key in ("attacks", "attack_images"):
             for name in getattr(self, key):
-                if name not in ATTACKS:
-                    raise TriqdefError(f"parameter stq.{key} names attack {name!r}: expected one of {', '.join(ATTACKS)}")
-        for name in ATTACKS:
+                if name not in ART_ATTACKS:
+                    raise TriqdefError(f"parameter stq.{key} names attack {name!r}: expected one of {', '.join(ART_ATTACKS)}")
+        for name in ART_ATTACKS:
             n = self.attack_images.get(name)
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise TriqdefError(f"parameter stq.attack_images.{name} = {n!r}: expected a positive integer")

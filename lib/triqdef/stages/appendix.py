@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pandas as pd
-import torch
 import torch.nn as nn
 
 from triqdef import paths
@@ -67,14 +66,12 @@ def load(cfg) -> Inputs:
     from triqdef.eval.accuracy import first_test_images
     from triqdef.meta import provenance
     from triqdef.stages import common
-    from triqdef.stages.defense import checkpoint
+    from triqdef.stages.defense import defended_models
     from triqdef.training.loop import model_from_checkpoint
 
     splits = common.load_data(cfg)
     test_x, test_y = first_test_images(splits, cfg.appendix.test_images, "appendix.test_images")
-    models, metas = {}, {}
-    for run, label in S.DEFENSE_LABELS.items():
-        models[label], metas[label] = model_from_checkpoint(checkpoint(run), kind="defense", model_name=cfg.model.name)
+    models, metas = defended_models(cfg.model.name)
     fp, _ = model_from_checkpoint(common.fp_checkpoint(cfg), kind="fp", model_name=cfg.model.name)
     independent, _ = model_from_checkpoint(common.qat_checkpoint(cfg, independent=True), kind="qat",
                                            model_name=cfg.model.name)

@@ -50,6 +50,18 @@ def checkpoint(method: str, variant: str | None = None) -> Path:
     return paths.models_dir() / folder / f"{run_name(method, variant)}.pt"
 
 
+def defended_models(model_name: str) -> tuple[dict, dict]:
+    """Every defense run's model and checkpoint metadata, by its table row label (``schemas.DEFENSE_LABELS``, in
+    table order): what notebooks 02 and 04 evaluate."""
+    from triqdef.reporting import schemas as S
+    from triqdef.training.loop import model_from_checkpoint
+
+    models, metas = {}, {}
+    for run, label in S.DEFENSE_LABELS.items():
+        models[label], metas[label] = model_from_checkpoint(checkpoint(run), kind="defense", model_name=model_name)
+    return models, metas
+
+
 def pool_contents(patches_path: Path | None = None) -> dict[int, torch.Tensor]:
     """Contents of the training pool by patch size: {size: (P, 3, size, size)}, from the ``pool`` set and, when the
     patch stage made one, ``pool_matched`` (the defenses train on both sizes; docs/design.md#attack-regime)."""

@@ -83,14 +83,11 @@ def load(cfg) -> Inputs:
     from triqdef.eval.accuracy import first_test_images
     from triqdef.meta import provenance
     from triqdef.stages import common
-    from triqdef.stages.defense import checkpoint
-    from triqdef.training.loop import model_from_checkpoint
+    from triqdef.stages.defense import defended_models
 
     splits = common.load_data(cfg)
     test_x, test_y = first_test_images(splits, cfg.robustness.test_images, "robustness.test_images")
-    models, metas = {}, {}
-    for run, label in S.DEFENSE_LABELS.items():
-        models[label], metas[label] = model_from_checkpoint(checkpoint(run), kind="defense", model_name=cfg.model.name)
+    models, metas = defended_models(cfg.model.name)
     meta = provenance(cfg, {"data": common.data_record(splits), "n_eval": len(test_y),
                             "checkpoints": {k: m.get("commit") for k, m in metas.items()},
                             "init": {k: m["init"] for k, m in metas.items()},

@@ -24,13 +24,7 @@ TINY_BUDGETS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: with two threads on a shared 2-core CPU, thread hand-offs cost more than the arithmetic."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny models run on one thread
 
 
 def _brightness_data(n: int, seed: int = 0):

@@ -285,8 +285,8 @@ def table14_architectures(inp: Inputs) -> pd.DataFrame:
                         f"TriQDef; {inp.n_eval} test images, 95% bootstrap intervals. {second['name']} has "
                         f"{len(own)} LAVAN patches (cross_arch.patches_per_attack) and only the bit-widths "
                         f"{second['qat_meta'].get('bits')} (cross_arch.bits). Not in this profile (time budget): "
-                        "VGG-16-BN, VGG-19 and AlexNet (the package builds VGG-16-BN and AlexNet; `paper` scale only), "
-                        "and TriQDef on a second architecture. Paper Table 14 (6×6): ResNet-20 no defense 87.2 / 80.7 "
+                        "VGG-16-BN, VGG-19 and AlexNet (triqdef.models builds all three, but no stage trains them yet, "
+                        "in any profile: README Roadmap), and TriQDef on a second architecture. Paper Table 14 (6×6): ResNet-20 no defense 87.2 / 80.7 "
                         "/ 77.3 / 74.2, TriQDef 30.2 / 27.3 / 26.9 / 22.6 (32 / 5 / 4 / 2)."))
     return t14
 

@@ -207,6 +207,22 @@ def test_pipeline_processes_start_with_the_tuned_allocator():
     assert out.strip() == "not re-executed"
 
 
+def test_bench_train_step_defaults_to_what_the_profile_trains(tmp_path):
+    """Issue 13: the bench's defaults are the profile's training batch, bit-widths and range estimators, so that
+    its ratio is the one the pipeline pays (not a batch and bit set of its own)."""
+    p = params_with(tmp_path, **{"defenses.smoke.batch_size": 24, "quant.common.bits": [32, 8, 2],
+                                 "quant.common.activation_range": {8: "max", 2: "mse"}})
+    proc = run(["--params", p, "--profile", "smoke", "--quiet", "bench", "train-step", "--steps", "1", "--warmup", "0"],
+               tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["batch_size"] == 24 and out["bits"] == [32, 8, 2]
+    proc = run(["--params", p, "--profile", "smoke", "--quiet", "bench", "train-step", "--steps", "1", "--warmup", "0",
+                "--batch-size", "16", "--bits", "32", "2"], tmp_path)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["batch_size"] == 16 and out["bits"] == [32, 2]
+
+
 def test_bench_models_use_the_range_estimator_given():
     """The bench times models with the profile's activation range estimators (issue 13), not the MSE clip everywhere."""
     from triqdef import quant
@@ -216,3 +232,20 @@ def test_bench_models_use_the_range_estimator_given():
     models = _bench_models("resnet20", (32, 8, 2), x, 0, ["a"], "cpu", {8: "max", 2: "mse"})
     by_bits = {q.bits: q.range_estimator for q in quant.activation_quantizers(models["a"])}
     assert by_bits == {8: "max", 2: "mse"}
+
+
+@pytest.mark.parametrize("key,value,command,needle", [
+    ("stq.smoke.attacks", {"deepfool": {}}, ["train", "stq"], "attack 'deepfool'"),
+    ("stq.common.distill_temperature", 0, ["train", "stq"], "distill_temperature"),
+    ("stq.common.distill_temperature", -50, ["train", "stq"], "distill_temperature"),
+    ("appendix.common.dpr_area_budget", 1.5, ["report"], "dpr_area_budget"),
+    ("appendix.common.dpr_area_budget", 0.0, ["report"], "dpr_area_budget"),
+    ("patch_attack.smoke.max_queries", -1, ["report"], "max_queries"),
+    ("qadt_r.common.sigma", -0.1, ["train", "defense", "qadt_r"], "sigma"),
+])
+def test_issue14_parameters_refuse_bad_values_with_one_line(tmp_path, key, value, command, needle):
+    """An unknown ART attack, a DPR area budget outside (0, 1), a negative PatchAttack query budget, a distillation
+    temperature <= 0, a negative GIR noise: one 'triqdef: error:' line naming the parameter, before any work."""
+    p = params_with(tmp_path, **{key: value})
+    assert_one_line_error(run(["--params", p, "--profile", "smoke", *command], tmp_path), needle)
+    assert not (tmp_path / "out" / "results" / "models").exists()

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from triqdef import quant
-from triqdef.attacks.universal import ATTACKS
+from triqdef.attacks.universal import ATTACKS, SHAPED
 from triqdef.config import (PROFILES, SECTIONS, Config, CrossArchParams, ModelParams, QuantParams, TrainParams,
                             as_dict, load_config, override)
 from triqdef.errors import TriqdefError
@@ -59,8 +59,12 @@ def test_literal_choices_match_the_library():
 
     hints = typing.get_type_hints(PatchParams)
     item = typing.get_args(hints["attacks"])[0]
-    assert set(typing.get_args(item)) == set(ATTACKS)
+    assert set(typing.get_args(item)) == set(ATTACKS) - set(SHAPED)  # DPR's sets are notebook 04's (stage appendix)
     assert set(typing.get_args(hints["method"])) == set(METHODS)
+    from triqdef.config import ART_ATTACKS
+    from triqdef.eval.art_suite import ATTACKS as ART_SUITE
+
+    assert ART_ATTACKS == ART_SUITE  # notebook 05's attack names, checked by the config without importing the suite
     with pytest.raises(TriqdefError, match="expected an attack .* one of " + ", ".join(LOSSES)):
         dataclasses.replace(load_config(None, "smoke").patches, loss={"lavan": "nope", "gap": "ce"})
 

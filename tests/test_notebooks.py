@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 SOURCES = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
 #: Notebook -> its stage module (the contract: one module per DVC stage, ``triqdef.stages.<stage>``).
-STAGES = {"01_motivation": "motivation", "02_training": "training", "03_ablations": "ablation_tables"}
+STAGES = {"01_motivation": "motivation", "02_training": "training", "03_ablations": "ablation_tables",
+          "04_appendix": "appendix", "05_stq": "stq"}
 
 
 def _cells(nb) -> list[tuple[str, str, list[str]]]:

@@ -176,3 +176,26 @@ def test_the_figures_beside_a_verdict_come_from_its_regime(tmp_path):
     pd.DataFrame({"note": ["no matched regime"]}).to_csv(tmp_path / "tables" / "table1_transfer_asr_matched.csv", index=False)
     row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| §2, Table 1"))
     assert "[paper's size] LAVAN 80.0" in row
+
+
+@pytest.mark.parametrize("low, high, verdict", [(72.0, 90.0, "holds"), (40.0, 65.0, "does not hold"),
+                                                (60.0, 80.0, "inconclusive at this sample size")])
+def test_qadt_r_transfer_claim_is_decided_on_the_2bit_interval_against_70(tmp_path, low, high, verdict):
+    """QADT-R's "over 70 % ASR at 2 bits": the 95 % interval of the 2-bit rate of Table 1, every attack."""
+    (tmp_path / "tables").mkdir()
+    row = {"2": (low + high) / 2, "2 low": low, "2 high": high, "n 2": 500, "patches": 10}
+    pd.DataFrame([dict(attack="lavan", **row), dict(attack="gap", **dict(row, **{"2 low": 75.0, "2 high": 95.0}))]) \
+        .to_csv(tmp_path / "tables" / "table1_transfer_asr.csv", index=False)
+    line = next(x for x in build_report(tmp_path).splitlines() if "over 70 % ASR at 2 bits" in x)
+    assert f"LAVAN {(low + high) / 2:.1f} [{low:.1f}, {high:.1f}] % (n 500)" in line and f"**{verdict}**" in line
+
+
+def test_table13_with_the_default_setting_alone_is_not_measured(tmp_path):
+    """A profile that trains no sensitivity variant has nothing to rank: not a trivial 'holds'."""
+    from triqdef.reporting import schemas as S
+
+    (tmp_path / "tables").mkdir()
+    rows = [{S.VARIANT: "full", S.SETTING: "", S.METRIC: m, "32bit": 50.0, "2bit": 40.0} for m in S.T13_METRICS]
+    pd.DataFrame(rows).to_csv(tmp_path / "tables" / "table13_sensitivity.csv", index=False)
+    line = next(x for x in build_report(tmp_path).splitlines() if x.startswith("| App. C, Table 13"))
+    assert "**not measured**" in line and "no sensitivity variant" in line

@@ -306,8 +306,11 @@ def test_table5_claims_compare_different_patch_sets_on_the_same_images():
         parts.append(_records({"4-bit": [wb] * 3}, n_images=3000, attack=S.LAVAN, seed=3, model=model, patch_set="whitebox"))
     claims = training.table5_claims(inp, pd.concat(parts, ignore_index=True), ["4-bit"])
     by = {(c["topic"], c["statement"]): c for c in claims}
-    assert [c["topic"] for c in claims] == ["unseen_rise", "unseen_rise", "whitebox", "whitebox", "seen_lowest_bits",
-                                            "seen_lowest_bits"]
+    assert [c["topic"] for c in claims] == ["unseen_rise", "unseen_rise", "pbat_unseen", "whitebox", "whitebox",
+                                            "seen_lowest_bits", "seen_lowest_bits"]
+    # QADT-R's "PBAT fails on unseen patches": PBAT's GAP unseen 50 % against seen 20 % (no LAVAN seen set here)
+    (pbat,) = [c for c in claims if c["topic"] == "pbat_unseen"]
+    assert pbat["verdict"] == HOLDS and "PBAT GAP unseen − seen" in pbat["statement"]
     # TriQDef 20 % vs PBAT 20 % and DWQ 30 % on the seen GAP patches: neither "20 % below PBAT" nor "50 % below DWQ"
     lowest = [c for c in claims if c["topic"] == "seen_lowest_bits"]
     assert [c["verdict"] for c in lowest] == [FAILS, FAILS] and "TriQDef − 0.8 × PBAT" in lowest[0]["statement"]

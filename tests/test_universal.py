@@ -54,9 +54,10 @@ def test_a_batched_run_equals_k_single_runs(attack, method, loss):
     def jobs(reqs):
         return [_Job(r, torch.Generator().manual_seed(r.seed), torch.arange(48), r.target) for r in reqs]
 
-    grad = _gradient(big.eval(), jobs(requests), contents, x, y, opt, torch.device("cpu"))
+    grad, no_shape = _gradient(big.eval(), jobs(requests), contents, x, y, opt, torch.device("cpu"))
+    assert no_shape is None  # square patches have no shape
     for k, request in enumerate(requests):
-        alone = _gradient(big, jobs([request]), contents[k:k + 1], x, y, opt, torch.device("cpu"))
+        alone, _ = _gradient(big, jobs([request]), contents[k:k + 1], x, y, opt, torch.device("cpu"))
         torch.testing.assert_close(grad[k], alone[0], rtol=1e-5, atol=1e-7)
         assert alone.abs().sum() > 0 and not torch.allclose(grad[k], grad[(k + 1) % 3])
 

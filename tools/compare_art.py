@@ -1,7 +1,6 @@
 #!/usr/bin/env python3
 """Our LAVAN against a reference implementation: ART's ``AdversarialPatchPyTorch`` (issue 12, acceptance).
 
-    pip install -e '.[reference]'        # adversarial-robustness-toolbox (optional; only this tool uses it)
     python tools/compare_art.py --profile cpu --size 6 [--out results/reference/art_lavan_6px.json]
 
 Same model (the pipeline's FP checkpoint), same patch size, same targets (one patch per class), the same
@@ -72,7 +71,7 @@ def main(argv=None) -> int:
                     help="ART optimiser:learning-rate pairs to try (pgd:default = patches.step_size)")
     args = ap.parse_args(argv)
     if importlib.util.find_spec("art") is None:
-        print("compare_art: error: the Adversarial Robustness Toolbox is not installed: expected `pip install -e '.[reference]'`",
+        print("compare_art: error: the Adversarial Robustness Toolbox is not installed: expected `pip install -e .` (a core dependency since notebook 05)",
               file=sys.stderr)
         return 2
     try:

@@ -135,6 +135,15 @@ def _cmd_train_cross_arch(args, cfg) -> int:
     return 0
 
 
+def _cmd_train_stq(args, cfg) -> int:
+    from triqdef.stages import stq_train
+
+    m = stq_train.run_stq_train(cfg.only(stq_train.PARAMS), progress=not args.quiet)
+    print(json.dumps({"runs": {r: {k: v[k] for k in ("test_accuracy", "memory_kb")} for r, v in m["runs"].items()},
+                      "stage_wall_time_s": m["stage_wall_time_s"]}))
+    return 0
+
+
 def _repeated_train_step(runs: list[dict]) -> dict:
     """Several ``bench train-step`` runs as one result: the ms are the means over every measured step of every run
     (so ``time_ratio`` is the ratio of those means), peak memory the largest; ``runs`` keeps each run's own figures."""
@@ -167,8 +176,12 @@ def _cmd_bench_train_step(args, cfg) -> int:
                                 downsample=args.downsample,
                                 gpdp_joint=None if args.gpdp_joint is None else args.gpdp_joint == "yes")
     require_positive_int(args.repeat, "--repeat")
-    runs = [train_step_benchmark(settings, args.model, args.bits, args.batch_size, args.steps, args.warmup,
-                                 device=cfg.base.device) for _ in range(args.repeat)]
+    # defaults: what the profile's defenses train with (defenses.batch_size, quant.bits, quant.activation_range)
+    bits = args.bits or list(cfg.quant.bits)
+    batch_size = args.batch_size or cfg.defenses.batch_size
+    runs = [train_step_benchmark(settings, args.model, bits, batch_size, args.steps, args.warmup,
+                                 device=cfg.base.device, range_estimator=cfg.quant.activation_range)
+            for _ in range(args.repeat)]
     res = runs[0] if len(runs) == 1 else _repeated_train_step(runs)
     res["provenance"] = provenance(cfg)
     if args.out:
@@ -228,14 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quantize the first/last layer at b too ('yes'), or train both variants "
                         "(default: 'both' if train_qat.every_layer_variant, else 'no')")
     q.set_defaults(func=_cmd_train_qat)
-    de = tsub.add_parser("defense", help="a defense from the FP checkpoint: qat | pbat | dwq | triqdef (params: defenses, triqdef, pbat, dwq)")
-    de.add_argument("methods", nargs="+", metavar="METHOD", help="qat, pbat, dwq or triqdef")
+    de = tsub.add_parser("defense", help="a defense from the shared checkpoint: qat | pbat | dwq | triqdef | qadt_r (params: defenses, <method>)")
+    de.add_argument("methods", nargs="+", metavar="METHOD", help="qat, pbat, dwq, triqdef or qadt_r")
     de.add_argument("--variant", default=None, help="a TriQDef ablation of ablations.variants (e.g. no_fdp)")
     de.set_defaults(func=_cmd_train_defense)
     tsub.add_parser("ablations", help="the TriQDef variants of ablations.run (Tables 7 and 13)").set_defaults(
         func=_cmd_train_ablations)
     tsub.add_parser("cross-arch", help="Table 8's second architecture: FP, multi-bit QAT and its patches (params: cross_arch)"
                     ).set_defaults(func=_cmd_train_cross_arch)
+    tsub.add_parser("stq", help="notebook 05's tiny networks: FP, STQ, STQ-T1, STQ-T50 (teacher, student), STQ-JR "
+                    "(params: stq, train_fp)").set_defaults(func=_cmd_train_stq)
 
     pa = sub.add_parser("patches", help="adversarial patch sets (LAVAN, GAP)")
     pasub = pa.add_subparsers(dest="what", metavar="WHAT")
@@ -260,8 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bs = bsub.add_parser("train-step", help="ms and peak memory of a TriQDef training step vs a vanilla multi-bit QAT step")
     bs.add_argument("--model", default="resnet20")
-    bs.add_argument("--bits", type=int, nargs="+", default=[32, 8, 4, 2])
-    bs.add_argument("--batch-size", type=int, default=64)
+    bs.add_argument("--bits", type=int, nargs="+", default=None,
+                    help="active bit-widths (default: quant.bits of the profile, as the defenses train)")
+    bs.add_argument("--batch-size", type=int, default=None,
+                    help="batch size (default: defenses.batch_size of the profile, as the defenses train)")
     bs.add_argument("--steps", type=int, default=10)
     bs.add_argument("--warmup", type=int, default=2)
     bs.add_argument("--gpdp-sub-batch", type=int, default=None, help="override triqdef.gpdp_sub_batch")

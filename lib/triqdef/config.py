@@ -42,7 +42,7 @@ CIFAR_IMAGE_SIZE = 32  # every dataset of the project is CIFAR-10
 
 
 def _check(**rules: Any) -> dict:
-    """Field metadata: ``gt``/``ge``/``le`` bounds, checked by :func:`_convert`."""
+    """Field metadata: ``gt``/``ge``/``le``/``lt`` bounds, checked by :func:`_convert`."""
     return {"rules": rules}
 
 
@@ -313,6 +313,36 @@ class DWQParams:
 
 
 @dataclass(frozen=True, kw_only=True)
+class QADTRParams:
+    """QADT-R (the developers' notes, "Related systems"): DBWT + A-QAPA + GIR (:mod:`triqdef.defenses.qadt_r`)."""
+
+    rho: float = field(metadata=_check(ge=0, le=1))          # share of each batch that is patched
+    pool_share: float = field(metadata=_check(ge=0, le=1))   # of the patched share: pool patches; the rest on the fly
+    attack_steps: int = field(metadata=_check(ge=0))         # A-QAPA: signed steps of the on-the-fly patch
+    step_size: float = field(metadata=_check(gt=0))
+    lambda_gir: float = field(metadata=_check(ge=0))
+    sigma: float = field(metadata=_check(ge=0))              # GIR's gradient noise, in units of the gradient's rms
+    gir_sub_batch: int = field(metadata=_check(gt=0))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatchAttackParams:
+    """Table 5's PatchAttack columns (docs/design.md#patchattack): black-box patches found by querying each defended
+    model at each bit-width, at the matched size; the rest of :class:`triqdef.attacks.patch_attack.PatchAttackSettings`
+    keeps its defaults."""
+
+    targets: int = field(metadata=_check(gt=0))              # patches (targets, balanced) per (model, bit-width)
+    attack_images: int = field(metadata=_check(gt=0))        # the attacker's training images
+    textures_per_class: int = field(metadata=_check(gt=0))
+    texture_steps: int = field(metadata=_check(gt=0))
+    iterations: int = field(metadata=_check(gt=0))
+    actions_per_iteration: int = field(metadata=_check(ge=2))
+    reward_images: int = field(metadata=_check(gt=0))
+    selection_images: int = field(metadata=_check(ge=0))
+    max_queries: int = field(metadata=_check(ge=0))
+
+
+@dataclass(frozen=True, kw_only=True)
 class AblationParams:
     """Tables 7 and 13: TriQDef variants (overrides of ``triqdef``) and the ones this profile trains."""
 
@@ -336,6 +366,63 @@ class RobustnessParams:
     bench_steps: int = field(metadata=_check(gt=0))
     latency_batch: int = field(metadata=_check(gt=0))
     latency_repeats: int = field(metadata=_check(gt=0))
+
+
+#: The six ART attacks of notebook 05, as :mod:`triqdef.eval.art_suite` names them (a test keeps the two equal;
+#: named here so that the config does not import the attack suite, which every stage would then depend on).
+ART_ATTACKS = ("fgsm", "pgd", "cw", "square", "boundary", "zoo")
+
+
+@dataclass(frozen=True, kw_only=True)
+class STQParams:
+    """Notebook 05 (docs/design.md#stq): the tiny grayscale network, stochastic ternary QAT, defensive distillation,
+    explicit Jacobian regularisation, and the ART attack suite against them and against our ResNet-20."""
+
+    widths: tuple[int, ...]
+    hidden: tuple[int, ...]
+    activation_bits: int = field(metadata=_check(gt=0))
+    edge_bits: int = field(metadata=_check(gt=0))
+    rounding: Literal["unbiased", "sigmoid", "deterministic"]
+    rounding_temperature: float = field(metadata=_check(gt=0))
+    distill_temperature: float = field(metadata=_check(gt=0))     # STQ-T50's T (STQ-T1: T = 1)
+    temperature_scaling: bool              # teacher's and student's losses x T (the T = 1 gradient scale)
+    lambda_jr: float = field(metadata=_check(ge=0))
+    jr_projections: int = field(metadata=_check(gt=0))
+    train: dict[str, Any]                  # overrides of train_fp: the recipe of every STQ-notebook model
+    attacks: dict[str, dict[str, Any]]     # overrides of triqdef.eval.art_suite's settings, per attack
+    attack_images: dict[str, int]          # test images per attack (the first ones)
+    resnet_bits: tuple[int, ...]           # our standard-QAT ResNet-20 attacked at these bit-widths
+    jacobian_images: int = field(metadata=_check(gt=0))
+
+    def __post_init__(self) -> None:
+        for key in ("attacks", "attack_images"):
+            for name in getattr(self, key):
+                if name not in ART_ATTACKS:
+                    raise TriqdefError(f"parameter stq.{key} names attack {name!r}: expected one of {', '.join(ART_ATTACKS)}")
+        for name in ART_ATTACKS:
+            n = self.attack_images.get(name)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise TriqdefError(f"parameter stq.attack_images.{name} = {n!r}: expected a positive integer")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppendixParams:
+    """Notebook 04 (paper appendix C, section 4.4): Table 16 (DPR), Table 6 (preprocessing), Table 14, QADT-R."""
+
+    test_images: int = field(metadata=_check(gt=0))         # Tables 6 and 16: the first test images
+    dpr_per_set: int = field(metadata=_check(gt=0))         # DPR patches per set (seen, unseen 2-bit source)
+    dpr_steps: int = field(metadata=_check(gt=0))
+    dpr_method: Literal["sign", "adam"]                     # the texture's steps (the shape always takes Adam's)
+    dpr_step_size: float = field(metadata=_check(gt=0))
+    dpr_shape_step_size: float = field(metadata=_check(gt=0))
+    dpr_area_budget: float = field(metadata=_check(gt=0, lt=1))
+    dpr_sectors: int = field(metadata=_check(ge=3))
+    dpr_sharpness: float = field(metadata=_check(gt=0))
+    jedi_window: int = field(metadata=_check(gt=0))         # odd side of the local-entropy window (pixels)
+    jedi_bins: int = field(metadata=_check(gt=1))           # grey levels of the entropy histogram
+    jedi_threshold_std: float                               # mask: entropy above mean + this many std of the image
+    jedi_dilate: int = field(metadata=_check(ge=0))         # mask dilation (pixels)
+    jedi_inpaint_steps: int = field(metadata=_check(gt=0))  # diffusion inpainting iterations
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -364,9 +451,13 @@ class Config:
     triqdef: TriQDefParams
     pbat: PBATParams
     dwq: DWQParams
+    qadt_r: QADTRParams
+    patch_attack: PatchAttackParams
     ablations: AblationParams
     robustness: RobustnessParams
     motivation: MotivationParams
+    appendix: AppendixParams
+    stq: STQParams
 
     def only(self, sections: typing.Iterable[str]) -> "StageConfig":
         """A view that refuses every section but ``sections`` (and ``base``): what a stage declares it reads."""
@@ -483,9 +574,9 @@ def _check_rules(value: Any, rules: dict, key: str) -> None:
     if value is None or not rules:
         return
     for rule, bound in rules.items():
-        ok = {"gt": value > bound, "ge": value >= bound, "le": value <= bound}[rule]
+        ok = {"gt": value > bound, "ge": value >= bound, "le": value <= bound, "lt": value < bound}[rule]
         if not ok:
-            want = {"gt": f"> {bound}", "ge": f">= {bound}", "le": f"<= {bound}"}[rule]
+            want = {"gt": f"> {bound}", "ge": f">= {bound}", "le": f"<= {bound}", "lt": f"< {bound}"}[rule]
             raise TriqdefError(f"parameter {key} = {value!r}: expected a number {want}")
 
 

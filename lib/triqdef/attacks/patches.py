@@ -36,6 +36,8 @@ class Patch:
     ``content``: float tensor (3, s, s) in [0, 1]; ``location``: top-left
     ``(row, col)`` where it is evaluated; ``source_bits`` is None for a float
     model. ``info`` holds the attack's settings (steps, seed, region, ...).
+    ``mask``: (1, s, s) in [0, 1] for a shaped patch (DPR, :mod:`triqdef.attacks.deformable`), None for the
+    square patch of LAVAN and GAP.
     """
 
     content: torch.Tensor
@@ -45,6 +47,7 @@ class Patch:
     source_model: str
     source_bits: int | None
     info: dict[str, Any] = field(default_factory=dict)
+    mask: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -53,18 +56,23 @@ class Patch:
     def moved(self, location: tuple[int, int]) -> Patch:
         """The same patch (content and mask) at another location."""
         return Patch(self.content, tuple(int(v) for v in location), self.target, self.attack, self.source_model,
-                     self.source_bits, dict(self.info))
+                     self.source_bits, dict(self.info), self.mask)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["content"] = self.content.detach().cpu().clone()
         d["location"] = list(self.location)
+        if self.mask is None:
+            del d["mask"]  # square patches keep the file format they had
+        else:
+            d["mask"] = self.mask.detach().cpu().clone()
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Patch:
+        mask = d.get("mask")
         return cls(d["content"].float(), tuple(d["location"]), int(d["target"]), d["attack"], d["source_model"],
-                   d["source_bits"], dict(d.get("info", {})))
+                   d["source_bits"], dict(d.get("info", {})), None if mask is None else mask.float())
 
 
 def check_images(images: torch.Tensor) -> None:
@@ -146,6 +154,10 @@ def apply_patch(images: torch.Tensor, patch: Patch | torch.Tensor, location: Seq
     loc = torch.as_tensor(location, dtype=torch.long).reshape(-1, 2)
     if loc.shape[0] == 1:
         loc = loc.expand(images.shape[0], 2)
+    mask = patch.mask if isinstance(patch, Patch) else None
+    if mask is not None:  # a shaped patch (DPR): blended through its own mask
+        mask = mask.to(images.device, images.dtype)[None].expand(images.shape[0], -1, -1, -1)
+        return paste(images, content.to(images.device, images.dtype).expand(images.shape[0], -1, -1, -1), loc, mask)
     return paste(images, content.to(images.device, images.dtype), loc)
 
 

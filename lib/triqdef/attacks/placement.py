@@ -27,15 +27,17 @@ PLACEMENTS = ("square", "eot")
 
 
 def place_square(images: torch.Tensor, content: torch.Tensor, generator: torch.Generator, border: int,
-                 location: tuple[int, int] | None = None) -> torch.Tensor:
-    """The square patch on every image: at ``location`` when given, else at a random location per image
-    inside the region (one ``randint`` draw of shape (m, 2) from ``generator``)."""
+                 location: tuple[int, int] | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The patch in its square box on every image: at ``location`` when given, else at a random location per
+    image inside the region (one ``randint`` draw of shape (m, 2) from ``generator``); ``mask`` (1, s, s): a
+    shaped patch (DPR) blended through it, None: the square replaces its pixels."""
     m, size, image_size = images.shape[0], content.shape[-1], images.shape[-1]
     if location is None:
         locs = random_locations(m, size, generator, image_size, border)
     else:
         locs = torch.tensor([location], dtype=torch.long).expand(m, 2)
-    return paste(images, content, locs.to(images.device))
+    masks = None if mask is None else mask[None].expand(m, -1, -1, -1)
+    return paste(images, content, locs.to(images.device), masks)
 
 
 def eot_canvas_range(size: int, image_size: int, border: int) -> tuple[int, int]:

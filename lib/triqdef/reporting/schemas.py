@@ -121,9 +121,9 @@ def ptq_view(bits: int) -> str:
 
 # --------------------------------------------------------------------------- Tables 4, 5, 2 (defended models)
 
-STANDARD_QAT, PBAT, DWQ, TRIQDEF = "Standard QAT", "PBAT", "DWQ", "TriQDef"
+STANDARD_QAT, PBAT, DWQ, TRIQDEF, QADT_R = "Standard QAT", "PBAT", "DWQ", "TriQDef", "QADT-R"
 #: Row label of each defense run (``results/models/defenses/<run>.pt``), in table order.
-DEFENSE_LABELS = {"qat": STANDARD_QAT, "pbat": PBAT, "dwq": DWQ, "triqdef": TRIQDEF}
+DEFENSE_LABELS = {"qat": STANDARD_QAT, "pbat": PBAT, "dwq": DWQ, "qadt_r": QADT_R, "triqdef": TRIQDEF}
 
 PATCH_SET = "patch_set"
 #: Table 2's views, in column order.

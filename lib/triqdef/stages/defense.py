@@ -1,7 +1,7 @@
 """Stage ``defenses``: train each defense from one shared checkpoint (docs/design.md#one-shared-checkpoint-for-every-defense).
 
 Every method (standard multi-bit QAT, PBAT, DWQ, TriQDef and its ablation
-variants) starts from the same checkpoint and runs the same number of steps
+variants, and QADT-R, the authors' earlier defense) starts from the same checkpoint and runs the same number of steps
 on the same data and batches (the ``defenses`` params section); the rows of
 Tables 4, 5, 7 and 13 then differ only by the method. ``defenses.init``
 names that checkpoint: ``fp`` (the FP weights; new quantizers calibrated, as
@@ -33,11 +33,11 @@ from triqdef.stages import common as pipeline
 from triqdef.training.loop import calibrate_all, fit, model_from_checkpoint, resolve_device
 
 # the defense@<method> stages; the ablations stage reads `ablations` instead of pbat / dwq / patches
-PARAMS = ("base", "data", "model", "quant", "defenses", "triqdef", "pbat", "dwq", "patches")
+PARAMS = ("base", "data", "model", "quant", "defenses", "triqdef", "pbat", "dwq", "qadt_r", "patches")
 
 log = logging.getLogger(__name__)
 
-METHODS = ("qat", "pbat", "dwq", "triqdef")
+METHODS = ("qat", "pbat", "dwq", "triqdef", "qadt_r")
 
 
 def run_name(method: str, variant: str | None = None) -> str:
@@ -48,6 +48,18 @@ def checkpoint(method: str, variant: str | None = None) -> Path:
     """``results/models/defenses/<method>.pt``; ablation variants in ``results/models/ablations/<method>-<variant>.pt``."""
     folder = "ablations" if variant else "defenses"
     return paths.models_dir() / folder / f"{run_name(method, variant)}.pt"
+
+
+def defended_models(model_name: str) -> tuple[dict, dict]:
+    """Every defense run's model and checkpoint metadata, by its table row label (``schemas.DEFENSE_LABELS``, in
+    table order): what notebooks 02 and 04 evaluate."""
+    from triqdef.reporting import schemas as S
+    from triqdef.training.loop import model_from_checkpoint
+
+    models, metas = {}, {}
+    for run, label in S.DEFENSE_LABELS.items():
+        models[label], metas[label] = model_from_checkpoint(checkpoint(run), kind="defense", model_name=model_name)
+    return models, metas
 
 
 def pool_contents(patches_path: Path | None = None) -> dict[int, torch.Tensor]:
@@ -171,6 +183,15 @@ def build_step(method: str, cfg: Config | StageConfig, model, splits, total_step
     if method == "dwq":
         dw = cfg.dwq
         return DWQStep(bits, seed, dw.eps, dw.alpha, dw.attack_steps), as_dict(dw)
+    if method == "qadt_r":  # A-QAPA mixes the training pool (both sizes) with on-the-fly patches
+        from triqdef.defenses.qadt_r import QADTRStep
+
+        qr = cfg.qadt_r
+        pool = pool_contents() if qr.pool_share > 0 else None
+        return (QADTRStep(bits, seed, pool, rho=qr.rho, pool_share=qr.pool_share, attack_steps=qr.attack_steps,
+                          step_size=qr.step_size, lambda_gir=qr.lambda_gir, sigma=qr.sigma,
+                          gir_sub_batch=qr.gir_sub_batch, border=cfg.patches.border),
+                dict(as_dict(qr), sizes=sorted(pool) if pool else []))
     if method == "triqdef":
         tq = triqdef_params(cfg, variant)
         settings = triqdef_settings(tq, cfg.model.name)

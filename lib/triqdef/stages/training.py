@@ -1,4 +1,4 @@
-"""Stage ``training`` (notebook ``02_training``): TriQDef against standard QAT, PBAT and DWQ.
+"""Stage ``training`` (notebook ``02_training``): TriQDef against standard QAT, PBAT, DWQ and QADT-R.
 
 Paper sections 3–4 and appendix D. From the four models of the ``defense``
 stages (every one a fine-tune of the same checkpoint, ``defenses.init``, for
@@ -36,12 +36,13 @@ from triqdef.reporting import schemas as S
 from triqdef.stages.common import NotebookInputs
 
 #: The params.yaml sections this stage reads.
-PARAMS = ("base", "data", "model", "quant", "robustness", "defenses", "triqdef", "pbat", "dwq", "patches")
+PARAMS = ("base", "data", "model", "quant", "robustness", "defenses", "triqdef", "pbat", "dwq", "qadt_r", "patches",
+          "patch_attack")
 
 #: Bit-width columns of Table 4.
 ACCURACY_COLUMNS = [32, 8, 5, 4, 2]
 #: Models whose white-box row Table 5 adds (LAVAN optimised on the model itself).
-WHITEBOX_MODELS = (S.PBAT, S.DWQ, S.TRIQDEF)
+WHITEBOX_MODELS = (S.PBAT, S.DWQ, S.QADT_R, S.TRIQDEF)
 #: Models of Table 2.
 TABLE2_MODELS = (S.STANDARD_QAT, S.PBAT)
 #: Bit-widths of Figure 3's Grad-CAM maps (32: the fp path).
@@ -50,11 +51,15 @@ GRADCAM_BITS = [32, 5, 4, 2]
 GRADCAM_SHOWN, GRADCAM_IMAGES = 4, 64
 #: Salt of the generator that draws the white-box attacker's training images (with ``base.seed``).
 WHITEBOX_IMAGES_SALT = 11
+#: Salt of PatchAttack's attacker images and of its seeds (with ``base.seed``).
+PATCHATTACK_SALT = 13
+#: Group of Table 5's PatchAttack rows: patches found by querying each model itself (black-box).
+BLACKBOX = "blackbox"
 
 
 @dataclass(kw_only=True)
 class Inputs(NotebookInputs):
-    """:class:`~triqdef.stages.common.NotebookInputs` and the four defended models with their checkpoints' metadata."""
+    """:class:`~triqdef.stages.common.NotebookInputs` and the defended models with their checkpoints' metadata."""
 
     models: dict[str, nn.Module]  # row label (schemas.DEFENSE_LABELS) -> model
     metas: dict[str, dict]
@@ -73,19 +78,16 @@ class Inputs(NotebookInputs):
 
 
 def load(cfg) -> Inputs:
-    """Data, the standard-QAT, PBAT, DWQ and TriQDef models of the ``defense`` stages, the patch sets."""
+    """Data, the standard-QAT, PBAT, DWQ, QADT-R and TriQDef models of the ``defense`` stages, the patch sets."""
     from triqdef.attacks.patchsets import load_patchset
     from triqdef.eval.accuracy import first_test_images
     from triqdef.meta import provenance
     from triqdef.stages import common
-    from triqdef.stages.defense import checkpoint
-    from triqdef.training.loop import model_from_checkpoint
+    from triqdef.stages.defense import defended_models
 
     splits = common.load_data(cfg)
     test_x, test_y = first_test_images(splits, cfg.robustness.test_images, "robustness.test_images")
-    models, metas = {}, {}
-    for run, label in S.DEFENSE_LABELS.items():
-        models[label], metas[label] = model_from_checkpoint(checkpoint(run), kind="defense", model_name=cfg.model.name)
+    models, metas = defended_models(cfg.model.name)
     meta = provenance(cfg, {"data": common.data_record(splits), "n_eval": len(test_y),
                             "checkpoints": {k: m.get("commit") for k, m in metas.items()},
                             "init": {k: m["init"] for k, m in metas.items()},
@@ -99,7 +101,7 @@ def load(cfg) -> Inputs:
 
 
 def table4_clean_accuracy(inp: Inputs) -> pd.DataFrame:
-    """Table 4: clean accuracy (%) of the four models per bit-width, on every test image."""
+    """Table 4: clean accuracy (%) of the defended models per bit-width, on every test image."""
     from triqdef.eval.accuracy import clean_accuracy_table
     from triqdef.reporting.tables import save_table
 
@@ -141,6 +143,43 @@ def whitebox_records(inp: Inputs, bits, size: int) -> list[pd.DataFrame]:
     return records
 
 
+def patchattack_records(inp: Inputs, bits, size: int) -> tuple[list[pd.DataFrame], dict]:
+    """Table 5's PatchAttack columns (Yang 2020; docs/design.md#patchattack): for each defended model and each of
+    ``bits``, ``patch_attack.targets`` targeted patches of ``size`` pixels found by querying that model at that
+    bit-width only (its texture dictionary made on our FP model), each evaluated on the same view (group
+    :data:`BLACKBOX`). Returns the records and the queries used per patch (mean, max, budget)."""
+    from triqdef.attacks.patch_attack import PatchAttackSettings, build_texture_dictionary, patch_attack
+    from triqdef.attacks.patchsets import balanced_targets
+    from triqdef.eval.transfer import transfer_records, view_predictions
+    from triqdef.stages import common
+    from triqdef.training.loop import model_from_checkpoint
+
+    pa, seed, train = inp.cfg.patch_attack, inp.cfg.base.seed, inp.splits.train
+    settings = PatchAttackSettings(textures_per_class=pa.textures_per_class, texture_steps=pa.texture_steps,
+                                   iterations=pa.iterations, actions_per_iteration=pa.actions_per_iteration,
+                                   reward_images=pa.reward_images, selection_images=pa.selection_images,
+                                   max_queries=pa.max_queries, border=inp.cfg.patches.border)
+    rng = np.random.default_rng([seed, PATCHATTACK_SALT])
+    idx = torch.from_numpy(rng.choice(len(train.labels), size=min(pa.attack_images, len(train.labels)), replace=False))
+    x, y = train.images[idx].float() / 255, train.labels[idx]
+    fp, _ = model_from_checkpoint(common.fp_checkpoint(inp.cfg), kind="fp", model_name=inp.model_name)
+    dictionary = build_texture_dictionary(fp.eval(), x, size, 10, settings, seed * 1_000 + PATCHATTACK_SALT,
+                                          source_model=f"{inp.model_name} FP")
+    targets = balanced_targets(pa.targets, seed * 1_000 + PATCHATTACK_SALT)
+    records, queries = [], []
+    for label, model in inp.models.items():
+        for b in bits:
+            view = {S.bit_view(b): (model, b)}
+            made = [patch_attack(model, x, y, size, t, dictionary, settings, seed * 100_003 + 80_000 + 97 * b + i,
+                                 victim_bits=b, victim_name=label) for i, t in enumerate(targets)]
+            queries += [p.info["queries"] for p in made]
+            clean = view_predictions(view, inp.test_x)
+            records.append(transfer_records(made, view, inp.test_x, inp.test_y, clean)
+                           .assign(model=label, patch_set=BLACKBOX))
+    return records, {"mean": float(np.mean(queries)), "max": int(max(queries)), "budget": pa.max_queries,
+                     "per_model_and_bits": pa.targets}
+
+
 def table5_asr(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     """Table 5: targeted ASR (%) of the seen, unseen (together) and white-box patches on the four models at
     ``robustness.bits``, DWQ's random-precision inference as column ``random``, each with its 95 % interval; also
@@ -159,19 +198,29 @@ def table5_asr(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     eval_bits = list(inp.cfg.robustness.bits)
     rec = robustness.defense_records(inp.models, sets, eval_bits, inp.test_x, inp.test_y, random_precision=[S.DWQ],
                                      rp_bits=inp.bits, seed=inp.cfg.base.seed)
-    rec_all = pd.concat([rec] + whitebox_records(inp, eval_bits, size), ignore_index=True)
+    from triqdef.attacks.patchsets import MATCHED
+
+    black, queries = patchattack_records(inp, eval_bits, size) if regime == MATCHED else ([], None)
+    rec_all = pd.concat([rec] + whitebox_records(inp, eval_bits, size) + black, ignore_index=True)
     views = [S.bit_view(b) for b in eval_bits] + [S.RANDOM_VIEW]
     t5 = robustness.asr_table(rec_all, S.GROUP, views)
-    t5 = t5.assign(**{S.attack_column(S.PATCHATTACK, v): float("nan") for v in views[:-1]})  # PatchAttack (Yang 2020): not implemented yet
+    if queries is None:  # PatchAttack runs at the matched size only (time budget): its columns stay empty here
+        t5 = t5.assign(**{S.attack_column(S.PATCHATTACK, v): float("nan") for v in views[:-1]})
+        pa_note = "The PatchAttack columns are in the matched-size table only (time budget). "
+    else:
+        pa_note = (f"PatchAttack (black-box, rows '{BLACKBOX}'): {inp.cfg.patch_attack.targets} targeted patches per "
+                   f"model and bit-width, each found by querying that view only (texture dictionary from our FP "
+                   f"model): {queries['mean']:.0f} queries per patch on average (at most {queries['max']}, budget "
+                   f"{queries['budget']}). ")
     cap5 = (f"Targeted ASR (%) of LAVAN / GAP {regime_label(inp, regime)} patches (seen: FP-made from the training "
             f"distribution; unseen: the five unseen sets together; whitebox: LAVAN optimised on each model over locations "
             f"and B = {inp.bits}), {inp.n_eval} test images, profile `{inp.profile}`; 95% bootstrap intervals over images "
-            "and patches. 'random' = random-precision inference (DWQ only). "
-            "The PatchAttack columns stay empty: that attack is not implemented here yet. "
+            "and patches. 'random' = random-precision inference (DWQ only). " + pa_note +
             "Paper Table 5 (ResNet-56, LAVAN 32/5/4/2): PBAT unseen 71.8 / 65.3 / 61.1 / 57.5, DWQ unseen 86.5 / 81.7 / 76.4 / 72.9, "
             "TriQDef unseen 35.6 / 33.3 / 29.1 / 27.3. "
             + robustness.evaluation_sets_note(inp.patches, inp.patch_meta, regime))
-    meta = dict(inp.meta, regime=regime, patch_size=size, whitebox_steps=inp.cfg.robustness.whitebox_steps)
+    meta = dict(inp.meta, regime=regime, patch_size=size, whitebox_steps=inp.cfg.robustness.whitebox_steps,
+                patchattack_queries=queries)
     claims = table5_claims(inp, rec_all, [S.bit_view(b) for b in sorted(eval_bits, reverse=True)])  # lowest last
     save_table(t5, regime_table("table5_asr", regime), dict(meta, claims=claims), caption=caption_with_claims(cap5, claims))
     save_table(robustness.asr_table(rec_all, S.PATCH_SET, views), regime_table("table5_asr_by_set", regime), meta,
@@ -224,8 +273,9 @@ def reduction_claim(records: pd.DataFrame, where: dict, other: str, reduction: f
 def table5_claims(inp: Inputs, records: pd.DataFrame, views: list[str]) -> list[dict]:
     """The Table 5 claims beyond "TriQDef is lower" (``table5_comparisons``), each decided on a 95 % interval:
     topic ``unseen_rise`` (GAP unseen minus seen ASR, TriQDef below :data:`MARGINAL_RISE`, PBAT above
-    :data:`PBAT_RISE`; two patch sets on the same images), ``whitebox`` (each model's own white-box LAVAN patches:
-    TriQDef's ASR below PBAT's and DWQ's), ``unseen_reduction`` (:data:`UNSEEN_REDUCTION`, LAVAN, every view)
+    :data:`PBAT_RISE`; two patch sets on the same images), ``pbat_unseen`` (QADT-R's abstract: PBAT's unseen minus
+    seen ASR above 0, both attacks), ``whitebox`` (each model's own white-box LAVAN patches: TriQDef's ASR below
+    PBAT's, DWQ's and QADT-R's), ``unseen_reduction`` (:data:`UNSEEN_REDUCTION`, LAVAN, every view)
     and ``seen_lowest_bits`` (:data:`SEEN_LOWEST_BITS_REDUCTION`, both attacks, the lowest bit-width's view)."""
     from triqdef.eval.robustness import set_group
 
@@ -240,13 +290,25 @@ def table5_claims(inp: Inputs, records: pd.DataFrame, views: list[str]) -> list[
             out.append(set_difference_claim(grouped, dict(where, group=S.UNSEEN), dict(where, group=S.SEEN),
                                             f"{view} {model} GAP unseen − seen ASR (points)", claim, margin, seed,
                                             "unseen_rise"))
-        for other in (S.PBAT, S.DWQ):
+        for attack in (S.LAVAN, S.GAP):  # QADT-R's abstract: PBAT fails on unseen patches (rise above 0 points)
+            where = {"model": S.PBAT, "attack": attack, "view": view}
+            if {(S.PBAT, attack, view, g) for g in (S.SEEN, S.UNSEEN)} <= present:
+                out.append(set_difference_claim(grouped, dict(where, group=S.UNSEEN), dict(where, group=S.SEEN),
+                                                f"{view} {S.PBAT} {attack.upper()} unseen − seen ASR (points)", "higher",
+                                                0.0, seed, "pbat_unseen"))
+        for other in (S.PBAT, S.DWQ, S.QADT_R):
             where = {"group": S.WHITEBOX, "attack": S.LAVAN, "view": view}
             if not {(m, S.LAVAN, view, S.WHITEBOX) for m in (S.TRIQDEF, other)} <= present:
                 continue
             out.append(set_difference_claim(grouped, dict(where, model=S.TRIQDEF), dict(where, model=other),
                                             f"{view} white-box LAVAN ASR, TriQDef − {other} (points)", "lower", 0.0, seed,
                                             "whitebox"))
+        for other in (S.PBAT, S.DWQ):  # §4.3: TriQDef resists PatchAttack (each model queried itself: images paired)
+            where = {"group": BLACKBOX, "attack": S.PATCHATTACK, "view": view}
+            if {(m, S.PATCHATTACK, view, BLACKBOX) for m in (S.TRIQDEF, other)} <= present:
+                out.append(set_difference_claim(grouped, dict(where, model=S.TRIQDEF), dict(where, model=other),
+                                                f"{view} PatchAttack ASR, TriQDef − {other} (points)", "lower", 0.0,
+                                                seed, "patchattack"))
         for other, reduction in UNSEEN_REDUCTION.items():
             if {(m, S.LAVAN, view, S.UNSEEN) for m in (S.TRIQDEF, other)} <= present:
                 out.append(reduction_claim(grouped, {"view": view, "group": S.UNSEEN, "attack": S.LAVAN}, other, reduction,
@@ -259,14 +321,16 @@ def table5_claims(inp: Inputs, records: pd.DataFrame, views: list[str]) -> list[
     return out
 
 
-#: Table 5's paired comparisons: TriQDef against each other model ("TriQDef's ASR is lower").
-TABLE5_PAIRS = ((S.TRIQDEF, S.PBAT), (S.TRIQDEF, S.DWQ), (S.TRIQDEF, S.STANDARD_QAT))
+#: Table 5's paired comparisons, each on "the first model's ASR is lower": TriQDef against each other model, and
+#: QADT-R against the baselines it claims to beat (its summary: "up to 25 % lower than PBAT and DWQ").
+TABLE5_PAIRS = ((S.TRIQDEF, S.PBAT), (S.TRIQDEF, S.DWQ), (S.TRIQDEF, S.STANDARD_QAT), (S.TRIQDEF, S.QADT_R),
+                (S.QADT_R, S.PBAT), (S.QADT_R, S.DWQ))
 
 
 def table5_comparisons(inp: Inputs, records: pd.DataFrame, regime: str, meta: dict) -> pd.DataFrame:
-    """TriQDef's ASR minus each other model's, on the same seen and unseen patches and test images, with the 95 %
-    paired-bootstrap interval and the verdict on "TriQDef is lower" (table ``table5_comparisons``), the evidence
-    behind REPORT.md's Table 5 verdicts."""
+    """The first model's ASR minus the second's for each of :data:`TABLE5_PAIRS`, on the same seen and unseen patches
+    and test images, with the 95 % paired-bootstrap interval and the verdict on "the first is lower" (table
+    ``table5_comparisons``), the evidence behind REPORT.md's Table 5 and QADT-R verdicts."""
     from triqdef.eval import robustness
     from triqdef.eval.comparisons import paired_comparisons
     from triqdef.reporting.tables import save_table
@@ -275,9 +339,9 @@ def table5_comparisons(inp: Inputs, records: pd.DataFrame, regime: str, meta: di
     grouped = records.assign(**{S.GROUP: records["patch_set"].map(robustness.set_group)})
     comp = paired_comparisons(grouped, TABLE5_PAIRS, groups=(S.SEEN, S.UNSEEN), seed=inp.cfg.base.seed)
     save_table(comp, regime_table("table5_comparisons", regime), meta,
-               caption=(f"TriQDef's targeted ASR minus each other model's (points), {regime_label(inp, regime)} patches, "
+               caption=(f"Targeted ASR of the first model minus the second's (points), {regime_label(inp, regime)} patches, "
                         f"on the same patches and {inp.n_eval} test images: 95% paired-bootstrap interval (images and "
-                        "patches resampled together) and the verdict on 'TriQDef is lower'."))
+                        "patches resampled together) and the verdict on 'the first is lower'."))
     return comp
 
 
@@ -344,7 +408,7 @@ def table2_qat_vs_pbat(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
 
 
 def table17_training_cost(inp: Inputs) -> tuple[pd.DataFrame, dict]:
-    """Table 17: time and memory of a TriQDef, DWQ and PBAT training step against a multi-bit QAT step
+    """Table 17: time and memory of a TriQDef, DWQ, PBAT and QADT-R training step against a multi-bit QAT step
     (``robustness.bench_steps`` alternating steps, batch ``defenses.batch_size``). Returns the table and the
     benchmark record (:func:`triqdef.eval.bench.train_step_benchmark`)."""
     from triqdef.defenses.steps import triqdef_settings
@@ -353,7 +417,7 @@ def table17_training_cost(inp: Inputs) -> tuple[pd.DataFrame, dict]:
     from triqdef.stages.defense import build_step
 
     cfg = inp.cfg
-    extra = {method: build_step(method, cfg, None, inp.splits, 1)[0] for method in ("dwq", "pbat")}
+    extra = {method: build_step(method, cfg, None, inp.splits, 1)[0] for method in ("dwq", "pbat", "qadt_r")}
     tb = train_step_benchmark(triqdef_settings(cfg.triqdef, inp.model_name), inp.model_name, inp.bits, cfg.defenses.batch_size,
                               steps=cfg.robustness.bench_steps, warmup=1, extra_steps=extra, device=cfg.base.device,
                               range_estimator=cfg.quant.activation_range)

@@ -1,0 +1,211 @@
+"""Stage ``stq`` (notebook ``05_stq``): STQ (Zakariyya et al. 2025) against six ART attacks, beside our
+switchable-precision ResNet-20 (docs/design.md#stq).
+
+Reads the tiny networks of stage ``stq_train`` and the standard multi-bit QAT ResNet-20 of ``train_qat``, and
+builds
+
+* the STQ table: per model (FP, STQ, STQ-T1, STQ-T50, STQ-JR, and ResNet-20 at each of ``stq.resnet_bits``) its
+  memory footprint, clean accuracy and robust accuracy under FGSM, PGD, C&W (white-box) and Square, Boundary,
+  ZOO (black-box) from :mod:`triqdef.eval.art_suite`, each with its 95 % interval and its budget;
+* the claims: STQ's clean accuracy above FP's (the summary: 80.57 against 75.20 %), STQ-T50 more robust than
+  STQ-T1 under the white-box attacks, each from a paired interval over the same test images;
+* the Jacobian table: the squared Frobenius norm of each tiny network's input–logit Jacobian on the first
+  ``stq.jacobian_images`` test images (exact, through the straight-through estimator of the quantized models),
+  for the summary's claim that ternary QAT regularises it implicitly.
+
+Every rate is at the profile's scale: the captions give the images and the attacks' budgets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from triqdef.reporting import schemas as S
+from triqdef.stages.common import NotebookInputs
+
+PARAMS = ("base", "data", "model", "quant", "stq")
+
+#: Row labels of the tiny networks (stage ``stq_train``'s runs), in table order.
+STQ_LABELS = {"fp": "FP (tiny)", "stq": "STQ", "stq_t1": "STQ-T1", "stq_t50": "STQ-T50", "stq_jr": "STQ-JR"}
+#: The summary's figures: clean accuracy of STQ and of its FP model (%), memory footprint (KB).
+PAPER = {"stq_clean": 80.57, "fp_clean": 75.20, "stq_kb": 410, "fp_kb": 4496}
+WHITE_BOX = ("fgsm", "pgd", "cw")
+
+
+@dataclass(kw_only=True)
+class Inputs(NotebookInputs):
+    """The tiny networks by row label, our ResNet-20 and their metadata."""
+
+    tiny: dict[str, nn.Module]
+    resnet: nn.Module
+    metas: dict[str, dict]
+
+    def describe(self) -> str:
+        s = self.cfg.stq
+        return (f"profile {self.profile}; data {self.splits.source['source']}; models {list(self.tiny)} and "
+                f"{self.model_name} at {list(s.resnet_bits)} bits; attack images {dict(s.attack_images)}")
+
+
+def load(cfg) -> Inputs:
+    from triqdef.meta import provenance
+    from triqdef.stages import common
+    from triqdef.stages.stq_train import checkpoint
+    from triqdef.stq.model import stq_from_checkpoint
+    from triqdef.training.loop import model_from_checkpoint
+
+    splits = common.load_data(cfg)
+    tiny, metas = {}, {}
+    for run, label in STQ_LABELS.items():
+        tiny[label], metas[label] = stq_from_checkpoint(checkpoint(run))
+    resnet, metas[cfg.model.name] = model_from_checkpoint(common.qat_checkpoint(cfg), kind="qat", model_name=cfg.model.name)
+    n = max(cfg.stq.attack_images.values())
+    meta = provenance(cfg, {"data": common.data_record(splits), "checkpoints": {k: m.get("commit") for k, m in metas.items()}})
+    return Inputs(cfg=cfg, splits=splits, patches=[], test_x=splits.test.images[:n], test_y=splits.test.labels[:n],
+                  meta=meta, tiny=tiny, resnet=resnet.eval(), metas=metas)
+
+
+def views(inp: Inputs) -> dict[str, tuple[nn.Module, int | None]]:
+    """Row label -> (model, bits): the tiny networks, then ResNet-20 at each of ``stq.resnet_bits``."""
+    out = {label: (model, None) for label, model in inp.tiny.items()}
+    out.update({f"{inp.model_name} standard QAT {b}-bit": (inp.resnet, b) for b in inp.cfg.stq.resnet_bits})
+    return out
+
+
+def attack_results(inp: Inputs) -> dict[tuple[str, str], object]:
+    """(row, attack) -> :class:`triqdef.eval.art_suite.AttackResult` on the first ``stq.attack_images[attack]`` test
+    images, every attack at its ``stq.attacks`` settings; the same images and seed for every row."""
+    from triqdef.eval.art_suite import ATTACKS, robust_accuracy
+
+    s, seed = inp.cfg.stq, inp.cfg.base.seed
+    out = {}
+    for label, (model, bits) in views(inp).items():
+        for attack in ATTACKS:
+            n = s.attack_images[attack]
+            out[(label, attack)] = robust_accuracy(model, inp.test_x[:n], inp.test_y[:n], attack,
+                                                   dict(s.attacks.get(attack, {})), bits=bits, seed=seed)
+    return out
+
+
+def _paired_claim(a: torch.Tensor, b: torch.Tensor, statement: str, claim: str, seed: int) -> dict:
+    """``rate(a) − rate(b)`` over the same images (two boolean vectors), paired bootstrap, as a claim record."""
+    from triqdef.eval.intervals import Outcomes, claim_evidence, paired_difference
+    from triqdef.eval.transfer import N_BOOT
+
+    def outcomes(v):
+        hits = v.cpu().numpy().astype(bool)[None]
+        return Outcomes(hits, np.ones_like(hits))
+
+    return claim_evidence(statement, paired_difference(outcomes(a), outcomes(b), N_BOOT, seed), claim)
+
+
+def stq_table(inp: Inputs, results: dict) -> pd.DataFrame:
+    """The STQ table (module docstring) with its claims in the metadata."""
+    from triqdef.eval.accuracy import predict
+    from triqdef.eval.art_suite import ATTACKS
+    from triqdef.eval.intervals import Outcomes, bootstrap_rate
+    from triqdef.eval.transfer import N_BOOT
+    from triqdef.reporting.tables import save_table
+    from triqdef.stq.model import memory_footprint_kb
+
+    seed, test = inp.cfg.base.seed, inp.splits.test
+    rows, clean_hits = [], {}
+    for label, (model, bits) in views(inp).items():
+        hits = (predict(model, test.images, bits) == test.labels)
+        clean_hits[label] = hits
+        o = Outcomes(hits.numpy()[None], np.ones((1, hits.numel()), dtype=bool))
+        acc = bootstrap_rate(o, N_BOOT, seed)
+        kb = memory_footprint_kb(model) if label in STQ_LABELS.values() else _resnet_kb(model, bits)
+        row = {S.MODEL: label, "memory KB": round(kb, 1), "clean": 100 * acc.value, "clean low": 100 * acc.low,
+               "clean high": 100 * acc.high}
+        for attack in ATTACKS:
+            r = results[(label, attack)]
+            row.update({attack: 100 * r.robust.value, f"{attack} low": 100 * r.robust.low,
+                        f"{attack} high": 100 * r.robust.high})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    claims = [_paired_claim(clean_hits["STQ"], clean_hits["FP (tiny)"], "clean accuracy, STQ − FP (points)", "higher",
+                            seed)]
+    for attack in WHITE_BOX:
+        claims.append(_paired_claim(results[("STQ-T50", attack)].correct, results[("STQ-T1", attack)].correct,
+                                    f"{attack.upper()} robust accuracy, STQ-T50 − STQ-T1 (points)", "higher", seed))
+    budgets = "; ".join(f"{a} {results[(rows[0][S.MODEL], a)].budget} {results[(rows[0][S.MODEL], a)].budget_unit} on "
+                        f"{inp.cfg.stq.attack_images[a]} images" for a in ATTACKS)
+    from triqdef.reporting.tables import caption_with_claims
+
+    caption = (f"STQ (docs/design.md#stq) and our standard-QAT {inp.model_name}: memory footprint (KB: stored bits per "
+               f"weight; ResNet-20 at b bits counts b-bit weights), clean accuracy on {test.labels.numel()} test images "
+               f"and robust accuracy (%: correct clean and under attack) under six ART attacks, ℓ∞ ε = 8/255 (C&W, "
+               f"Boundary and ZOO projected onto that ball), untargeted, profile `{inp.profile}`, 95% bootstrap "
+               f"intervals. Budgets per image: {budgets}. The black-box budgets are far below the summary's: read "
+               f"them as an upper bound on robustness. Paper (summary): STQ {PAPER['stq_clean']} % clean, "
+               f"{PAPER['stq_kb']} KB; FP {PAPER['fp_clean']} %, {PAPER['fp_kb']} KB.")
+    meta = dict(inp.meta, claims=claims, results={f"{k[0]} | {k[1]}": v.as_record() for k, v in results.items()})
+    save_table(table, "stq_attacks", meta, caption=caption_with_claims(caption, claims))
+    return table
+
+
+def _resnet_kb(model: nn.Module, bits: int | None) -> float:
+    """Weights at ``bits`` (first and last layers at 8 when the model keeps them there), BN and biases at 32 bits."""
+    total = 0
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    edges = {layers[0], layers[-1]} if layers else set()
+    for name, module in model.named_modules():
+        if name in layers:
+            b = 32 if bits in (None, 32) else (max(bits, 8) if name in edges else bits)
+            total += module.weight.numel() * b + (module.bias.numel() * 32 if module.bias is not None else 0)
+        elif isinstance(module, nn.BatchNorm2d):
+            total += 4 * module.num_features * 32
+    return total / 8 / 1024
+
+
+def jacobian_table(inp: Inputs) -> pd.DataFrame:
+    """Squared Frobenius norm of each tiny network's input–logit Jacobian (mean over the first
+    ``stq.jacobian_images`` test images, with a 95 % bootstrap interval over images), and the claim that STQ's is
+    below FP's (the summary: ternary QAT regularises it implicitly)."""
+    from triqdef.eval.intervals import INCONCLUSIVE, FAILS, HOLDS
+    from triqdef.reporting.tables import caption_with_claims, save_table
+    from triqdef.stq.jacobian import exact_jacobian_frobenius_sq
+
+    n, seed = inp.cfg.stq.jacobian_images, inp.cfg.base.seed
+    x = inp.splits.test.images[:n].float() / 255
+    per_image = {}
+    for label, model in inp.tiny.items():
+        model.eval()
+        per_image[label] = torch.stack([exact_jacobian_frobenius_sq(model, x[i:i + 1]).reshape(()) for i in range(len(x))]).numpy()
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(x), size=(2000, len(x)))
+    rows = []
+    for label, v in per_image.items():
+        reps = v[draws].mean(1)
+        rows.append({S.MODEL: label, "jacobian_fro_sq": float(v.mean()), "low": float(np.percentile(reps, 2.5)),
+                     "high": float(np.percentile(reps, 97.5)), "n images": len(x)})
+    d = per_image["STQ"] - per_image["FP (tiny)"]
+    reps = d[draws].mean(1)
+    lo, hi = float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5))
+    claim = {"statement": "mean ‖J‖_F², STQ − FP (paired over images)", "value": float(d.mean()), "low": lo,
+             "high": hi, "claim": "lower than 0", "n_images": len(x), "n_patches": 1, "n_boot": 2000,
+             "verdict": HOLDS if hi < 0 else FAILS if lo > 0 else INCONCLUSIVE}
+    table = pd.DataFrame(rows)
+    save_table(table, "stq_jacobian", dict(inp.meta, claims=[claim]), floatfmt=".4g",
+               caption=caption_with_claims(
+                   f"Squared Frobenius norm of the input–logit Jacobian, mean over the first {len(x)} test images "
+                   "(95% bootstrap interval over images). For the quantized networks the Jacobian is taken through "
+                   "the straight-through estimator their training uses (the exact derivative of a quantized "
+                   "network is zero almost everywhere), so it measures the gradients an attacker gets.", [claim]))
+    return table
+
+
+def metrics(inp: Inputs, table: pd.DataFrame) -> tuple[dict, dict]:
+    """Headline numbers (each tiny network's clean and PGD robust accuracy, the wall time) and details."""
+    t = table.set_index(S.MODEL)
+    head = {}
+    for run, label in STQ_LABELS.items():
+        head[f"clean_{run}"] = float(t.loc[label, "clean"])
+        head[f"pgd_{run}"] = float(t.loc[label, "pgd"])
+    head["stage_wall_time_s"] = round(inp.wall_time_s(), 1)
+    return head, {"profile": inp.profile, "table": table.to_dict(orient="records"), "provenance": inp.meta}

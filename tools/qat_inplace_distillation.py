@@ -5,8 +5,9 @@
 
 Stage ``train_qat``'s recipe (the profile's ``train_qat`` and ``quant`` params, the committed FP model, the same
 calibration, seed and batches) with one change to the step, after Any-Precision DNNs (Yu et al. 2019): the 32-bit
-view learns from the labels; every lower bit-width learns from ``mix`` × KL(32-bit softmax, detached ‖ its own) +
-(1 − ``mix``) × cross-entropy. Prints the clean accuracy at each bit-width on the profile's test split (JSON);
+view learns from the labels; every lower bit-width learns from ``mix`` × the soft cross-entropy to the detached
+32-bit softmax (:func:`triqdef.stq.distillation.distillation_loss` at T = 1; the KL's gradient) + (1 − ``mix``) ×
+cross-entropy. Prints the clean accuracy at each bit-width on the profile's test split (JSON);
 writes the checkpoint to ``--out`` only (never into ``results/``).
 """
 
@@ -32,13 +33,23 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 <= args.mix <= 1.0:
         print(f"qat_inplace_distillation: error: --mix {args.mix}: expected a number in [0, 1]", file=sys.stderr)
         return 2
+    from triqdef.errors import TriqdefError
 
+    try:
+        return _run(args)
+    except TriqdefError as e:  # a wrong profile, a missing or corrupt FP checkpoint, missing data
+        print(f"qat_inplace_distillation: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
 
     from triqdef import quant
     from triqdef.config import load_config
     from triqdef.eval.accuracy import accuracy
     from triqdef.stages.common import fp_checkpoint, load_data
+    from triqdef.stq.distillation import distillation_loss
     from triqdef.training.loop import calibrate_all, fit, model_from_checkpoint
 
     cfg = load_config(ROOT / "params.yaml", profile=args.profile)
@@ -56,14 +67,13 @@ def main(argv: list[str] | None = None) -> int:
             loss = F.cross_entropy(teacher_logits, y)
             (loss / len(bits)).backward()
         record = {f"loss_{teacher_bits}": loss.item()}
-        soft = F.softmax(teacher_logits.detach(), 1)
         for b in bits:
             if b == teacher_bits:
                 continue
             with quant.use_bitwidth(m, b):
                 logits = m(x)
-                kl = F.kl_div(F.log_softmax(logits, 1), soft, reduction="batchmean")
-                loss = args.mix * kl + (1 - args.mix) * F.cross_entropy(logits, y)
+                soft = distillation_loss(logits, teacher_logits, 1.0)  # teacher detached inside
+                loss = args.mix * soft + (1 - args.mix) * F.cross_entropy(logits, y)
                 (loss / len(bits)).backward()
             record[f"loss_{b}"] = loss.item()
         return record

@@ -51,24 +51,23 @@ def _bits(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated bit-widths, e.g. 32,8,5,4,2") from None
 
 
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number in [0, 1]")
-    return value
+def _number(low: float, high: float | None, closed_low: bool = True):
+    """An argparse type: a float in [low, high] (or (low, high] with ``closed_low=False``; no upper bound if None)."""
+    want = f"a number in [{low:g}, {high:g}]" if high is not None else f"a number > {low:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {want}") from None
+        if (value < low if closed_low else value <= low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {want}")
+        return value
+
+    return parse
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number > 0")
-    return value
+_share, _positive = _number(0.0, 1.0), _number(0.0, None, closed_low=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,17 +178,17 @@ def _train(args: argparse.Namespace) -> int:
         else:
             fp_path = args.fp_checkpoint or fp_checkpoint(cfg)
         fp_model, _ = model_from_checkpoint(fp_path, kind="fp", model_name=cfg.model.name)
-        teacher = _frozen_copy(fp_path, cfg.model.name) if args.kd_mix else None
+        teacher = _frozen_copy(fp_model) if args.kd_mix else None
         model = quant.quantize_model(fp_model, bits, q.first_last_bits, q.averaging_constant, q.activation_range)
         calibrate_all(model, splits.holdout.images, train.batch_size)
         top = max(bits)
 
         freeze_at = None if args.freeze_after is None else int(args.freeze_after * train.total_steps(len(splits.train.images)))
-        frozen, is_frozen = contextlib.ExitStack(), []
+        frozen = contextlib.ExitStack()  # holds quant.frozen_statistics from step freeze_at to the end of training
 
         def step(m, x, y, k):
-            if freeze_at is not None and k >= freeze_at and not is_frozen:
-                is_frozen.append(frozen.enter_context(quant.frozen_statistics(m)))
+            if k == freeze_at:
+                frozen.enter_context(quant.frozen_statistics(m))
             losses = {}
             teacher_logits = None
             if teacher is not None:
@@ -224,14 +223,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _frozen_copy(path: Path, name: str):
-    """The FP model of ``path`` as a frozen teacher (eval mode, no gradients)."""
-    from triqdef.training.loop import model_from_checkpoint
+def _frozen_copy(fp_model):
+    """A copy of the FP model as a frozen teacher (eval mode, no gradients)."""
+    import copy
 
-    teacher, _ = model_from_checkpoint(path, kind="fp", model_name=name)
+    teacher = copy.deepcopy(fp_model).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    return teacher.eval()
+    return teacher
 
 
 if __name__ == "__main__":

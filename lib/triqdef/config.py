@@ -147,6 +147,7 @@ class TrainParams:
 class QATParams(TrainParams):
     every_layer_variant: bool   # also train the every-layer-at-b model (Table 4's second standard-QAT row)
     independent_model: bool     # also train one with another seed: the unseen-bit-width patches' source
+    independent_share: float = field(metadata=_check(gt=0, le=1))   # its steps (or epochs): this share of the run's
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import dataclasses
 import time
 from pathlib import Path
 
 from triqdef import paths, quant
-from triqdef.config import Config, StageConfig, as_dict
+from triqdef.config import Config, QATParams, StageConfig, as_dict
 from triqdef.eval.accuracy import accuracy
 from triqdef.meta import provenance, write_curve, write_metrics
 from triqdef.stages.common import data_record, fp_checkpoint, load_data, qat_checkpoint, work_dir
@@ -19,6 +20,13 @@ INDEPENDENT_SEED_OFFSET = 1_000  # the independent model's seed: base.seed + thi
 log = logging.getLogger(__name__)
 
 
+def shortened(train: QATParams, share: float) -> QATParams:
+    """``train`` with ``share`` of its steps (at least one) or, where it counts epochs, of its epochs."""
+    if train.steps is not None:
+        return dataclasses.replace(train, steps=max(1, round(train.steps * share)))
+    return dataclasses.replace(train, epochs=train.epochs * share)
+
+
 def run_train_qat(cfg: Config | StageConfig, all_layers: bool = False, progress: bool = True, root: Path | None = None,
                   metrics_name: str | None = "train_qat", independent: bool = False) -> dict:
     """Stage ``train_qat``: standard multi-bit QAT on one shared backbone, fine-tuned from the FP weights.
@@ -28,10 +36,13 @@ def run_train_qat(cfg: Config | StageConfig, all_layers: bool = False, progress:
     ``all_layers=True`` quantizes the first and last layer at ``b`` too.
     ``root`` / ``metrics_name`` as in :func:`triqdef.stages.train_fp.run_train_fp`. ``independent=True``
     trains the same recipe with seed ``base.seed + INDEPENDENT_SEED_OFFSET`` into its own checkpoint: the
-    source of the unseen-bit-width patches, independent of the defenses' starting checkpoint.
+    source of the unseen-bit-width patches, independent of the defenses' starting checkpoint, for
+    ``train_qat.independent_share`` of the run's steps (or epochs; the schedule spans the shorter run).
     """
     t_stage = time.perf_counter()
     train, q = cfg.train_qat, cfg.quant
+    if independent and train.independent_share < 1:
+        train = shortened(train, train.independent_share)
     flb = None if all_layers else q.first_last_bits
     name, seed = cfg.model.name, cfg.base.seed + (INDEPENDENT_SEED_OFFSET if independent else 0)
     device = resolve_device(cfg.base.device)

@@ -87,6 +87,8 @@ def test_literal_choices_match_the_library():
     (lambda r: r["ablations"]["cpu"].update(run=["no_fdp", "nope"]), r"ablations.run names 'nope'"),
     (lambda r: r["triqdef"]["common"].update(rho=1.5), r"triqdef.cpu.rho = 1.5: expected a number <= 1"),
     (lambda r: r["base"].update(seed=-2), r"parameter base.seed = -2"),
+    (lambda r: r["train_qat"]["cpu"].update(independent_share=0), r"train_qat.cpu.independent_share = 0: expected a number > 0"),
+    (lambda r: r["train_qat"]["cpu"].update(independent_share=1.5), r"train_qat.cpu.independent_share = 1.5: expected a number <= 1"),
     (lambda r: r.pop("dwq"), r"no section 'dwq'"),
     (lambda r: r["dwq"].pop("cpu"), r"params section 'dwq' has no 'cpu' entry"),
 ])
@@ -111,6 +113,18 @@ def test_override_checks_its_values_as_params_yaml_would():
         override(cfg.train_fp, {"batch_size": 0}, "cross_arch.train_fp")
     with pytest.raises(TriqdefError, match="cross_arch.train_fp.epoch is unknown"):
         override(cfg.train_fp, {"epoch": 3}, "cross_arch.train_fp")
+
+
+def test_the_independent_qat_model_trains_for_its_share_of_the_run():
+    from triqdef.stages.train_qat import shortened
+
+    cfg = load_config(PARAMS, "cpu")
+    assert cfg.train_qat.steps == 800 and cfg.train_qat.independent_share == 0.5
+    half = shortened(cfg.train_qat, cfg.train_qat.independent_share)
+    assert (half.steps, half.lr, half.schedule) == (400, cfg.train_qat.lr, cfg.train_qat.schedule)
+    assert shortened(dataclasses.replace(cfg.train_qat, steps=3), 0.1).steps == 1   # never a run of no steps
+    by_epochs = load_config(PARAMS, "paper").train_qat
+    assert by_epochs.steps is None and shortened(by_epochs, 0.25).epochs == by_epochs.epochs * 0.25
 
 
 def test_train_params_need_epochs_or_steps():

@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+CIFAR10_TEST_IMAGES = 10_000
+
+
 def _count_or_all(text: str) -> int:
     if text == "all":
         return CIFAR10_TEST_IMAGES
@@ -126,9 +129,6 @@ def _count_or_all(text: str) -> int:
     if not 0 < n <= CIFAR10_TEST_IMAGES:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a number of test images in 1..{CIFAR10_TEST_IMAGES} or 'all'")
     return n
-
-
-CIFAR10_TEST_IMAGES = 10_000
 
 
 def _accuracy(args: argparse.Namespace) -> int:
@@ -146,10 +146,10 @@ def _accuracy(args: argparse.Namespace) -> int:
     splits = load_data(cfg)
     model, meta = model_from_checkpoint(args.checkpoint)
     n = int(splits.test.labels.numel())
+    is_fp = meta.get("kind") == "fp"
     rows = {}
-    for b in quant.model_bits(model) if meta.get("kind") != "fp" else [quant.FP_BITS]:
-        correct = round(accuracy(model, splits.test.images, splits.test.labels,
-                                 bits=None if meta.get("kind") == "fp" else b) * n)
+    for b in [quant.FP_BITS] if is_fp else quant.model_bits(model):
+        correct = round(accuracy(model, splits.test.images, splits.test.labels, bits=None if is_fp else b) * n)
         ci = binomtest(correct, n).proportion_ci(0.95, method="wilson")
         rows[str(b)] = {"accuracy": round(100 * correct / n, 2), "ci95": [round(100 * ci.low, 2), round(100 * ci.high, 2)]}
     print(json.dumps({"checkpoint": str(args.checkpoint), "n_test": n, "data": splits.source.get("source"),

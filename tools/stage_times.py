@@ -47,6 +47,11 @@ def results_at(rev: str, into: Path) -> Path:
     return into / "results"
 
 
+def fmt(value: float, spec: str) -> str:
+    """``value`` formatted, or "–" where it is NaN (the stage is missing on one side, or took 0 s there)."""
+    return "–" if value != value else format(value, spec)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--against", default="main", help="git revision whose recorded stage times to compare with")
@@ -61,7 +66,6 @@ def main() -> int:
     table["ratio"] = table["seconds_here"] / table["seconds_there"].where(table["seconds_there"] > 0)
     print(f"| stage | s ({args.against}) | s (this tree) | ratio |\n|---|---|---|---|")
     for stage, r in table.iterrows():
-        fmt = lambda v, spec: "–" if v != v else format(v, spec)  # NaN: the stage is missing on one side
         print(f"| {stage} | {fmt(r.seconds_there, '.0f')} | {fmt(r.seconds_here, '.0f')} | {fmt(r.ratio, '.2f')} |")
     total_here, total_there = table["seconds_here"].sum() / 60, table["seconds_there"].sum() / 60
     print(f"\ntotal: {total_there:.1f} min ({args.against}), {total_here:.1f} min (this tree)")

@@ -15,7 +15,7 @@ for stage in "$@"; do
   if dvc repro -s "$stage" > "$(dirname "$LOG")/$(echo "$stage" | tr '/@' '__').log" 2>&1 && dvc push -q; then
     echo "$(date -u +%T) done $stage" >> "$LOG"
   else
-    echo "$(date -u +%T) FAILED $stage (see $(dirname "$LOG")/$(echo "$stage" | tr '/@' '__').log)" >> "$LOG"
+    echo "$(date -u +%T) FAILED $stage (see $(dirname "$LOG")/$(echo "$stage" | tr '/@' '__').log)" | tee -a "$LOG" >&2
     exit 1
   fi
 done

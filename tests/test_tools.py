@@ -1,4 +1,5 @@
-"""The helper scripts in tools/ that are not pipeline stages: stage_times.py and qat_probe.py's argument checks."""
+"""The helper scripts in tools/ that are not pipeline stages: stage_times.py and qat_probe.py's argument checks,
+dag_run.py (the stage runner of the GPU machine) and set_profile.py."""
 
 import argparse
 import importlib.util
@@ -58,3 +59,58 @@ def test_qat_probe_test_images_accepts_a_count_or_all_and_refuses_the_rest():
     for bad in ("0", "10001", "many"):
         with pytest.raises(argparse.ArgumentTypeError, match="expected a number of test images in 1..10000"):
             probe._count_or_all(bad)
+
+
+def _dag_run(tmp_path, stages: list[dict], *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(stages))
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "dag_run.py"), "run", str(plan), "--log",
+                          str(tmp_path / "log"), *args], capture_output=True, text=True, cwd=tmp_path)
+    record = tmp_path / "log" / "dag_run.json"
+    return out, (json.loads(record.read_text())["stages"] if record.exists() else {})
+
+
+def test_dag_run_runs_upstream_first_in_parallel_and_skips_below_a_failure(tmp_path):
+    stages = [{"name": "a", "cmd": "sleep 1; echo a >> order", "after": []},
+              {"name": "b", "cmd": "sleep 1; echo b >> order", "after": []},
+              {"name": "c", "cmd": "echo c >> order", "after": ["a", "b"]},
+              {"name": "bad", "cmd": "exit 3", "after": ["a"]},
+              {"name": "below@bad", "cmd": "echo never >> order", "after": ["bad"]}]
+    out, state = _dag_run(tmp_path, stages, "--jobs", "2")
+    assert out.returncode == 1, out.stdout
+    assert (tmp_path / "order").read_text().split()[-1] == "c" and "never" not in (tmp_path / "order").read_text()
+    assert state["a"]["start_s"] < 0.5 and state["b"]["start_s"] < 0.5  # side by side
+    assert state["c"]["start_s"] >= max(state["a"]["end_s"], state["b"]["end_s"])
+    assert (state["bad"]["state"], state["bad"]["rc"], state["below@bad"]["state"]) == ("failed", 3, "skipped")
+    assert (tmp_path / "log" / "below-bad.log").exists() is False and (tmp_path / "log" / "a.log").exists()
+
+
+def test_dag_run_stops_at_the_deadline_and_keeps_the_record(tmp_path):
+    stages = [{"name": "fast", "cmd": "true", "after": []},
+              {"name": "slow", "cmd": "sleep 30", "after": []},
+              {"name": "later", "cmd": "true", "after": ["slow"]}]
+    out, state = _dag_run(tmp_path, stages, "--deadline", "2")
+    assert out.returncode == 1
+    assert [state[n]["state"] for n in ("fast", "slow", "later")] == ["done", "killed", "not started"]
+    assert state["slow"]["end_s"] < 15
+
+
+def test_dag_run_refuses_a_broken_plan_in_one_line(tmp_path):
+    out, _ = _dag_run(tmp_path, [{"name": "a", "cmd": "true", "after": ["missing"]}])
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "upstream ['missing'] not in the plan" in out.stderr
+
+
+def test_set_profile_sets_the_profile_merges_an_overlay_and_refuses_unknown_sections(tmp_path):
+    (tmp_path / "params.yaml").write_text("base:\n  profile: cpu   # a comment\n  seed: 0\n"
+                                          "train_fp:\n  cpu: {epochs: 30}\n  gpu: {epochs: 30, lr: 0.2}\n")
+    script = str(ROOT / "tools" / "set_profile.py")
+    assert subprocess.run([sys.executable, script, "gpu"], cwd=tmp_path).returncode == 0
+    assert "profile: gpu   # a comment" in (tmp_path / "params.yaml").read_text()
+    (tmp_path / "o.yaml").write_text("train_fp: {gpu: {epochs: 2, batch_size: 32}}\n")
+    assert subprocess.run([sys.executable, script, "gpu", "o.yaml"], cwd=tmp_path).returncode == 0
+    import yaml
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["train_fp"]["gpu"] == {"epochs": 2, "lr": 0.2,
+                                                                                       "batch_size": 32}
+    (tmp_path / "bad.yaml").write_text("nosuch: {gpu: {x: 1}}\n")
+    out = subprocess.run([sys.executable, script, "gpu", "bad.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.strip() == "set_profile: error: overlay key nosuch is not in params.yaml"

@@ -5,7 +5,7 @@
 # base.profile becomes PROFILE, and OVERLAY (optional) is merged into params.yaml, key by key, before the run (e.g.
 # tools/gpu_dry_run.yaml: the gpu profile with its sizes cut, to test it on a CPU). Data: `triqdef data fetch`, which
 # honours TRIQDEF_OFFLINE and CIFAR10_ARCHIVE. Then `dvc repro --no-commit`. Used by tools/test.sh (smoke) and
-# tools/gpu_run.sh (gpu).
+# tools/gpu_run.sh (gpu). NO_REPRO=1 stops after making the copy.
 set -euo pipefail
 [[ $# -ge 2 ]] || { echo "usage: tools/pipeline_copy.sh DIR PROFILE [OVERLAY.yaml]" >&2; exit 2; }
 copy=$1 profile=$2 overlay=${3:-}
@@ -22,33 +22,8 @@ cd "$copy"
 # the copy's own code and outputs: nothing of the real repository's results/ is read or written
 unset TRIQDEF_OUTPUT TRIQDEF_PROFILE TRIQDEF_DATA_DIR
 export PYTHONPATH="$copy/lib${PYTHONPATH:+:$PYTHONPATH}"
-python - "$profile" "$overlay" <<'PY'
-import re
-import sys
-from pathlib import Path
-
-import yaml
-
-profile, overlay = sys.argv[1], sys.argv[2]
-p = Path("params.yaml")
-text, n = re.subn(r"(?m)^(base:\n(?:[ \t]+.*\n|\s*\n)*?[ \t]+profile:[ \t]*)\w+", rf"\g<1>{profile}", p.read_text(), count=1)
-assert n == 1 and yaml.safe_load(text)["base"]["profile"] == profile, "params.yaml: base.profile not found"
-if overlay:
-    params = yaml.safe_load(text)
-
-    def merge(into: dict, new: dict, where: str, depth: int) -> None:
-        for key, value in new.items():
-            if key not in into and depth < 2:  # a section and its profile must exist; keys inside a profile may be new
-                sys.exit(f"tools/pipeline_copy.sh: error: overlay key {where}{key} is not in params.yaml")
-            if isinstance(value, dict) and isinstance(into.get(key), dict):
-                merge(into[key], value, f"{where}{key}.", depth + 1)
-            else:
-                into[key] = value
-
-    merge(params, yaml.safe_load(Path(overlay).read_text()) or {}, "", 0)
-    text = yaml.safe_dump(params, sort_keys=False)
-p.write_text(text)
-PY
+python tools/set_profile.py "$profile" ${overlay:+"$overlay"}
 printf '[core]\n    no_scm = true\n' > .dvc/config.local   # the copy is no git repository
+[[ -z ${NO_REPRO:-} ]] || exit 0   # NO_REPRO=1: the copy only (tools/gpu_prepare.sh)
 triqdef --quiet data fetch > /dev/null
 dvc repro --no-commit --quiet

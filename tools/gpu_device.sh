@@ -40,9 +40,9 @@ export PATH=/tmp/bin:$PATH PYTHONPATH=$PWD/lib${PYTHONPATH:+:$PYTHONPATH} PYTHON
 unset TRIQDEF_OUTPUT TRIQDEF_PROFILE TRIQDEF_DATA_DIR
 # CPU threads per stage: the cores shared out among the stages that run side by side. With PyTorch's default (every
 # core in every process) the dry run's 12 stages ran 5-10x slower than alone (2026-11-30, README "GPU profile").
-threads=$(( $(nproc) / jobs )); (( threads >= 1 )) || threads=1
+threads=$(( $(nproc --all) / jobs )); (( threads >= 1 )) || threads=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$threads} MKL_NUM_THREADS=${MKL_NUM_THREADS:-$threads}
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc --all
   python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
   git rev-parse HEAD 2>/dev/null || true; } | tee "$OUT/env.txt"
 rm -rf results dvc.lock && mkdir -p results/dag_run

@@ -24,7 +24,7 @@ import pandas as pd
 from triqdef import paths
 from triqdef.meta import provenance, write_text
 from triqdef.reporting import schemas as S
-from triqdef.eval.intervals import FAILS, HOLDS, INCONCLUSIVE, claim_text, overall_verdict
+from triqdef.eval.intervals import FAILS, HOLDS, INCONCLUSIVE, claim_text as _interval_claim_text, overall_verdict
 
 
 @dataclass
@@ -222,6 +222,12 @@ def _all_hold(claims: list[dict]) -> str:
     return overall_verdict([c["verdict"] for c in claims])
 
 
+def claim_text(evidence: dict) -> str:
+    """:func:`triqdef.eval.intervals.claim_text`, without "1 patches" where the rate has no patches (an accuracy)."""
+    text = _interval_claim_text(evidence)
+    return text.replace(" images, 1 patches)", " images)") if evidence.get("n_patches") == 1 else text
+
+
 def _claims(results, table: str, topic: str | None = None, combine=_all_hold) -> dict[str, tuple[str, str]]:
     """{regime: (verdict, text)} from :func:`_claim_sets`: ``combine`` (default: every claim must hold) turns the
     regime's claims into one verdict; the text lists each interval with its sample and verdict."""
@@ -406,13 +412,43 @@ def _table13(results):
                     _claims(results, "table13_sensitivity"), "holds" if best == "full" else "does not hold")
 
 
+CLOSE_CLEAN_POINTS = -2.5  # "close to standard QAT": no bit-width more than 2.5 points below (the paper's Table 4: -2.4)
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion ``correct / n`` (as ``scipy.stats.binomtest(...).proportion_ci(
+    method="wilson")``, which the tests compare it with)."""
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return centre - half, centre + half
+
+
+def accuracy_difference(a: float, b: float, n: int) -> tuple[float, float, float]:
+    """``a − b`` in points, with a 95 % interval, for two accuracies (%) measured on ``n`` images each: Newcombe's
+    hybrid score interval (his method 10) from the two Wilson intervals. It treats the two as independent samples;
+    on the same test images, where the two models' errors are positively correlated, it is wider than a paired
+    interval (conservative). A paired interval needs per-image predictions, which Table 4 does not keep."""
+    ka, kb = round(a * n / 100), round(b * n / 100)
+    pa, pb = ka / n, kb / n
+    (la, ua), (lb, ub) = wilson_interval(ka, n), wilson_interval(kb, n)
+    d = pa - pb
+    low = d - ((pa - la) ** 2 + (ub - pb) ** 2) ** 0.5
+    high = d + ((ua - pa) ** 2 + (pb - lb) ** 2) ** 0.5
+    return 100 * d, 100 * low, 100 * high
+
+
 def _clean_cost(results):
     t = _table(results, "table4_defenses_clean_accuracy").set_index(S.MODEL)
     cols = [c for c in t.columns if S.is_accuracy_column(c)]
-    dev = {c: t.loc[S.TRIQDEF, c] - t.loc[S.STANDARD_QAT, c] for c in cols if pd.notna(t.loc[S.TRIQDEF, c])}
-    worst = min(dev.values())
-    return ", ".join(f"{c} {v:+.1f}" for c, v in dev.items()) + " points vs standard QAT", (
-        "holds" if worst >= -2.5 else "does not hold")
+    n = int(t.loc[S.TRIQDEF, "n_test"])
+    diffs = {c: accuracy_difference(t.loc[S.TRIQDEF, c], t.loc[S.STANDARD_QAT, c], n)
+             for c in cols if pd.notna(t.loc[S.TRIQDEF, c])}
+    verdicts = [HOLDS if low > CLOSE_CLEAN_POINTS else FAILS if high < CLOSE_CLEAN_POINTS else INCONCLUSIVE
+                for _, low, high in diffs.values()]
+    text = ", ".join(f"{c} {d:+.1f} [{low:+.1f}, {high:+.1f}]" for c, (d, low, high) in diffs.items())
+    return (f"{text} points vs standard QAT ({n} images; 95 % Newcombe interval, unpaired, so conservative on the "
+            f"same images; claimed higher than {CLOSE_CLEAN_POINTS:g} at every bit-width)"), overall_verdict(verdicts)
 
 
 def _bench(results):

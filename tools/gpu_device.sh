@@ -25,7 +25,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ -f .gpu/plan-$profile.json && -f .gpu/cifar10-jpeg.tar.gz ]] \
   || { echo "gpu_device.sh: error: .gpu/plan-$profile.json or .gpu/cifar10-jpeg.tar.gz missing: run tools/gpu_prepare.sh $profile and carry .gpu" >&2; exit 2; }
-[[ -n ${OUT:-} && -d $OUT ]] || { OUT=$(mktemp -d); echo "gpu_device.sh: OUT not set: writing to $OUT"; }
+[[ -n ${OUT:-} && -d $OUT ]] || { echo "gpu_device.sh: error: OUT not set: run it on the device machine (which sets OUT), or in a throwaway copy with OUT=DIR: it removes results/ and dvc.lock where it runs" >&2; exit 2; }
 exec > >(tee -a "$OUT/console.log") 2>&1
 t0=$(date +%s)
 if ! python3 -c "import papermill, art, ipykernel" 2>/dev/null; then

@@ -53,6 +53,14 @@ def _load(path: Path) -> list[dict]:
     return entries
 
 
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Signal a stage's whole process group (its shell and what the shell started); gone already is fine."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def run(path: Path, jobs: int, deadline: float, log: Path) -> int:
     entries = _load(path)
     log.mkdir(parents=True, exist_ok=True)
@@ -84,12 +92,12 @@ def run(path: Path, jobs: int, deadline: float, log: Path) -> int:
                 record(e["name"], "skipped: an upstream stage did not finish")
         if now() >= deadline:
             for name, proc in running.items():
-                os.killpg(proc.pid, signal.SIGTERM)
+                _signal_group(proc, signal.SIGTERM)
             for name, proc in running.items():
                 try:
                     proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    _signal_group(proc, signal.SIGKILL)
                     proc.wait()
                 state[name].update(end_s=now(), state="killed")
                 record(name, f"killed at the deadline ({deadline:g} s)")

@@ -1,8 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (`make test`, called by .ci/run):
-#   1. unit tests (tests/, among them the check that dvc.yaml lists every stage's code and params: tools/dvc_deps.py),
-#      in the background beside steps 2 and 3 (they share no files; on 2 cores the overlap saves minutes), their
-#      output printed once they end;
+#   1. unit tests (tests/, among them the check that dvc.yaml lists every stage's code and params: tools/dvc_deps.py);
 #   2. `dvc repro` of the whole dvc.yaml in the smoke profile, in a temporary copy of the repository
 #      (the files git tracks or would track, without results/ and dvc.lock), data from `triqdef data fetch` offline;
 #   3. nbval on every source notebook, in the smoke profile, on that copy's outputs;
@@ -22,14 +20,8 @@ for tool in triqdef dvc papermill; do
 done
 start=$(date +%s)
 
-unit_log=$(mktemp -t triqdef-unit-XXXXXX)
-unit_pid=""
-trap '[[ -z $unit_pid ]] || kill $(pgrep -P "$unit_pid") "$unit_pid" 2> /dev/null || true; rm -f "$unit_log" "$unit_log.end"' EXIT
-if [[ ${1:-} != --no-unit ]]; then
-  echo "== unit tests, in the background (their output follows nbval)"
-  (python -m pytest -q tests > "$unit_log" 2>&1 && rc=0 || rc=$?; date +%s > "$unit_log.end"; exit $rc) &
-  unit_pid=$!
-fi
+[[ ${1:-} == --no-unit ]] || python -m pytest -q tests
+t_unit=$(date +%s)
 
 copy="${TRIQDEF_SMOKE_COPY:-$(mktemp -d -t triqdef-smoke-XXXXXX)}"
 echo "== smoke pipeline: dvc repro in $copy"
@@ -43,17 +35,6 @@ echo "== nbval (smoke profile) on $copy/results"
   python -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider notebooks/
 )
 
-t_nbval=$(date +%s)
-unit_rc=0
-if [[ -n $unit_pid ]]; then
-  wait "$unit_pid" || unit_rc=$?
-  unit_pid=""
-  echo "== unit tests: $(( $(cat "$unit_log.end" 2> /dev/null || date +%s) - start )) s, beside the smoke pipeline"
-  cat "$unit_log"
-  [[ $unit_rc == 0 ]] || { echo "tools/test.sh: unit tests failed (pytest exit status $unit_rc)" >&2; exit 1; }
-fi
-t_unit=$(date +%s)
-
 echo "== fresh clone: dvc pull from dvc-store/, then dvc status (tools/dvc_store.py --status)"
 clone=$(mktemp -d -t triqdef-clone-XXXXXX)
 git clone -q "$repo" "$clone"
@@ -61,5 +42,4 @@ git clone -q "$repo" "$clone"
 rm -rf "$clone"
 end=$(date +%s)
 [[ -n ${TRIQDEF_SMOKE_COPY:-} ]] || rm -rf "$copy"   # kept on failure (set -e stops before this line)
-echo "make test: done in $(( end - start )) s (dvc repro $(( t_repro - start )) s, nbval $(( t_nbval - t_repro )) s, then" \
-     "waiting for the unit tests $(( t_unit - t_nbval )) s, fresh clone $(( end - t_unit )) s)"
+echo "make test: done in $(( end - start )) s (unit tests $(( t_unit - start )) s, dvc repro $(( t_repro - t_unit )) s, nbval $(( end - t_repro )) s)"

@@ -2,7 +2,7 @@
 # Bring a tools/gpu_device.sh run home: its tables, figures, metrics, metadata, curves, executed notebooks and
 # REPORT.md to DEST (default results/gpu/), as tools/gpu_run.sh does, and its logs (per-stage times in
 # dag_run.json, console, bench, calibration, machine) to DEST/run/.
-#   bash tools/gpu_collect.sh FOLDER [DEST] [COMMIT]   FOLDER: where the device's $OUT files landed
+#   bash tools/gpu_collect.sh FOLDER [DEST] [COMMIT]   FOLDER: where the device's $OUT files landed; DEST is replaced
 set -euo pipefail
 cd "$(dirname "$0")/.."
 src=${1:?usage: tools/gpu_collect.sh FOLDER [DEST] [COMMIT]} dest=${2:-results/gpu} commit=${3:-$(git rev-parse HEAD)}

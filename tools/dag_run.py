@@ -26,8 +26,11 @@ from pathlib import Path
 
 
 def plan(path: Path) -> None:
-    import networkx as nx
-    from dvc.repo import Repo
+    try:
+        import networkx as nx
+        from dvc.repo import Repo
+    except ImportError as err:
+        sys.exit(f"dag_run: error: 'plan' needs DVC ({err}): run it in the project's venv")
 
     graph = Repo(".").index.graph  # an edge runs from a stage to a stage it depends on
     stages = [s for s in reversed(list(nx.topological_sort(graph))) if s.cmd]

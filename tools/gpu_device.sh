@@ -23,6 +23,8 @@ while [[ $# -gt 0 ]]; do
     *) echo "gpu_device.sh: error: unknown argument $1" >&2; exit 2 ;;
   esac
 done
+[[ $jobs =~ ^[1-9][0-9]*$ && $deadline =~ ^[0-9]+$ ]] \
+  || { echo "gpu_device.sh: error: --jobs $jobs / --deadline $deadline: expected a positive integer / whole seconds" >&2; exit 2; }
 [[ -f .gpu/plan-$profile.json && -f .gpu/cifar10-jpeg.tar.gz ]] \
   || { echo "gpu_device.sh: error: .gpu/plan-$profile.json or .gpu/cifar10-jpeg.tar.gz missing: run tools/gpu_prepare.sh $profile and carry .gpu" >&2; exit 2; }
 [[ -n ${OUT:-} && -d $OUT ]] || { echo "gpu_device.sh: error: OUT not set: run it on the device machine (which sets OUT), or in a throwaway copy with OUT=DIR: it removes results/ and dvc.lock where it runs" >&2; exit 2; }

@@ -35,6 +35,9 @@ def main() -> None:
                       p.read_text(), count=1)
     if n != 1 or yaml.safe_load(text)["base"]["profile"] != profile:
         sys.exit("set_profile: error: params.yaml: base.profile not found")
+    known = set(yaml.safe_load(text)["train_fp"]) - {"common"}
+    if profile not in known:
+        sys.exit(f"set_profile: error: profile {profile!r}: expected one of {', '.join(sorted(known))}")
     if overlay:
         if not Path(overlay).is_file():
             sys.exit(f"set_profile: error: overlay {overlay} not found: expected a YAML file of params")

@@ -36,6 +36,52 @@ def test_a_change_to_the_report_reruns_only_the_report(checked):
     assert {"patches", "motivation", "report"} <= set(rerun) and "train_fp" not in rerun
 
 
+def test_stages_depend_on_their_own_profile_only():
+    """Every stage lists base whole and, of each other section, its common and ${base.profile} keys: never a whole
+    section (a change to the smoke or gpu values would then stale the cpu results)."""
+    stages = dvc_deps.load_dvc_yaml()["stages"]
+    for name in stages:
+        keys = dvc_deps.listed_params(dvc_deps.stage_body(stages, name))
+        assert "base" in keys, name
+        assert all(k == "base" or k.endswith((".common", ".${base.profile}")) for k in keys), (name, keys)
+    problems, _ = dvc_deps.check({"prepare": {**stages["prepare"], "params": ["base", "data"]}})
+    assert "stage prepare: missing params key data.${base.profile} (section data is in triqdef.stages.prepare.PARAMS)" \
+        in problems and any("extra params key data " in p for p in problems)
+
+
+def test_dvc_fills_in_the_profile_key(tmp_path):
+    """DVC itself, on a one-stage pipeline listed as dvc_deps writes it: a change to another profile's values leaves the
+    stage up to date, a change to its own profile's values or to common stales it."""
+    import shutil
+    import subprocess
+
+    dvc = shutil.which("dvc")
+    if dvc is None:
+        pytest.skip("dvc not installed")
+    import yaml
+
+    raw = {"base": {"profile": "cpu"}, "sec": {"common": {"a": 1}, "cpu": {"b": 2}, "smoke": {"b": 3}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    stage = {"cmd": "echo ok > out.txt", "params": dvc_deps.params_keys(("base", "sec"), raw), "outs": ["out.txt"]}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"s": stage}}))
+
+    def run(*args):
+        return subprocess.run([dvc, *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+
+    run("init", "--no-scm", "-q")
+    run("repro", "-q")
+
+    def stale_after(section, profile, value):
+        raw[section][profile]["b" if profile != "common" else "a"] = value
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+        return "up to date" not in run("status")
+
+    assert not stale_after("sec", "smoke", 4)
+    assert stale_after("sec", "cpu", 5)
+    run("repro", "-q")
+    assert stale_after("sec", "common", 6)
+
+
 def _package(tmp_path: Path, files: dict[str, str]) -> Path:
     lib = tmp_path / "lib"
     for name, text in files.items():

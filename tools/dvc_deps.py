@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Each DVC stage's code dependencies and params sections, computed from the code (issue 11, item 2).
 
-    python tools/dvc_deps.py --check      # exit 1 and list every missing / extra dep or params section
+    python tools/dvc_deps.py --check      # exit 1 and list every missing / extra dep or params key
     python tools/dvc_deps.py --write      # rewrite those lists in dvc.yaml (comments and the rest kept)
     python tools/dvc_deps.py --show       # each stage's computed code deps and params
     python tools/dvc_deps.py --affected lib/triqdef/quant.py   # the stages a change to that file re-runs
@@ -34,6 +34,13 @@ module (read from the source, not imported). The stages enforce them at run
 time (the CLI passes ``cfg.only(PARAMS)``, :class:`triqdef.config.StageConfig`):
 a stage that reads a section it does not declare fails, so the smoke
 pipeline of ``make test`` checks the tuples.
+
+A stage reads only the profile it runs in, so ``dvc.yaml`` lists, of each
+section, the keys that profile resolves from (:func:`triqdef.config.load_config`):
+``base`` whole, then ``SECTION.common`` (where the section has one) and
+``SECTION.${base.profile}``, which DVC fills in from ``params.yaml``. Changing
+the ``smoke`` or ``gpu`` values therefore leaves the ``cpu`` results up to
+date, and changing ``base.profile`` re-runs everything.
 
 Only the code entries of a stage's ``deps`` (under ``lib/``, and the executed
 notebook) are compared and rewritten; data and upstream outputs stay as
@@ -366,15 +373,33 @@ def stage_body(stages: dict, name: str) -> dict:
     return body["do"] if "foreach" in body else body
 
 
-def listed_params(body: dict) -> set[str]:
-    out = set()
+PROFILE_KEY = "${base.profile}"   # DVC fills it in from params.yaml (dvc.yaml templating)
+
+
+def params_keys(sections: tuple[str, ...] | list[str], raw: dict) -> list[str]:
+    """The params.yaml keys a stage that reads ``sections`` depends on, in the profile it runs in: ``base`` whole;
+    of every other section its ``common`` entry (where it has one) and its ``${base.profile}`` entry."""
+    keys = []
+    for s in sections:
+        if s == "base":
+            keys.append(s)
+            continue
+        if isinstance(raw.get(s), dict) and "common" in raw[s]:
+            keys.append(f"{s}.common")
+        keys.append(f"{s}.{PROFILE_KEY}")
+    return keys
+
+
+def listed_params(body: dict) -> list[str]:
+    """The params.yaml keys a stage lists (plain entries, or ``{params.yaml: [keys]}``)."""
+    out = []
     for p in body.get("params") or []:
         if isinstance(p, str):
-            out.add(p)
-        elif isinstance(p, dict):  # {file: [keys]}: only params.yaml sections count
+            out.append(p)
+        elif isinstance(p, dict):
             for f, keys in p.items():
                 if f == "params.yaml":
-                    out.update(k.split(".")[0] for k in keys)
+                    out.extend(keys)
     return out
 
 
@@ -383,7 +408,8 @@ def check(stages: dict | None = None) -> tuple[list[str], dict[str, StageCode]]:
     import yaml
 
     stages = stages if stages is not None else load_dvc_yaml()["stages"]
-    sections = set(yaml.safe_load(PARAMS_YAML.read_text()))
+    raw = yaml.safe_load(PARAMS_YAML.read_text())
+    sections = set(raw)
     problems, codes = [], {}
     for name in stages:
         code = codes[name] = stage_code(name, stages[name])
@@ -404,12 +430,15 @@ def check(stages: dict | None = None) -> tuple[list[str], dict[str, StageCode]]:
         for dep in compact(want - covered):
             problems.append(f"stage {name}: missing dep {dep}")
         if code.params is not None:
-            have, need = listed_params(body), set(code.params)
-            for s in sorted(need - have):
-                problems.append(f"stage {name}: missing params section {s} (in {code.module}.PARAMS)")
-            for s in sorted(have - need):
-                problems.append(f"stage {name}: extra params section {s} (not in {code.module}.PARAMS)")
-            for s in sorted(need - sections):
+            have, need = set(listed_params(body)), set(params_keys(code.params, raw))
+            for k in sorted(need - have):
+                problems.append(f"stage {name}: missing params key {k} (section {k.split('.')[0]} is in "
+                                f"{code.module}.PARAMS)")
+            for k in sorted(have - need):
+                why = ("not in " + f"{code.module}.PARAMS") if k.split(".")[0] not in code.params else \
+                    f"the stage reads {k.split('.')[0]}.common and .{PROFILE_KEY} only"
+                problems.append(f"stage {name}: extra params key {k} ({why})")
+            for s in sorted(set(code.params) - sections):
                 problems.append(f"stage {name}: {code.module}.PARAMS names {s!r}, which params.yaml does not define")
     return problems, codes
 
@@ -418,6 +447,7 @@ def check(stages: dict | None = None) -> tuple[list[str], dict[str, StageCode]]:
 
 def write(codes: dict[str, StageCode]) -> bool:
     """Rewrite the code deps and params of every stage in ``dvc.yaml``, keeping comments, order and the rest."""
+    import yaml
     from ruamel.yaml import YAML
     from ruamel.yaml.comments import CommentedSeq
 
@@ -448,8 +478,9 @@ def write(codes: dict[str, StageCode]) -> bool:
             for i in reversed(range(len(params))):
                 if isinstance(params[i], str):
                     del params[i]
-            for i, s in enumerate(code.params):
-                params.insert(i, s)
+            raw = yaml.safe_load(PARAMS_YAML.read_text())
+            for i, k in enumerate(params_keys(code.params, raw)):
+                params.insert(i, k)
     import io
 
     buf = io.StringIO()
@@ -494,7 +525,7 @@ def affected(changed: str, stages: dict, codes: dict[str, StageCode]) -> tuple[l
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="dvc_deps", description=__doc__.split("\n")[0])
     g = ap.add_mutually_exclusive_group(required=True)
-    g.add_argument("--check", action="store_true", help="exit 1 listing every missing / extra dep or params section")
+    g.add_argument("--check", action="store_true", help="exit 1 listing every missing / extra dep or params key")
     g.add_argument("--write", action="store_true", help="rewrite the code deps and params of dvc.yaml")
     g.add_argument("--show", action="store_true", help="each stage's entry points, code deps and params")
     g.add_argument("--affected", nargs="+", metavar="FILE", help="the stages a change to FILE re-runs")

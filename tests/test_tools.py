@@ -100,6 +100,30 @@ def test_dag_run_refuses_a_broken_plan_in_one_line(tmp_path):
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "upstream ['missing'] not in the plan" in out.stderr
 
 
+def test_dag_run_removes_a_stage_outputs_before_it_runs_as_dvc_repro_does(tmp_path):
+    """A leftover checkpoint of an earlier run is gone when the stage starts (no stage resumes from it)."""
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "last.pt").write_text("old")
+    (tmp_path / "table.csv").write_text("old")
+    stages = [{"name": "train", "cmd": "ls ckpt > seen 2>&1 || echo gone > seen; test ! -e table.csv && mkdir ckpt",
+               "after": [], "outs": ["ckpt", "table.csv"]}]
+    out, state = _dag_run(tmp_path, stages)
+    assert out.returncode == 0, out.stdout
+    assert (tmp_path / "seen").read_text().strip() == "gone" and (tmp_path / "ckpt").is_dir()
+    out, _ = _dag_run(tmp_path, [{"name": "a", "cmd": "true", "after": [], "outs": ["../elsewhere"]}])
+    assert out.returncode == 1 and "output '../elsewhere' is not a path inside the project" in out.stderr
+
+
+def test_dag_run_plan_lists_dvc_outputs():
+    """The plan's outputs are DVC's (the stage that trains the FP model owns its checkpoint folder)."""
+    pytest.importorskip("dvc")
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "dag_run.py"), "plan", "/dev/stdout"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    plan = {e["name"]: e for e in json.loads(out.stdout[:out.stdout.rindex("]") + 1])}
+    assert "results/metrics/train_fp.json" in plan["train_fp"]["outs"] and plan["train_fp"]["after"] == ["prepare"]
+
+
 def test_set_profile_sets_the_profile_merges_an_overlay_and_refuses_unknown_sections(tmp_path):
     (tmp_path / "params.yaml").write_text("base:\n  profile: cpu   # a comment\n  seed: 0\n"
                                           "train_fp:\n  cpu: {epochs: 30}\n  gpu: {epochs: 30, lr: 0.2}\n")

@@ -5,12 +5,15 @@ and no network (the GPU machine of tools/gpu_device.sh), where independent stage
     python tools/dag_run.py run PLAN.json --jobs 8 --deadline 480 --log DIR   # there: run them
 
 ``plan`` reads the stage graph from DVC itself (``Repo.index.graph``), in the profile that params.yaml names, so the
-commands are DVC's own, with ``${...}`` resolved. ``run`` starts every stage whose upstream stages have finished,
-at most ``--jobs`` at a time, in the plan's (topological) order; a stage whose upstream stage failed is skipped.
+commands are DVC's own, with ``${...}`` resolved, and so are its outputs. ``run`` starts every stage whose upstream
+stages have finished, at most ``--jobs`` at a time, in the plan's (topological) order, each after removing its
+outputs as ``dvc repro`` does (so no stage resumes from an earlier run's checkpoint); a stage whose upstream stage
+failed is skipped.
 At ``--deadline`` seconds it stops the running stages (the whole process group) and starts no more, so that what
 has finished can still be collected. Each stage's output goes to DIR/<stage>.log; DIR/dag_run.json records each
 stage's start, end (seconds from the run's start), exit status and state, rewritten at every event.
 Nothing here decides what is up to date: ``run`` runs every stage of the plan, as ``dvc repro -f`` would.
+On a CPU, ``make repro-from-scratch JOBS=2`` runs the pipeline this way, then records it with ``dvc commit``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,12 +36,14 @@ def plan(path: Path) -> None:
     except ImportError as err:
         sys.exit(f"dag_run: error: 'plan' needs DVC ({err}): run it in the project's venv")
 
-    graph = Repo(".").index.graph  # an edge runs from a stage to a stage it depends on
+    repo = Repo(".")
+    graph = repo.index.graph  # an edge runs from a stage to a stage it depends on
     stages = [s for s in reversed(list(nx.topological_sort(graph))) if s.cmd]
     runnable = {s.addressing for s in stages}
     entries = [{"name": s.addressing,
                 "cmd": s.cmd if isinstance(s.cmd, str) else " && ".join(s.cmd),
-                "after": sorted(d.addressing for d in graph.successors(s) if d.addressing in runnable)}
+                "after": sorted(d.addressing for d in graph.successors(s) if d.addressing in runnable),
+                "outs": sorted(os.path.relpath(o.fs_path, repo.root_dir) for o in s.outs)}
                for s in stages]
     path.write_text(json.dumps(entries, indent=1) + "\n")
     print(f"{path}: {len(entries)} stages")
@@ -51,6 +57,9 @@ def _load(path: Path) -> list[dict]:
             missing = set(e["after"]) - names
             if missing or not e["cmd"]:
                 raise ValueError(f"stage {e['name']}: upstream {sorted(missing)} not in the plan or no command")
+            outside = [o for o in e.get("outs", []) if Path(o).is_absolute() or ".." in Path(o).parts]
+            if outside:
+                raise ValueError(f"stage {e['name']}: output {outside[0]!r} is not a path inside the project")
     except (OSError, ValueError, KeyError, TypeError) as err:
         sys.exit(f"dag_run: error: {path}: {err}: expected a plan written by 'python tools/dag_run.py plan'")
     return entries
@@ -62,6 +71,15 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         os.killpg(proc.pid, sig)
     except ProcessLookupError:
         pass
+
+
+def _remove_outputs(outs: list[str]) -> None:
+    """A stage's outputs removed before it runs, as ``dvc repro`` removes them (DVC's cache keeps its copies)."""
+    for o in map(Path, outs):
+        if o.is_dir() and not o.is_symlink():
+            shutil.rmtree(o)
+        elif o.exists() or o.is_symlink():
+            o.unlink()
 
 
 def run(path: Path, jobs: int, deadline: float, log: Path) -> int:
@@ -115,6 +133,7 @@ def run(path: Path, jobs: int, deadline: float, log: Path) -> int:
                 break
             s = state[e["name"]]
             if s["state"] == "waiting" and all(state[a]["state"] == "done" for a in e["after"]):
+                _remove_outputs(e.get("outs", []))
                 out = open(log / f"{e['name'].replace('@', '-')}.log", "w")
                 running[e["name"]] = subprocess.Popen(e["cmd"], shell=True, executable="/bin/bash", stdout=out,
                                                       stderr=subprocess.STDOUT, start_new_session=True)

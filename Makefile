@@ -38,6 +38,7 @@ repro: env
 JOBS ?= 1
 repro-from-scratch: env
 	@start=$$(date +%s); \
+	case "$(JOBS)" in ''|*[!0-9]*|0) echo "make: JOBS=$(JOBS): expected a whole number >= 1 (stages at a time)" >&2; exit 2;; esac; \
 	triqdef data fetch && \
 	if [ "$(JOBS)" -gt 1 ]; then \
 	  threads=$$(( $$(nproc) / $(JOBS) )); [ $$threads -ge 1 ] || threads=1; \

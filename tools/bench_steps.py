@@ -94,6 +94,14 @@ print(json.dumps(out))
 METHODS = ("fp", "qat_5bit", "pbat", "dwq", "triqdef")
 
 
+def current_estimator() -> dict[str, str]:
+    """This checkout's activation range estimator per bit-width (params.yaml ``quant.common.activation_range``)."""
+    import yaml
+
+    return {str(k): v for k, v in yaml.safe_load((ROOT / "params.yaml").read_text())["quant"]["common"]
+            ["activation_range"].items()}
+
+
 def run(lib: Path, estimator, steps: int, methods, env: dict | None = None) -> dict[str, float]:
     out = subprocess.run([sys.executable, "-c", STEPS, str(lib), json.dumps(estimator), str(steps), ",".join(methods)],
                          capture_output=True, text=True, env=env)
@@ -121,8 +129,7 @@ def main() -> int:
 
     base_env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     now_env = tuned_environment() if args.allocator == "as-run" else base_env
-    current = {str(k): v for k, v in yaml.safe_load((ROOT / "params.yaml").read_text())["quant"]["common"]
-               ["activation_range"].items()}
+    current = current_estimator()
     before: dict[str, list[float]] = {}
     after: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,8 +22,6 @@ import bench_steps  # noqa: E402  (the step snippet and its methods)
 
 
 def main() -> int:
-    import yaml
-
     from triqdef.allocator import tuned_environment
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -32,8 +30,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.steps < 1:
         sys.exit(f"bench_threads: error: --steps {args.steps}: expected at least 1")
-    estimator = {str(k): v for k, v in yaml.safe_load((ROOT / "params.yaml").read_text())["quant"]["common"]
-                 ["activation_range"].items()}
+    estimator = bench_steps.current_estimator()
 
     def launch(threads: int) -> subprocess.Popen:
         env = dict(tuned_environment(), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))

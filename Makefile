@@ -1,7 +1,7 @@
 # triqdef: the commands a user needs.
 #   make repro                environment + data + `dvc pull` of the trained artefacts stored in the repository
 #                             (dvc-store/) + `dvc repro`: only stages whose code or params changed re-run
-#   make repro-from-scratch   the same, every stage recomputed (`dvc repro -f`; JOBS=2: two stages at a time)
+#   make repro-from-scratch   the same, every stage recomputed (`dvc repro -f`)
 #   make test                 unit tests + `dvc repro` of dvc.yaml (smoke profile) in a temporary copy + nbval on
 #                             every notebook + a fresh clone's `dvc pull` and `dvc status`
 SHELL := /bin/bash
@@ -32,21 +32,10 @@ repro: env
 	triqdef data fetch && dvc pull --allow-missing dvc.yaml && dvc repro && dvc push && \
 	echo "make repro: done in $$(( $$(date +%s) - start )) s; stage times in results/metrics/*.json"
 
-# JOBS=N (N > 1): the stages run N at a time where the stage graph allows, each on nproc/N threads
-# (tools/dag_run.py: DVC's own commands, each stage's outputs removed first as `dvc repro` does), then
-# `dvc commit` records them in dvc.lock. Logs and the run's record (start and end of each stage): .dag/.
-JOBS ?= 1
 repro-from-scratch: env
 	@start=$$(date +%s); \
-	case "$(JOBS)" in ''|*[!0-9]*|0) echo "make: JOBS=$(JOBS): expected a whole number >= 1 (stages at a time)" >&2; exit 2;; esac; \
-	triqdef data fetch && \
-	if [ "$(JOBS)" -gt 1 ]; then \
-	  threads=$$(( $$(nproc) / $(JOBS) )); [ $$threads -ge 1 ] || threads=1; \
-	  mkdir -p .dag && python tools/dag_run.py plan .dag/plan.json && \
-	  OMP_NUM_THREADS=$$threads python tools/dag_run.py run .dag/plan.json --jobs $(JOBS) --log .dag/logs && \
-	  dvc commit -f -q dvc.yaml; \
-	else dvc repro -f; fi && dvc push && \
-	echo "make repro-from-scratch: done in $$(( $$(date +%s) - start )) s (JOBS=$(JOBS)); stage times in results/REPORT.md"
+	triqdef data fetch && dvc repro -f && dvc push && \
+	echo "make repro-from-scratch: done in $$(( $$(date +%s) - start )) s; stage times in results/REPORT.md"
 
 test: env
 	bash tools/test.sh

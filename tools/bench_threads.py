@@ -1,7 +1,8 @@
 """Is it better, on this machine, to run two pipeline stages side by side on one thread each than one at a time on
 all cores? Times the training steps of tools/bench_steps.py (ResNet-20, batch 128) three ways: one process on 2
 threads, one on 1 thread, and two 1-thread processes at once; prints, per step, the work two 1-thread processes do
-against one 2-thread process (what ``make repro-from-scratch JOBS=2`` relies on; README "Time").
+against one 2-thread process, and the 1-thread step alone (README "Time": why the pipeline runs one stage at a
+time on 2 cores).
 
     python tools/bench_threads.py --steps 6 --methods fp qat_5bit triqdef
 """

@@ -13,7 +13,7 @@ At ``--deadline`` seconds it stops the running stages (the whole process group) 
 has finished can still be collected. Each stage's output goes to DIR/<stage>.log; DIR/dag_run.json records each
 stage's start, end (seconds from the run's start), exit status and state, rewritten at every event.
 Nothing here decides what is up to date: ``run`` runs every stage of the plan, as ``dvc repro -f`` would.
-On a CPU, ``make repro-from-scratch JOBS=2`` runs the pipeline this way, then records it with ``dvc commit``.
+On the 2-core CPU it does not pay (README "Time": a stage left alone on one thread wastes the other core).
 """
 
 from __future__ import annotations

@@ -457,6 +457,7 @@ def write(codes: dict[str, StageCode]) -> bool:
     yml.indent(mapping=2, sequence=4, offset=2)
     text = DVC_YAML.read_text()
     doc = yml.load(text)
+    raw = yaml.safe_load(PARAMS_YAML.read_text())
     for name, code in codes.items():
         body = doc["stages"][name]
         body = body["do"] if "foreach" in body else body
@@ -478,7 +479,6 @@ def write(codes: dict[str, StageCode]) -> bool:
             for i in reversed(range(len(params))):
                 if isinstance(params[i], str):
                     del params[i]
-            raw = yaml.safe_load(PARAMS_YAML.read_text())
             for i, k in enumerate(params_keys(code.params, raw)):
                 params.insert(i, k)
     import io

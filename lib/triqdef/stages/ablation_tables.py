@@ -56,8 +56,10 @@ def load(cfg) -> Inputs:
     from triqdef.meta import provenance
     from triqdef.stages import common
     from triqdef.stages.defense import checkpoint
-    from triqdef.training.loop import model_from_checkpoint
+    from triqdef.stages.devices import to_device
+    from triqdef.training.loop import model_from_checkpoint, resolve_device
 
+    device = resolve_device(cfg.base.device)
     splits = common.load_data(cfg)
     name = cfg.model.name
     test_x, test_y = first_test_images(splits, cfg.robustness.test_images, "robustness.test_images")
@@ -66,8 +68,9 @@ def load(cfg) -> Inputs:
     models["full"], metas["full"] = model_from_checkpoint(checkpoint("triqdef"), kind="defense", model_name=name)
     for v in runs:
         models[v], metas[v] = model_from_checkpoint(checkpoint("triqdef", v), kind="defense", model_name=name)
+    to_device(models.values(), device)
     patches, patch_meta = load_patchset(paths.results_dir() / "patches" / "patches.pt")
-    meta = provenance(cfg, {"data": common.data_record(splits), "n_eval": len(test_y),
+    meta = provenance(cfg, {"data": common.data_record(splits), "n_eval": len(test_y), "device": str(device),
                             "variants": {v: cfg.ablations.variants[v] for v in runs},
                             "checkpoints": {k: m.get("commit") for k, m in metas.items()}})
     return Inputs(cfg=cfg, splits=splits, runs=runs, models=models, metas=metas, patches=patches,

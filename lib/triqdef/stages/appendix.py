@@ -67,16 +67,19 @@ def load(cfg) -> Inputs:
     from triqdef.meta import provenance
     from triqdef.stages import common
     from triqdef.stages.defense import defended_models
-    from triqdef.training.loop import model_from_checkpoint
+    from triqdef.stages.devices import to_device
+    from triqdef.training.loop import model_from_checkpoint, resolve_device
 
+    device = resolve_device(cfg.base.device)
     splits = common.load_data(cfg)
     test_x, test_y = first_test_images(splits, cfg.appendix.test_images, "appendix.test_images")
     models, metas = defended_models(cfg.model.name)
     fp, _ = model_from_checkpoint(common.fp_checkpoint(cfg), kind="fp", model_name=cfg.model.name)
     independent, _ = model_from_checkpoint(common.qat_checkpoint(cfg, independent=True), kind="qat",
                                            model_name=cfg.model.name)
+    to_device([*models.values(), fp, independent], device)
     patches, patch_meta = load_patchset(paths.results_dir() / "patches" / "patches.pt")
-    meta = provenance(cfg, {"data": common.data_record(splits), "n_eval": len(test_y),
+    meta = provenance(cfg, {"data": common.data_record(splits), "n_eval": len(test_y), "device": str(device),
                             "checkpoints": {k: m.get("commit") for k, m in metas.items()}})
     return Inputs(cfg=cfg, splits=splits, patches=patches, test_x=test_x, test_y=test_y, meta=meta, models=models,
                   metas=metas, fp=fp, independent_qat=independent, patch_meta=patch_meta)
@@ -263,6 +266,7 @@ def table14_architectures(inp: Inputs) -> pd.DataFrame:
     from triqdef.eval import robustness
     from triqdef.reporting.tables import save_table
     from triqdef.stages import cross_arch
+    from triqdef.stages.devices import device_of, to_device
 
     regime, size = _regime(inp)
     frames = []
@@ -271,6 +275,7 @@ def table14_architectures(inp: Inputs) -> pd.DataFrame:
     seen = select(inp.patches, regime_set("seen", regime), S.LAVAN)
     frames.append(robustness.defense_records(main, {S.SEEN: seen}, inp.bits, inp.test_x, inp.test_y))
     second = cross_arch.load_models(inp.cfg)
+    to_device([second["qat"]], device_of(inp.models[S.TRIQDEF]))
     own = select(second["patches"], regime_set("cross_arch", regime), S.LAVAN)
     second_bits = [b for b in inp.bits if b in second["qat_meta"].get("bits", [])]
     frames.append(robustness.defense_records({f"{second['name']} / {S.STANDARD_QAT}": second["qat"]}, {S.SEEN: own},

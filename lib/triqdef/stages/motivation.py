@@ -73,8 +73,10 @@ def load(cfg) -> Inputs:
     from triqdef.eval.accuracy import first_test_images
     from triqdef.meta import provenance
     from triqdef.stages import common
-    from triqdef.training.loop import model_from_checkpoint
+    from triqdef.stages.devices import to_device
+    from triqdef.training.loop import model_from_checkpoint, resolve_device
 
+    device = resolve_device(cfg.base.device)
     splits = common.load_data(cfg)
     q = cfg.quant
     fp, fp_meta = model_from_checkpoint(common.fp_checkpoint(cfg), kind="fp")
@@ -91,9 +93,10 @@ def load(cfg) -> Inputs:
     if all_layers_path.exists():
         qat_all, qat_all_meta = model_from_checkpoint(all_layers_path, kind="qat")
         models["Standard QAT (every layer at b)"] = (qat_all, qat_all_meta["bits"])
+    to_device([model for model, _ in models.values()], device)  # PTQ was calibrated above, on the CPU
     patches, patch_meta = load_patchset(paths.results_dir() / "patches" / "patches.pt")
     test_x, test_y = first_test_images(splits, cfg.motivation.test_images, "motivation.test_images")
-    meta = provenance(cfg, {"data": common.data_record(splits), "checkpoints": {
+    meta = provenance(cfg, {"data": common.data_record(splits), "device": str(device), "checkpoints": {
         "fp": fp_meta.get("commit"), "qat": qat_meta.get("commit")}, "qat_steps": qat_meta.get("steps"),
         "fp_steps": fp_meta.get("steps")})
     return Inputs(cfg=cfg, splits=splits, fp=fp, fp_meta=fp_meta, ptq=ptq, qat=qat, qat_meta=qat_meta, models=models,
@@ -226,14 +229,14 @@ def table1_estimators(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     clip (same weights; :func:`triqdef.quant.with_range_estimator`), beside the FP white-box column, each rate with
     its 95 % interval. The pipeline's own QAT model trains with ``quant.activation_range``."""
     from triqdef.attacks.patchsets import regime_set, select
-    from triqdef.data.cifar import iter_batches
     from triqdef.eval.transfer import pivot_rates, transfer_records
+    from triqdef.stages.devices import calibration_on
     from triqdef.reporting.tables import save_table
     from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
 
     if regime_size(inp, regime) is None:
         return save_absent_regime(inp, ["table1_estimators"], regime)
-    calibration = list(iter_batches(inp.splits.holdout.images, 128))
+    calibration = calibration_on(inp.qat, inp.splits.holdout.images)
     views = {S.FP_WHITEBOX_VIEW: (inp.fp, None)}
     for estimator, label in ESTIMATOR_LABELS.items():
         model = quant.with_range_estimator(inp.qat, estimator, calibration)
@@ -327,9 +330,13 @@ def table1_protocols(inp: Inputs, records: pd.DataFrame, regime: str = "paper") 
 
 
 def alignment_images(inp: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``motivation.n_align`` patch-table images (floats in [0, 1]) and their labels."""
+    """The first ``motivation.n_align`` patch-table images (floats in [0, 1]) and their labels, on the QAT model's
+    device (the alignment code feeds them to the models directly)."""
+    from triqdef.stages.devices import device_of
+
     n_align = min(inp.cfg.motivation.n_align, len(inp.test_y))
-    return inp.test_x[:n_align].float() / 255, inp.test_y[:n_align]
+    device = device_of(inp.qat)
+    return (inp.test_x[:n_align].float() / 255).to(device), inp.test_y[:n_align].to(device)
 
 
 def table3_gradient_similarity(inp: Inputs) -> pd.DataFrame:
@@ -400,14 +407,14 @@ def table9_ptq_transfer(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
 
     if regime_size(inp, regime) is None:
         return save_absent_regime(inp, ["table9_ptq_transfer_cifar"], regime)
-    from triqdef.data.cifar import iter_batches
+    from triqdef.stages.devices import calibration_on
 
     q = inp.cfg.quant
     views = {S.FP32_VIEW: (inp.fp, None)}
     views.update({S.ptq_view(b): (inp.ptq, b) for b in q.bits if b != 32})
     clip_bits = [b for b in q.bits if b != quant.FP_BITS and quant.estimator_for(q.activation_range, b) != "mse"]
     if clip_bits:  # issue 12 item 6: the same PTQ model with the MSE clip (recalibrated), so the estimator's effect shows
-        clipped = quant.with_range_estimator(inp.ptq, "mse", list(iter_batches(inp.splits.holdout.images, 128)))
+        clipped = quant.with_range_estimator(inp.ptq, "mse", calibration_on(inp.ptq, inp.splits.holdout.images))
         views.update({f"{S.ptq_view(b)} ({ESTIMATOR_LABELS['mse']})": (clipped, b) for b in clip_bits})
     sized = [p for s in TABLE9_SETS for p in select(inp.patches, regime_set(s, regime), "lavan")]
     records = transfer_records(sized, views, inp.test_x, inp.test_y)
@@ -433,10 +440,10 @@ def table11_dynamic_quantization(inp: Inputs) -> pd.DataFrame:
     from triqdef.attacks.patchsets import select
     from triqdef.eval.transfer import pivot_rates, transfer_records
     from triqdef.reporting.tables import caption_with_claims, save_table
-    from triqdef.stages import common
+    from triqdef.stages.devices import calibration_on
 
     q = inp.cfg.quant
-    dyn = quant.dynamic_quantization(quant.post_training_quantize(inp.fp, [32, 8], [x for x in common.calibration_batches(inp.splits)],
+    dyn = quant.dynamic_quantization(quant.post_training_quantize(inp.fp, [32, 8], calibration_on(inp.fp, inp.splits.holdout.images),
                                                                   q.first_last_bits, q.activation_range))
     views = {S.FP32_VIEW: (inp.fp, None), S.DYNAMIC_8BIT_VIEW: (dyn, 8)}
     records = transfer_records(select(inp.patches, "seen"), views, inp.test_x, inp.test_y)
@@ -458,11 +465,13 @@ def table8_cross_architecture(inp: Inputs, regime: str = "paper") -> pd.DataFram
     from triqdef.eval.accuracy import accuracy
     from triqdef.reporting.tables import caption_with_claims, save_table
     from triqdef.stages import cross_arch
+    from triqdef.stages.devices import device_of, to_device
     from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
 
     if regime_size(inp, regime) is None:
         return save_absent_regime(inp, ["table8_cross_architecture"], regime)
     second = cross_arch.load_models(inp.cfg)
+    to_device([second["fp"], second["qat"]], device_of(inp.qat))
     second["patches"] = select(second["patches"], regime_set("cross_arch", regime))
     bits = second["qat_meta"]["bits"]
     name = inp.model_name

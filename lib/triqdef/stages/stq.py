@@ -55,16 +55,19 @@ def load(cfg) -> Inputs:
     from triqdef.meta import provenance
     from triqdef.stages import common
     from triqdef.stages.stq_train import checkpoint
+    from triqdef.stages.devices import to_device
     from triqdef.stq.model import stq_from_checkpoint
-    from triqdef.training.loop import model_from_checkpoint
+    from triqdef.training.loop import model_from_checkpoint, resolve_device
 
+    device = resolve_device(cfg.base.device)
     splits = common.load_data(cfg)
     tiny, metas = {}, {}
     for run, label in STQ_LABELS.items():
         tiny[label], metas[label] = stq_from_checkpoint(checkpoint(run))
     resnet, metas[cfg.model.name] = model_from_checkpoint(common.qat_checkpoint(cfg), kind="qat", model_name=cfg.model.name)
+    to_device([*tiny.values(), resnet], device)
     n = max(cfg.stq.attack_images.values())
-    meta = provenance(cfg, {"data": common.data_record(splits), "checkpoints": {k: m.get("commit") for k, m in metas.items()}})
+    meta = provenance(cfg, {"data": common.data_record(splits), "device": str(device), "checkpoints": {k: m.get("commit") for k, m in metas.items()}})
     return Inputs(cfg=cfg, splits=splits, patches=[], test_x=splits.test.images[:n], test_y=splits.test.labels[:n],
                   meta=meta, tiny=tiny, resnet=resnet.eval(), metas=metas)
 
@@ -169,6 +172,7 @@ def jacobian_table(inp: Inputs) -> pd.DataFrame:
     below FP's (the summary: ternary QAT regularises it implicitly)."""
     from triqdef.eval.intervals import INCONCLUSIVE, FAILS, HOLDS
     from triqdef.reporting.tables import caption_with_claims, save_table
+    from triqdef.stages.devices import device_of
     from triqdef.stq.jacobian import exact_jacobian_frobenius_sq
 
     n, seed = inp.cfg.stq.jacobian_images, inp.cfg.base.seed
@@ -176,7 +180,8 @@ def jacobian_table(inp: Inputs) -> pd.DataFrame:
     per_image = {}
     for label, model in inp.tiny.items():
         model.eval()
-        per_image[label] = torch.stack([exact_jacobian_frobenius_sq(model, x[i:i + 1]).reshape(()) for i in range(len(x))]).numpy()
+        xm = x.to(device_of(model))
+        per_image[label] = torch.stack([exact_jacobian_frobenius_sq(model, xm[i:i + 1]).reshape(()) for i in range(len(xm))]).cpu().numpy()
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(x), size=(2000, len(x)))
     rows = []

@@ -84,11 +84,15 @@ def load(cfg) -> Inputs:
     from triqdef.meta import provenance
     from triqdef.stages import common
     from triqdef.stages.defense import defended_models
+    from triqdef.stages.devices import to_device
+    from triqdef.training.loop import resolve_device
 
+    device = resolve_device(cfg.base.device)
     splits = common.load_data(cfg)
     test_x, test_y = first_test_images(splits, cfg.robustness.test_images, "robustness.test_images")
     models, metas = defended_models(cfg.model.name)
-    meta = provenance(cfg, {"data": common.data_record(splits), "n_eval": len(test_y),
+    to_device(models.values(), device)
+    meta = provenance(cfg, {"data": common.data_record(splits), "n_eval": len(test_y), "device": str(device),
                             "checkpoints": {k: m.get("commit") for k, m in metas.items()},
                             "init": {k: m["init"] for k, m in metas.items()},
                             "steps": {k: m.get("steps") for k, m in metas.items()}})
@@ -368,18 +372,18 @@ def table2_qat_vs_pbat(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     from triqdef.eval import deploy, robustness
     from triqdef.eval.transfer import asr_by_model_and_set
     from triqdef.reporting.tables import caption_with_claims, save_table
-    from triqdef.stages import common
+    from triqdef.stages.devices import calibration_on, device_of
     from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
 
     if regime_size(inp, regime) is None:
         return save_absent_regime(inp, ["table2_qat_vs_pbat"], regime)
     q = inp.cfg.quant
-    calib = [x for x in common.calibration_batches(inp.splits)]
     views = {}
     for label in TABLE2_MODELS:
         model = inp.models[label]
-        ptq8 = quant.post_training_quantize(deploy.to_float_model(model, inp.model_name), [32, 8], calib, q.first_last_bits,
-                                            q.activation_range)
+        calib = calibration_on(model, inp.splits.holdout.images)
+        fp32 = deploy.to_float_model(model, inp.model_name).to(device_of(model))  # built on the CPU
+        ptq8 = quant.post_training_quantize(fp32, [32, 8], calib, q.first_last_bits, q.activation_range)
         views[label] = {S.T2_32BIT: (model, 32), S.T2_8BIT: (model, 8), S.T2_PTQ8: (ptq8, 8)}
         if quant.estimator_for(q.activation_range, 8) != CLIP:  # issue 12 item 6: the MSE clip's columns beside
             views[label].update({f"{S.T2_8BIT} ({CLIP_LABEL})": (quant.with_range_estimator(model, CLIP, calib), 8),
@@ -455,12 +459,15 @@ def figure3_gradcam(inp: Inputs) -> tuple[Path, dict[str, float]]:
     from triqdef.eval.gradcam import cam_cosine_to_reference, grad_cam
     from triqdef.reporting.plots import gradcam_grid
     from triqdef.reporting.tables import save_figure
+    from triqdef.stages.devices import device_of
 
     model = inp.models[S.TRIQDEF]
-    xs, ys = inp.test_x[:GRADCAM_SHOWN].float() / 255, inp.test_y[:GRADCAM_SHOWN]
-    path = save_figure(gradcam_grid(xs, ys, {b: grad_cam(model, xs, ys, b) for b in GRADCAM_BITS}), "figure3_gradcam_triqdef")
+    device = device_of(model)
+    xs, ys = inp.test_x[:GRADCAM_SHOWN].float() / 255, inp.test_y[:GRADCAM_SHOWN]  # stay on the CPU for the plot
+    maps = {b: grad_cam(model, xs.to(device), ys.to(device), b) for b in GRADCAM_BITS}
+    path = save_figure(gradcam_grid(xs, ys, maps), "figure3_gradcam_triqdef")
     n_cam = min(GRADCAM_IMAGES, inp.n_eval)
-    xc, yc = inp.test_x[:n_cam].float() / 255, inp.test_y[:n_cam]
+    xc, yc = (inp.test_x[:n_cam].float() / 255).to(device), inp.test_y[:n_cam].to(device)
     return path, cam_cosine_to_reference(model, xc, yc, GRADCAM_BITS[1:], reference_bits=GRADCAM_BITS[0])
 
 

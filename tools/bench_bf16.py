@@ -57,6 +57,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=8, help="timed steps per setting (after 2 warm-up steps)")
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error(f"--steps {args.steps}: expected a positive number of timed steps")
     out = {"threads": torch.get_num_threads(), "torch": torch.__version__}
     for name, quantized in (("fp", False), ("qat_5bit", True)):
         f32, b16 = step_ms(quantized, False, args.steps), step_ms(quantized, True, args.steps)

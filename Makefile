@@ -25,16 +25,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[notebooks,dev]'
 	@touch $@
 
-# `dvc pull dvc.yaml`: the pipeline's outputs only (data.dvc is fetched, never pulled: pulling it would refuse to
-# overwrite the fetched copy). After a run, `dvc push` copies the new outputs into dvc-store/: commit it with dvc.lock and results/
+# `dvc pull`: the JPEG mirror of CIFAR-10 the results were made from (data.dvc) and the pipeline's outputs, both from
+# dvc-store/; `triqdef data fetch` prepares data/cifar10 from the archive data.source names (mirror: the pulled one).
+# After a run, `dvc push` copies the new outputs into dvc-store/: commit it with dvc.lock and results/
 repro: env
 	@start=$$(date +%s); \
-	triqdef data fetch && dvc pull --allow-missing dvc.yaml && dvc repro && dvc push && \
+	dvc pull --allow-missing && triqdef data fetch && dvc repro && dvc push && \
 	echo "make repro: done in $$(( $$(date +%s) - start )) s; stage times in results/metrics/*.json"
 
 repro-from-scratch: env
 	@start=$$(date +%s); \
-	triqdef data fetch && dvc repro -f && dvc push && \
+	dvc pull data.dvc && triqdef data fetch && dvc repro -f && dvc push && \
 	echo "make repro-from-scratch: done in $$(( $$(date +%s) - start )) s; stage times in results/REPORT.md"
 
 test: env

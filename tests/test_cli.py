@@ -81,7 +81,14 @@ def test_missing_data_and_missing_archive(tmp_path):
     corrupt = tmp_path / "corrupt.tar.gz"
     corrupt.write_bytes(b"\x1f\x8b\x08not really gzip")
     env["CIFAR10_ARCHIVE"] = str(corrupt)
-    assert_one_line_error(run(["data", "fetch"], tmp_path, env), "corrupt.tar.gz")
+    assert_one_line_error(run(["data", "fetch"], tmp_path, env), "corrupt.tar.gz", "not the JPEG mirror")
+    # data.source official, offline: one line naming the source and the fix, never another source in its place
+    del env["CIFAR10_ARCHIVE"]
+    official = params_with(tmp_path, **{"data.common.source": "official"})
+    assert_one_line_error(run(["--params", official, "data", "fetch"], tmp_path, env),
+                          "data.source = official", "TRIQDEF_OFFLINE=1", "CIFAR10_ARCHIVE", "data.source: mirror")
+    bad = params_with(tmp_path, **{"data.common.source": "web"})
+    assert_one_line_error(run(["--params", bad, "data", "fetch"], tmp_path, env), "data.cpu.source = 'web'")
     assert not (tmp_path / "nodata").exists()
 
 
@@ -95,8 +102,8 @@ def test_bad_checkpoints_leave_earlier_results_intact(tmp_path):
     metrics = out / "results" / "metrics" / "train_qat.json"
     metrics.parent.mkdir(parents=True)
     metrics.write_text(json.dumps({"earlier": True}))
-    sample_env = {"TRIQDEF_DATA_DIR": str(tmp_path / "data"), "CIFAR10_ARCHIVE": str(ROOT / "lib/triqdef/_sample/cifar10-sample-jpeg.tar.gz")}
-    assert run(["--quiet", "data", "fetch", "--no-download"], tmp_path, sample_env).returncode == 0
+    sample_env = {"TRIQDEF_DATA_DIR": str(tmp_path / "data")}
+    assert run(["--quiet", "--profile", "smoke", "data", "fetch"], tmp_path, sample_env).returncode == 0
     assert_one_line_error(run(["--profile", "smoke", "train", "qat"], tmp_path, sample_env), "resnet20.pt", "corrupt")
     assert json.loads(metrics.read_text()) == {"earlier": True}
     # a valid checkpoint of the wrong kind
@@ -106,8 +113,8 @@ def test_bad_checkpoints_leave_earlier_results_intact(tmp_path):
 
 def test_patches_and_bench_refuse_bad_input(tmp_path):
     p = params_with(tmp_path, **{"patches.common.attacks": ["lavan", "pgd"]})
-    env = {"TRIQDEF_DATA_DIR": str(tmp_path / "data"), "CIFAR10_ARCHIVE": str(ROOT / "lib/triqdef/_sample/cifar10-sample-jpeg.tar.gz")}
-    assert run(["--quiet", "data", "fetch", "--no-download"], tmp_path, env).returncode == 0
+    env = {"TRIQDEF_DATA_DIR": str(tmp_path / "data")}
+    assert run(["--quiet", "--profile", "smoke", "data", "fetch"], tmp_path, env).returncode == 0
     # nothing upstream yet: the first missing input is named (the attack-strength record, then the FP checkpoint)
     assert_one_line_error(run(["--profile", "smoke", "patches", "make"], tmp_path, env), "matched_size.json", "not found")
     assert_one_line_error(run(["--profile", "smoke", "patches", "strength"], tmp_path, env), "resnet20.pt", "not found")
@@ -164,8 +171,8 @@ def test_defense_commands_refuse_bad_input(tmp_path):
 
 
 def test_defense_needs_its_start_checkpoint(tmp_path):
-    env = {"TRIQDEF_DATA_DIR": str(tmp_path / "data"), "CIFAR10_ARCHIVE": str(ROOT / "lib/triqdef/_sample/cifar10-sample-jpeg.tar.gz")}
-    assert run(["--quiet", "data", "fetch", "--no-download"], tmp_path, env).returncode == 0
+    env = {"TRIQDEF_DATA_DIR": str(tmp_path / "data")}
+    assert run(["--quiet", "--profile", "smoke", "data", "fetch"], tmp_path, env).returncode == 0
     for init, folder in (("qat", "qat"), ("fp", "fp")):
         p = params_with(tmp_path, **{"defenses.smoke.init": init})
         assert_one_line_error(run(["--params", p, "--profile", "smoke", "train", "defense", "dwq"], tmp_path, env),

@@ -1,4 +1,4 @@
-"""Tests for triqdef.data.cifar: source fallback, archive formats, subsets, the committed sample.
+"""Tests for triqdef.data.cifar: the data.source choice, archive formats, subsets, the committed sample.
 
 Everything runs offline (TRIQDEF_OFFLINE=1) on tiny synthetic archives built in
 tmp_path; only the committed-sample tests decode real (13,000 small) JPEGs.
@@ -108,12 +108,26 @@ def _no_leftovers(folder: Path) -> None:
 
 @pytest.fixture(autouse=True)
 def offline_env(tmp_path, monkeypatch):
-    """Offline, no CIFAR10_ARCHIVE, no shared mirror, data dir in tmp."""
+    """Offline, no CIFAR10_ARCHIVE, no DVC-pulled mirror archive, data dir in tmp."""
     monkeypatch.setenv("TRIQDEF_OFFLINE", "1")
     monkeypatch.delenv("CIFAR10_ARCHIVE", raising=False)
     monkeypatch.setenv("TRIQDEF_DATA_DIR", str(tmp_path / "data" / "cifar10"))
-    monkeypatch.setattr(paths, "shared_jpeg_archive", lambda: tmp_path / "no-shared" / "cifar10-jpeg.tar.gz")
+    monkeypatch.setattr(paths, "mirror_archive", lambda: tmp_path / "not-pulled" / "cifar10-jpeg.tar.gz")
     return tmp_path
+
+
+def _as_mirror(monkeypatch, archive: Path) -> Path:
+    """Make ``archive`` (a tiny synthetic JPEG archive) the known mirror: its path and its sha256."""
+    monkeypatch.setattr(paths, "mirror_archive", lambda: archive)
+    monkeypatch.setattr(data, "JPEG_MIRROR_SHA256", _sha256(archive))
+    return archive
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch) -> Path:
+    """A tiny synthetic stand-in for the DVC-tracked mirror archive (3 train / 2 test images per class)."""
+    (tmp_path / "pulled").mkdir()
+    return _as_mirror(monkeypatch, make_jpeg_archive(tmp_path / "pulled" / "cifar10-jpeg.tar.gz", prefix="cifar10/"))
 
 
 @pytest.fixture
@@ -132,31 +146,25 @@ def tiny_sample(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def prepared(tmp_path, monkeypatch, dest) -> Path:
     """A prepared copy with 20 train / 5 test images per class."""
-    archive = make_jpeg_archive(tmp_path / "mid.tar.gz", n_train=20, n_test=5)
-    monkeypatch.setenv("CIFAR10_ARCHIVE", str(archive))
+    _as_mirror(monkeypatch, make_jpeg_archive(tmp_path / "mid.tar.gz", n_train=20, n_test=5))
     fetch(progress=False)
     return dest
 
 
-def _cfg(train=50, holdout=20, test=30, balanced=True) -> DataParams:
-    return DataParams(train_size=train, holdout_size=holdout, test_size=test, class_balanced=balanced)
+def _cfg(train=50, holdout=20, test=30, balanced=True, source="mirror") -> DataParams:
+    return DataParams(source=source, train_size=train, holdout_size=holdout, test_size=test, class_balanced=balanced)
 
 
-# --------------------------------------------------------------------------- source order
+# --------------------------------------------------------------------------- data.source: mirror
 
 
-def test_fetch_from_cifar10_archive_env(tmp_path, monkeypatch, dest):
-    archive = make_jpeg_archive(tmp_path / "a.tar.gz", n_train=3, n_test=2, prefix="cifar10/")
-    monkeypatch.setenv("CIFAR10_ARCHIVE", str(archive))
-    # a shared mirror is present too, but CIFAR10_ARCHIVE wins
-    shared = make_jpeg_archive(tmp_path / "shared.tar.gz", n_train=1, n_test=1)
-    monkeypatch.setattr(paths, "shared_jpeg_archive", lambda: shared)
-    src = fetch(progress=False)
+def test_mirror_from_the_dvc_tracked_archive(mirror, dest):
+    src = fetch(progress=False)  # data.source defaults to mirror
     assert src["source"] == "jpeg-mirror"
-    assert src["origin"] == "a.tar.gz" and src["sha256"] == _sha256(archive)
+    assert src["origin"] == "cifar10-jpeg.tar.gz" and src["sha256"] == _sha256(mirror)
     assert (src["n_train"], src["n_test"]) == (30, 20)
     assert src["classes"] == list(CLASSES)
-    assert "JPEG re-encoded mirror" in src["note"]
+    assert src["note"] == data.JPEG_MIRROR_NOTE  # the known archive: no "sha256 differs" remark
     assert json.loads((dest / "source.json").read_text()) == src
     images, labels = np.load(dest / "train_images.npy"), np.load(dest / "train_labels.npy")
     assert images.dtype == np.uint8 and images.shape == (30, 32, 32, 3)
@@ -167,19 +175,35 @@ def test_fetch_from_cifar10_archive_env(tmp_path, monkeypatch, dest):
     _no_leftovers(dest.parent)
 
 
-def test_shared_mirror_used_when_env_unset(tmp_path, monkeypatch, tiny_sample):
-    shared = make_jpeg_archive(tmp_path / "shared.tar.gz", n_train=2, n_test=2)
-    monkeypatch.setattr(paths, "shared_jpeg_archive", lambda: shared)
-    src = fetch(progress=False)
-    assert src["source"] == "jpeg-mirror" and src["origin"] == "shared.tar.gz"
+def test_mirror_not_pulled_says_dvc_pull_and_writes_nothing(dest, tiny_sample):
+    with pytest.raises(TriqdefError, match=r"data.source = mirror: .*not-pulled.*dvc pull data.dvc") as exc:
+        fetch(progress=False)
+    assert "\n" not in str(exc.value)
+    assert not dest.exists()  # never the sample in its place
 
 
-def test_prepared_copy_reused_and_not_rewritten(tmp_path, monkeypatch, dest):
-    monkeypatch.setenv("CIFAR10_ARCHIVE", str(make_jpeg_archive(tmp_path / "a.tar.gz")))
+def test_cifar10_archive_env_is_another_copy_of_the_mirror(tmp_path, monkeypatch, mirror, dest):
+    copy = tmp_path / "elsewhere" / "cifar10-jpeg.tar.gz"
+    copy.parent.mkdir()
+    copy.write_bytes(mirror.read_bytes())
+    mirror.unlink()  # not pulled: the env copy alone serves
+    monkeypatch.setenv("CIFAR10_ARCHIVE", str(copy))
+    assert fetch(progress=False)["sha256"] == _sha256(copy)
+
+
+def test_an_archive_that_is_not_the_mirror_is_refused(tmp_path, monkeypatch, mirror, dest):
+    other = make_jpeg_archive(tmp_path / "other.tar.gz", n_train=1, n_test=1)
+    monkeypatch.setenv("CIFAR10_ARCHIVE", str(other))
+    with pytest.raises(TriqdefError, match=r"is not the JPEG mirror the results were made from \(sha256") as exc:
+        fetch(progress=False)
+    assert str(other) in str(exc.value) and "CIFAR10_ARCHIVE" in str(exc.value)
+    assert not dest.exists()
+
+
+def test_prepared_copy_reused_and_not_rewritten(tmp_path, monkeypatch, mirror, dest):
     first = fetch(progress=False)
     before = _snapshot(dest)
-    # another source now available: still the existing copy
-    monkeypatch.setenv("CIFAR10_ARCHIVE", str(make_official_archive(tmp_path / "o.tar.gz")))
+    mirror.unlink()  # the archive is not read again
     assert fetch(progress=False) == first
     assert fetch(dest, progress=False) == first
     assert _snapshot(dest) == before
@@ -192,22 +216,6 @@ def test_missing_cifar10_archive_is_an_error(tmp_path, monkeypatch, dest, tiny_s
         fetch(progress=False)
     assert str(missing) in str(exc.value)
     assert not dest.exists()
-
-
-def test_no_archive_falls_back_to_committed_sample(dest, tiny_sample, caplog):
-    with caplog.at_level(logging.INFO, logger="triqdef.data.cifar"):
-        src = fetch(progress=False)
-    assert src["source"] == "sample" and src["origin"] == tiny_sample.name
-    assert src["sha256"] == _sha256(tiny_sample)
-    assert "not comparable with the paper" in src["note"]
-    assert any("not comparable with the paper" in r.getMessage() for r in caplog.records)
-    assert (src["n_train"], src["n_test"]) == (20, 10)
-
-
-def test_empty_dest_folder_is_filled(dest, tiny_sample):
-    dest.mkdir(parents=True)
-    assert fetch(progress=False)["source"] == "sample"
-    assert (dest / "train_images.npy").is_file()
 
 
 @pytest.mark.parametrize("kind", ["truncated", "garbage", "empty", "unbalanced", "missing-class", "unknown-class", "no-images", "bad-jpeg"])
@@ -244,7 +252,7 @@ def test_corrupt_archive_is_an_error_and_leaves_nothing(tmp_path, monkeypatch, d
                     payload = payload[:40]
                     m.size = len(payload)
                 out.addfile(m, io.BytesIO(payload))
-    monkeypatch.setenv("CIFAR10_ARCHIVE", str(path))
+    _as_mirror(monkeypatch, path)  # its hash is the expected one: the content check must catch it
     with pytest.raises(TriqdefError, match="corrupt or not CIFAR-10") as exc:
         fetch(progress=False)
     assert str(path) in str(exc.value)
@@ -257,30 +265,82 @@ def test_invalid_prepared_copy_is_reported_not_overwritten(tmp_path, monkeypatch
     (dest / "source.json").write_text('{"source": "sample"}')
     before = _snapshot(dest)
     with pytest.raises(TriqdefError, match="delete") as exc:
-        fetch(progress=False)
+        fetch(source="sample", progress=False)
     assert str(dest) in str(exc.value) and "train_images.npy" in str(exc.value)
     assert _snapshot(dest) == before
 
 
 def test_invalid_labels_in_prepared_copy(dest, tiny_sample):
-    fetch(progress=False)
+    fetch(source="sample", progress=False)
     labels = np.load(dest / "test_labels.npy")
     labels[0] = 11
     np.save(dest / "test_labels.npy", labels)
     with pytest.raises(TriqdefError, match="outside 0..9"):
-        fetch(progress=False)
+        fetch(source="sample", progress=False)
     with pytest.raises(TriqdefError, match=str(dest)):
-        load_splits(_cfg(5, 0, 5), 0)
+        load_splits(_cfg(5, 0, 5, source="sample"), 0)
 
 
-# --------------------------------------------------------------------------- the official format
+# --------------------------------------------------------------------------- data.source: sample, and switching
+
+
+def test_sample_source(dest, tiny_sample, caplog):
+    with caplog.at_level(logging.INFO, logger="triqdef.data.cifar"):
+        src = fetch(source="sample", progress=False)
+    assert src["source"] == "sample" and src["origin"] == tiny_sample.name
+    assert src["sha256"] == _sha256(tiny_sample)
+    assert "not comparable with the paper" in src["note"]
+    assert any("not comparable with the paper" in r.getMessage() for r in caplog.records)
+    assert (src["n_train"], src["n_test"]) == (20, 10)
+
+
+def test_empty_dest_folder_is_filled(dest, tiny_sample):
+    dest.mkdir(parents=True)
+    assert fetch(source="sample", progress=False)["source"] == "sample"
+    assert (dest / "train_images.npy").is_file()
+
+
+def test_a_copy_of_another_source_is_replaced_only_when_the_new_one_is_read(tmp_path, monkeypatch, dest, tiny_sample, caplog):
+    fetch(source="sample", progress=False)
+    before = _snapshot(dest)
+    # the mirror is not available: an error, and the sample copy stays as it was (never a silent switch)
+    with pytest.raises(TriqdefError, match="dvc pull data.dvc"):
+        fetch(source="mirror", progress=False)
+    assert _snapshot(dest) == before
+    with pytest.raises(TriqdefError, match="holds the sample data but data.source is mirror"):
+        load_splits(_cfg(5, 0, 5, source="mirror"), 0)
+    # once it is there, the copy is replaced, with a warning
+    _as_mirror(monkeypatch, make_jpeg_archive(tmp_path / "m.tar.gz"))
+    with caplog.at_level(logging.WARNING, logger="triqdef.data.cifar"):
+        assert fetch(source="mirror", progress=False)["source"] == "jpeg-mirror"
+    assert any("replacing the prepared sample copy" in r.getMessage() for r in caplog.records)
+    assert load_splits(_cfg(5, 0, 5, source="mirror"), 0).source["source"] == "jpeg-mirror"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["cifar10"]  # nothing set aside left behind
+
+
+def test_unknown_source_is_refused(dest):
+    with pytest.raises(TriqdefError, match=r"data.source = 'web': expected one of mirror, official, sample"):
+        fetch(source="web", progress=False)
+    with pytest.raises(TriqdefError, match="source"):
+        build(DataParams, {"source": "web", "train_size": 1, "holdout_size": 0, "test_size": 1,
+                           "class_balanced": True}, "data")
+    assert not dest.exists()
+
+
+# --------------------------------------------------------------------------- data.source: official
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def test_official_pickle_archive(tmp_path, monkeypatch, dest):
     archive = make_official_archive(tmp_path / "cifar-10-python.tar.gz", per_batch=4)
     monkeypatch.setenv("CIFAR10_ARCHIVE", str(archive))
-    src = fetch(progress=False)
+    monkeypatch.setattr(data, "OFFICIAL_MD5", _md5(archive))
+    src = fetch(source="official", progress=False)
     assert src["source"] == "official" and src["sha256"] == _sha256(archive)
+    assert "md5 matches the published archive" in src["note"]
     assert (src["n_train"], src["n_test"]) == (20, 4)
     # rebuild the expected arrays from the pickles: batches 1..5 in order, CHW -> HWC
     with tarfile.open(archive) as tf:
@@ -292,15 +352,24 @@ def test_official_pickle_archive(tmp_path, monkeypatch, dest):
     assert np.load(dest / "train_labels.npy").dtype == np.int64
 
 
-def test_official_archive_missing_batch_is_corrupt(tmp_path, monkeypatch, dest):
-    archive = make_official_archive(tmp_path / "o.tar.gz", drop="data_batch_3")
+def test_official_archive_with_another_md5_is_refused(tmp_path, monkeypatch, dest):
+    archive = make_official_archive(tmp_path / "cifar-10-python.tar.gz")
     monkeypatch.setenv("CIFAR10_ARCHIVE", str(archive))
-    with pytest.raises(TriqdefError, match="data_batch_3"):
-        fetch(progress=False)
+    with pytest.raises(TriqdefError, match=f"not the published cifar-10-python.tar.gz \\(md5 {_md5(archive)}"):
+        fetch(source="official", progress=False)
     assert not dest.exists()
 
 
-def test_official_download_failure_falls_through(tmp_path, monkeypatch, dest, caplog):
+def test_official_archive_missing_batch_is_corrupt(tmp_path, monkeypatch, dest):
+    archive = make_official_archive(tmp_path / "o.tar.gz", drop="data_batch_3")
+    monkeypatch.setenv("CIFAR10_ARCHIVE", str(archive))
+    monkeypatch.setattr(data, "OFFICIAL_MD5", _md5(archive))
+    with pytest.raises(TriqdefError, match="data_batch_3"):
+        fetch(source="official", progress=False)
+    assert not dest.exists()
+
+
+def test_official_unreachable_is_one_error_and_writes_nothing(tmp_path, monkeypatch, mirror, dest):
     import torchvision.datasets
 
     calls = []
@@ -313,17 +382,17 @@ def test_official_download_failure_falls_through(tmp_path, monkeypatch, dest, ca
             raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", Unreachable)
-    monkeypatch.setenv("CIFAR10_ARCHIVE", str(make_jpeg_archive(tmp_path / "a.tar.gz")))
     monkeypatch.delenv("TRIQDEF_OFFLINE")
-    with caplog.at_level(logging.INFO, logger="triqdef.data.cifar"):
-        assert fetch(progress=False)["source"] == "jpeg-mirror"
-    assert len(calls) == 1
-    msgs = [r.getMessage() for r in caplog.records if "official download unavailable" in r.getMessage()]
-    assert len(msgs) == 1 and "trying local archive" in msgs[0] and "\n" not in msgs[0]
-    _no_leftovers(dest.parent)
+    with pytest.raises(TriqdefError) as exc:
+        fetch(source="official", progress=False)  # the mirror is there, but is never taken in its place
+    msg = str(exc.value)
+    assert msg.startswith("data.source = official: downloading cifar-10-python.tar.gz failed (URLError")
+    assert "connect to the network" in msg and "CIFAR10_ARCHIVE" in msg and "\n" not in msg
+    assert len(calls) == 1 and not Path(calls[0]).exists()  # the download folder is gone
+    assert not dest.exists() and not dest.parent.exists()
 
 
-def test_official_download_preferred_when_available(tmp_path, monkeypatch, dest):
+def test_official_download(tmp_path, monkeypatch, dest):
     import torchvision.datasets
 
     class Fake:
@@ -336,16 +405,17 @@ def test_official_download_preferred_when_available(tmp_path, monkeypatch, dest)
             self.targets = list(range(n))
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", Fake)
-    monkeypatch.setenv("CIFAR10_ARCHIVE", str(make_jpeg_archive(tmp_path / "a.tar.gz")))
+    # TRIQDEF_OFFLINE=1 and allow_download=False forbid it, each in one line naming the fix
+    with pytest.raises(TriqdefError, match="TRIQDEF_OFFLINE=1 forbids: allow the network, or set CIFAR10_ARCHIVE"):
+        fetch(source="official", progress=False)
     monkeypatch.delenv("TRIQDEF_OFFLINE")
-    src = fetch(progress=False)
+    with pytest.raises(TriqdefError, match="--no-download forbids"):
+        fetch(source="official", allow_download=False, progress=False)
+    assert not dest.exists()
+    src = fetch(source="official", progress=False)
     assert src["source"] == "official" and src["origin"] == Fake.url
     assert (src["n_train"], src["n_test"]) == (6, 3)
-    # allow_download=False / TRIQDEF_OFFLINE=1 skip it
-    other = tmp_path / "other"
-    assert fetch(other, allow_download=False, progress=False)["source"] == "jpeg-mirror"
-    monkeypatch.setenv("TRIQDEF_OFFLINE", "1")
-    assert fetch(tmp_path / "third", progress=False)["source"] == "jpeg-mirror"
+    assert load_splits(_cfg(5, 0, 3, source="official"), 0).source["source"] == "official"
 
 
 # --------------------------------------------------------------------------- subsets
@@ -403,13 +473,13 @@ def test_data_params_reject_bad_sizes(key, value):
     """A bad subset size is refused when the config is read, with its full key."""
     if key == "holdout_size" and value == 0:
         pytest.skip("holdout_size may be 0")
-    mapping = {"train_size": 50, "holdout_size": 20, "test_size": 30, "class_balanced": True, key: value}
+    mapping = {"source": "mirror", "train_size": 50, "holdout_size": 20, "test_size": 30, "class_balanced": True, key: value}
     with pytest.raises(TriqdefError, match=f"data.cpu.{key}"):
         build(DataParams, mapping, "data.cpu")
 
 
 def test_data_params_reject_bad_flag_and_missing_key():
-    good = {"train_size": 50, "holdout_size": 20, "test_size": 30, "class_balanced": True}
+    good = {"source": "mirror", "train_size": 50, "holdout_size": 20, "test_size": 30, "class_balanced": True}
     with pytest.raises(TriqdefError, match="data.cpu.class_balanced = 'yes': expected true or false"):
         build(DataParams, dict(good, class_balanced="yes"), "data.cpu")
     del good["test_size"]
@@ -471,8 +541,7 @@ def sample_copy(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TRIQDEF_OFFLINE", "1")
         mp.delenv("CIFAR10_ARCHIVE", raising=False)
-        mp.setattr(paths, "shared_jpeg_archive", lambda: dest.parent / "none.tar.gz")
-        src = fetch(dest, progress=False)
+        src = fetch(dest, source="sample", progress=False)
     return dest, src
 
 
@@ -482,7 +551,7 @@ def test_committed_sample_loads(sample_copy):
     assert (src["n_train"], src["n_test"]) == (10000, 3000)
     assert np.bincount(np.load(dest / "train_labels.npy")).tolist() == [1000] * 10
     assert np.bincount(np.load(dest / "test_labels.npy")).tolist() == [300] * 10
-    s = load_splits(_cfg(train=49000, holdout=1000, test=2000), seed=0, dest=dest)
+    s = load_splits(_cfg(train=49000, holdout=1000, test=2000, source="sample"), seed=0, dest=dest)
     assert s.sizes["actual"] == {"train": 9000, "holdout": 1000, "test": 2000}
     assert s.sizes["requested"] == {"train": 49000, "holdout": 1000, "test": 2000}
     assert np.bincount(s.train.labels.numpy()).tolist() == [900] * 10

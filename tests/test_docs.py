@@ -4,7 +4,7 @@ Docstrings, comments and parameters cite design decisions as ``docs/design.md#<a
 ``docs/design.md "Heading"``). These tests fail when a cited anchor or heading does not exist in
 docs/design.md, and when anything still cites the developers' notes outside the repository
 (``DESIGN.md``, ``DESIGN "..."``, ``../shared/DESIGN.md``, ``../shared/papers``), which users do not have.
-``../shared/data`` is not a citation but the data fallback of ``triqdef data fetch``, and stays allowed.
+``../shared/data`` is not a citation but where developers find the data archive, and stays allowed.
 """
 
 import re

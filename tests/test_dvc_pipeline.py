@@ -157,3 +157,23 @@ def test_the_store_check_finds_a_missing_push(tmp_path):
     stage, path, md5 = dvc_store.locked_outputs()[0]
     dvc_store.store_path(md5, store).unlink()
     assert any(path in gap for gap in dvc_store.missing(store))
+
+
+def test_the_store_holds_the_exact_cifar10_mirror(tmp_path):
+    """data.dvc tracks the JPEG mirror the results were made from, and dvc-store/ holds that very archive (its sha256
+    is the one `triqdef data fetch` checks), so a clone anywhere pulls the same pixels; a store without it is caught."""
+    import hashlib
+    import shutil
+
+    sys.path.insert(0, str(ROOT / "lib"))
+    from triqdef.data.cifar import JPEG_MIRROR_SHA256
+
+    tracked = dvc_store.tracked_files()
+    assert [(f, p) for f, p, _ in tracked] == [("data.dvc", "data/cifar10-jpeg.tar.gz")]
+    obj = dvc_store.store_path(tracked[0][2])
+    assert obj.is_file(), "dvc-store/ lacks the CIFAR-10 archive: `dvc push data.dvc`, commit dvc-store/"
+    assert hashlib.sha256(obj.read_bytes()).hexdigest() == JPEG_MIRROR_SHA256
+    store = tmp_path / "store"
+    shutil.copytree(dvc_store.STORE, store)
+    dvc_store.store_path(tracked[0][2], store).unlink()
+    assert any("data/cifar10-jpeg.tar.gz" in gap for gap in dvc_store.missing(store))

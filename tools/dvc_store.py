@@ -2,12 +2,14 @@
 
 ``python tools/dvc_store.py --check`` lists every cached output that ``dvc.lock`` names and that ``dvc-store/``
 lacks (a missing ``dvc push`` before the commit): a fresh clone's ``dvc pull`` would then leave that stage without
-its output and ``dvc status`` would call it stale. Outputs with ``push: false`` (the CIFAR-10 copy of ``data.dvc``)
-and ``cache: false`` (git-tracked tables, metrics, plots) are not stored there by design. Exit status 1 on a gap.
+its output and ``dvc status`` would call it stale; the same for the files ``*.dvc`` track (``data.dvc``: the JPEG
+mirror of CIFAR-10 the results were made from). Outputs with ``cache: false`` (git-tracked tables, metrics, plots)
+are not stored there by design. Exit status 1 on a gap.
 ``--size`` prints the store's size. ``--status`` (in a fresh clone, after ``dvc pull``) runs ``dvc status`` and fails
 when a stage's output is missing (a missing push); stages whose code, params or inputs changed since ``dvc.lock``
-are listed as stale, and fail the check only with ``--strict``. The CIFAR-10 copy (``data.dvc``) is fetched, not
-pulled: where it is absent, the stages that read it are not counted stale for that reason.
+are listed as stale, and fail the check only with ``--strict``. The prepared CIFAR-10 copy (``data/cifar10``) is
+built by ``triqdef data fetch``, not pulled: where it is absent, the stages that read it are not counted stale for
+that reason.
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ def locked_outputs(lock: Path = ROOT / "dvc.lock") -> list[tuple[str, str, str]]
     return out
 
 
+def tracked_files(root: Path = ROOT) -> list[tuple[str, str, str]]:
+    """(``.dvc`` file, path, md5) of every output a ``*.dvc`` file at the root tracks (``data.dvc``'s archive)."""
+    out = []
+    for dvc_file in sorted(p for p in root.glob("*.dvc") if p.is_file()):
+        for o in (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", []):
+            if "md5" in o and o.get("push", True):
+                out.append((dvc_file.name, o["path"], o["md5"]))
+    return out
+
+
 def _uncached_paths() -> set[str]:
     """Outputs that ``dvc.yaml`` marks ``cache: false`` (git tracks them), whatever their stage's ``foreach`` item."""
     text = (ROOT / "dvc.yaml").read_text()
@@ -64,7 +76,7 @@ def _uncached_paths() -> set[str]:
 def missing(store: Path = STORE, lock: Path = ROOT / "dvc.lock") -> list[str]:
     """The cached outputs of ``dvc.lock`` (files and every file of a directory output) that ``store`` lacks."""
     gaps = []
-    for stage, path, md5 in locked_outputs(lock):
+    for stage, path, md5 in locked_outputs(lock) + tracked_files(lock.parent):
         obj = store_path(md5, store)
         if not obj.is_file():
             gaps.append(f"{stage}: {path} ({md5})")
@@ -91,8 +103,6 @@ def pulled_status(strict: bool = False) -> int:
     status = json.loads(run.stdout or "{}")
     missing_outs, stale = [], []
     for stage, changes in status.items():
-        if stage.endswith(".dvc"):
-            continue  # data.dvc: the CIFAR-10 copy is fetched, not pulled
         reasons, outs = [], []
         for change in changes:
             if not isinstance(change, dict):
@@ -136,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         if gaps:
             print("dvc-store/ lacks outputs that dvc.lock names (run `dvc push` and commit dvc-store/):", *gaps, sep="\n  ")
             return 1
-        print(f"dvc-store/ holds all {len(locked_outputs())} cached outputs of dvc.lock")
+        print(f"dvc-store/ holds all {len(locked_outputs())} cached outputs of dvc.lock and the {len(tracked_files())} file(s) of *.dvc")
     if args.status:
         return pulled_status(args.strict)
     return 0

@@ -4,7 +4,7 @@
 #   .whl/                   the Python packages that the machine's image lacks (Python 3.12, manylinux x86-64),
 #                           pinned to this venv's versions (the list below: papermill's, ipykernel's and ART's needs)
 #   .gpu/plan-PROFILE.json  the stage plan of each profile (tools/dag_run.py plan, from DVC, in a copy)
-#   .gpu/cifar10-jpeg.tar.gz  the data ($CIFAR10_ARCHIVE, else ../shared/data/cifar10-jpeg.tar.gz)
+#   .gpu/cifar10-jpeg.tar.gz  the data ($CIFAR10_ARCHIVE, else data/cifar10-jpeg.tar.gz: `dvc pull data.dvc`)
 # Both folders are ignored by git (add /.whl/ and /.gpu/ to .git/info/exclude); carry them in the device call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,8 +25,8 @@ platforms=""
 for p in 2_28 2_27 2_24 2_17 2_5 2_31 2_34 2_35; do platforms+=" --platform manylinux_${p}_x86_64"; done
 python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   $platforms --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl $pins
-archive=${CIFAR10_ARCHIVE:-../shared/data/cifar10-jpeg.tar.gz}
-[[ -f $archive ]] || { echo "gpu_prepare.sh: error: $archive not found: set CIFAR10_ARCHIVE to the JPEG mirror or the official tarball" >&2; exit 2; }
+archive=${CIFAR10_ARCHIVE:-data/cifar10-jpeg.tar.gz}
+[[ -f $archive ]] || { echo "gpu_prepare.sh: error: $archive not found: run 'dvc pull data.dvc' (the JPEG mirror), or set CIFAR10_ARCHIVE to it" >&2; exit 2; }
 cp "$archive" .gpu/cifar10-jpeg.tar.gz
 for profile in "$@"; do
   copy=$(mktemp -d)

@@ -6,7 +6,7 @@
 #     --dry-run   the gpu profile with its sizes cut to smoke scale (tools/gpu_dry_run.yaml), on any machine: proves
 #                 that the profile runs; results go to results/gpu-dry-run/ (not committed)
 #     --keep DIR  run in DIR and keep it (default: a temporary folder, removed after a successful run)
-# Data: `triqdef data fetch` (CIFAR10_ARCHIVE=path/to/cifar10-jpeg.tar.gz where there is no network).
+# Data: `triqdef data fetch` of data.source (mirror: `dvc pull data.dvc` first, or CIFAR10_ARCHIVE=path/to/it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD

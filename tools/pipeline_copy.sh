@@ -3,9 +3,10 @@
 #   tools/pipeline_copy.sh DIR PROFILE [OVERLAY.yaml]
 # DIR receives the files git tracks or would track, less the outputs (results/, dvc.lock, dvc-store/); params.yaml's
 # base.profile becomes PROFILE, and OVERLAY (optional) is merged into params.yaml, key by key, before the run (e.g.
-# tools/gpu_dry_run.yaml: the gpu profile with its sizes cut, to test it on a CPU). Data: `triqdef data fetch`, which
-# honours TRIQDEF_OFFLINE and CIFAR10_ARCHIVE. Then `dvc repro --no-commit`. Used by tools/test.sh (smoke) and
-# tools/gpu_run.sh (gpu). NO_REPRO=1 stops after making the copy.
+# tools/gpu_dry_run.yaml: the gpu profile with its sizes cut, to test it on a CPU). Data: `triqdef data fetch` of the
+# profile's data.source (smoke: the committed sample; else the mirror, from this repository's
+# data/cifar10-jpeg.tar.gz). Then `dvc repro --no-commit`. Used by tools/test.sh (smoke) and tools/gpu_run.sh (gpu).
+# NO_REPRO=1 stops after making the copy.
 set -euo pipefail
 [[ $# -ge 2 ]] || { echo "usage: tools/pipeline_copy.sh DIR PROFILE [OVERLAY.yaml]" >&2; exit 2; }
 copy=$1 profile=$2 overlay=${3:-}
@@ -25,5 +26,7 @@ export PYTHONPATH="$copy/lib${PYTHONPATH:+:$PYTHONPATH}"
 python tools/set_profile.py "$profile" ${overlay:+"$overlay"}
 printf '[core]\n    no_scm = true\n' > .dvc/config.local   # the copy is no git repository
 [[ -z ${NO_REPRO:-} ]] || exit 0   # NO_REPRO=1: the copy only (tools/gpu_prepare.sh)
+# data.source mirror (every profile but smoke): the repository's DVC-pulled archive, unless CIFAR10_ARCHIVE names one
+[[ -n ${CIFAR10_ARCHIVE:-} || ! -f $repo/data/cifar10-jpeg.tar.gz ]] || export CIFAR10_ARCHIVE=$repo/data/cifar10-jpeg.tar.gz
 triqdef --quiet data fetch > /dev/null
 dvc repro --no-commit --quiet

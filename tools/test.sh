@@ -8,7 +8,7 @@
 #      stage missing (a forgotten `dvc push`), stale stages listed (tools/dvc_store.py --status).
 # Options: --no-unit skips step 1. Environment: TRIQDEF_TEST_WORKERS=N runs steps 1 and 3 in N pytest-xdist workers
 # (default auto: one per core); TRIQDEF_SMOKE_COPY=DIR makes the copy in DIR instead of a fresh
-# temporary folder; CIFAR10_ARCHIVE is passed on to `triqdef data fetch` (offline default: the committed sample).
+# temporary folder. The smoke profile reads the committed sample (data.source: sample).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD

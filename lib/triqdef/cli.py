@@ -22,7 +22,7 @@ log = logging.getLogger("triqdef")
 def _cmd_data_fetch(args, cfg) -> int:
     from triqdef.data import cifar as data
 
-    src = data.fetch(allow_download=not args.no_download, progress=not args.quiet)
+    src = data.fetch(source=cfg.data.source, allow_download=not args.no_download, progress=not args.quiet)
     print(json.dumps(src, indent=2))
     return 0
 
@@ -226,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="CIFAR-10: fetch a prepared copy, show the subsets")
     dsub = d.add_subparsers(dest="action", metavar="ACTION")
     dsub.required = True
-    f = dsub.add_parser("fetch", help="prepare data/cifar10 from the first available source (prepared, official, archive, sample)")
-    f.add_argument("--no-download", action="store_true", help="do not try the official download")
+    f = dsub.add_parser("fetch", help="prepare data/cifar10 from the source data.source names (mirror | official | sample)")
+    f.add_argument("--no-download", action="store_true", help="data.source official: never download (CIFAR10_ARCHIVE only)")
     f.set_defaults(func=_cmd_data_fetch)
     dsub.add_parser("prepare", help="draw and record the subsets the params select (stage 'prepare')").set_defaults(func=_cmd_data_prepare)
     dsub.add_parser("info", help="the data source and subset sizes the params select").set_defaults(func=_cmd_data_info)

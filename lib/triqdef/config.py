@@ -59,6 +59,7 @@ class Base:
 class DataParams:
     """Subsets drawn from the prepared CIFAR-10 copy (:func:`triqdef.data.cifar.load_splits`)."""
 
+    source: Literal["mirror", "official", "sample"]   # triqdef.data.cifar.fetch: where the pixels come from
     train_size: int = field(metadata=_check(gt=0))
     holdout_size: int = field(metadata=_check(ge=0))
     test_size: int = field(metadata=_check(gt=0))

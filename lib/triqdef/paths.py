@@ -31,7 +31,7 @@ def output_root() -> Path:
 
 
 def data_dir() -> Path:
-    """The prepared CIFAR-10 copy (tracked by ``data.dvc``)."""
+    """The prepared CIFAR-10 copy (built by ``triqdef data fetch`` from the ``data.source`` archive)."""
     env = os.environ.get("TRIQDEF_DATA_DIR")
     return Path(env).resolve() if env else output_root() / "data" / "cifar10"
 
@@ -61,6 +61,7 @@ def sample_archive() -> Path:
     return Path(__file__).resolve().parent / "_sample" / "cifar10-sample-jpeg.tar.gz"
 
 
-def shared_jpeg_archive() -> Path:
-    """The developers' local JPEG mirror of CIFAR-10 (``../shared/data``)."""
-    return project_root().parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+def mirror_archive() -> Path:
+    """The JPEG mirror of CIFAR-10 the committed results were made from: ``data/cifar10-jpeg.tar.gz`` in the
+    project, tracked by ``data.dvc`` and stored in the repository's DVC remote (``dvc pull data.dvc``)."""
+    return project_root() / "data" / "cifar10-jpeg.tar.gz"

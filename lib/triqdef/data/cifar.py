@@ -3,20 +3,21 @@
 A *prepared copy* is a folder (default :func:`triqdef.paths.data_dir`) holding
 ``train_images.npy`` / ``test_images.npy`` (uint8, N x 32 x 32 x 3, HWC RGB),
 ``train_labels.npy`` / ``test_labels.npy`` (int64, 0..9) and ``source.json``
-(where the pixels came from). :func:`fetch` builds it from the first source
-that works:
+(where the pixels came from). :func:`fetch` builds it from the one source the
+``data.source`` parameter names, and never from another:
 
-1. an existing prepared copy at the destination (reused, never rewritten);
-2. the official archive, downloaded by ``torchvision`` (md5-verified), unless
-   ``allow_download=False`` or ``TRIQDEF_OFFLINE=1``;
-3. a local archive: ``$CIFAR10_ARCHIVE`` if set, else the developers' JPEG
-   mirror (:func:`triqdef.paths.shared_jpeg_archive`); either the official
-   ``cifar-10-python.tar.gz`` or the JPEG layout ``train|test/<class>/*.jpg``;
-4. the small sample committed with the package (:func:`triqdef.paths.sample_archive`),
-   on which results are not comparable with the paper.
+- ``mirror`` (the default; the committed results were made from it): the JPEG
+  re-encoded mirror ``data/cifar10-jpeg.tar.gz``, tracked by ``data.dvc`` and
+  stored in the repository's DVC remote, checked against :data:`JPEG_MIRROR_SHA256`;
+- ``official``: ``cifar-10-python.tar.gz``, downloaded by ``torchvision``
+  (md5-verified) or read from ``$CIFAR10_ARCHIVE`` (md5-checked): other pixels,
+  so every stage is recomputed;
+- ``sample``: the small class-balanced sample committed with the package
+  (:func:`triqdef.paths.sample_archive`; tests and the smoke profile), on
+  which results are not comparable with the paper.
 
 :func:`load_splits` then draws the train / holdout / test subsets used by the
-pipeline, seeded and optionally class-balanced.
+pipeline, seeded and optionally class-balanced, from a copy of that source.
 """
 
 from __future__ import annotations
@@ -52,9 +53,11 @@ CLASSES: tuple[str, ...] = (
 )
 SPLITS = ("train", "test")
 FILES = ("train_images.npy", "train_labels.npy", "test_images.npy", "test_labels.npy", "source.json")
-SOURCES = ("official", "jpeg-mirror", "sample")
+SOURCES = ("official", "jpeg-mirror", "sample")   # as recorded in a prepared copy's source.json
+#: the values of the ``data.source`` parameter; ``mirror`` is recorded as ``jpeg-mirror``
+SOURCE_PARAMS = ("mirror", "official", "sample")
 
-#: sha256 of the developers' JPEG mirror (``../shared/data/cifar10-jpeg.tar.gz``).
+#: sha256 of the JPEG mirror the committed results were made from (``data/cifar10-jpeg.tar.gz``, tracked by ``data.dvc``).
 JPEG_MIRROR_SHA256 = "c6a0fc643c9841e8dd88805891a39696e4bef0793bb2108f76789e21405057ff"
 #: md5 of the official ``cifar-10-python.tar.gz`` (as published and checked by torchvision).
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -161,8 +164,9 @@ def _open_prepared(dest: Path, mmap: bool = True) -> tuple[dict, dict[str, np.nd
     return source, arrays
 
 
-def _write_prepared(dest: Path, arrays: dict[str, np.ndarray], source: dict) -> dict:
-    """Write a prepared copy atomically: build a temporary sibling, then rename it into place."""
+def _write_prepared(dest: Path, arrays: dict[str, np.ndarray], source: dict, replace: bool = False) -> dict:
+    """Write a prepared copy atomically: build a temporary sibling, then rename it into place. ``replace``: an
+    existing copy is moved aside only once the new one is complete, and removed after the rename."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
@@ -174,6 +178,17 @@ def _write_prepared(dest: Path, arrays: dict[str, np.ndarray], source: dict) -> 
         (tmp / "source.json").write_text(json.dumps(source, indent=2) + "\n")
         if dest.is_dir() and not any(dest.iterdir()):
             dest.rmdir()
+        if replace and dest.exists():
+            aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            os.rename(dest, aside / dest.name)
+            try:
+                os.rename(tmp, dest)
+            except OSError:
+                os.rename(aside / dest.name, dest)  # put the old copy back
+                raise
+            finally:
+                shutil.rmtree(aside, ignore_errors=True)  # the old copy, or nothing once it is back in place
+            return source
         try:
             os.rename(tmp, dest)
         except OSError:
@@ -349,61 +364,119 @@ def _from_archive(path: Path, progress: bool, is_sample: bool = False) -> tuple[
     return arrays, source
 
 
-def fetch(dest: str | Path | None = None, *, allow_download: bool = True, progress: bool = True) -> dict:
-    """Make sure ``dest`` (default :func:`triqdef.paths.data_dir`) holds a valid prepared CIFAR-10
-    copy and return its ``source.json`` dict. See the module docstring for the source order."""
-    dest = Path(dest).resolve() if dest is not None else paths.data_dir()
+def matches(recorded: dict, source: str) -> bool:
+    """Whether a prepared copy's ``source.json`` is what ``data.source = source`` asks for: ``mirror`` the JPEG
+    mirror of :data:`JPEG_MIRROR_SHA256` exactly, ``official`` the official pixels, ``sample`` the committed sample."""
+    check_source(source)
+    if source == "mirror":
+        return recorded.get("source") == "jpeg-mirror" and recorded.get("sha256") == JPEG_MIRROR_SHA256
+    return recorded.get("source") == source
 
-    # 1. an existing prepared copy
-    opened = _open_prepared(dest)
-    if opened is not None:
-        log.info("using the prepared CIFAR-10 copy at %s (source: %s)", dest, opened[0]["source"])
-        return opened[0]
 
-    # 2. the official archive through torchvision
-    if allow_download and not _offline():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f".{dest.name}.download-", dir=dest.parent) as tmp:
-            try:
-                arrays, url, sha = _download_official(Path(tmp))
-            except Exception as exc:  # network, md5 mismatch, disk: fall through to local copies
-                log.info("official download unavailable: %s; trying local archive", _one_line(exc))
-            else:
-                source = _source_dict("official", url, sha, arrays, "official cifar-10-python archive downloaded by torchvision (md5 verified)")
-                log.info("writing the official CIFAR-10 to %s", dest)
-                return _write_prepared(dest, arrays, source)
+def check_source(source: str) -> str:
+    if source not in SOURCE_PARAMS:
+        raise TriqdefError(f"parameter data.source = {source!r}: expected one of {', '.join(SOURCE_PARAMS)}")
+    return source
 
-    # 3. a local archive
+
+def _mirror_arrays(progress: bool) -> tuple[dict[str, np.ndarray], dict]:
+    """data.source = mirror: the exact archive the committed results were made from, sha256-checked."""
     env = os.environ.get("CIFAR10_ARCHIVE", "").strip()
-    archive: Path | None = None
+    if env:
+        archive, where = Path(env).expanduser(), f"CIFAR10_ARCHIVE={env}"
+    else:
+        archive, where = paths.mirror_archive(), str(paths.mirror_archive())
+    if not archive.is_file() or not os.access(archive, os.R_OK):
+        fix = ("point it at the JPEG mirror (cifar10-jpeg.tar.gz)" if env else
+               "run `dvc pull data.dvc` (the archive is stored in the repository's dvc-store/)")
+        raise TriqdefError(f"data.source = mirror: {where} is not a readable file: {fix}")
+    sha = _file_hashes(archive)[0]
+    if sha != JPEG_MIRROR_SHA256:
+        raise TriqdefError(
+            f"data.source = mirror: {where} is not the JPEG mirror the results were made from "
+            f"(sha256 {sha[:16]}..., expected {JPEG_MIRROR_SHA256[:16]}...): "
+            f"{'unset CIFAR10_ARCHIVE or point it at that archive' if env else 'run `dvc pull data.dvc` again'}"
+        )
+    log.info("reading the JPEG mirror of CIFAR-10 from %s", archive)
+    arrays, source = _from_archive(archive, progress)
+    if source["source"] != "jpeg-mirror":  # the right hash but another layout cannot happen; guard all the same
+        raise TriqdefError(f"data.source = mirror: {where} holds {source['source']} data, expected the JPEG mirror")
+    return arrays, source
+
+
+def _official_arrays_from_anywhere(allow_download: bool, progress: bool, tmp_root: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """data.source = official: ``$CIFAR10_ARCHIVE`` (md5-checked) if set, else torchvision's download."""
+    env = os.environ.get("CIFAR10_ARCHIVE", "").strip()
+    fix = ("set CIFAR10_ARCHIVE to a local cifar-10-python.tar.gz, or set data.source: mirror "
+           "to reuse the stored results")
     if env:
         archive = Path(env).expanduser()
         if not archive.is_file() or not os.access(archive, os.R_OK):
-            raise TriqdefError(f"CIFAR10_ARCHIVE={env} is not a readable file: expected cifar-10-python.tar.gz or the JPEG mirror archive")
-    else:
-        try:
-            shared = paths.shared_jpeg_archive()
-        except TriqdefError as exc:  # no project root: no ../shared either
-            log.info("no shared JPEG mirror to look for (%s)", exc)
-            shared = None
-        if shared is not None and shared.is_file():
-            archive = shared
-    if archive is not None:
-        log.info("reading CIFAR-10 from %s", archive)
-        arrays, source = _from_archive(archive, progress)
-        if source["source"] == "sample":
-            log.warning("%s is the committed sample: results on it are not comparable with the paper", archive)
-        return _write_prepared(dest, arrays, source)
+            raise TriqdefError(f"data.source = official: CIFAR10_ARCHIVE={env} is not a readable file: expected cifar-10-python.tar.gz")
+        md5 = _file_hashes(archive)[1]
+        if md5 != OFFICIAL_MD5:
+            raise TriqdefError(
+                f"data.source = official: CIFAR10_ARCHIVE={env} is not the published cifar-10-python.tar.gz "
+                f"(md5 {md5}, expected {OFFICIAL_MD5})"
+            )
+        log.info("reading the official CIFAR-10 from %s", archive)
+        return _from_archive(archive, progress)
+    if not allow_download or _offline():
+        why = "TRIQDEF_OFFLINE=1" if _offline() else "--no-download"
+        raise TriqdefError(f"data.source = official needs a download of cifar-10-python.tar.gz, which {why} forbids: "
+                           f"allow the network, or {fix}")
+    try:
+        arrays, url, sha = _download_official(tmp_root)
+    except Exception as exc:  # network, md5 mismatch, disk
+        raise TriqdefError(f"data.source = official: downloading cifar-10-python.tar.gz failed ({_one_line(exc)}): "
+                           f"connect to the network, or {fix}") from None
+    return arrays, _source_dict("official", url, sha, arrays, "official cifar-10-python archive downloaded by torchvision (md5 verified)")
 
-    # 4. the committed sample
+
+def _sample_arrays(progress: bool) -> tuple[dict[str, np.ndarray], dict]:
     sample = paths.sample_archive()
     if not sample.is_file():
-        raise TriqdefError(
-            f"no CIFAR-10 source available: download failed or disabled, CIFAR10_ARCHIVE unset, and the committed sample {sample} is missing"
-        )
-    log.warning("no full CIFAR-10 available; using the committed sample %s: results on it are not comparable with the paper", sample)
-    arrays, source = _from_archive(sample, progress, is_sample=True)
-    return _write_prepared(dest, arrays, source)
+        raise TriqdefError(f"data.source = sample: the committed sample {sample} is missing: restore it with `git checkout -- {sample.name}`")
+    log.warning("data.source = sample: %s; results on it are not comparable with the paper", sample)
+    return _from_archive(sample, progress, is_sample=True)
+
+
+def fetch(dest: str | Path | None = None, *, source: str = "mirror", allow_download: bool = True,
+          progress: bool = True) -> dict:
+    """Make sure ``dest`` (default :func:`triqdef.paths.data_dir`) holds the prepared CIFAR-10 copy of
+    ``source`` (the ``data.source`` parameter) and return its ``source.json`` dict.
+
+    - ``mirror`` (the committed results): the JPEG mirror, ``data/cifar10-jpeg.tar.gz`` (tracked by ``data.dvc``,
+      stored in ``dvc-store/``; ``$CIFAR10_ARCHIVE`` may point at another copy), sha256-checked;
+    - ``official``: ``cifar-10-python.tar.gz``, from ``$CIFAR10_ARCHIVE`` (md5-checked) or downloaded by
+      torchvision unless ``allow_download=False`` or ``TRIQDEF_OFFLINE=1``;
+    - ``sample``: the class-balanced sample committed with the package (tests, the smoke profile).
+
+    The source is never switched silently: a prepared copy of ``source`` is reused as it is; one of another
+    source is replaced (with a warning) only once the requested source has been read in full; an unavailable
+    source ends with a :class:`TriqdefError` that says what to do, and nothing is written.
+    """
+    check_source(source)
+    dest = Path(dest).resolve() if dest is not None else paths.data_dir()
+
+    opened = _open_prepared(dest)
+    if opened is not None and matches(opened[0], source):
+        log.info("using the prepared CIFAR-10 copy at %s (source: %s)", dest, opened[0]["source"])
+        return opened[0]
+
+    if source == "mirror":
+        arrays, record = _mirror_arrays(progress)
+    elif source == "sample":
+        arrays, record = _sample_arrays(progress)
+    else:
+        with tempfile.TemporaryDirectory(prefix="triqdef-cifar10-download-") as tmp:  # nothing beside dest on failure
+            arrays, record = _official_arrays_from_anywhere(allow_download, progress, Path(tmp))
+
+    if opened is not None:
+        log.warning("replacing the prepared %s copy at %s with the %s one (data.source = %s)",
+                    opened[0]["source"], dest, record["source"], source)
+    log.info("writing the %s CIFAR-10 copy to %s", record["source"], dest)
+    return _write_prepared(dest, arrays, record, replace=opened is not None)
 
 
 # --------------------------------------------------------------------------- subsets
@@ -466,8 +539,9 @@ def _subset(images: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> Subset:
 def load_splits(cfg: DataParams, seed: int, dest: str | Path | None = None) -> Splits:
     """Draw the train / holdout / test subsets from the prepared copy at ``dest``.
 
-    ``cfg`` (the ``data`` params section) holds ``train_size``, ``holdout_size``
-    (may be 0), ``test_size`` and ``class_balanced``. Train and holdout are
+    ``cfg`` (the ``data`` params section) holds ``source`` (the copy at ``dest``
+    must be of that source), ``train_size``, ``holdout_size`` (may be 0),
+    ``test_size`` and ``class_balanced``. Train and holdout are
     disjoint and come from the training split, test from the test split; the
     choice depends only on ``seed``. Sizes larger than the copy holds are
     clamped (with a warning) and recorded in ``sizes``.
@@ -481,6 +555,11 @@ def load_splits(cfg: DataParams, seed: int, dest: str | Path | None = None) -> S
     if opened is None:
         raise TriqdefError(f"no prepared CIFAR-10 copy at {dest}: run `triqdef data fetch` first")
     source, arrays = opened
+    if not matches(source, cfg.source):
+        raise TriqdefError(
+            f"the prepared CIFAR-10 copy at {dest} holds the {source['source']} data but data.source is "
+            f"{cfg.source}: run `triqdef data fetch` (same profile) to prepare that source"
+        )
 
     train_labels = np.asarray(arrays["train_labels"])
     test_labels = np.asarray(arrays["test_labels"])

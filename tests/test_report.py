@@ -9,6 +9,20 @@ from triqdef.reporting.report import CLAIMS, build_report
 CPU = load_config(profile="cpu")
 
 
+
+def _row(text: str, where: str = "", contains: str = "") -> str:
+    """A claim's line of REPORT's first table (found by the start of its "where | claim" cells, or by a text in it)
+    together with its section below (the full figures and every interval)."""
+    for line in text.splitlines():
+        if not line.startswith("| ["):
+            continue
+        rest = line.split("|", 2)[2]
+        if (where and rest.startswith(" " + where[2:])) or (contains and contains in line):
+            number = line.split("](#claim-")[1].split(")")[0]
+            section = text.split(f'<a id="claim-{number}"></a>', 1)[1].split("<a id=", 1)[0].split("## Pipeline time")[0]
+            return line + "\n" + section
+    raise AssertionError(f"no claim row for {where or contains!r}")
+
 def test_missing_results_are_not_measured(tmp_path):
     text = build_report(tmp_path)
     out_of_scope = text.count("**not reproduced**")
@@ -20,11 +34,11 @@ def test_table1_claim_reads_the_table(tmp_path):
     cols = {"32 (FP, white-box)": [80.0, 60.0], "32": [70.0, 50.0], "8": [70.0, 50.0], "5": [65.0, 45.0], "4": [64.0, 40.0], "2": [60.0, 30.0]}
     pd.DataFrame(dict(attack=["lavan", "gap"], **cols)).to_csv(tmp_path / "tables" / "table1_transfer_asr.csv", index=False)
     text = build_report(tmp_path)
-    row = next(line for line in text.splitlines() if line.startswith("| §2, Table 1"))
+    row = _row(text, "| §2, Table 1")
     assert "LAVAN 80.0 / 70.0 / 64.0 / 60.0" in row and "keeps 75 %" in row and "**holds**" in row
     pd.DataFrame(dict(attack=["lavan", "gap"], **{k: [v[0] / 10, v[1] / 10] if k != "32 (FP, white-box)" else v
                                                   for k, v in cols.items()})).to_csv(tmp_path / "tables" / "table1_transfer_asr.csv", index=False)
-    row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| §2, Table 1"))
+    row = _row(build_report(tmp_path), "| §2, Table 1")
     assert "**does not hold**" in row
 
 
@@ -61,7 +75,7 @@ def test_a_claim_whose_run_the_profile_leaves_out_says_so(tmp_path):
     cols = {f"lavan {b}-bit": [5.0, 6.0] for b in (32, 5, 4, 2)}
     pd.DataFrame(dict(model=["Full TriQDef"] * 2, group=["seen", "unseen"], **cols)).to_csv(
         tmp_path / "tables" / "table7_ablation.csv", index=False)
-    row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| App. D (speed)"))
+    row = _row(build_report(tmp_path), "| App. D (speed)")
     assert "not run in this profile" in row and "every_step_full_res" in row and "**not measured**" in row
 
 
@@ -80,10 +94,10 @@ def test_table7_verdict_comes_from_the_paired_interval_at_the_matched_size(tmp_p
                              for v in ("32-bit", "2-bit") for a in ("w/o FDP", "w/o GPDP")])
 
     comparisons(-4.0, "inconclusive at this sample size").to_csv(tmp_path / "tables" / "table7_comparisons.csv", index=False)
-    row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| §4.5, Table 7 | removing"))
+    row = _row(build_report(tmp_path), "| §4.5, Table 7 | removing")
     assert "**inconclusive at this sample size**" in row and "paper regime (500 images, 20 patches" in row
     comparisons(-5.0, "holds").to_csv(tmp_path / "tables" / "table7_comparisons_matched.csv", index=False)
-    row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| §4.5, Table 7 | removing"))
+    row = _row(build_report(tmp_path), "| §4.5, Table 7 | removing")
     assert "**holds**" in row and "matched regime" in row and "paper regime" in row
 
 
@@ -101,7 +115,7 @@ def test_speed_settings_verdict_comes_from_the_paired_interval(tmp_path, low, hi
                    "rate": 10.0, "rate_against": 9.0, "difference": (low + high) / 2, "low": low, "high": high,
                    "n_images": 500, "n_patches": 20, "claim": "", "verdict": ""}]).to_csv(
         tmp_path / "tables" / "table7_comparisons_matched.csv", index=False)
-    row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| App. D (speed)"))
+    row = _row(build_report(tmp_path), "| App. D (speed)")
     assert f"**{verdict}**" in row and f"[{low:+.1f}, {high:+.1f}]" in row
 
 
@@ -121,11 +135,11 @@ def test_table1_verdict_comes_from_the_claims_beside_the_table_at_the_matched_si
     meta = {"claims": [_claim("LAVAN ASR on standard QAT at 2 bits − 0.7 × FP (points)", "inconclusive at this sample size",
                               low=-1.0)]}
     (tmp_path / "tables" / "table1_transfer_asr.json").write_text(json.dumps(meta))
-    row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| §2, Table 1"))
+    row = _row(build_report(tmp_path), "| §2, Table 1")
     assert "**inconclusive at this sample size**" in row and "paper regime" in row and "1000 images, 20 patches" in row
     meta = {"claims": [_claim("LAVAN ...", "does not hold", value=-9.0, low=-12.0, high=-6.0)]}
     (tmp_path / "tables" / "table1_transfer_asr_matched.json").write_text(json.dumps(meta))
-    row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| §2, Table 1"))
+    row = _row(build_report(tmp_path), "| §2, Table 1")
     assert "**does not hold**" in row and "matched regime" in row and "-9.0 [-12.0, -6.0]" in row
 
 
@@ -165,16 +179,16 @@ def test_the_figures_beside_a_verdict_come_from_its_regime(tmp_path):
     (tmp_path / "metrics").mkdir()
     cols = {"32 (FP, white-box)": [80.0, 60.0], "8": [70.0, 50.0], "4": [64.0, 40.0], "2": [60.0, 30.0]}
     pd.DataFrame(dict(attack=["lavan", "gap"], **cols)).to_csv(tmp_path / "tables" / "table1_transfer_asr.csv", index=False)
-    row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| §2, Table 1"))
+    row = _row(build_report(tmp_path), "| §2, Table 1")
     assert "[paper's size] LAVAN 80.0 / 70.0 / 64.0 / 60.0 %" in row
     cols = {"32 (FP, white-box)": [95.0, 90.0], "8": [91.0, 85.0], "4": [90.0, 80.0], "2": [20.0, 10.0]}
     pd.DataFrame(dict(attack=["lavan", "gap"], **cols)).to_csv(tmp_path / "tables" / "table1_transfer_asr_matched.csv",
                                                                index=False)
     (tmp_path / "metrics" / "attack_strength.json").write_text(json.dumps({"matched_size": 12}))
-    row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| §2, Table 1"))
+    row = _row(build_report(tmp_path), "| §2, Table 1")
     assert "[12×12, matched size] LAVAN 95.0 / 91.0 / 90.0 / 20.0 %" in row
     pd.DataFrame({"note": ["no matched regime"]}).to_csv(tmp_path / "tables" / "table1_transfer_asr_matched.csv", index=False)
-    row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| §2, Table 1"))
+    row = _row(build_report(tmp_path), "| §2, Table 1")
     assert "[paper's size] LAVAN 80.0" in row
 
 
@@ -186,7 +200,7 @@ def test_qadt_r_transfer_claim_is_decided_on_the_2bit_interval_against_70(tmp_pa
     row = {"2": (low + high) / 2, "2 low": low, "2 high": high, "n 2": 500, "patches": 10}
     pd.DataFrame([dict(attack="lavan", **row), dict(attack="gap", **dict(row, **{"2 low": 75.0, "2 high": 95.0}))]) \
         .to_csv(tmp_path / "tables" / "table1_transfer_asr.csv", index=False)
-    line = next(x for x in build_report(tmp_path).splitlines() if "over 70 % ASR at 2 bits" in x)
+    line = _row(build_report(tmp_path), contains="over 70 % ASR at 2 bits")
     assert f"LAVAN {(low + high) / 2:.1f} [{low:.1f}, {high:.1f}] % (n 500)" in line and f"**{verdict}**" in line
 
 
@@ -197,7 +211,7 @@ def test_table13_with_the_default_setting_alone_is_not_measured(tmp_path):
     (tmp_path / "tables").mkdir()
     rows = [{S.VARIANT: "full", S.SETTING: "", S.METRIC: m, "32bit": 50.0, "2bit": 40.0} for m in S.T13_METRICS]
     pd.DataFrame(rows).to_csv(tmp_path / "tables" / "table13_sensitivity.csv", index=False)
-    line = next(x for x in build_report(tmp_path).splitlines() if x.startswith("| App. C, Table 13"))
+    line = _row(build_report(tmp_path), "| App. C, Table 13")
     assert "**not measured**" in line and "no sensitivity variant" in line
 
 
@@ -226,5 +240,57 @@ def test_clean_cost_verdict_comes_from_the_interval_against_2_5_points(tmp_path,
     (tmp_path / "tables").mkdir()
     pd.DataFrame({"model": ["Standard QAT", "TriQDef"], "32bit": [86.5, triqdef], "4bit": [85.0, triqdef - 1.5],
                   "n_test": [2000, 2000]}).to_csv(tmp_path / "tables" / "table4_defenses_clean_accuracy.csv", index=False)
-    row = next(line for line in build_report(tmp_path).splitlines() if line.startswith("| §4.2, Table 4"))
+    row = _row(build_report(tmp_path), "| §4.2, Table 4")
     assert f"**{verdict}**" in row and "95 % Newcombe interval" in row and "(2000 images;" in row
+
+
+def test_the_committed_reports_first_screen_reads_on_a_screen():
+    """REPORT's first table (built from the committed results) has one short line per claim (issue 29, item 8: no
+    cell over 200 characters) and a section for each, linked from it."""
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    text = build_report(results)
+    rows = [line for line in text.splitlines() if line.startswith("| [")]
+    assert len(rows) == len(CLAIMS)
+    assert max(len(cell) for line in rows for cell in line.split("|")) <= 200
+    assert all(f'<a id="claim-{n}"></a>' in text for n in range(1, len(CLAIMS) + 1))
+
+
+def test_fewer_than_ten_patches_decide_nothing_unless_enough_patches_already_fail(tmp_path):
+    """The patch floor (docs/design.md#interval-coverage): a verdict resting on an interval over 4 patches reads
+    'too few patches to decide'; a 'does not hold' stands when an interval over 10 patches already fails."""
+    from triqdef.reporting.report import patch_floor
+
+    few = dict(n_patches=4, verdict="does not hold")
+    enough_fails = dict(n_patches=10, verdict="does not hold")
+    enough_holds = dict(n_patches=10, verdict="holds")
+    assert patch_floor("does not hold", [few, enough_holds]) == "too few patches to decide"
+    assert patch_floor("does not hold", [few, enough_fails]) == "does not hold"
+    assert patch_floor("holds", [few, enough_holds]) == "too few patches to decide"
+    assert patch_floor("holds", [enough_holds]) == "holds"
+    assert patch_floor("partly", [few]) == "partly"
+    assert patch_floor("holds", [dict(n_patches=1, verdict="holds")]) == "holds"   # an accuracy
+
+
+def test_the_forest_plot_draws_every_deciding_interval(tmp_path):
+    import json
+
+    from triqdef.reporting.report import evaluate_claims, forest_evidence
+    from triqdef.reporting.forest import COLOURS, forest
+
+    (tmp_path / "tables").mkdir()
+    cols = {"32 (FP, white-box)": [80.0, 60.0], "8": [70.0, 50.0], "4": [64.0, 40.0], "2": [60.0, 30.0]}
+    pd.DataFrame(dict(attack=["lavan", "gap"], **cols)).to_csv(tmp_path / "tables" / "table1_transfer_asr.csv", index=False)
+    meta = {"claims": [_claim("LAVAN", "does not hold", value=-9.0, low=-12.0, high=-6.0),
+                       _claim("GAP", "holds", value=3.0, low=1.0, high=5.0)]}
+    meta["claims"][1]["n_patches"] = 4
+    (tmp_path / "tables" / "table1_transfer_asr_matched.json").write_text(json.dumps(meta))
+    rows = evaluate_claims(tmp_path)
+    evidence = forest_evidence(rows)
+    assert [(e.statement, e.verdict) for e in evidence] == [("LAVAN", "does not hold"), ("GAP", "too few patches to decide")]
+    assert evidence[0].oriented() == (-9.0, -12.0, -6.0)      # "higher than 0": the value itself
+    fig = forest(evidence, {1: "Table 1"})
+    drawn = [line.get_color() for line in fig.axes[0].get_lines()
+             if len(line.get_xdata()) == 2 and line.get_color() in (*COLOURS.values(), "#7f7f7f")]
+    assert drawn == [COLOURS["does not hold"], COLOURS["too few patches to decide"]]

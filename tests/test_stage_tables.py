@@ -346,8 +346,8 @@ def test_report_reads_the_training_metrics_where_the_stage_writes_them(tmp_path,
     bench = {"time_ratio": 1.4, "mem_ratio": 1.1, "device": "cpu"}
     write_metrics("training", *metrics(SimpleNamespace(profile="smoke", n_eval=1, meta={}), t4, t5, bench, {"4-bit": 0.9}, 1.0))
     lines = build_report(tmp_path / "results").splitlines()
-    bench_row = next(line for line in lines if line.startswith("| App. D, Table 17"))
-    cam_row = next(line for line in lines if line.startswith("| §4.6, Figure 3"))
+    bench_row = next(line for line in lines if line.startswith("| [") and "| App. D, Table 17 |" in line)
+    cam_row = next(line for line in lines if line.startswith("| [") and "| §4.6, Figure 3 |" in line)
     assert "time 1.40×, memory 1.10×" in bench_row and "**holds**" in bench_row
     assert "4-bit 0.90" in cam_row and "32bit -0.5" in cam_row
 

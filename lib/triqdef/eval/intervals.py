@@ -18,6 +18,18 @@ claimed side of zero, "does not hold" when it lies on the other side, otherwise 
 sample size".
 
 Accuracies are rates with one "patch" whose every image is eligible (``hits``: correct predictions).
+
+Two ways to turn the replicates into an interval (``method``; issue 29, docs/design.md#interval-coverage):
+
+- ``"percentile"``: the 2.5 and 97.5 percentiles of the replicates (the tables' method so far). With few patches it
+  runs short: the bootstrap's spread of a mean over P resampled patches is (P − 1)/P of the true one, and its
+  percentiles are normal quantiles. Measured by :mod:`triqdef.eval.coverage`: 57–69 % at 2 patches.
+- ``"t"``: studentised over patches: the value ± t(P − 1) × the replicates' standard deviation × √(P / (P − 1)),
+  P the number of patches (for a difference of two patch sets, the smaller). One patch (an accuracy) has no patch
+  level: the percentile interval is used. :mod:`triqdef.eval.coverage` measures both.
+
+:func:`familywise_verdict` decides a claim that must hold at several bit-widths or attacks with Holm's step-down
+correction on the "does not hold" side (issue 29, item 5).
 """
 
 from __future__ import annotations
@@ -32,6 +44,11 @@ from triqdef.errors import TriqdefError
 
 LEVEL = 0.95
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive at this sample size"
+METHODS = ("percentile", "t")
+TOO_FEW = "too few patches to decide"
+#: The fewest patches behind a rate from which the "t" interval reaches 93 % coverage for every kind of estimate in
+#: the coverage simulation (docs/design.md#interval-coverage: at 4 patches a rate's runs 90–92 %).
+MIN_PATCHES = 10
 
 
 @dataclass(frozen=True)
@@ -81,6 +98,9 @@ class Interval:
     n_patches: int
     n_eligible: int
     n_boot: int
+    method: str = "percentile"
+    se: float = float("nan")   # the replicates' standard deviation (for "t": × √(P / (P − 1)))
+    df: int = 0                # "t": the degrees of freedom of its quantile (patches − 1); 0 for a percentile interval
 
     @property
     def half_width(self) -> float:
@@ -124,28 +144,53 @@ def _replicates(o: Outcomes, images: np.ndarray, patches: np.ndarray) -> np.ndar
     return _mean_of_rates(hit_counts, eligible_counts, patches)
 
 
-def _interval(value: float, reps: np.ndarray, o: Outcomes, n_boot: int) -> Interval:
+def _interval(value: float, reps: np.ndarray, o: Outcomes, n_boot: int, method: str = "percentile",
+              n_patches: int | None = None, level: float = LEVEL) -> Interval:
+    """The ``level`` interval of ``method`` from the replicates; ``n_patches`` (default ``o``'s) sets the t
+    quantile's degrees of freedom."""
     reps = reps[~np.isnan(reps)]
-    alpha = (1 - LEVEL) / 2
+    alpha = (1 - level) / 2
+    sd = float(reps.std(ddof=1)) if reps.size > 1 else float("nan")
     low, high = (np.quantile(reps, [alpha, 1 - alpha]) if reps.size else (np.nan, np.nan))
-    return Interval(float(value), float(low), float(high), o.n_images, o.n_patches, int(o.eligible.sum()), n_boot)
+    ci = Interval(float(value), float(low), float(high), o.n_images, o.n_patches, int(o.eligible.sum()), n_boot,
+                  "percentile", sd, 0)
+    return studentised(ci, o.n_patches if n_patches is None else n_patches, level) if method == "t" else ci
 
 
-def bootstrap_rate(o: Outcomes, n_boot: int = 2000, seed: int = 0) -> Interval:
-    """The rate of ``o`` with its 95 % interval from ``n_boot`` replicates resampling images and patches."""
+def studentised(percentile: Interval, n_patches: int, level: float = LEVEL) -> Interval:
+    """The ``"t"`` interval from a percentile one's replicate standard deviation (``se``): value ± t(P − 1) ×
+    se × √(P / (P − 1)), P = ``n_patches``. With fewer than 2 patches (an accuracy) it stays the percentile
+    interval: there is no patch level to studentise over."""
+    value, sd = percentile.value, percentile.se
+    if n_patches < 2 or not np.isfinite(sd) or np.isnan(value):
+        return percentile
+    from scipy import stats
+
+    se = sd * np.sqrt(n_patches / (n_patches - 1))
+    half = float(stats.t.ppf(1 - (1 - level) / 2, n_patches - 1)) * se
+    return dataclasses.replace(percentile, low=value - half, high=value + half, method="t", se=float(se),
+                               df=n_patches - 1)
+
+
+def bootstrap_rate(o: Outcomes, n_boot: int = 2000, seed: int = 0, method: str = "percentile",
+                   level: float = LEVEL) -> Interval:
+    """The rate of ``o`` with its 95 % (``level``) interval from ``n_boot`` replicates resampling images and
+    patches (``method``: ``"percentile"`` or ``"t"``, see the module docstring)."""
     _check_boot(n_boot)
+    _check_method(method, level)
     images, patches = _draws(o.n_images, o.n_patches, n_boot, seed)
-    return _interval(o.rate(), _replicates(o, images, patches), o, n_boot)
+    return _interval(o.rate(), _replicates(o, images, patches), o, n_boot, method, level=level)
 
 
-def paired_difference(a: Outcomes, b: Outcomes, n_boot: int = 2000, seed: int = 0) -> Interval:
+def paired_difference(a: Outcomes, b: Outcomes, n_boot: int = 2000, seed: int = 0, method: str = "percentile",
+                      level: float = LEVEL) -> Interval:
     """``rate(a) − rate(b)`` with its 95 % interval, the same images and patches drawn for both in every
     replicate. ``a`` and ``b`` must be the same patches on the same images (same shapes)."""
-    return difference(a, b, n_boot, seed)
+    return difference(a, b, n_boot, seed, method=method, level=level)
 
 
 def difference(a: Outcomes, b: Outcomes, n_boot: int = 2000, seed: int = 0, scale: float = 1.0,
-               same_patches: bool = True) -> Interval:
+               same_patches: bool = True, method: str = "percentile", level: float = LEVEL) -> Interval:
     """``rate(a) − scale · rate(b)`` with its 95 % interval; the same test images are drawn for both in every
     replicate (``a`` and ``b`` must be outcomes on the same images, in the same order).
 
@@ -155,6 +200,7 @@ def difference(a: Outcomes, b: Outcomes, n_boot: int = 2000, seed: int = 0, scal
     ``scale`` tests a proportion, e.g. "the 2-bit ASR keeps 70 % of the white-box ASR": ``scale=0.7``, claim
     ``"higher"``."""
     _check_boot(n_boot)
+    _check_method(method, level)
     if same_patches and a.hits.shape != b.hits.shape:
         raise TriqdefError(f"paired difference of outcomes of shapes {a.hits.shape} and {b.hits.shape}: expected the "
                            "same patches on the same images")
@@ -165,7 +211,8 @@ def difference(a: Outcomes, b: Outcomes, n_boot: int = 2000, seed: int = 0, scal
     reps = _replicates(a, images, patches_a) - scale * _replicates(b, images, patches_b)
     n_patches = a.n_patches if same_patches else a.n_patches + b.n_patches
     eligible = int((a.eligible | b.eligible).sum()) if same_patches else int(a.eligible.sum() + b.eligible.sum())
-    ci = _interval(a.rate() - scale * b.rate(), reps, a, n_boot)
+    ci = _interval(a.rate() - scale * b.rate(), reps, a, n_boot, method,
+                   n_patches=a.n_patches if same_patches else min(a.n_patches, b.n_patches), level=level)
     return dataclasses.replace(ci, n_patches=n_patches, n_eligible=eligible)
 
 
@@ -185,6 +232,15 @@ def verdict(interval: Interval, claim: str, margin: float = 0.0) -> str:
     return INCONCLUSIVE
 
 
+def checked_verdict(interval: Interval, claim: str, margin: float = 0.0, min_patches: int = MIN_PATCHES) -> str:
+    """:func:`verdict`, except that an interval over fewer than ``min_patches`` patches (more than one: an accuracy
+    has no patch level) decides nothing: no interval method reaches its coverage there
+    (docs/design.md#interval-coverage), so it reads *too few patches to decide*."""
+    if 1 < interval.n_patches < min_patches:
+        return TOO_FEW
+    return verdict(interval, claim, margin)
+
+
 def claim_evidence(statement: str, interval: Interval, claim: str, margin: float = 0.0) -> dict:
     """One claim's evidence as a table's metadata keeps it (key ``claims``, read by REPORT.md): what the interval
     measures (``statement``), its value and 95 % interval in points (or %), the sample behind it, the claimed
@@ -199,6 +255,65 @@ def claim_text(evidence: dict) -> str:
     e = evidence
     return (f"{e['statement']}: {e['value']:+.1f} [{e['low']:+.1f}, {e['high']:+.1f}] (claimed {e['claim']}; "
             f"{e['n_images']} images, {e['n_patches']} patches): {e['verdict']}")
+
+
+def _check_method(method: str, level: float = LEVEL) -> None:
+    if method not in METHODS:
+        raise TriqdefError(f"interval method {method!r}: expected one of {', '.join(METHODS)}")
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise TriqdefError(f"interval level {level!r}: expected a coverage level in (0, 1), e.g. 0.95")
+
+
+def one_sided_p(interval: Interval, claim: str, margin: float = 0.0) -> tuple[float, float]:
+    """``(p_holds, p_fails)`` of a ``"t"`` interval: the one-sided p-values against "the claim does not hold"
+    (small: evidence that it holds) and against "the claim holds" (small: evidence that it does not), from
+    (value − margin) / se on ``df`` degrees of freedom. At 2.5 % each reads as the 95 % interval does."""
+    if claim not in ("lower", "higher"):
+        raise TriqdefError(f"claim {claim!r}: expected 'lower' or 'higher'")
+    if interval.method != "t" or not interval.df or not np.isfinite(interval.se) or interval.se <= 0:
+        return float("nan"), float("nan")
+    from scipy import stats
+
+    t = (interval.value - margin) / interval.se
+    above, below = float(stats.t.sf(t, interval.df)), float(stats.t.cdf(t, interval.df))
+    return (above, below) if claim == "higher" else (below, above)
+
+
+def holm(p_values: Sequence[float], alpha: float) -> list[bool]:
+    """Holm's step-down procedure: which of the hypotheses are rejected at familywise level ``alpha`` (a NaN
+    p-value is never rejected and counts in the family)."""
+    if not 0 < alpha < 1:
+        raise TriqdefError(f"familywise level alpha={alpha!r}: expected a number in (0, 1)")
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(np.where(np.isnan(p), np.inf, p), kind="stable")
+    rejected = [False] * len(p)
+    for rank, i in enumerate(order):
+        if np.isnan(p[i]) or p[i] > alpha / (len(p) - rank):
+            break
+        rejected[i] = True
+    return rejected
+
+
+def familywise_verdict(intervals: Sequence[Interval], claim: str, margin: float = 0.0,
+                       alpha: float = (1 - LEVEL) / 2) -> str:
+    """A claim that must hold in every one of several comparisons (bit-widths, attacks), from ``"t"`` intervals:
+
+    - *holds* when each comparison holds at one-sided level ``alpha`` (its 95 % interval on the claimed side): an
+      intersection-union test, which needs no correction;
+    - *does not hold* when Holm's step-down procedure at familywise level ``alpha`` rejects "the claim holds" for at
+      least one comparison (uncorrected, one of 8 intervals lands on the wrong side by chance far more often);
+    - otherwise *inconclusive at this sample size*."""
+    intervals = list(intervals)
+    if not intervals:
+        return INCONCLUSIVE
+    if any(ci.method != "t" for ci in intervals):
+        raise TriqdefError("familywise_verdict needs 't' intervals (method='t'): their p-values feed Holm's procedure")
+    ps = [one_sided_p(ci, claim, margin) for ci in intervals]
+    if all(p_hold <= alpha for p_hold, _ in ps):
+        return HOLDS
+    if any(holm([p_fail for _, p_fail in ps], alpha)):
+        return FAILS
+    return INCONCLUSIVE
 
 
 def _check_boot(n_boot: int) -> None:

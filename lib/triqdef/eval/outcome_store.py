@@ -1,0 +1,209 @@
+"""One outcome store per evaluation: every (patch, image) outcome as one row of a Parquet file (issue 29, item 1;
+docs/design.md#outcome-stores).
+
+A row says which model (and training seed) was attacked at which view bit-width, by which patch (attack, set,
+patch id, target, location), on which test image (id, label), and what the model predicted without and with the
+patch. Rates, intervals and comparisons are functions of these rows, so a new comparison needs no new attack run:
+
+- :func:`outcomes` turns a selection into the (patches × images) :class:`~triqdef.eval.intervals.Outcomes` of a
+  rate, every patch on its own eligible images (clean-correct, label ≠ target: docs/design.md#success-rate);
+- :func:`paired` turns two selections (two models, sets or bit-widths) into two ``Outcomes`` on *common* images:
+  patches paired by target (and training seed), each pair on the images eligible for both sides (issue 29, item 2),
+  with the number of common images per target.
+
+The files are written atomically (a temporary sibling, then a rename); a store with a missing column, a wrong type
+or an unreadable file is refused with one :class:`TriqdefError` line that names it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from triqdef.errors import TriqdefError
+from triqdef.eval.intervals import Outcomes
+
+SCHEMA_VERSION = "1"
+#: column -> kind: "str" (model, attack, set names) or "int"
+COLUMNS: dict[str, str] = {
+    "model": "str",          # the attacked model (e.g. "triqdef", "qat", "fp")
+    "seed": "int",           # its training seed
+    "bits": "int",           # the view's bit-width (32: full precision)
+    "attack": "str",         # lavan | gap | dpr | patch_attack | noise ...
+    "set": "str",            # the patch set (seen, unseen_arch, whitebox, ...)
+    "patch_id": "int",       # the patch's index in its set
+    "target": "int",         # its target class
+    "loc_y": "int",          # its top-left corner on the image
+    "loc_x": "int",
+    "image_id": "int",       # index into the prepared test split
+    "label": "int",          # the image's true class
+    "clean_pred": "int",     # the model's prediction without the patch
+    "patched_pred": "int",   # ... and with it
+}
+SELECTORS = ("model", "seed", "bits", "attack", "set")
+
+
+def _pd():
+    import pandas as pd
+
+    return pd
+
+
+def validate(frame, where: str = "outcome store"):
+    """The frame with the store's columns in order and types checked; a one-line TriqdefError naming ``where``."""
+    pd = _pd()
+    if not isinstance(frame, pd.DataFrame):
+        raise TriqdefError(f"{where}: expected a table of outcomes, got {type(frame).__name__}")
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise TriqdefError(f"{where} lacks column(s) {', '.join(missing)}: expected {', '.join(COLUMNS)}")
+    out = frame[list(COLUMNS)].copy()
+    for column, kind in COLUMNS.items():
+        values = out[column]
+        if kind == "int":
+            if not pd.api.types.is_integer_dtype(values) or pd.api.types.is_bool_dtype(values):
+                raise TriqdefError(f"{where}: column {column} is {values.dtype}, expected integers")
+            out[column] = values.astype("int64")
+        elif not (pd.api.types.is_string_dtype(values) or pd.api.types.is_object_dtype(values)
+                  or isinstance(values.dtype, pd.CategoricalDtype)) or values.isna().any():
+            raise TriqdefError(f"{where}: column {column} must hold names (strings), found {values.dtype}")
+        else:
+            out[column] = values.astype(str)
+    key = ["model", "seed", "bits", "attack", "set", "patch_id", "image_id"]
+    if out.duplicated(key).any():
+        raise TriqdefError(f"{where}: {int(out.duplicated(key).sum())} row(s) repeat a (model, seed, bits, attack, "
+                           "set, patch_id, image_id): expected one outcome per patch and image")
+    return out.reset_index(drop=True)
+
+
+def write(frame, path: str | Path) -> Path:
+    """Validate ``frame`` and write it to ``path`` (Parquet) atomically; nothing is written if it is invalid."""
+    path = Path(path)
+    frame = validate(frame, f"outcome store {path}")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"triqdef.outcomes": SCHEMA_VERSION.encode()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read(path: str | Path):
+    """The store at ``path`` as a validated pandas DataFrame; a missing or unreadable file, or one without the
+    store's columns, ends with one TriqdefError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise TriqdefError(f"outcome store {path} not found: run the stage that evaluates those patches")
+    import pyarrow.parquet as pq
+
+    try:
+        frame = pq.read_table(path).to_pandas()
+    except Exception as exc:  # pyarrow raises several kinds for a truncated or foreign file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TriqdefError(f"outcome store {path} is unreadable ({first}): expected a Parquet file of outcomes") from None
+    return validate(frame, f"outcome store {path}")
+
+
+def select(frame, **where):
+    """The rows whose selectors (model, seed, bits, attack, set) equal the given values."""
+    unknown = [k for k in where if k not in SELECTORS]
+    if unknown:
+        raise TriqdefError(f"outcome selection by {', '.join(unknown)}: expected any of {', '.join(SELECTORS)}")
+    mask = np.ones(len(frame), dtype=bool)
+    for key, value in where.items():
+        mask &= (frame[key] == value).to_numpy()
+    return frame[mask]
+
+
+def _describe(where: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in where.items()) or "all rows"
+
+
+def _matrix(rows, patch_keys: list[tuple], images: np.ndarray, eligible_too: np.ndarray | None = None):
+    """(hits, eligible) of ``rows`` as (patches × images) booleans, patches in ``patch_keys`` order."""
+    hits = np.zeros((len(patch_keys), len(images)), dtype=bool)
+    eligible = np.zeros_like(hits)
+    col = {int(i): j for j, i in enumerate(images)}
+    row = {k: i for i, k in enumerate(patch_keys)}
+    keys = list(zip(rows["seed"], rows["target"], rows["patch_id"]))
+    r = np.fromiter((row.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+    c = rows["image_id"].map(col).fillna(-1).to_numpy(dtype=np.int64)
+    keep = (r >= 0) & (c >= 0)
+    r, c = r[keep], c[keep]
+    target = rows["target"].to_numpy()[keep]
+    label, clean, patched = (rows[k].to_numpy()[keep] for k in ("label", "clean_pred", "patched_pred"))
+    hits[r, c] = patched == target
+    eligible[r, c] = (clean == label) & (label != target)
+    return hits, eligible
+
+
+def outcomes(frame, **where) -> Outcomes:
+    """The targeted-ASR outcomes of one selection: a row per patch (ordered by training seed, target, patch id),
+    a column per test image; each patch on its own eligible images (a table's single rate)."""
+    rows = select(frame, **where)
+    if rows.empty:
+        raise TriqdefError(f"no outcomes for {_describe(where)}: expected rows in the store for that selection")
+    keys = sorted(set(zip(rows["seed"], rows["target"], rows["patch_id"])))
+    images = np.sort(rows["image_id"].unique())
+    return Outcomes(*_matrix(rows, keys, images))
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Two selections on common images: ``a`` and ``b`` (same patch rows, paired by training seed and target;
+    same image columns), each (patch, image) eligible only where it is for both sides, and the number of common
+    eligible images of each target."""
+
+    a: Outcomes
+    b: Outcomes
+    common_per_target: dict[int, int]
+
+    @property
+    def n_common(self) -> int:
+        """The images eligible for both sides under at least one patch."""
+        return int((self.a.eligible.any(0)).sum())
+
+
+def paired(frame, a: dict, b: dict, frame_b=None) -> Paired:
+    """Outcomes of selections ``a`` and ``b`` (of ``frame``, or ``b`` of ``frame_b``) on common images (issue 29,
+    item 2). Patches are paired by (training seed, target): each side must hold one patch per pair (sets made one
+    per class). A pair is evaluated only on the images that are eligible on both sides (clean-correct for both
+    models, label ≠ target); no common image at all is an error."""
+    rows_a, rows_b = select(frame, **a), select(frame if frame_b is None else frame_b, **b)
+    for rows, where in ((rows_a, a), (rows_b, b)):
+        if rows.empty:
+            raise TriqdefError(f"no outcomes for {_describe(where)}: expected rows in the store for that selection")
+        pairs = rows.groupby(["seed", "target"])["patch_id"].nunique()
+        if (pairs > 1).any():
+            raise TriqdefError(f"{_describe(where)} has several patches for (seed, target) {pairs[pairs > 1].index[0]}: "
+                               "expected one patch per target to pair them")
+    keys_a = {(s, t): p for s, t, p in zip(rows_a["seed"], rows_a["target"], rows_a["patch_id"])}
+    keys_b = {(s, t): p for s, t, p in zip(rows_b["seed"], rows_b["target"], rows_b["patch_id"])}
+    shared = sorted(set(keys_a) & set(keys_b))
+    if not shared:
+        raise TriqdefError(f"comparison between {_describe(a)} and {_describe(b)}: no (seed, target) in common to pair "
+                           "their patches")
+    images = np.intersect1d(rows_a["image_id"].unique(), rows_b["image_id"].unique())
+    hits_a, elig_a = _matrix(rows_a, [(s, t, keys_a[(s, t)]) for s, t in shared], images)
+    hits_b, elig_b = _matrix(rows_b, [(s, t, keys_b[(s, t)]) for s, t in shared], images)
+    both = elig_a & elig_b
+    if not both.any():
+        raise TriqdefError(f"comparison between {_describe(a)} and {_describe(b)}: no common images (none is eligible "
+                           "for both: clean-correct on both models and not of the patch's target class)")
+    per_target: dict[int, int] = {}
+    for (seed, target), row in zip(shared, both):
+        per_target[int(target)] = per_target.get(int(target), 0) + int(row.sum())
+    return Paired(Outcomes(hits_a, both), Outcomes(hits_b, both), per_target)

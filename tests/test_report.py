@@ -294,3 +294,22 @@ def test_the_forest_plot_draws_every_deciding_interval(tmp_path):
     drawn = [line.get_color() for line in fig.axes[0].get_lines()
              if len(line.get_xdata()) == 2 and line.get_color() in (*COLOURS.values(), "#7f7f7f")]
     assert drawn == [COLOURS["does not hold"], COLOURS["too few patches to decide"]]
+
+
+def test_int8_claim_reads_its_table_and_intervals(tmp_path):
+    """Issue 32's REPORT row: the int8 runtime table's equivalence claims (two one-sided per set) decide."""
+    import json
+
+    (tmp_path / "tables").mkdir()
+    pd.DataFrame({"model": ["TriQDef"], "agreement (%)": [99.4], "seen int8 − fake": [0.1],
+                  "unseen int8 − fake": [-0.2]}).to_csv(tmp_path / "tables" / "int8_runtime.csv", index=False)
+    inside = [_claim("TriQDef, seen LAVAN ASR, int8 − fake-quantized 8-bit (points)", "holds", value=0.1, low=-0.5,
+                     high=0.7, claim="higher than -2"),
+              _claim("TriQDef, seen LAVAN ASR, int8 − fake-quantized 8-bit (points)", "holds", value=0.1, low=-0.5,
+                     high=0.7, claim="lower than 2")]
+    (tmp_path / "tables" / "int8_runtime.json").write_text(json.dumps({"claims": inside}))
+    row = _row(build_report(tmp_path), contains="holds on the int8 runtime")
+    assert "**holds**" in row and "agreement 99.4 %" in row and "+0.1 [-0.5, +0.7]" in row
+    inside[1].update(verdict="does not hold", low=2.5, high=3.5, value=3.0)
+    (tmp_path / "tables" / "int8_runtime.json").write_text(json.dumps({"claims": inside}))
+    assert "**does not hold**" in _row(build_report(tmp_path), contains="holds on the int8 runtime")

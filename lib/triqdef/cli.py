@@ -208,6 +208,13 @@ def _cmd_train_defense(args, cfg) -> int:
     return 0
 
 
+def _cmd_deploy_int8(args, cfg) -> int:
+    from triqdef.stages import int8
+
+    print(json.dumps(int8.run_int8(cfg.only(int8.PARAMS), progress=not args.quiet)))
+    return 0
+
+
 def _cmd_report(args, cfg) -> int:
     from triqdef.stages import report
 
@@ -291,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     bs.set_defaults(func=_cmd_bench_train_step)
 
     sub.add_parser("report", help="write results/REPORT.md: every paper claim beside our figure").set_defaults(func=_cmd_report)
+
+    dp = sub.add_parser("deploy", help="the 8-bit views on PyTorch's integer kernels")
+    dpsub = dp.add_subparsers(dest="action", metavar="ACTION")
+    dpsub.required = True
+    dpsub.add_parser("int8", help="int8 runtime against fake quantization: agreement, accuracy, patch ASR, latency, "
+                                  "size (stage 'int8')").set_defaults(func=_cmd_deploy_int8)
 
     e = sub.add_parser("evaluate", help="clean test accuracy of a checkpoint per bit-width")
     e.add_argument("checkpoint")

@@ -264,9 +264,13 @@ class Agreement:
 
 
 def agreement(model: nn.Module, int8: nn.Module, images: torch.Tensor) -> Agreement:
-    fake, real = fake_logits(model, images), int8_logits(int8, images)
+    return compare_logits(fake_logits(model, images), int8_logits(int8, images))
+
+
+def compare_logits(fake: torch.Tensor, real: torch.Tensor) -> Agreement:
+    """:class:`Agreement` of the int8 logits ``real`` with the fake-quantized ``fake`` (same images, same order)."""
     err = (fake - real).abs()
-    return Agreement(len(images), float((fake.argmax(1) == real.argmax(1)).float().mean()), float(err.max()),
+    return Agreement(len(fake), float((fake.argmax(1) == real.argmax(1)).float().mean()), float(err.max()),
                      float(err.mean()), float(fake.abs().mean()))
 
 

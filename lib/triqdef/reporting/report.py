@@ -46,6 +46,14 @@ def _record(regime: str, statement: str, value: float, low: float, high: float, 
                      n_patches=int(n_patches)))
 
 
+def _recorded(claims: list[dict], regime: str = "paper") -> list[dict]:
+    """``claims`` (rates or differences in points), noted as read by the current claim."""
+    for c in claims:
+        _record(regime, c["statement"], c["value"], c["low"], c["high"], c["claim"], c["verdict"],
+                c.get("n_images", 0), c.get("n_patches", 0))
+    return claims
+
+
 @dataclass
 class Claim:
     where: str
@@ -236,10 +244,7 @@ def _claim_sets(results, table: str, topic: str | None = None):
         if not path.is_file():
             continue
         claims = [c for c in json.loads(path.read_text()).get("claims") or [] if topic is None or c.get("topic") == topic]
-        for c in claims:
-            _record(regime, c["statement"], c["value"], c["low"], c["high"], c["claim"], c["verdict"],
-                    c.get("n_images", 0), c.get("n_patches", 0))
-        if claims:
+        if _recorded(claims, regime):
             yield regime, claims
 
 
@@ -616,10 +621,7 @@ def _appendix_claims(results, table: str) -> tuple[pd.DataFrame, str, list[dict]
     meta = json.loads((results / "tables" / f"{table}.json").read_text())
     size = meta.get("patch_size")
     regime = meta.get("regime", "?")
-    claims = meta.get("claims") or []
-    for c in claims:
-        _record("matched" if regime == "matched" else "paper", c["statement"], c["value"], c["low"], c["high"],
-                c["claim"], c["verdict"], c.get("n_images", 0), c.get("n_patches", 0))
+    claims = _recorded(meta.get("claims") or [], "matched" if regime == "matched" else "paper")
     return t, (f"[{size}×{size}, {regime} size] " if regime == "matched" else f"[{size}×{size}, the paper's size] "), \
         claims
 
@@ -663,14 +665,6 @@ def _table14(results):
 
 
 # --------------------------------------------------------------------------- STQ (notebook 05)
-
-
-def _recorded(claims: list[dict], regime: str = "paper") -> list[dict]:
-    """``claims`` (rates or differences in points), noted as read by the current claim."""
-    for c in claims:
-        _record(regime, c["statement"], c["value"], c["low"], c["high"], c["claim"], c["verdict"],
-                c.get("n_images", 0), c.get("n_patches", 0))
-    return claims
 
 
 def _stq_table(results) -> tuple[pd.DataFrame, list[dict]]:
@@ -977,7 +971,7 @@ def _section(row: Row, profile: str) -> list[str]:
             entries = [e for e in row.read if e["regime"] == regime]
             if not entries:
                 continue
-            decides = " (decides)" if entries is deciding or entries == deciding else ""
+            decides = " (decides)" if entries == deciding else ""
             lines.append(f"- Intervals, {regime} regime{decides}:")
             for e in entries:
                 flag = f" — fewer than {MIN_PATCHES} patches: {TOO_FEW}" if _too_few(e) else ""

@@ -92,9 +92,9 @@ def run_int8(cfg, progress: bool = True) -> dict:
     for label, model in tqdm(list(models.items()), desc="int8 runtime", unit="model", disable=not progress):
         model = model.cpu()
         int8 = deploy.to_int8(model, calibration, engine=ENGINE)
-        agree = deploy.agreement(model, int8, splits.test.images)
-        fake_clean_all = deploy.fake_logits(model, splits.test.images).argmax(1)
-        int8_clean_all = deploy.int8_logits(int8, splits.test.images).argmax(1)
+        fake_logits, int8_logits = deploy.fake_logits(model, splits.test.images), deploy.int8_logits(int8, splits.test.images)
+        agree = deploy.compare_logits(fake_logits, int8_logits)   # each runtime's logits computed once
+        fake_clean_all, int8_clean_all = fake_logits.argmax(1), int8_logits.argmax(1)
         labels_all = splits.test.labels
         acc_fake = bootstrap_rate(Outcomes.accuracy((fake_clean_all == labels_all).numpy()))
         acc_int8 = bootstrap_rate(Outcomes.accuracy((int8_clean_all == labels_all).numpy()))

@@ -122,6 +122,8 @@ def test_patches_and_bench_refuse_bad_input(tmp_path):
     assert_one_line_error(run(["bench", "throughput", "--batch-size", "0"], tmp_path), "batch_size")
     assert_one_line_error(run(["bench", "throughput", "--bits", "32", "7", "1"], tmp_path), "bit-width 1")
     assert_one_line_error(run(["--profile", "smoke", "bench", "train-step", "--repeat", "0"], tmp_path), "--repeat")
+    # issue 31: was silently the profile's batch (``args.batch_size or ...``)
+    assert_one_line_error(run(["--profile", "smoke", "bench", "train-step", "--batch-size", "0"], tmp_path), "--batch-size = 0")
 
 
 @pytest.mark.parametrize("command,key,value,needle", [

@@ -354,3 +354,14 @@ def test_with_range_estimator_recalibrates_a_copy(rng):
     with pytest.raises(TriqdefError, match="unknown activation range estimator"):
         quant.with_range_estimator(model, "percentile", batches)
 
+
+
+def test_mse_clip_grid_is_copied_to_a_device_once():
+    """Issue 31: the clip grid is moved to a device once and reused (a copy per call blocks the host on a GPU, and a
+    CUDA graph cannot capture it; tools/bench_stacked.py counts the host syncs there); the clip is one of the grid's
+    values times max|x|, a 0-dim tensor."""
+    cpu = torch.device("cpu")
+    assert quant._clip_grid(cpu) is quant._clip_grid(cpu)
+    x = torch.rand(20_000, generator=torch.Generator().manual_seed(0)) * 3
+    clip = quant.mse_clip(x, 0, 3)
+    assert clip.shape == () and bool((x.abs().max() * quant._CLIP_GRID == clip).any())

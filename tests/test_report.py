@@ -310,6 +310,11 @@ def test_int8_claim_reads_its_table_and_intervals(tmp_path):
     (tmp_path / "tables" / "int8_runtime.json").write_text(json.dumps({"claims": inside}))
     row = _row(build_report(tmp_path), contains="holds on the int8 runtime")
     assert "**holds**" in row and "agreement 99.4 %" in row and "+0.1 [-0.5, +0.7]" in row
-    inside[1].update(verdict="does not hold", low=2.5, high=3.5, value=3.0)
+    # one set clearly outside the band: "does not hold" only through Holm over the stored one-sided p-values
+    inside[1].update(verdict="does not hold", low=2.5, high=3.5, value=3.0, p_fails=1e-5)
     (tmp_path / "tables" / "int8_runtime.json").write_text(json.dumps({"claims": inside}))
-    assert "**does not hold**" in _row(build_report(tmp_path), contains="holds on the int8 runtime")
+    row = _row(build_report(tmp_path), contains="holds on the int8 runtime")
+    assert "**does not hold**" in row and "Holm over 2 one-sided comparisons" in row
+    inside[1].update(p_fails=0.02)   # outside uncorrected (0.02 < 0.025), not after Holm over 2 (0.02 > 0.0125)
+    (tmp_path / "tables" / "int8_runtime.json").write_text(json.dumps({"claims": inside}))
+    assert "**inconclusive at this sample size**" in _row(build_report(tmp_path), contains="holds on the int8 runtime")

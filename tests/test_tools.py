@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from triqdef.paths import project_root
 
@@ -138,3 +139,12 @@ def test_set_profile_sets_the_profile_merges_an_overlay_and_refuses_unknown_sect
     (tmp_path / "bad.yaml").write_text("nosuch: {gpu: {x: 1}}\n")
     out = subprocess.run([sys.executable, script, "gpu", "bad.yaml"], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 1 and out.stderr.strip() == "set_profile: error: overlay key nosuch is not in params.yaml"
+
+
+@pytest.mark.parametrize(("args", "message"), [(["--steps", "0"], "--steps 0: expected at least 1"),
+                                               (["--device", "cuda"], "no CUDA device is visible")])
+def test_bench_stacked_refuses_bad_input_in_one_line(args, message):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible here")
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_stacked.py"), *args], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.strip().endswith(message) and len(out.stderr.strip().splitlines()) == 1

@@ -178,7 +178,7 @@ def _cmd_bench_train_step(args, cfg) -> int:
     require_positive_int(args.repeat, "--repeat")
     # defaults: what the profile's defenses train with (defenses.batch_size, quant.bits, quant.activation_range)
     bits = args.bits or list(cfg.quant.bits)
-    batch_size = args.batch_size or cfg.defenses.batch_size
+    batch_size = cfg.defenses.batch_size if args.batch_size is None else require_positive_int(args.batch_size, "--batch-size")
     runs = [train_step_benchmark(settings, args.model, bits, batch_size, args.steps, args.warmup,
                                  device=cfg.base.device, range_estimator=cfg.quant.activation_range)
             for _ in range(args.repeat)]

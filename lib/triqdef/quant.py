@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -136,6 +137,13 @@ RANGE_ESTIMATORS = ("max", "mse")
 _CLIP_GRID = torch.linspace(0.05, 1.0, 20)
 
 
+@functools.lru_cache(maxsize=None)
+def _clip_grid(device: torch.device) -> torch.Tensor:
+    """:data:`_CLIP_GRID` on ``device``, copied there once (a copy inside a step would block the host, and a CUDA
+    graph cannot capture it)."""
+    return _CLIP_GRID.to(device)
+
+
 def mse_clip(x: torch.Tensor, qmin: int, qmax: int, max_samples: int = 8192) -> torch.Tensor:
     """Clipping threshold ``c`` minimising ``||x - Q_c(x)||²`` over a grid of 20 fractions of max|x|.
 
@@ -150,11 +158,11 @@ def mse_clip(x: torch.Tensor, qmin: int, qmax: int, max_samples: int = 8192) -> 
         v = torch.take(v, torch.arange(0, v.numel(), v.numel() // max_samples, device=v.device))
     v = v.reshape(-1).float()
     top = v.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
-    clips = top * _CLIP_GRID.to(v.device)
+    clips = top * _clip_grid(v.device)
     scales = (clips / qmax)[:, None]
     rounded = (v[None] / scales).add_(_ROUNDING_MAGIC).sub_(_ROUNDING_MAGIC)  # torch.round's values, 20x faster here
     err = ((rounded.clamp_(qmin, qmax) * scales - v[None]) ** 2).mean(1)
-    return clips[err.argmin()]
+    return clips.gather(0, err.argmin().view(1)).view(())   # no host sync (a 0-dim index reads its value into Python)
 
 
 def estimator_for(range_estimator: str | Mapping, bits: int) -> str:

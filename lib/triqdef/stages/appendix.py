@@ -22,11 +22,13 @@ Everything runs at the profile's scale (``appendix`` params); the captions say w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch.nn as nn
 
 from triqdef import paths
+from triqdef.errors import TriqdefError
 from triqdef.reporting import schemas as S
 from triqdef.stages.common import NotebookInputs
 
@@ -327,6 +329,19 @@ def qadt_r_comparison(inp: Inputs) -> pd.DataFrame:
                         "comparisons in table5_asr / table5_comparisons. QADT-R's abstract: ASR 'up to 25 %' lower "
                         "than PBAT and DWQ."))
     return table
+
+
+# --------------------------------------------------------------------------- the int8 runtime
+
+
+def int8_runtime(inp: Inputs) -> tuple[pd.DataFrame, Path]:
+    """Issue 32's table ``int8_runtime`` and its figure, read from stage ``int8`` (not recomputed; the table's
+    caption and claims are in ``results/tables/int8_runtime.md``)."""
+    table, figure = paths.results_dir() / "tables" / "int8_runtime.csv", paths.figures_dir() / "int8_runtime.png"
+    for path in (table, figure):
+        if not path.exists():
+            raise TriqdefError(f"{path} is missing: expected stage int8's output (dvc repro int8)")
+    return pd.read_csv(table), figure
 
 
 # --------------------------------------------------------------------------- stage metrics

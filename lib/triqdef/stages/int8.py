@@ -1,20 +1,23 @@
 """Stage ``int8``: robustness on a real integer runtime (issue 32; docs/design.md#int8-runtime).
 
-Every defended model of the ``defense`` stages (standard QAT, PBAT, DWQ, QADT-R, TriQDef) is converted at its 8-bit
-view to int8 on PyTorch's quantized CPU kernels (:func:`triqdef.deploy.to_int8`, calibrated on
-:data:`CALIBRATION_IMAGES` held-out images), and compared with the fake-quantized 8-bit view it came from:
+Every defended model of the ``defense`` stages (standard QAT, PBAT, DWQ, QADT-R, TriQDef) and the PTQ model of
+Table 9 (the FP model post-training quantized, calibrated on the held-out split as stage ``motivation`` does) is
+converted at its 8-bit view to int8 on PyTorch's quantized CPU kernels (:func:`triqdef.deploy.to_int8`,
+calibrated on :data:`CALIBRATION_IMAGES` held-out images), and compared with the fake-quantized 8-bit view it came
+from:
 
 - top-1 agreement and logit error on every test image, clean accuracy both ways (paired interval);
-- the seen and unseen LAVAN patch sets of the deciding regime (the matched size when the patch stage made it) on
-  ``robustness.test_images`` test images, targeted ASR both ways; their paired difference int8 − fake on the images
-  eligible on both runtimes, a studentised interval over the patches (docs/design.md#interval-coverage);
+- three LAVAN patch sets on ``robustness.test_images`` test images, targeted ASR both ways: the seen and unseen
+  sets of the deciding regime (the matched size when the patch stage made it), and a white-box set of
+  :data:`WHITEBOX_PATCHES` patches (one per class) optimised on the model's own fake-quantized 8-bit view, the only
+  differentiable one (``robustness.whitebox_steps`` steps on training images); their paired difference int8 − fake
+  on the images eligible on both runtimes, a studentised interval over the patches
+  (docs/design.md#interval-coverage);
 - median latency at batch 1 and 128 and the state dict's size, int8 against the fp32 deployed view (Table 18's
   setting, :func:`triqdef.eval.deploy.extract_bitwidth`).
 
-The claim "robustness measured on fake quantization holds on the int8 runtime" is an equivalence: per model, both
-sets' paired differences lie within ±:data:`EQUIVALENCE_POINTS` points (two one-sided claims each). White-box
-patches are not evaluated here (the training stage does not keep them), nor the PTQ model of Table 9: both are
-written down in README "Roadmap".
+The claim "robustness measured on fake quantization holds on the int8 runtime" is an equivalence: per model, every
+set's paired difference lies within ±:data:`EQUIVALENCE_POINTS` points (two one-sided claims each).
 """
 
 from __future__ import annotations
@@ -35,7 +38,13 @@ CALIBRATION_IMAGES = 512
 EQUIVALENCE_POINTS = 2.0
 #: The integer engine (x86 dispatches to fbgemm or oneDNN).
 ENGINE = "x86"
-SETS = ("seen", "unseen")
+SETS = ("seen", "unseen", "whitebox")
+#: White-box patches per model: one per class, the report's patch floor (docs/design.md#interval-coverage).
+WHITEBOX_PATCHES = 10
+#: Salt of the training images the white-box patches are optimised on (Table 5's white-box row uses its own).
+WHITEBOX_IMAGES_SALT = 32
+#: Table 9's PTQ model, the one model here that was never trained quantized.
+PTQ_LABEL = "PTQ of FP (Table 9)"
 
 
 def _patched_predictions(forward, images: torch.Tensor, patch, batch_size: int = 250) -> torch.Tensor:
@@ -61,6 +70,35 @@ def _outcomes(forward, clean: torch.Tensor, patches, images, labels) -> tuple[np
     return np.stack(hits), np.stack(eligible)
 
 
+def ptq_model(cfg, splits):
+    """Table 9's PTQ model: the FP checkpoint of stage ``train_fp`` wrapped at ``quant.bits`` and calibrated on the
+    held-out split, as stage ``motivation`` builds it (:func:`triqdef.quant.post_training_quantize`)."""
+    from triqdef import quant
+    from triqdef.stages import common
+    from triqdef.training.loop import model_from_checkpoint
+
+    q = cfg.quant
+    fp, _ = model_from_checkpoint(common.fp_checkpoint(cfg), kind="fp")
+    return quant.post_training_quantize(fp, list(q.bits), list(common.calibration_batches(splits)),
+                                        q.first_last_bits, q.activation_range)
+
+
+def whitebox_set(model, label: str, cfg, splits, size: int) -> list:
+    """:data:`WHITEBOX_PATCHES` LAVAN patches (one per class, the same targets and starts for every model) of
+    ``size`` pixels optimised on ``model``'s fake-quantized 8-bit view over locations, for
+    ``robustness.whitebox_steps`` steps on ``patches.attack_images`` training images."""
+    import dataclasses
+
+    from triqdef.eval.robustness import whitebox_patches
+
+    train, seed = splits.train, cfg.base.seed
+    rng = np.random.default_rng([seed, WHITEBOX_IMAGES_SALT])
+    idx = torch.from_numpy(rng.choice(len(train.labels), size=min(cfg.patches.attack_images, len(train.labels)),
+                                      replace=False))
+    return whitebox_patches(model, [8], train.images[idx], train.labels[idx], WHITEBOX_PATCHES,
+                            dataclasses.replace(cfg.patches, size=size), cfg.robustness.whitebox_steps, seed, label)
+
+
 def run_int8(cfg, progress: bool = True) -> dict:
     """Stage ``int8``: the table ``int8_runtime`` (with its claims) and the metrics ``int8``."""
     from tqdm.auto import tqdm
@@ -69,10 +107,12 @@ def run_int8(cfg, progress: bool = True) -> dict:
     from triqdef.attacks.patchsets import MATCHED, PAPER, load_patchset, regime_set, select
     from triqdef.eval.accuracy import first_test_images
     from triqdef.eval.deploy import extract_bitwidth
-    from triqdef.eval.intervals import Outcomes, bootstrap_rate, claim_evidence, difference
+    from triqdef.eval.intervals import Outcomes, bootstrap_rate, claim_evidence, difference, one_sided_p
     from triqdef.eval.robustness import UNSEEN_SETS
     from triqdef.meta import provenance, write_metrics
-    from triqdef.reporting.tables import caption_with_claims, save_table
+    from triqdef.reporting import plots
+    from triqdef.reporting.int8_figure import int8_differences
+    from triqdef.reporting.tables import caption_with_claims, save_figure, save_table
     from triqdef.stages import common
     from triqdef.stages.defense import defended_models
 
@@ -86,8 +126,9 @@ def run_int8(cfg, progress: bool = True) -> dict:
     sets = {"seen": select(all_patches, regime_set("seen", regime), "lavan"),
             "unseen": [p for s in UNSEEN_SETS for p in select(all_patches, regime_set(s, regime), "lavan")]}
     size = sets["seen"][0].size
-    models, metas = defended_models(cfg.model.name)
-    rows, claims = [], []
+    models, _ = defended_models(cfg.model.name)
+    models[PTQ_LABEL] = ptq_model(cfg, splits)
+    rows, claims, whitebox_seconds = [], [], {}
     latency_batch = min(cfg.robustness.latency_batch, len(test_y))
     for label, model in tqdm(list(models.items()), desc="int8 runtime", unit="model", disable=not progress):
         model = model.cpu()
@@ -112,7 +153,10 @@ def run_int8(cfg, progress: bool = True) -> dict:
             with quant.eval_mode(model), quant.use_bitwidth(model, 8):
                 return model(x)
 
-        for set_name, patches in sets.items():
+        tick = time.perf_counter()
+        model_sets = dict(sets, whitebox=whitebox_set(model, label, cfg, splits, size))
+        whitebox_seconds[label] = round(time.perf_counter() - tick, 1)
+        for set_name, patches in model_sets.items():
             hits_f, elig_f = _outcomes(fake_forward, fake_clean, patches, test_x, test_y)
             hits_i, elig_i = _outcomes(int8, int8_clean, patches, test_x, test_y)
             both = elig_f & elig_i          # compared on the images eligible on both runtimes
@@ -125,9 +169,11 @@ def run_int8(cfg, progress: bool = True) -> dict:
             row[f"{set_name} int8 − fake high"] = 100 * d.high
             row[f"{set_name} patches"] = len(patches)
             row[f"{set_name} common images"] = int(both.any(0).sum())
-            statement = f"{label}, {set_name} LAVAN ASR, int8 − fake-quantized 8-bit (points)"
-            claims += [dict(claim_evidence(statement, d, "higher", -EQUIVALENCE_POINTS / 100), topic=label),
-                       dict(claim_evidence(statement, d, "lower", EQUIVALENCE_POINTS / 100), topic=label)]
+            statement = f"{label}, {set_name.replace('whitebox', 'white-box')} LAVAN ASR, int8 − fake-quantized 8-bit (points)"
+            for side, margin in (("higher", -EQUIVALENCE_POINTS / 100), ("lower", EQUIVALENCE_POINTS / 100)):
+                p_holds, p_fails = one_sided_p(d, side, margin)   # for REPORT's familywise (Holm) verdict
+                claims.append(dict(claim_evidence(statement, d, side, margin), topic=label, p_holds=p_holds,
+                                   p_fails=p_fails))
         deployed = extract_bitwidth(model, 8, cfg.model.name)
         for batch in (1, latency_batch):
             x = test_x[:batch].float() / 255.0
@@ -140,15 +186,21 @@ def run_int8(cfg, progress: bool = True) -> dict:
     meta = provenance(cfg, {"data": common.data_record(splits), "regime": regime, "patch_size": size,
                             "n_eval": len(test_y), "n_clean": len(splits.test.labels), "engine": ENGINE,
                             "calibration_images": sum(len(c) for c in calibration),
-                            "equivalence_points": EQUIVALENCE_POINTS, "claims": claims})
-    caption = (f"The 8-bit view of each defended model on PyTorch's integer kernels (int8, engine `{ENGINE}`) against "
-               f"the fake-quantized 8-bit view: top-1 agreement and clean accuracy on {len(splits.test.labels)} test "
-               f"images; targeted LAVAN ASR of the {len(sets['seen'])} seen and {len(sets['unseen'])} unseen patches "
-               f"({size}×{size}, {regime} regime) on {len(test_y)} test images, each difference on the images eligible "
-               f"on both runtimes (95 % studentised interval over patches); median latency (ms) at batch 1 and "
-               f"{latency_batch}, size of the state dict, against the fp32 deployed view. Claim: every ASR difference "
-               f"within ±{EQUIVALENCE_POINTS:g} points. Profile `{cfg.base.profile}`; one training seed.")
+                            "equivalence_points": EQUIVALENCE_POINTS, "whitebox_patches": WHITEBOX_PATCHES,
+                            "whitebox_steps": cfg.robustness.whitebox_steps, "whitebox_seconds": whitebox_seconds,
+                            "claims": claims})
+    caption = (f"The 8-bit view of each defended model and of Table 9's PTQ model on PyTorch's integer kernels (int8, "
+               f"engine `{ENGINE}`) against the fake-quantized 8-bit view: top-1 agreement and clean accuracy on "
+               f"{len(splits.test.labels)} test images; targeted LAVAN ASR ({size}×{size}, {regime} regime) on "
+               f"{len(test_y)} test images of the {len(sets['seen'])} seen and {len(sets['unseen'])} unseen patches and "
+               f"of {WHITEBOX_PATCHES} white-box patches per model (one per class, {cfg.robustness.whitebox_steps} steps "
+               f"on the model's own fake-quantized 8-bit view), each difference on the images eligible on both runtimes "
+               f"(95 % studentised interval over patches); median latency (ms) at batch 1 and {latency_batch}, size of "
+               f"the state dict, against the fp32 deployed view. Claim: every ASR difference within "
+               f"±{EQUIVALENCE_POINTS:g} points. Profile `{cfg.base.profile}`; one training seed.")
     save_table(table, "int8_runtime", meta, caption=caption_with_claims(caption, claims), floatfmt=".2f")
+    plots.use_style()
+    save_figure(int8_differences(table, SETS, EQUIVALENCE_POINTS), "int8_runtime")
     wall = time.perf_counter() - start
     headline = {"agreement": {r["model"]: round(r["agreement (%)"], 2) for r in rows}, "stage_wall_time_s": round(wall, 1)}
     write_metrics("int8", headline, dict(meta, claims=None))

@@ -118,6 +118,14 @@ class _StackedFakeQuantize(torch.autograd.Function):
         return grad * mask, None, None, None
 
 
+@functools.lru_cache(maxsize=None)
+def _channel_ranges(group_qmax: tuple, channels: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per stacked channel, made once per layout: the top of its group's integer range (inf for the 32-bit group)
+    and whether it passes through unquantized, both shaped (1, G·C, 1, 1)."""
+    qmax = torch.tensor(group_qmax, device=device).repeat_interleave(channels).view(1, -1, 1, 1)
+    return qmax, torch.isinf(qmax)
+
+
 def _observe(quantizers: Sequence[quant.ActivationQuantizer], group_min: torch.Tensor, group_max: torch.Tensor) -> None:
     """``MovingAverageMinMaxObserver.forward`` for every group at once, without reading a value into Python: the
     first batch sets min/max, later ones move them by ``averaging_constant``."""
@@ -166,11 +174,8 @@ def _relu(layer: quant.QuantReLU, h: torch.Tensor, bits: Sequence[int]) -> torch
         scale_q = (top / qmax_q).clamp_min(torch.finfo(torch.float32).tiny)
         scale = _constant((1.0,) * g, torch.float32, device).index_copy(0, index, scale_q)
         scale = scale.repeat_interleave(channels).view(per_channel)
-        qmax_g = {i: float(q.qmax) for i, q in quantized}
-        qmax = _constant(tuple(qmax_g.get(i, _INF) for i in range(g) for _ in range(channels)), torch.float32,
-                         device).view(per_channel)
-        passthrough = _constant(tuple(i not in qmax_g for i in range(g) for _ in range(channels)), torch.bool,
-                                device).view(per_channel)
+        qmax, passthrough = _channel_ranges(tuple(float(layer.quantizers[str(b)].qmax) if b != quant.FP_BITS
+                                                  else _INF for b in bits), channels, device)
     return _StackedFakeQuantize.apply(h, scale, qmax, passthrough)
 
 

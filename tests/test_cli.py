@@ -124,6 +124,23 @@ def test_patches_and_bench_refuse_bad_input(tmp_path):
     assert_one_line_error(run(["--profile", "smoke", "bench", "train-step", "--repeat", "0"], tmp_path), "--repeat")
     # issue 31: was silently the profile's batch (``args.batch_size or ...``)
     assert_one_line_error(run(["--profile", "smoke", "bench", "train-step", "--batch-size", "0"], tmp_path), "--batch-size = 0")
+    assert_one_line_error(run(["bench", "reference", "--steps", "0", "--log", str(tmp_path / "log.jsonl")], tmp_path),
+                          "--steps = 0")
+    assert not (tmp_path / "log.jsonl").exists()
+
+
+def test_bench_reference_appends_one_measurement_to_the_log(tmp_path):
+    """Issue 31: the machine's unit of time, measured and logged, read back by REPORT's "Pipeline time"."""
+    from triqdef.eval.reference import REFERENCE, read_log
+
+    log = tmp_path / "reference_log.jsonl"
+    for note in ("first", "second"):
+        proc = run(["--quiet", "bench", "reference", "--steps", "2", "--warmup", "0", "--device", "cpu", "--note", note,
+                    "--log", str(log)], tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    entries = read_log(log)
+    assert [e["note"] for e in entries] == ["first", "second"]
+    assert all(e["reference"] == REFERENCE and e["median_ms"] > 0 and e["steps"] == 2 for e in entries)
 
 
 @pytest.mark.parametrize("command,key,value,needle", [

@@ -4,6 +4,7 @@ import pytest
 import pandas as pd
 
 from triqdef.config import load_config
+from triqdef.errors import TriqdefError
 from triqdef.reporting.report import CLAIMS, build_report
 
 CPU = load_config(profile="cpu")
@@ -42,19 +43,49 @@ def test_table1_claim_reads_the_table(tmp_path):
     assert "**does not hold**" in row
 
 
-def test_pipeline_time_section_sums_the_recorded_stage_times(tmp_path):
+def _timed_stage(results, name, metrics, created=None):
     import json
 
-    (tmp_path / "metrics" / "defenses").mkdir(parents=True)
-    (tmp_path / "metrics" / "train_fp.json").write_text(json.dumps({"wall_time_s": 100.0, "stage_wall_time_s": 120.0}))
-    (tmp_path / "metrics" / "motivation.json").write_text(json.dumps({"notebook_wall_time_s": 60.0}))
-    (tmp_path / "metrics" / "defenses" / "pbat.json").write_text(json.dumps({"stage_wall_time_s": 8820.0}))
-    (tmp_path / "metrics" / "train_qat_all_layers.json").write_text(json.dumps({"skipped": True, "reason": "budget"}))
+    (results / "metrics" / name).parent.mkdir(parents=True, exist_ok=True)
+    (results / "metrics" / f"{name}.json").write_text(json.dumps(metrics))
+    if created:
+        (results / "metadata" / name).parent.mkdir(parents=True, exist_ok=True)
+        (results / "metadata" / f"{name}.json").write_text(json.dumps({"created": created}))
+
+
+def _reference(results, *entries):
+    import json
+
+    (results / "bench").mkdir(parents=True, exist_ok=True)
+    (results / "bench" / "reference_log.jsonl").write_text(
+        "".join(json.dumps({"median_ms": ms, "measured_at": at}) + "\n" for at, ms in entries))
+
+
+def test_pipeline_time_section_sums_the_recorded_stage_times_in_reference_steps(tmp_path):
+    _timed_stage(tmp_path, "train_fp", {"wall_time_s": 100.0, "stage_wall_time_s": 120.0}, "2026-12-01T10:00:00+00:00")
+    _timed_stage(tmp_path, "motivation", {"notebook_wall_time_s": 60.0}, "2026-12-01T11:00:00+00:00")
+    _timed_stage(tmp_path, "defenses/pbat", {"stage_wall_time_s": 8820.0}, "2026-11-27T10:00:00+00:00")
+    _timed_stage(tmp_path, "train_qat_all_layers", {"skipped": True, "reason": "budget"})
     text = build_report(tmp_path, CPU)
-    assert "Total **150.0 min**" in text and "**within**" in text and "| defenses/pbat | 8820 |" in text
-    assert "skipped: budget" in text
-    (tmp_path / "metrics" / "patches.json").write_text(json.dumps({"wall_time_s": 6.0}))
-    assert "Total **150.1 min**" in build_report(tmp_path, CPU) and "**over**" in build_report(tmp_path, CPU)
+    assert "Total **150.0 min**; no reference measured" in text and "**not checkable** here" in text
+    assert "| defenses/pbat | 2026-11-27 10:00 | 8820 |" in text and "skipped: budget" in text
+    # 180 s at 600 ms (same session) + 8,820 s at 700 ms (2 days away, marked †) = 300 + 12,600 reference steps
+    _reference(tmp_path, ("2026-12-01T10:30:00+00:00", 600.0), ("2026-11-29T10:00:00+00:00", 700.0))
+    text = build_report(tmp_path, CPU)
+    assert "Total **150.0 min** = **12,900 reference steps**" in text and "14,000 reference steps: **within**" in text
+    assert "1 stage(s) converted with a reference measured more than 6 h" in text
+    assert "| train_fp | 2026-12-01 10:00 | 120 | 600 | 200 |" in text
+    assert "| defenses/pbat | 2026-11-27 10:00 | 8820 | 700 † | 12,600 | reference 2.0 days from the run |" in text
+    _timed_stage(tmp_path, "patches", {"wall_time_s": 720.0}, "2026-12-01T10:40:00+00:00")   # +1,200 steps
+    assert "14,000 reference steps: **over**" in build_report(tmp_path, CPU)
+
+
+def test_reference_log_refuses_a_line_that_is_not_a_measurement(tmp_path):
+    from triqdef.eval.reference import read_log
+
+    (tmp_path / "log.jsonl").write_text('{"median_ms": 600, "measured_at": "2026-12-01"}\n{"median_ms": 0}\n')
+    with pytest.raises(TriqdefError, match=r"log.jsonl, line 2: expected a reference measurement"):
+        read_log(tmp_path / "log.jsonl")
 
 
 def test_save_table_formats_columns_on_their_own(tmp_path):

@@ -125,6 +125,20 @@ def _cmd_bench_throughput(args, cfg) -> int:
     return 0
 
 
+def _cmd_bench_reference(args, cfg) -> int:
+    from triqdef.eval import reference
+    from triqdef.training.loop import resolve_device
+
+    device = resolve_device(args.device or cfg.base.device)
+    entry = reference.measure(args.steps, args.warmup, device)
+    if args.note:
+        entry["note"] = args.note
+    if args.log != "none":
+        reference.append_log(entry, args.log)
+    print(json.dumps(entry))
+    return 0
+
+
 def _cmd_train_cross_arch(args, cfg) -> int:
     from triqdef.stages import cross_arch
 
@@ -279,6 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--warmup", type=int, default=3)
     bt.add_argument("--out", default=None, help="also write the JSON here")
     bt.set_defaults(func=_cmd_bench_throughput)
+
+    br = bsub.add_parser("reference", help="the machine's unit of time: median ms of the reference step (joint 5-bit-width "
+                         "QAT, ResNet-20, batch 128), appended to the reference log (REPORT's 'Pipeline time')")
+    br.add_argument("--steps", type=int, default=20, help="timed steps (median over them)")
+    br.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    br.add_argument("--device", default=None, help="cpu | cuda | auto (default: base.device)")
+    br.add_argument("--note", default=None, help="a word on the occasion (stored with the measurement)")
+    br.add_argument("--log", default="results/bench/reference_log.jsonl", help="the log to append to ('none': print only)")
+    br.set_defaults(func=_cmd_bench_reference)
 
     bs = bsub.add_parser("train-step", help="ms and peak memory of a TriQDef training step vs a vanilla multi-bit QAT step")
     bs.add_argument("--model", default="resnet20")

@@ -53,6 +53,11 @@ class Base:
     profile: Literal["smoke", "cpu", "gpu", "paper"]
     seed: int = field(metadata=_check(ge=0))
     device: Literal["auto", "cpu", "cuda"]
+    # issue 31 (docs/design.md#stacked-bit-widths): joint QAT's bit-widths in one stacked pass. auto: on CUDA only
+    # (on the 2-core CPU the stacked step is 1.78x slower); the same maths either way, to float rounding
+    stacked: Literal["auto", "on", "off"] = "auto"
+    # issue 31 (training/graphed.py): the FP and stacked joint-QAT steps captured in one CUDA graph; CUDA only
+    compile: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

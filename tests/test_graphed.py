@@ -1,0 +1,68 @@
+"""A training step in one CUDA graph (issue 31, item 3; triqdef.training.graphed): refused where no graph can be
+captured; on a GPU, replayed steps train the model as the eager steps do."""
+
+import pytest
+import torch
+
+from triqdef import quant, stacked
+from triqdef.errors import TriqdefError
+from triqdef.models import CifarResNet
+from triqdef.training.graphed import CapturedStep, capturable_optimizer, check_capturable
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (graph capture)")
+BITS = [32, 8, 4, 2]
+
+
+def test_compile_is_refused_where_no_graph_can_be_captured():
+    with pytest.raises(TriqdefError, match=r"base.compile = true: expected a CUDA device.*device is cpu"):
+        check_capturable(torch.device("cpu"))
+    with pytest.raises(TriqdefError, match="base.compile"):
+        capturable_optimizer([torch.nn.Parameter(torch.zeros(1))], 0.1, 0.9, 0.0, False, torch.device("cpu"))
+
+
+def _model(device):
+    torch.manual_seed(0)
+    model = quant.quantize_model(CifarResNet(8), BITS, range_estimator={8: "max", 4: "max", 2: "mse"})
+    x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    for b in BITS[1:]:
+        quant.calibrate(model, [x], b)
+    return model.to(device).train()
+
+
+def _batch(step, device):
+    g = torch.Generator().manual_seed(100 + step)
+    x = torch.rand(32, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
+    return x.to(device), torch.randint(0, 10, (32,), generator=g).to(device)
+
+
+@cuda
+def test_captured_stacked_steps_train_as_the_eager_ones():
+    """8 steps of the stacked joint-QAT step with a moving learning rate: 3 eager warm-up calls, a capture, replays;
+    every weight, BN statistic and observer range ends as in 8 eager steps (to float rounding), and the logged
+    losses agree step by step."""
+    device = torch.device("cuda")
+    runs = {}
+    for mode in ("eager", "captured"):
+        model = _model(device)
+        opt = capturable_optimizer(model.parameters(), 0.05, 0.9, 1e-4, True, device)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+
+        def step(x, y, model=model, opt=opt):
+            opt.zero_grad(set_to_none=True)
+            loss, _ = stacked.joint_loss(model, x, y, BITS)
+            loss.backward()
+            opt.step()
+            return {"loss": loss.detach()}
+
+        run = CapturedStep(step, opt, model, warmup=3) if mode == "captured" else step
+        losses = []
+        for i in range(8):
+            losses.append(run(*_batch(i, device))["loss"])
+            sched.step()
+        runs[mode] = (model, torch.stack(losses))
+    (eager, eager_losses), (captured, captured_losses) = runs["eager"], runs["captured"]
+    torch.testing.assert_close(captured_losses, eager_losses, rtol=1e-4, atol=1e-5)
+    for (name, a), b in zip(eager.state_dict().items(), captured.state_dict().values()):
+        if a.is_floating_point():
+            torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    assert not torch.equal(eager_losses[0], eager_losses[-1])   # it trained

@@ -159,7 +159,8 @@ def mse_clip(x: torch.Tensor, qmin: int, qmax: int, max_samples: int = 8192) -> 
         v = torch.take(v, torch.arange(0, v.numel(), v.numel() // max_samples, device=v.device))
     v = v.reshape(-1).float()
     top = v.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
-    clips = top * _clip_grid(v.device)
+    clips = top * (_CLIP_GRID.to(v.device) if torch.compiler.is_compiling() else _clip_grid(v.device))  # (a graph
+    # holds the grid as a constant; dynamo would trace through the cache and warn)
     scales = (clips / qmax)[:, None]
     rounded = (v[None] / scales).add_(_ROUNDING_MAGIC).sub_(_ROUNDING_MAGIC)  # torch.round's values, 20x faster here
     err = ((rounded.clamp_(qmin, qmax) * scales - v[None]) ** 2).mean(1)
@@ -231,7 +232,12 @@ class ActivationQuantizer(nn.Module):
     def _check_calibrated(self) -> None:
         """Refuse an uncalibrated quantizer, reading the observer (a host sync) only when its state is one not seen
         calibrated before: an update by :func:`observe_moving_average` counts as seen, so a training step never reads
-        it; a checkpoint just loaded is read once, at its first forward."""
+        it; a checkpoint just loaded is read once, at its first forward. Under ``torch.compile`` (which cannot guard
+        on a buffer's version) the check stays on the device, ``torch._assert_async``."""
+        if torch.compiler.is_compiling():
+            torch._assert_async(torch.isfinite(self.observer.max_val), f"{self.bits}-bit activation quantizer used "
+                                "before calibration; run triqdef.quant.calibrate")
+            return
         if getattr(self, "_calibrated_state", None) == self._observer_state():
             return
         if not self.calibrated:
@@ -252,7 +258,7 @@ class ActivationQuantizer(nn.Module):
             if values.numel():  # the observer ignores an empty batch
                 lo, hi = torch.aminmax(values.to(self.observer.min_val.dtype))
                 observe_moving_average([self], lo.view(1), hi.view(1))
-        if not self.dynamic:
+        elif not self.dynamic:  # (an observer that just updated holds a batch's range: calibrated)
             self._check_calibrated()
         return fake_quantize_per_tensor(x, self.scale(x).to(x.device), self.qmin, self.qmax)
 
@@ -283,8 +289,9 @@ def observe_moving_average(quantizers: Sequence[ActivationQuantizer], batch_min:
     new_max = torch.where(fresh, batch_max, old_max + c * (batch_max - old_max))
     torch._foreach_copy_([q.observer.min_val for q in quantizers] + [q.observer.max_val for q in quantizers],
                          list(new_min.unbind()) + list(new_max.unbind()))
-    for q in quantizers:
-        q._calibrated_state = q._observer_state()
+    if not torch.compiler.is_compiling():  # (a compiled graph cannot keep a buffer's version; it checks on the device)
+        for q in quantizers:
+            q._calibrated_state = q._observer_state()
 
 
 def _flat_view(x: torch.Tensor) -> torch.Tensor:

@@ -115,3 +115,18 @@ def test_patch_optimiser_inner_iterations_read_nothing(batch, attack):
             grad, _ = universal._gradient(model, jobs, contents, x, y, opt, x.device)
             contents = (contents - 0.1 * grad.sign()).clamp(0, 1)
     assert contents.shape == (2, 3, 5, 5)
+
+
+def test_a_record_keeps_tensors_until_read_and_then_gives_the_old_floats():
+    from triqdef.training.records import Later, mean_of, settle
+
+    a, b = torch.tensor(0.1), torch.tensor(0.7)
+    rec = StepRecord({"step": 3, "loss": a})
+    rec["mean"] = mean_of([a, b])
+    rec["total"] = Later(lambda r: r["loss"] + 2 * r["mean"])
+    with no_host_reads():
+        assert list(rec) == ["step", "loss", "mean", "total"]  # keys, no read
+    out = settle(rec)
+    assert out == {"step": 3, "loss": a.item(), "mean": (0.0 + a.item() + b.item()) / 2,
+                   "total": a.item() + 2 * ((0.0 + a.item() + b.item()) / 2)}
+    assert type(out["loss"]) is float and type(out["step"]) is int

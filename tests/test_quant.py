@@ -365,3 +365,26 @@ def test_mse_clip_grid_is_copied_to_a_device_once():
     x = torch.rand(20_000, generator=torch.Generator().manual_seed(0)) * 3
     clip = quant.mse_clip(x, 0, 3)
     assert clip.shape == () and bool((x.abs().max() * quant._CLIP_GRID == clip).any())
+
+
+def test_observer_update_is_torch_ao_bit_for_bit_and_calibration_is_rechecked_after_a_reset():
+    """ActivationQuantizer updates its observer with quant.observe_moving_average (no Python branch on a value): the
+    buffers equal torch.ao's MovingAverageMinMaxObserver.forward bit for bit, first batch and later ones; a reset (or
+    a load) makes the next eval forward read the observer again and refuse it."""
+    from torch.ao.quantization.observer import MovingAverageMinMaxObserver
+
+    g = torch.Generator().manual_seed(0)
+    for estimator in ("max", "mse"):
+        q = quant.ActivationQuantizer(4, averaging_constant=0.01, range_estimator=estimator).train()
+        ref = MovingAverageMinMaxObserver(averaging_constant=0.01)
+        for k in range(4):
+            x = torch.relu(torch.randn(8, 3, 5, 5, generator=g) * (k + 1))
+            q(x)
+            ref(q.batch_range(x))
+            assert torch.equal(q.observer.min_val, ref.min_val) and torch.equal(q.observer.max_val, ref.max_val)
+        assert list(q.state_dict()) == ["observer.eps", "observer.min_val", "observer.max_val"]
+        q.eval()
+        q(x)  # calibrated: passes
+        q.observer.reset_min_max_vals()
+        with pytest.raises(RuntimeError, match="calibration"):
+            q(x)

@@ -80,12 +80,14 @@ class Descriptor:
 
 
 def describe(x: torch.Tensor, kind: str, settings: PenaltySettings) -> Descriptor:
-    """Descriptor of a feature map or an input gradient ``(N, C, H, W)`` (``kind`` = ``feature`` | ``gradient``)."""
-    m = P.to_map(x, kind)
+    """Descriptor of a feature map or an input gradient ``(N, C, H, W)`` (``kind`` = ``feature`` | ``gradient``).
+
+    It runs inside training steps, so its finite-value checks do not wait for the device (``blocking=False``)."""
+    m = P.to_map(x, kind, blocking=False)
     f = settings.downsample
     if f > 1 and min(m.shape[-2:]) // f >= P.HOG_MIN_SIZE:
-        m = P.minmax_normalize(F.avg_pool2d(m.unsqueeze(1), f).squeeze(1))
-    return Descriptor(*P.soft_edge_hog(m, settings.k, settings.q))
+        m = P.minmax_normalize(F.avg_pool2d(m.unsqueeze(1), f).squeeze(1), blocking=False)
+    return Descriptor(*P.soft_edge_hog(m, settings.k, settings.q, blocking=False))
 
 
 def pair_similarity(a: Descriptor, b: Descriptor, settings: PenaltySettings) -> torch.Tensor:

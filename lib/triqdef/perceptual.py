@@ -113,8 +113,9 @@ class PerceptualInputError(TriqdefError, ValueError):
 # --------------------------------------------------------------------------- validation
 
 
-def _check(x, name: str, ndim: int, layout: str, min_hw: int = 1, finite: bool = True) -> torch.Tensor:
-    """Validate a tensor: type, ndim, floating dtype, spatial size, finite values (unless ``finite=False``).
+def _check(x, name: str, ndim: int, layout: str, min_hw: int = 1, finite: bool = True, blocking: bool = True) -> torch.Tensor:
+    """Validate a tensor: type, ndim, floating dtype, spatial size, finite values (unless ``finite=False``; the
+    values' check waits for the device unless ``blocking=False``, :func:`_check_finite`).
 
     Half-precision inputs are promoted to float32 (quantile, atan2 and the
     small epsilons need it); float32/float64 are returned unchanged.
@@ -134,14 +135,23 @@ def _check(x, name: str, ndim: int, layout: str, min_hw: int = 1, finite: bool =
             + ("; HOG needs at least one 2x2 block of 4x4-pixel cells, never downsample below 8x8" if min_hw == HOG_MIN_SIZE else "")
         )
     if finite:
-        _check_finite(x, name)
+        _check_finite(x, name, blocking)
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
     return x
 
 
-def _check_finite(x: torch.Tensor, name: str) -> None:
-    if x.numel() and not bool(torch.isfinite(x.detach()).all()):
+def _check_finite(x: torch.Tensor, name: str, blocking: bool = True) -> None:
+    """Refuse NaN or infinite values. ``blocking=True`` (a user's call): reads the test into Python and raises
+    :class:`PerceptualInputError`, a host sync. ``blocking=False`` (inside a training step, issue 31): the test stays
+    on the device, ``torch._assert_async``, a ``RuntimeError`` with the same message, at once on the CPU and at the
+    GPU's next sync."""
+    if not x.numel():
+        return
+    finite = torch.isfinite(x.detach()).all()
+    if not blocking:
+        torch._assert_async(finite, f"{name}: contains NaN or infinite values")
+    elif not bool(finite):
         raise PerceptualInputError(f"{name}: contains NaN or infinite values")
 
 
@@ -206,7 +216,7 @@ def reduce_input_gradient(g: torch.Tensor) -> torch.Tensor:
 _CHANNEL_MAPS = {"feature": lambda x: x.mean(dim=1), "gradient": lambda g: g.abs().mean(dim=1)}
 
 
-def minmax_normalize(m: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+def minmax_normalize(m: torch.Tensor, eps: float = 1e-12, *, blocking: bool = True) -> torch.Tensor:
     """Per-sample min-max normalisation to ``[0, 1]``: ``(N, H, W) -> (N, H, W)``.
 
     ``(m - min) / (max - min)``. A map whose range ``max - min`` is ``<= eps``
@@ -214,8 +224,9 @@ def minmax_normalize(m: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     the division uses a safe denominator, so no NaN reaches the backward pass.
     Input gradients are tiny (and ``k = 100`` in :func:`soft_binarize`
     assumes a fixed range), hence the normalisation (docs/design.md#one-map-per-sample).
+    ``blocking=False``: the finite-value check without a host sync (:func:`_check_finite`).
     """
-    return _minmax(_check(m, "m", 3, "(N, H, W)"), float(eps))
+    return _minmax(_check(m, "m", 3, "(N, H, W)", blocking=blocking), float(eps))
 
 
 def _minmax(m: torch.Tensor, eps: float) -> torch.Tensor:
@@ -228,17 +239,18 @@ def _minmax(m: torch.Tensor, eps: float) -> torch.Tensor:
     return (m - lo) / denom * ok.to(m.dtype)
 
 
-def to_map(x: torch.Tensor, kind: str = "feature", eps: float = 1e-12) -> torch.Tensor:
+def to_map(x: torch.Tensor, kind: str = "feature", eps: float = 1e-12, *, blocking: bool = True) -> torch.Tensor:
     """One normalised map per sample: ``(N, C, H, W) -> (N, H, W)`` in ``[0, 1]``.
 
     ``kind="feature"``: :func:`reduce_feature_map` (FDP, eq. 2);
     ``kind="gradient"``: :func:`reduce_input_gradient` (GPDP, eq. 3);
-    then :func:`minmax_normalize`.
+    then :func:`minmax_normalize`. ``blocking=False``: the finite-value check without a host sync
+    (:func:`_check_finite`), for a training step.
     """
     if kind not in _CHANNEL_MAPS:
         raise PerceptualInputError(f"kind must be 'feature' or 'gradient', got {kind!r}")
     m = _CHANNEL_MAPS[kind](_check(x, "x", 4, "(N, C, H, W)", finite=False))
-    _check_finite(m, "x")  # a NaN or inf in x reaches its channel mean: C times fewer elements to check
+    _check_finite(m, "x", blocking)  # a NaN or inf in x reaches its channel mean: C times fewer elements to check
     return _minmax(m, float(eps))
 
 
@@ -495,15 +507,18 @@ def soft_edge_hog(
     temperature: float = DEFAULT_SOFT_HOG_TEMPERATURE,
     sobel_eps: float = 1e-12,
     hog_eps: float = 1e-12,
+    *,
+    blocking: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two descriptors of eq. 2 / eq. 3 of ``(N, H, W)`` maps: ``S(E(m))`` ``(N, H, W)`` and ``SoftHOG(m)`` ``(N, D)``.
 
     Equal to ``soft_binarize(sobel_edges(m), k, q)`` and ``soft_hog(m)``, with
     ``m`` and the parameters validated once instead of at every stage (the
     checks, each a pass over the map and a host sync, were a quarter of FDP's
-    cost per training step).
+    cost per training step). ``blocking=False``: the finite-value check without a host sync
+    (:func:`_check_finite`), for a training step.
     """
-    m = _check(m, "m", 3, "(N, H, W)", HOG_MIN_SIZE)
+    m = _check(m, "m", 3, "(N, H, W)", HOG_MIN_SIZE, blocking=blocking)
     edges = _soft_binarize(_sobel(m, float(sobel_eps), True), _check_positive(k, "k"), _check_q(q), False)
     return edges, _soft_hog(m, _check_positive(temperature, "temperature"), _check_positive(hog_eps, "hog_eps"))
 

@@ -10,8 +10,9 @@ BN, as in DWQ / Any-Precision / AdaBits). ``Q_32`` is the identity.
 * Activations: **per tensor**, at every ReLU output (in a ResNet that includes
   the ReLU after the residual sum), unsigned ``[0, 2^b-1]``, zero-point 0,
   scale from a moving-average min/max observer (``torch.ao``'s, averaging
-  constant 0.01) that updates in training mode and is frozen in eval mode.
-  The model input and the logits are not quantized.
+  constant 0.01) that updates in training mode and is frozen in eval mode. Its update is
+  :func:`observe_moving_average`, the observer's own arithmetic without reading a value into Python (no host
+  sync, issue 31). The model input and the logits are not quantized.
 * Gradients are straight-through (with the clipping mask). Weights are rounded
   by PyTorch's ``torch.fake_quantize_per_channel_affine``; activations by
   :func:`fake_quantize_per_tensor`, a hand version of
@@ -158,7 +159,8 @@ def mse_clip(x: torch.Tensor, qmin: int, qmax: int, max_samples: int = 8192) -> 
         v = torch.take(v, torch.arange(0, v.numel(), v.numel() // max_samples, device=v.device))
     v = v.reshape(-1).float()
     top = v.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
-    clips = top * _clip_grid(v.device)
+    clips = top * (_CLIP_GRID.to(v.device) if torch.compiler.is_compiling() else _clip_grid(v.device))  # (a graph
+    # holds the grid as a constant; dynamo would trace through the cache and warn)
     scales = (clips / qmax)[:, None]
     rounded = (v[None] / scales).add_(_ROUNDING_MAGIC).sub_(_ROUNDING_MAGIC)  # torch.round's values, 20x faster here
     err = ((rounded.clamp_(qmin, qmax) * scales - v[None]) ** 2).mean(1)
@@ -222,6 +224,26 @@ class ActivationQuantizer(nn.Module):
     def calibrated(self) -> bool:
         return bool(torch.isfinite(self.observer.max_val).item())
 
+    def _observer_state(self) -> tuple[int, int]:
+        """Which observer state this is, read on the host: the max buffer's identity and its in-place version (every
+        update, reset, ``load_state_dict`` or ``.to`` changes one of them)."""
+        return id(self.observer.max_val), self.observer.max_val._version
+
+    def _check_calibrated(self) -> None:
+        """Refuse an uncalibrated quantizer, reading the observer (a host sync) only when its state is one not seen
+        calibrated before: an update by :func:`observe_moving_average` counts as seen, so a training step never reads
+        it; a checkpoint just loaded is read once, at its first forward. Under ``torch.compile`` (which cannot guard
+        on a buffer's version) the check stays on the device, ``torch._assert_async``."""
+        if torch.compiler.is_compiling():
+            torch._assert_async(torch.isfinite(self.observer.max_val), f"{self.bits}-bit activation quantizer used "
+                                "before calibration; run triqdef.quant.calibrate")
+            return
+        if getattr(self, "_calibrated_state", None) == self._observer_state():
+            return
+        if not self.calibrated:
+            raise RuntimeError(f"{self.bits}-bit activation quantizer used before calibration; run triqdef.quant.calibrate")
+        self._calibrated_state = self._observer_state()
+
     def scale(self, x: torch.Tensor | None = None) -> torch.Tensor:
         if self.dynamic and x is not None:
             lo, hi = torch.aminmax(self.batch_range(x.detach()))
@@ -232,13 +254,44 @@ class ActivationQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and self.observer_enabled and not self.dynamic:
-            self.observer(self.batch_range(x.detach()))
-        if not self.dynamic and not self.calibrated:
-            raise RuntimeError(f"{self.bits}-bit activation quantizer used before calibration; run triqdef.quant.calibrate")
+            values = self.batch_range(x.detach())
+            if values.numel():  # the observer ignores an empty batch
+                lo, hi = torch.aminmax(values.to(self.observer.min_val.dtype))
+                observe_moving_average([self], lo.view(1), hi.view(1))
+        elif not self.dynamic:  # (an observer that just updated holds a batch's range: calibrated)
+            self._check_calibrated()
         return fake_quantize_per_tensor(x, self.scale(x).to(x.device), self.qmin, self.qmax)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}, range={self.range_estimator}, dynamic={self.dynamic}"
+
+
+def observe_moving_average(quantizers: Sequence[ActivationQuantizer], batch_min: torch.Tensor,
+                           batch_max: torch.Tensor) -> None:
+    """``MovingAverageMinMaxObserver.forward`` for the observers of ``quantizers`` at once, given each one's batch
+    min and max (1-D, one entry per quantizer), without reading a value into Python.
+
+    torch.ao's forward branches in Python on the buffers' values (``if min_val == inf and max_val == -inf``: the first
+    batch sets them, later ones move them by the averaging constant ``c``), a host sync on every forward. Here the
+    branch is a ``torch.where`` on the same test and each side is the same float32 arithmetic, ``old + c * (new -
+    old)``, so the buffers get torch.ao's values bit for bit (``tests/test_quant.py``); the buffers and their
+    state-dict keys are the observer's own. Used by :class:`ActivationQuantizer` (one quantizer) and
+    :mod:`triqdef.stacked` (every bit-width of a ReLU); marks each state as calibrated (:meth:`ActivationQuantizer.
+    _check_calibrated` need not read it).
+    """
+    c = quantizers[0].observer.averaging_constant
+    if any(q.observer.averaging_constant != c for q in quantizers):
+        raise TriqdefError("observers updated together need the same averaging constant")
+    old_min = torch.stack([q.observer.min_val.reshape(()) for q in quantizers])
+    old_max = torch.stack([q.observer.max_val.reshape(()) for q in quantizers])
+    fresh = (old_min == float("inf")) & (old_max == float("-inf"))
+    new_min = torch.where(fresh, batch_min, old_min + c * (batch_min - old_min))
+    new_max = torch.where(fresh, batch_max, old_max + c * (batch_max - old_max))
+    torch._foreach_copy_([q.observer.min_val for q in quantizers] + [q.observer.max_val for q in quantizers],
+                         list(new_min.unbind()) + list(new_max.unbind()))
+    if not torch.compiler.is_compiling():  # (a compiled graph cannot keep a buffer's version; it checks on the device)
+        for q in quantizers:
+            q._calibrated_state = q._observer_state()
 
 
 def _flat_view(x: torch.Tensor) -> torch.Tensor:

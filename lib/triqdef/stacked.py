@@ -9,7 +9,8 @@ pass launching its own few hundred kernels. Here the G = |B| passes run side by 
 * the per-bit-width BatchNorms are one BatchNorm over the stacked channels (their statistics and affine
   parameters concatenated; the updated running statistics are written back to each bit-width's own BN);
 * the activation quantizers of one ReLU run as one per-group fake quantization, each group at its own bit-width
-  and scale, with a min/max moving average that reads no tensor value into Python (no host sync);
+  and scale, with a min/max moving average that reads no tensor value into Python (no host sync;
+  :func:`triqdef.quant.observe_moving_average`, shared with the sequential form);
 * the last linear layer is one batched matrix product over the groups.
 
 It is the sequential passes, mathematically: the same weights, statistics and straight-through gradients
@@ -126,21 +127,6 @@ def _channel_ranges(group_qmax: tuple, channels: int, device: str) -> tuple[torc
     return qmax, torch.isinf(qmax)
 
 
-def _observe(quantizers: Sequence[quant.ActivationQuantizer], group_min: torch.Tensor, group_max: torch.Tensor) -> None:
-    """``MovingAverageMinMaxObserver.forward`` for every group at once, without reading a value into Python: the
-    first batch sets min/max, later ones move them by ``averaging_constant``."""
-    c = quantizers[0].observer.averaging_constant
-    if any(q.observer.averaging_constant != c for q in quantizers):
-        raise TriqdefError("stacked observers: every bit-width's observer needs the same averaging constant")
-    old_min = torch.stack([q.observer.min_val.reshape(()) for q in quantizers])
-    old_max = torch.stack([q.observer.max_val.reshape(()) for q in quantizers])
-    fresh = torch.isinf(old_min) & torch.isinf(old_max)
-    new_min = torch.where(fresh, group_min, old_min + c * (group_min - old_min))
-    new_max = torch.where(fresh, group_max, old_max + c * (group_max - old_max))
-    torch._foreach_copy_([q.observer.min_val for q in quantizers] + [q.observer.max_val for q in quantizers],
-                         list(new_min.unbind()) + list(new_max.unbind()))
-
-
 def _relu(layer: quant.QuantReLU, h: torch.Tensor, bits: Sequence[int]) -> torch.Tensor:
     """ReLU, then each group's activation quantizer (identity for the 32-bit group)."""
     h = F.relu6(h) if layer.six else F.relu(h)
@@ -165,7 +151,7 @@ def _relu(layer: quant.QuantReLU, h: torch.Tensor, bits: Sequence[int]) -> torch
                 clips = torch.stack([quant.mse_clip(grouped[:, quantized[k][0]], qs[k].qmin, qs[k].qmax) for k in mse])
                 at = _constant(tuple(mse), torch.long, str(h.device))
                 lo, hi = lo.index_fill(0, at, 0.0), hi.index_copy(0, at, clips)
-        _observe(qs, lo, hi)
+        quant.observe_moving_average(qs, lo, hi)
     with torch.no_grad():
         device, per_channel = str(h.device), (1, g * channels, 1, 1)
         index = _constant(tuple(i for i, _ in quantized), torch.long, device)

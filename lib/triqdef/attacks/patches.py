@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from triqdef.data.cifar import to_float
 from triqdef.errors import TriqdefError
+from triqdef.syncguard import host_int
 
 
 @dataclass
@@ -121,11 +122,11 @@ def paste(images: torch.Tensor, contents: torch.Tensor, locations: torch.Tensor,
     k = contents.shape[-1]
     if contents.ndim == 3:
         contents = _SharedContent.apply(contents, n)
-    loc = torch.as_tensor(locations).to(device=images.device, dtype=torch.long).reshape(-1, 2)
+    loc = torch.as_tensor(locations).reshape(-1, 2)
     if contents.shape[0] != n or loc.shape[0] != n:
         raise TriqdefError(f"{contents.shape[0]} patches at {loc.shape[0]} locations for {n} images: expected one per image")
-    if int(loc.min()) < 0 or int(loc[:, 0].max()) + k > height or int(loc[:, 1].max()) + k > width:
-        raise TriqdefError(f"patch of size {k} at {loc[:3].tolist()}... does not fit: expected each inside {height}x{width}")
+    _check_fits(loc, k, height, width)
+    loc = loc.to(device=images.device, dtype=torch.long)
     offsets = torch.arange(k, device=images.device)
     index = (torch.arange(n, device=images.device).view(n, 1, 1), slice(None), (loc[:, :1] + offsets).view(n, k, 1),
              (loc[:, 1:] + offsets).view(n, 1, k))
@@ -136,6 +137,18 @@ def paste(images: torch.Tensor, contents: torch.Tensor, locations: torch.Tensor,
     out = images.clone()
     out[index] = values
     return out
+
+
+def _check_fits(loc: torch.Tensor, k: int, height: int, width: int) -> None:
+    """Every ``k``-pixel patch at ``loc`` (N, 2) lies inside the image. Locations on the CPU (drawn by a CPU
+    generator, as the attacks and the defenses draw them) are read by the host (:func:`triqdef.syncguard.host_int`);
+    on a device the test stays there (``torch._assert_async``), so a training step does not wait for it."""
+    if loc.device.type != "cpu":
+        fits = (loc.min() >= 0) & (loc[:, 0].max() + k <= height) & (loc[:, 1].max() + k <= width)
+        torch._assert_async(fits, f"a patch of size {k} does not fit: expected each inside {height}x{width}")
+    elif host_int(loc.min()) < 0 or host_int(loc[:, 0].max()) + k > height or host_int(loc[:, 1].max()) + k > width:
+        first = [[host_int(v) for v in row] for row in loc[:3]]
+        raise TriqdefError(f"patch of size {k} at {first}... does not fit: expected each inside {height}x{width}")
 
 
 def apply_patch(images: torch.Tensor, patch: Patch | torch.Tensor, location: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from triqdef import quant
 from triqdef.attacks.patches import paste, random_locations
 from triqdef.errors import TriqdefError
+from triqdef.syncguard import host_int
+from triqdef.training.records import Later, StepRecord
 
 _CYCLE_SALT, _PATCH_SALT = 11, 13
 
@@ -43,7 +45,7 @@ def dbwt_bitwidth(bits: Sequence[int], seed: int, step: int) -> int:
     n = len(bits)
     cycle, position = divmod(int(step), n)
     order = torch.randperm(n, generator=_generator(seed, cycle, _CYCLE_SALT))
-    return list(bits)[int(order[position])]
+    return list(bits)[host_int(order[position])]
 
 
 def noisy_signed_steps(loss, start: torch.Tensor, steps: int, step_size: float, sigma: float,
@@ -104,13 +106,13 @@ class QADTRStep:
         """A-QAPA: pool patches on the first ``pool_share`` of ``x``, one on-the-fly patch on the rest."""
         n = x.shape[0]
         sizes = sorted(self.pool) or [6]
-        size = sizes[int(torch.randint(0, len(sizes), (1,), generator=g))]
+        size = sizes[host_int(torch.randint(0, len(sizes), (1,), generator=g))]
         n_pool = int(round(self.pool_share * n))
         contents = torch.empty(n, 3, size, size, device=x.device)
         if n_pool:
             pool = self.pool[size]
             contents[:n_pool] = pool[torch.randint(0, len(pool), (n_pool,), generator=g)].to(x.device)
-        attack_bits = self.bits[int(torch.randint(0, len(self.bits), (1,), generator=g))]
+        attack_bits = self.bits[host_int(torch.randint(0, len(self.bits), (1,), generator=g))]
         if n_pool < n:
             rest_x, rest_y = x[n_pool:], y[n_pool:]
 
@@ -126,7 +128,7 @@ class QADTRStep:
         loc = random_locations(n, size, g, x.shape[-1], self.border).to(x.device)
         return paste(x, contents, loc).detach(), attack_bits
 
-    def __call__(self, model, x, y, step) -> dict[str, float]:
+    def __call__(self, model, x, y, step) -> StepRecord:
         b = dbwt_bitwidth(self.bits, self.seed, step)
         g = _generator(self.seed, step, _PATCH_SALT)
         n_adv = max(1, int(round(self.rho * x.shape[0])))
@@ -138,20 +140,20 @@ class QADTRStep:
         ce_adv = F.cross_entropy(logits_adv, y[n_clean:])
         ce_clean = F.cross_entropy(logits_clean, y[:n_clean]) if n_clean else torch.zeros((), device=x.device)
         (ce_clean + ce_adv).backward()
-        rec = {"bits": b, "attack_bits": attack_bits, "loss_clean": ce_clean.item(), "loss_adv": ce_adv.item(),
-               "acc_adv": (logits_adv.argmax(1) == y[n_clean:]).float().mean().item()}
+        rec = StepRecord({"bits": b, "attack_bits": attack_bits, "loss_clean": ce_clean, "loss_adv": ce_adv,
+                          "acc_adv": (logits_adv.argmax(1) == y[n_clean:]).float().mean()})
         gir = 0.0
         if self.lambda_gir > 0:  # GIR on a sub-batch of the patched images, against one other bit-width
             others = [o for o in self.bits if o != b]
-            other = others[int(torch.randint(0, len(others), (1,), generator=g))]
+            other = others[host_int(torch.randint(0, len(others), (1,), generator=g))]
             xs, ys = x_adv[: self.gir_sub_batch], y[n_clean:][: self.gir_sub_batch]
             with quant.eval_mode(model):
                 reference = input_gradient(model, xs, ys, other, create_graph=False)
                 own = input_gradient(model, xs, ys, b, create_graph=True)
                 cos = gradient_cosine(own, reference)
                 (self.lambda_gir * cos).backward()
-            gir = cos.item()
+            gir = cos
             rec["gir_other_bits"] = other
         rec["gir"] = gir
-        rec["total"] = rec["loss_clean"] + rec["loss_adv"] + self.lambda_gir * gir
+        rec["total"] = Later(lambda r: r["loss_clean"] + r["loss_adv"] + self.lambda_gir * r["gir"])
         return rec

@@ -53,7 +53,9 @@ from triqdef.bact import Schedule, enable_bits
 from triqdef.config import TriQDefParams, as_dict
 from triqdef.errors import TriqdefError
 from triqdef.losses import PenaltySettings, describe, one_sided_penalty, pairwise_penalty
+from triqdef.syncguard import host_int
 from triqdef.taps import StopForward, stop_after, tap_outputs
+from triqdef.training.records import Later, StepRecord, mean_of
 
 
 def _generator(seed: int, step: int, salt: int) -> torch.Generator:
@@ -154,7 +156,7 @@ class TriQDefStep:
         g = _generator(self.seed, step, 1)
         n = x.shape[0]
         sizes = sorted(self.pool) or [6]
-        size = sizes[int(torch.randint(0, len(sizes), (1,), generator=g))] if len(sizes) > 1 else sizes[0]
+        size = sizes[host_int(torch.randint(0, len(sizes), (1,), generator=g))] if len(sizes) > 1 else sizes[0]
         if self.s.patch_source == "pool":  # one size per step (the pool mixes the paper's and the matched size)
             pool = self.pool[size]
             idx = torch.randint(0, len(pool), (n,), generator=g)
@@ -168,7 +170,7 @@ class TriQDefStep:
         """K signed steps on one universal patch, expectation over location and over the active bit-widths."""
 
         def loss(patch: torch.Tensor, step: int) -> torch.Tensor:  # a random active bit-width, then random locations
-            b = active[int(torch.randint(0, len(active), (1,), generator=g))]
+            b = active[host_int(torch.randint(0, len(active), (1,), generator=g))]
             loc = random_locations(x.shape[0], size, g, x.shape[-1], self.s.border).to(x.device)
             with quant.use_bitwidth(model, b):  # expand: the patch's gradient is torch's sum over the images
                 return F.cross_entropy(model(paste(x, patch.expand(x.shape[0], -1, -1, -1), loc)), y)
@@ -196,7 +198,7 @@ class TriQDefStep:
         s = self.s
         return s.lambda_gpdp * (s.gpdp_every if s.gpdp_scaled else 1)
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, float]:
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> StepRecord:
         s = self.s
         new = self.schedule.enabled_at(step)
         if new and self.calibrate_new_bits:
@@ -210,7 +212,7 @@ class TriQDefStep:
         x_clean, y_clean, y_adv = x[:n_clean], y[:n_clean], y[n_clean:]
         use_fdp = s.lambda_fdp > 0 and n_bits >= 2
         use_gpdp = s.lambda_gpdp > 0 and n_bits >= 2 and step % s.gpdp_every == 0
-        rec: dict[str, float] = {"n_bits": n_bits}
+        rec = StepRecord({"n_bits": n_bits})
         lambda_gpdp = self.gpdp_weight
 
         # pass 2 takes a fake-quantized bit-width first, so that pass 1 runs the cheap full-precision forward
@@ -228,7 +230,7 @@ class TriQDefStep:
                         model(x_adv)
                     detached_fdp[b] = self._fdp_descriptors(feats)
         t1 = time.perf_counter()
-        clean_sum = adv_sum = 0.0
+        ce_cleans, ce_advs = [], []
         for b in order:  # pass 2: one bit-width's graph at a time
             with quant.use_bitwidth(model, b):
                 # the patched half first: up to the last tap it sees the statistics pass 1 left (frozen there), so
@@ -246,12 +248,12 @@ class TriQDefStep:
                 loss = loss + s.lambda_fdp * one_sided_penalty(own, others, n_bits, s.penalty)
                 if b not in detached_fdp:  # the first bit-width: no pass 1, its own descriptors serve the others
                     detached_fdp[b] = [d.detach() for d in own]
-                    rec["fdp"] = float(pairwise_penalty({k: detached_fdp[k] for k in active}, s.penalty))
+                    rec["fdp"] = pairwise_penalty({k: detached_fdp[k] for k in active}, s.penalty)
             loss.backward()
-            clean_sum += ce_clean.item()
-            adv_sum += ce_adv.item()
-            rec[f"acc_adv_{b}"] = (logits_adv.argmax(1) == y_adv).float().mean().item()
-        rec["loss_clean"], rec["loss_adv"] = clean_sum / n_bits, adv_sum / n_bits
+            ce_cleans.append(ce_clean.detach())
+            ce_advs.append(ce_adv.detach())
+            rec[f"acc_adv_{b}"] = (logits_adv.argmax(1) == y_adv).float().mean()
+        rec["loss_clean"], rec["loss_adv"] = mean_of(ce_cleans), mean_of(ce_advs)
         t2 = time.perf_counter()
 
         if use_gpdp:  # GPDP on a sub-batch of the patched part, in its own eval-mode forward
@@ -263,19 +265,19 @@ class TriQDefStep:
                              for b in active}
                     pen = pairwise_penalty(descs, s.penalty)
                     (lambda_gpdp * pen).backward()
-                    rec["gpdp"] = pen.item()
+                    rec["gpdp"] = pen
                 else:
                     detached = {b: [describe(self._input_gradient(model, xs, ys, b, False), "gradient", s.penalty)]
                                 for b in active}
-                    rec["gpdp"] = float(pairwise_penalty(detached, s.penalty))
+                    rec["gpdp"] = pairwise_penalty(detached, s.penalty)
                     for b in active:
                         own = [describe(self._input_gradient(model, xs, ys, b, True), "gradient", s.penalty)]
                         others = {o: d for o, d in detached.items() if o != b}
                         (lambda_gpdp * one_sided_penalty(own, others, n_bits, s.penalty)).backward()
         t3 = time.perf_counter()
         rec.update(ms_fdp_pass=1000 * (t1 - t0), ms_main_pass=1000 * (t2 - t1), ms_gpdp=1000 * (t3 - t2))
-        rec["total"] = (rec["loss_clean"] + s.lambda_adv * rec["loss_adv"] + s.lambda_fdp * rec.get("fdp", 0.0)
-                        + lambda_gpdp * rec.get("gpdp", 0.0))
+        rec["total"] = Later(lambda r: r["loss_clean"] + s.lambda_adv * r["loss_adv"] + s.lambda_fdp * r.get("fdp", 0.0)
+                             + lambda_gpdp * r.get("gpdp", 0.0))
         return rec
 
 
@@ -293,7 +295,7 @@ class PBATStep:
 
     def _patches(self, model, x, y, b, g) -> torch.Tensor:
         n = x.shape[0]
-        size = self.sizes[int(torch.randint(0, len(self.sizes), (1,), generator=g))] if len(self.sizes) > 1 else self.sizes[0]
+        size = self.sizes[host_int(torch.randint(0, len(self.sizes), (1,), generator=g))] if len(self.sizes) > 1 else self.sizes[0]
         contents = torch.rand(n, 3, size, size, generator=g).to(x.device)
         loc = random_locations(n, size, g, x.shape[-1], self.border).to(x.device)
         with quant.eval_mode(model), quant.use_bitwidth(model, b):
@@ -301,11 +303,11 @@ class PBATStep:
                                              self.attack_steps, self.step_size, (0, 1))
         return paste(x, contents, loc).detach()
 
-    def __call__(self, model, x, y, step) -> dict[str, float]:
+    def __call__(self, model, x, y, step) -> StepRecord:
         n_adv = max(1, int(round(self.rho * x.shape[0])))
         n_clean = x.shape[0] - n_adv
-        rec: dict[str, float] = {}
-        clean_sum = adv_sum = 0.0
+        rec = StepRecord()
+        ce_cleans, ce_advs = [], []
         for b in self.bits:
             x_adv = self._patches(model, x[n_clean:], y[n_clean:], b, _generator(self.seed, step, b))
             with quant.use_bitwidth(model, b):
@@ -313,9 +315,10 @@ class PBATStep:
             ce_clean = F.cross_entropy(logits[:n_clean], y[:n_clean])
             ce_adv = F.cross_entropy(logits[n_clean:], y[n_clean:])
             ((ce_clean + ce_adv) / len(self.bits)).backward()
-            clean_sum, adv_sum = clean_sum + ce_clean.item(), adv_sum + ce_adv.item()
-            rec[f"acc_adv_{b}"] = (logits[n_clean:].argmax(1) == y[n_clean:]).float().mean().item()
-        rec["loss_clean"], rec["loss_adv"] = clean_sum / len(self.bits), adv_sum / len(self.bits)
+            ce_cleans.append(ce_clean.detach())
+            ce_advs.append(ce_adv.detach())
+            rec[f"acc_adv_{b}"] = (logits[n_clean:].argmax(1) == y[n_clean:]).float().mean()
+        rec["loss_clean"], rec["loss_adv"] = mean_of(ce_cleans), mean_of(ce_advs)
         return rec
 
 
@@ -325,12 +328,12 @@ class DWQStep:
     def __init__(self, bits: Sequence[int], seed: int, eps: float = 8 / 255, alpha: float = 2 / 255, attack_steps: int = 3):
         self.bits, self.seed, self.eps, self.alpha, self.attack_steps = list(bits), seed, eps, alpha, attack_steps
 
-    def __call__(self, model, x, y, step) -> dict[str, float]:
+    def __call__(self, model, x, y, step) -> StepRecord:
         g = _generator(self.seed, step, 2)
-        b = self.bits[int(torch.randint(0, len(self.bits), (1,), generator=g))]
+        b = self.bits[host_int(torch.randint(0, len(self.bits), (1,), generator=g))]
         x_adv = pgd_linf(model, x, y, b, self.eps, self.alpha, self.attack_steps, g)
         with quant.use_bitwidth(model, b):
             logits = model(x_adv)
         loss = F.cross_entropy(logits, y)
         loss.backward()
-        return {"bits": b, "loss_adv": loss.item(), "acc_adv": (logits.argmax(1) == y).float().mean().item()}
+        return StepRecord({"bits": b, "loss_adv": loss, "acc_adv": (logits.argmax(1) == y).float().mean()})

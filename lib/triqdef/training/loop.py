@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from triqdef.data.cifar import iter_batches, to_float
 from triqdef.errors import TriqdefError
 from triqdef.meta import atomic_path, plain, read_torch_file
 from triqdef.models import MEMORY_FORMAT, MODEL_NAMES, build_model
+from triqdef.training.records import StepRecord, settle
 
 log = logging.getLogger("triqdef.training.loop")
 
@@ -134,6 +135,34 @@ def fingerprint(obj: Any) -> str:
 
 # --------------------------------------------------------------------------- the loop
 
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bits: Sequence[int] | None,
+               label_smoothing: float = 0.0) -> StepRecord:
+    """The loop's own step: forward, cross-entropy and backward of the float model (``bits=None``) or of every
+    bit-width of ``bits`` (joint QAT: one graph at a time, each ``CE_b / |bits|`` backpropagated, so the gradients
+    accumulate to that of the mean). Logs ``loss_<b>`` and ``acc_<b>`` (``fp`` for the float model) as detached
+    tensors, read later (:mod:`triqdef.training.records`): no host sync inside the step."""
+    record = StepRecord()
+    for b in bits or [None]:
+        with quant.use_bitwidth(model, b):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+            (loss / (len(bits) if bits else 1)).backward()
+        key = "fp" if b is None else str(b)
+        record[f"loss_{key}"] = loss
+        record[f"acc_{key}"] = (logits.argmax(1) == y).float().mean()
+    return record
+
+
+def settle_history(history: list) -> list:
+    """Every record of ``history`` as a plain dict of Python values, in place (:func:`records.settle`). The settled
+    records are a prefix of the list, so only the unsettled tail is visited."""
+    i = len(history)
+    while i > 0 and isinstance(history[i - 1], StepRecord):
+        i -= 1
+    history[i:] = [settle(record) for record in history[i:]]
+    return history
+
+
 def fit(
     model: nn.Module,
     images: torch.Tensor,
@@ -148,7 +177,7 @@ def fit(
     device: torch.device | None = None,
     progress: bool = True,
     stop_after: int | None = None,
-    step_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor, int], dict[str, float]] | None = None,
+    step_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor, int], Mapping] | None = None,
     monitor: Callable[[nn.Module], dict[str, float]] | None = None,
     monitor_every: int = 0,
 ) -> dict:
@@ -162,7 +191,8 @@ def fit(
     ``step_fn(model, x, y, step)``, when given, replaces the cross-entropy
     step: it computes the losses and calls ``backward`` (the loop zeroes the
     gradients before and steps the optimizer after) and returns the values
-    to log; the defenses (:mod:`triqdef.defenses.steps`) are such functions. It
+    to log (Python numbers, or detached tensors in a
+    :class:`~triqdef.training.records.StepRecord`, read outside the step); the defenses (:mod:`triqdef.defenses.steps`) are such functions. It
     must depend only on (seed, step) and the model's state, for resuming.
     ``monitor(model)``, when given, evaluates the model (in eval mode, no update of weights, observers or BN)
     before the first step, every ``monitor_every`` steps and after the last: the convergence curve of
@@ -208,35 +238,31 @@ def fit(
         x, y = x.to(device, memory_format=MEMORY_FORMAT), y.to(device)
         torch.manual_seed(seed * 1_000_003 + step)  # dropout
         opt.zero_grad(set_to_none=True)
-        record: dict[str, float] = {"step": step, "lr": opt.param_groups[0]["lr"]}
-        if step_fn is not None:
-            record.update(step_fn(model, x, y, step))
-        for b in (bits or [None]) if step_fn is None else []:
-            with quant.use_bitwidth(model, b):
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                (loss / (len(bits) if bits else 1)).backward()
-            key = "fp" if b is None else str(b)
-            record[f"loss_{key}"] = loss.item()
-            record[f"acc_{key}"] = (logits.argmax(1) == y).float().mean().item()
+        record = StepRecord({"step": step, "lr": opt.param_groups[0]["lr"]})
+        record.extend(step_fn(model, x, y, step) if step_fn is not None else
+                      train_step(model, x, y, bits, cfg.label_smoothing))
         opt.step()
         sched.step()
         history.append(record)
         bar.update(1)
-        if step % 10 == 0:
-            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.startswith("loss")})
+        if step % 10 == 0:  # the records are read here (one host sync per 10 steps), not inside the step
+            settle_history(history)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in history[-1].items() if k.startswith("loss")})
         done = step + 1
         t_observe = monitor_s
         observe(done)
         t0 += monitor_s - t_observe  # the monitor's time is not training time
         if done < total and (done % cfg.checkpoint_every == 0 or done == stop_after):
+            settle_history(history)
             save_checkpoint(partial, model, meta, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                             step=done, history=history, elapsed=time.perf_counter() - t0, monitor=curve,
                             monitor_s=monitor_s)
         if stop_after is not None and done >= stop_after and done < total:
             bar.close()
+            settle_history(history)
             return {"history": history, "steps": done, "interrupted": True}
     bar.close()
+    settle_history(history)
     wall = time.perf_counter() - t0
     result = {"history": history, "monitor": curve, "monitor_s": monitor_s, "steps": total, "wall_time_s": wall,
               "images_per_s": total * cfg.batch_size / max(wall, 1e-9)}

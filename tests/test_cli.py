@@ -73,6 +73,15 @@ def test_bad_parameters(tmp_path, key, value, needle):
                               if key.startswith("model") else None), needle)
 
 
+@pytest.mark.parametrize("cmd", [["train", "fp"], ["train", "qat"], ["train", "defense", "qat"]])
+def test_compile_on_a_device_that_cannot_capture_is_refused(tmp_path, cmd):
+    """Issue 31: base.compile (a step captured in a CUDA graph) on the CPU: one line before any data is read."""
+    p = params_with(tmp_path, **{"base.compile": True, "base.device": "cpu"})
+    assert_one_line_error(run(["--params", p, "--profile", "smoke", *cmd], tmp_path,
+                              {"TRIQDEF_DATA_DIR": str(tmp_path / "nodata")}), "base.compile = true", "device is cpu")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "nodata").exists()
+
+
 def test_missing_data_and_missing_archive(tmp_path):
     env = {"TRIQDEF_DATA_DIR": str(tmp_path / "nodata")}
     assert_one_line_error(run(["--profile", "smoke", "data", "info"], tmp_path, env), "triqdef data fetch")

@@ -64,6 +64,47 @@ def test_multibit_qat_step_trains_every_bitwidth(tmp_path):
     assert {"loss_32", "loss_4", "loss_2"} <= set(res["history"][0])
 
 
+def test_stacked_joint_qat_in_the_loop_trains_as_the_sequential_passes(tmp_path, monkeypatch):
+    """Issue 31: base.stacked on: the loop's joint-QAT step in one stacked pass (triqdef.stacked) gives, after 3 steps
+    of the loop (augmentation, schedule, label smoothing), the weights, statistics and logged losses of the
+    sequential passes, to float rounding (a relative L2 error of 1 %: a flipped 2-bit rounding, tests/test_stacked.py)."""
+    from triqdef import stacked
+    from triqdef.models import CifarResNet
+
+    images, labels = toy_data(96)
+    bits = [32, 8, 4, 2]
+    runs, calls, joint_loss = {}, [], stacked.joint_loss
+    monkeypatch.setattr(stacked, "joint_loss", lambda *a, **k: calls.append(1) or joint_loss(*a, **k))
+    for mode in ("off", "on"):
+        torch.manual_seed(0)
+        model = quant.quantize_model(CifarResNet(8), bits, range_estimator={8: "max", 4: "max", 2: "mse"})
+        for b in bits[1:]:
+            quant.calibrate(model, [images[:64].float() / 255], b)
+        res = fit(model, images, labels, _cfg(steps=3, label_smoothing=0.1), seed=1, out_path=tmp_path / f"{mode}.pt",
+                  meta={"kind": "qat"}, work_dir=tmp_path / mode, bits=bits, progress=False, stacked=mode)
+        runs[mode] = (model, res["history"])
+        assert len(calls) == (3 if mode == "on" else 0)   # the stacked pass ran once a step, and only when on
+    (seq, seq_hist), (stk, stk_hist) = runs["off"], runs["on"]
+    for a, b in zip(seq_hist, stk_hist):
+        assert a.keys() == b.keys() and a["lr"] == b["lr"]
+        for k in a:
+            if k.startswith("loss"):
+                assert b[k] == pytest.approx(a[k], rel=1e-4), k
+    for (name, a), b in zip(seq.state_dict().items(), stk.state_dict().values()):
+        if a.is_floating_point() and a.numel() > 1:
+            err = float((b.double() - a.double()).norm() / a.double().norm().clamp_min(1e-12))
+            assert err <= 1e-2, f"{name}: relative L2 error {err:.1e}"
+
+
+def test_stacking_is_refused_for_a_model_it_cannot_stack(tmp_path):
+    images, labels = toy_data(64)
+    model = quant.quantize_model(build_model("vgg16_bn"), [32, 4])
+    with pytest.raises(TriqdefError, match=r"base.stacked = 'on': expected a CIFAR ResNet.*CifarVGG"):
+        fit(model, images, labels, _cfg(steps=1), seed=0, out_path=tmp_path / "v.pt", meta={}, work_dir=tmp_path,
+            bits=[32, 4], progress=False, stacked="on")
+    assert not (tmp_path / "v.pt").exists()
+
+
 @pytest.mark.parametrize("bits", [None, [32, 4]])
 def test_resume_equals_uninterrupted_run(tmp_path, bits):
     images, labels = toy_data(192)

@@ -30,7 +30,7 @@ from triqdef.errors import TriqdefError
 from triqdef.eval.accuracy import accuracy
 from triqdef.meta import provenance, write_curve, write_metrics
 from triqdef.stages import common as pipeline
-from triqdef.training.loop import calibrate_all, fit, model_from_checkpoint, resolve_device
+from triqdef.training.loop import calibrate_all, fit, model_from_checkpoint, training_device
 
 # the defense@<method> stages; the ablations stage reads `ablations` instead of pbat / dwq / patches
 PARAMS = ("base", "data", "model", "quant", "defenses", "triqdef", "pbat", "dwq", "qadt_r", "patches")
@@ -224,7 +224,7 @@ def run_defense(cfg: Config | StageConfig, method: str, variant: str | None = No
     run = run_name(method, variant)
     train, q = cfg.defenses, cfg.quant
     name, seed = cfg.model.name, cfg.base.seed
-    device = resolve_device(cfg.base.device)
+    device = training_device(cfg.base)
     splits = pipeline.load_data(cfg)
     init = train.init
     init_path, model, init_meta = initial_model(cfg, init)
@@ -242,7 +242,7 @@ def run_defense(cfg: Config | StageConfig, method: str, variant: str | None = No
     monitor = None if variant else convergence_monitor(cfg, splits)
     res = fit(model, splits.train.images, splits.train.labels, train, seed=seed, out_path=checkpoint(method, variant), meta=meta,
               work_dir=pipeline.work_dir(), bits=list(q.bits), device=device, progress=progress, step_fn=step_fn,
-              monitor=monitor, monitor_every=train.monitor_every)
+              monitor=monitor, monitor_every=train.monitor_every, stacked=cfg.base.stacked, capture=cfg.base.compile)
     accs = {str(b): accuracy(model, splits.test.images, splits.test.labels, bits=b) for b in q.bits}
     last = res["history"][-1] if res["history"] else {}
     metrics = {"run": run, "method": method, "variant": variant, "model": name, "test_accuracy": accs,

@@ -85,11 +85,11 @@ def run_stq_train(cfg: Config | StageConfig, progress: bool = True) -> dict:
     """Train every run of :data:`RUNS` and record its clean accuracy, footprint and time."""
     from triqdef.eval.accuracy import accuracy
     from triqdef.stq.model import memory_footprint_kb, parameter_count
-    from triqdef.training.loop import fit, resolve_device
+    from triqdef.training.loop import fit, training_device
 
     t_stage = time.perf_counter()
     train = train_params(cfg)
-    device = resolve_device(cfg.base.device)
+    device = training_device(cfg.base)
     splits = pipeline.load_data(cfg)
     teachers, out = {}, {}
     for run in RUNS:
@@ -99,7 +99,8 @@ def run_stq_train(cfg: Config | StageConfig, progress: bool = True) -> dict:
                                 "params": as_dict(train), "settings": as_dict(cfg.stq),
                                 "data": pipeline.data_record(splits)})
         res = fit(model, splits.train.images, splits.train.labels, train, seed=cfg.base.seed, out_path=checkpoint(run),
-                  meta=meta, work_dir=pipeline.work_dir(), device=device, progress=progress, step_fn=step)
+                  meta=meta, work_dir=pipeline.work_dir(), device=device, progress=progress, step_fn=step,
+                  capture=cfg.base.compile)
         model.eval()
         acc = accuracy(model, splits.test.images, splits.test.labels)
         teachers[run] = model

@@ -13,7 +13,7 @@ from triqdef.eval.accuracy import accuracy
 from triqdef.meta import provenance, write_curve, write_metrics
 from triqdef.models import build_model
 from triqdef.stages.common import data_record, fp_checkpoint, load_data, work_dir
-from triqdef.training.loop import fit, resolve_device
+from triqdef.training.loop import fit, training_device
 
 PARAMS = ("base", "data", "model", "train_fp")
 
@@ -31,7 +31,7 @@ def run_train_fp(cfg: Config | StageConfig, progress: bool = True, root: Path | 
     t_stage = time.perf_counter()
     train = cfg.train_fp
     name, seed = cfg.model.name, cfg.base.seed
-    device = resolve_device(cfg.base.device)
+    device = training_device(cfg.base)
     splits = load_data(cfg)
     torch.manual_seed(seed)
     model = build_model(name)
@@ -39,7 +39,8 @@ def run_train_fp(cfg: Config | StageConfig, progress: bool = True, root: Path | 
                                "data": data_record(splits), "num_classes": 10})
     out = fp_checkpoint(cfg, root)
     res = fit(model, splits.train.images, splits.train.labels, train, seed=seed, out_path=out, meta=meta,
-              work_dir=work_dir(), device=device, progress=progress)
+              work_dir=work_dir(), device=device, progress=progress, stacked=cfg.base.stacked,
+              capture=cfg.base.compile)
     acc = accuracy(model, splits.test.images, splits.test.labels)
     metrics = {"model": name, "test_accuracy": acc, "n_test": int(splits.test.labels.numel()),
                "steps": res["steps"], "wall_time_s": res["wall_time_s"], "train_images_per_s": res["images_per_s"],

@@ -12,7 +12,7 @@ from triqdef.config import Config, QATParams, StageConfig, as_dict
 from triqdef.eval.accuracy import accuracy
 from triqdef.meta import provenance, write_curve, write_metrics
 from triqdef.stages.common import data_record, fp_checkpoint, load_data, qat_checkpoint, work_dir
-from triqdef.training.loop import calibrate_all, fit, model_from_checkpoint, resolve_device
+from triqdef.training.loop import calibrate_all, fit, model_from_checkpoint, training_device
 
 PARAMS = ("base", "data", "model", "quant", "train_qat")
 INDEPENDENT_SEED_OFFSET = 1_000  # the independent model's seed: base.seed + this (data order, augmentation)
@@ -45,7 +45,7 @@ def run_train_qat(cfg: Config | StageConfig, all_layers: bool = False, progress:
         train = shortened(train, train.independent_share)
     flb = None if all_layers else q.first_last_bits
     name, seed = cfg.model.name, cfg.base.seed + (INDEPENDENT_SEED_OFFSET if independent else 0)
-    device = resolve_device(cfg.base.device)
+    device = training_device(cfg.base)
     splits = load_data(cfg)
     fp_path = fp_checkpoint(cfg, root)
     fp_model, fp_meta = model_from_checkpoint(fp_path, kind="fp", model_name=name)
@@ -60,7 +60,8 @@ def run_train_qat(cfg: Config | StageConfig, all_layers: bool = False, progress:
                             "num_classes": 10, "seed": seed, "independent": independent})
     out = qat_checkpoint(cfg, all_layers, root, independent)
     res = fit(model, splits.train.images, splits.train.labels, train, seed=seed, out_path=out, meta=meta,
-              work_dir=work_dir(), bits=list(q.bits), device=device, progress=progress)
+              work_dir=work_dir(), bits=list(q.bits), device=device, progress=progress,
+              stacked=cfg.base.stacked, capture=cfg.base.compile)
     accs = {str(b): accuracy(model, splits.test.images, splits.test.labels, bits=b) for b in q.bits}
     metrics = {"model": name, "first_last_bits": flb, "test_accuracy": accs, "n_test": int(splits.test.labels.numel()),
                "steps": res["steps"], "wall_time_s": res["wall_time_s"], "calibration_s": calib_s,

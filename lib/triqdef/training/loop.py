@@ -39,9 +39,11 @@ from triqdef.data.cifar import iter_batches, to_float
 from triqdef.errors import TriqdefError
 from triqdef.meta import atomic_path, plain, read_torch_file
 from triqdef.models import MEMORY_FORMAT, MODEL_NAMES, build_model
+from triqdef.training.graphed import CapturedStep, capturable_optimizer, check_capturable
 from triqdef.training.records import StepRecord, settle
 
 log = logging.getLogger("triqdef.training.loop")
+CAPTURE_WARMUP = 3   # eager steps before a step is captured (momentum buffers, cuDNN plans)
 
 CHECKPOINT_FORMAT = "triqdef-checkpoint/1"
 
@@ -55,6 +57,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise TriqdefError("device 'cuda' requested but no CUDA device is available: use device: auto or cpu")
     return torch.device(name)
+
+
+def training_device(base) -> torch.device:
+    """The device a training stage runs on (``base.device``), checked against ``base.compile`` before any data is
+    read: a step can be captured in a CUDA graph only on a CUDA device (one line otherwise)."""
+    device = resolve_device(base.device)
+    if base.compile:
+        check_capturable(device)
+    return device
 
 
 def make_optimizer(model: nn.Module, cfg: TrainParams) -> torch.optim.Optimizer:
@@ -136,12 +147,26 @@ def fingerprint(obj: Any) -> str:
 # --------------------------------------------------------------------------- the loop
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bits: Sequence[int] | None,
-               label_smoothing: float = 0.0) -> StepRecord:
+               label_smoothing: float = 0.0, stacked_bits: bool = False) -> StepRecord:
     """The loop's own step: forward, cross-entropy and backward of the float model (``bits=None``) or of every
     bit-width of ``bits`` (joint QAT: one graph at a time, each ``CE_b / |bits|`` backpropagated, so the gradients
     accumulate to that of the mean). Logs ``loss_<b>`` and ``acc_<b>`` (``fp`` for the float model) as detached
-    tensors, read later (:mod:`triqdef.training.records`): no host sync inside the step."""
+    tensors, read later (:mod:`triqdef.training.records`): no host sync inside the step.
+
+    ``stacked_bits``: joint QAT's bit-widths in one stacked pass instead (:func:`triqdef.stacked.joint_loss`, the
+    same mean and gradient to float rounding); each ``loss_<b>`` is then that bit-width's cross-entropy recomputed
+    from its detached logits."""
     record = StepRecord()
+    if stacked_bits and bits:
+        from triqdef import stacked
+
+        loss, logits = stacked.joint_loss(model, x, y, bits, label_smoothing)
+        loss.backward()
+        with torch.no_grad():
+            for g, b in enumerate(bits):
+                record[f"loss_{b}"] = F.cross_entropy(logits[g], y, label_smoothing=label_smoothing)
+                record[f"acc_{b}"] = (logits[g].argmax(1) == y).float().mean()
+        return record
     for b in bits or [None]:
         with quant.use_bitwidth(model, b):
             logits = model(x)
@@ -151,6 +176,20 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bits: Sequenc
         record[f"loss_{key}"] = loss
         record[f"acc_{key}"] = (logits.argmax(1) == y).float().mean()
     return record
+
+
+def use_stacked(setting: str, model: nn.Module, device: torch.device, bits: Sequence[int] | None) -> bool:
+    """``base.stacked`` for this run: ``auto`` stacks joint QAT on CUDA only (on the 2-core CPU the stacked step is
+    1.78x slower, docs/design.md#stacked-bit-widths); ``on`` refuses a model that cannot be stacked."""
+    from triqdef.models import CifarResNet
+
+    if setting not in ("auto", "on", "off"):
+        raise TriqdefError(f"parameter base.stacked = {setting!r}: expected auto, on or off")
+    stackable = bool(bits) and len(bits) > 1 and isinstance(model, CifarResNet)
+    if setting == "on" and bits and not isinstance(model, CifarResNet):
+        raise TriqdefError(f"parameter base.stacked = 'on': expected a CIFAR ResNet, which the stacked pass "
+                           f"supports; got {type(model).__name__} (set base.stacked: auto or off)")
+    return stackable and (setting == "on" or (setting == "auto" and device.type == "cuda"))
 
 
 def settle_history(history: list) -> list:
@@ -180,6 +219,8 @@ def fit(
     step_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor, int], Mapping] | None = None,
     monitor: Callable[[nn.Module], dict[str, float]] | None = None,
     monitor_every: int = 0,
+    stacked: str = "off",
+    capture: bool = False,
 ) -> dict:
     """Train ``model`` on (images uint8 N×3×H×W, labels) and write the final checkpoint to ``out_path``.
 
@@ -197,16 +238,29 @@ def fit(
     ``monitor(model)``, when given, evaluates the model (in eval mode, no update of weights, observers or BN)
     before the first step, every ``monitor_every`` steps and after the last: the convergence curve of
     notebook 02. Its time is measured apart and not counted in ``wall_time_s``.
+    ``stacked`` (``base.stacked``: auto | on | off, :func:`use_stacked`) runs joint QAT's bit-widths in one stacked
+    pass; ``capture`` (``base.compile``) captures the loop's own step (FP or joint QAT; a ``step_fn`` runs eagerly)
+    in one CUDA graph after 3 eager steps (:mod:`triqdef.training.graphed`), with fused SGD and a tensor learning
+    rate. Neither changes the maths; both are refused in one line where they cannot run.
     Returns ``{"history": [...], "monitor": [...], "steps": n, "wall_time_s": t, "images_per_s": r}``.
     """
     device = device or torch.device("cpu")
     model.to(device)
     bits = list(bits) if bits else None
     total = cfg.total_steps(images.shape[0])
+    stack = use_stacked(stacked, model, device, bits) if step_fn is None else False
+    if capture:
+        check_capturable(device)
+        if step_fn is not None:
+            log.info("base.compile: %s runs its own step eagerly (only the FP and joint-QAT steps are captured)",
+                     meta.get("kind", "this run"))
+            capture = False
     stable = {k: meta.get(k) for k in ("kind", "model", "bits", "first_last_bits", "range_estimator", "params", "data", "init")}
-    run_id = fingerprint({"cfg": asdict(cfg), "bits": bits, "seed": seed, "meta": stable})
+    mode = {"stacked": stack, "captured": capture} if (stack or capture) else {}   # the CPU's run ids stay as before
+    run_id = fingerprint({"cfg": asdict(cfg), "bits": bits, "seed": seed, "meta": stable, **mode})
     partial = Path(work_dir) / f"{Path(out_path).stem}.{run_id}.partial.pt"
-    opt = make_optimizer(model, cfg)
+    opt = (capturable_optimizer(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, device)
+           if capture else make_optimizer(model, cfg))
     sched = make_scheduler(opt, cfg, total)
     start, history, elapsed, curve, monitor_s = 0, [], 0.0, [], 0.0
     if partial.is_file():
@@ -214,6 +268,9 @@ def fit(
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
+        if capture:   # the learning rate back on the device, where the captured step reads it
+            for group in opt.param_groups:
+                group["lr"] = torch.tensor(float(group["lr"]), device=device)
         start, history, elapsed = ck["step"], ck["history"], ck["elapsed"]
         curve, monitor_s = ck.get("monitor", []), ck.get("monitor_s", 0.0)
         log.info("resuming %s from step %d/%d (%s)", out_path, start, total, partial)
@@ -229,6 +286,15 @@ def fit(
             curve.append({"step": done, **monitor(model)})
         monitor_s += time.perf_counter() - t
 
+    def one_step(x: torch.Tensor, y: torch.Tensor) -> dict:
+        opt.zero_grad(set_to_none=True)
+        record = train_step(model, x, y, bits, cfg.label_smoothing, stack)
+        opt.step()
+        return record.unsettled()
+
+    captured = CapturedStep(one_step, opt, model, warmup=CAPTURE_WARMUP) if capture else None
+    if stack or capture:
+        log.info("%s: joint QAT stacked %s, step captured in a CUDA graph %s", meta.get("kind", "run"), stack, capture)
     observe(start)
     model.train()
     bar = tqdm(total=total, initial=start, desc=f"train {meta.get('kind', '')} {meta.get('model', '')}", disable=not progress, unit="step")
@@ -237,11 +303,16 @@ def fit(
         x, y = step_batch(images, labels, step, seed, cfg)
         x, y = x.to(device, memory_format=MEMORY_FORMAT), y.to(device)
         torch.manual_seed(seed * 1_000_003 + step)  # dropout
-        opt.zero_grad(set_to_none=True)
-        record = StepRecord({"step": step, "lr": opt.param_groups[0]["lr"]})
-        record.extend(step_fn(model, x, y, step) if step_fn is not None else
-                      train_step(model, x, y, bits, cfg.label_smoothing))
-        opt.step()
+        lr = opt.param_groups[0]["lr"]
+        record = StepRecord({"step": step, "lr": lr.clone() if isinstance(lr, torch.Tensor) else lr})
+        if captured is not None:
+            record.extend(captured(x, y))
+        elif step_fn is not None:
+            opt.zero_grad(set_to_none=True)
+            record.extend(step_fn(model, x, y, step))
+            opt.step()
+        else:
+            record.extend(one_step(x, y))
         sched.step()
         history.append(record)
         bar.update(1)

@@ -74,6 +74,10 @@ class StepRecord(MutableMapping):
             self._settled = out
         return self._settled
 
+    def unsettled(self) -> dict:
+        """The values as they were written (tensors not read): what a captured step hands back from its graph."""
+        return dict(self._raw)
+
     def __delitem__(self, key: str) -> None:
         del self._raw[key]
         self._settled = None

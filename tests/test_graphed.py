@@ -66,3 +66,36 @@ def test_captured_stacked_steps_train_as_the_eager_ones():
         if a.is_floating_point():
             torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
     assert not torch.equal(eager_losses[0], eager_losses[-1])   # it trained
+
+
+@cuda
+@pytest.mark.parametrize("bits", [None, BITS])
+def test_the_loop_trains_the_same_captured_or_eager(tmp_path, bits):
+    """training.loop.fit with base.compile: 8 steps (3 eager, a capture, 4 replays) of the FP or the stacked joint-QAT
+    step, with the one-cycle schedule moving the learning rate every step, end where 8 eager steps end."""
+    from triqdef.config import TrainParams
+    from triqdef.training.loop import fit
+
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8, generator=g), torch.arange(256) % 10
+    cfg = TrainParams(lr=0.05, checkpoint_every=100, steps=8, batch_size=32, momentum=0.9, weight_decay=1e-4,
+                      nesterov=True, schedule="onecycle", milestones=(0.5, 0.75), pct_start=0.25, label_smoothing=0.1,
+                      augment=True)
+    runs = {}
+    for capture in (False, True):
+        torch.manual_seed(0)
+        model = _model("cpu") if bits else CifarResNet(8)
+        res = fit(model, images, labels, cfg, seed=0, out_path=tmp_path / f"{capture}.pt", meta={"kind": "t"},
+                  work_dir=tmp_path / str(capture), bits=bits, device=torch.device("cuda"), progress=False,
+                  stacked="on" if bits else "off", capture=capture)
+        runs[capture] = (model, res["history"])
+    (eager, eager_hist), (captured, captured_hist) = runs[False], runs[True]
+    assert [h["lr"] for h in captured_hist] == pytest.approx([h["lr"] for h in eager_hist], rel=1e-6)
+    for a, b in zip(eager_hist, captured_hist):
+        for k in a:
+            if k.startswith("loss"):
+                assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-4), k
+    for (name, a), b in zip(eager.state_dict().items(), captured.state_dict().values()):
+        if a.is_floating_point() and a.numel() > 1:
+            err = float((b.double() - a.double()).norm() / a.double().norm().clamp_min(1e-12))
+            assert err <= 1e-2, f"{name}: relative L2 error {err:.1e}"

@@ -13,6 +13,8 @@
   finds a matching partial checkpoint resumes from it. Data order,
   augmentation and dropout depend only on (seed, step), so an interrupted run
   ends with the same weights as an uninterrupted one (on CPU).
+* Under ``torchrun`` the loop is data-parallel (:mod:`triqdef.training.distributed`):
+  each rank trains on its shard of the same global batch, rank 0 writes.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from triqdef import quant
+from triqdef.training import distributed
 from triqdef.data.augment import random_crop_flip
 from triqdef.config import TrainParams
 from triqdef.data.cifar import iter_batches, to_float
@@ -134,6 +137,25 @@ def fingerprint(obj: Any) -> str:
 
 # --------------------------------------------------------------------------- the loop
 
+class JointCrossEntropy(nn.Module):
+    """The cross-entropy step's forward as one module: ``forward(x, y, bits)`` runs ``model`` at each bit-width of
+    ``bits`` (``None``: as it is) on the batch and returns ``[(loss, logits), ...]``. In a process group
+    :func:`fit` wraps it in DDP and calls it once for every bit-width, which gives every parameter a gradient
+    in the one backward that DDP synchronises."""
+
+    def __init__(self, model: nn.Module, bits: Sequence[int | None], label_smoothing: float):
+        super().__init__()
+        self.model, self.bits, self.label_smoothing = model, list(bits), label_smoothing
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, bits: Sequence[int | None]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        out = []
+        for b in bits:
+            with quant.use_bitwidth(self.model, b):
+                logits = self.model(x)
+            out.append((F.cross_entropy(logits, y, label_smoothing=self.label_smoothing), logits))
+        return out
+
+
 def fit(
     model: nn.Module,
     images: torch.Tensor,
@@ -168,9 +190,20 @@ def fit(
     before the first step, every ``monitor_every`` steps and after the last: the convergence curve of
     notebook 02. Its time is measured apart and not counted in ``wall_time_s``.
     Returns ``{"history": [...], "monitor": [...], "steps": n, "wall_time_s": t, "images_per_s": r}``.
+
+    In a process group (``torchrun``, :mod:`triqdef.training.distributed`) the model runs in
+    ``DistributedDataParallel``, each rank on its shard of every global batch, the bit-widths' backward
+    passes as one (:class:`JointCrossEntropy`); the history holds the ranks' mean losses and
+    accuracies, and rank 0 alone writes checkpoints and shows progress. ``step_fn`` and ``monitor`` are
+    single-process only.
     """
     device = device or torch.device("cpu")
     model.to(device)
+    if distributed.active() and (step_fn is not None or monitor is not None):
+        raise TriqdefError("data-parallel training runs the cross-entropy step without a monitor: expected "
+                           "step_fn=None and monitor=None under torchrun")
+    distributed.check_world(cfg.batch_size, "batch_size", distributed.world_size())
+    writer = distributed.is_writer()
     bits = list(bits) if bits else None
     total = cfg.total_steps(images.shape[0])
     stable = {k: meta.get(k) for k in ("kind", "model", "bits", "first_last_bits", "range_estimator", "params", "data", "init")}
@@ -201,26 +234,32 @@ def fit(
 
     observe(start)
     model.train()
-    bar = tqdm(total=total, initial=start, desc=f"train {meta.get('kind', '')} {meta.get('model', '')}", disable=not progress, unit="step")
+    joint = JointCrossEntropy(model, bits or [None], cfg.label_smoothing)
+    net = distributed.wrap(joint, device)  # ``joint`` itself in a single process
+    # one process: one forward and backward per bit-width (one graph alive at a time); DDP: one for all of them,
+    # so that its one gradient all-reduce sees every parameter (each bit-width's BN included)
+    groups = [[b] for b in joint.bits] if net is joint else [joint.bits]
+    bar = tqdm(total=total, initial=start, desc=f"train {meta.get('kind', '')} {meta.get('model', '')}",
+               disable=not (progress and writer), unit="step")
     t0 = time.perf_counter() - elapsed
     for step in range(start, total):
-        x, y = step_batch(images, labels, step, seed, cfg)
+        x, y = map(distributed.shard, step_batch(images, labels, step, seed, cfg))
         x, y = x.to(device, memory_format=MEMORY_FORMAT), y.to(device)
         torch.manual_seed(seed * 1_000_003 + step)  # dropout
         opt.zero_grad(set_to_none=True)
         record: dict[str, float] = {"step": step, "lr": opt.param_groups[0]["lr"]}
         if step_fn is not None:
             record.update(step_fn(model, x, y, step))
-        for b in (bits or [None]) if step_fn is None else []:
-            with quant.use_bitwidth(model, b):
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                (loss / (len(bits) if bits else 1)).backward()
-            key = "fp" if b is None else str(b)
-            record[f"loss_{key}"] = loss.item()
-            record[f"acc_{key}"] = (logits.argmax(1) == y).float().mean().item()
+        for group in groups if step_fn is None else []:
+            outputs = net(x, y, group)
+            (sum(loss for loss, _ in outputs) / len(joint.bits)).backward()
+            for b, (loss, logits) in zip(group, outputs):
+                key = "fp" if b is None else str(b)
+                record[f"loss_{key}"] = loss.item()
+                record[f"acc_{key}"] = (logits.argmax(1) == y).float().mean().item()
         opt.step()
         sched.step()
+        record.update(distributed.mean_over_ranks({k: v for k, v in record.items() if k.startswith(("loss", "acc"))}))
         history.append(record)
         bar.update(1)
         if step % 10 == 0:
@@ -229,7 +268,7 @@ def fit(
         t_observe = monitor_s
         observe(done)
         t0 += monitor_s - t_observe  # the monitor's time is not training time
-        if done < total and (done % cfg.checkpoint_every == 0 or done == stop_after):
+        if writer and done < total and (done % cfg.checkpoint_every == 0 or done == stop_after):
             save_checkpoint(partial, model, meta, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                             step=done, history=history, elapsed=time.perf_counter() - t0, monitor=curve,
                             monitor_s=monitor_s)
@@ -240,9 +279,11 @@ def fit(
     wall = time.perf_counter() - t0
     result = {"history": history, "monitor": curve, "monitor_s": monitor_s, "steps": total, "wall_time_s": wall,
               "images_per_s": total * cfg.batch_size / max(wall, 1e-9)}
-    save_checkpoint(out_path, model, dict(meta, steps=total, train_wall_time_s=wall), history=history, monitor=curve)
-    if partial.exists():
-        partial.unlink()
+    if writer:
+        save_checkpoint(out_path, model, dict(meta, steps=total, train_wall_time_s=wall), history=history, monitor=curve)
+        if partial.exists():
+            partial.unlink()
+    distributed.barrier()  # every rank returns with the checkpoint written
     return result
 
 

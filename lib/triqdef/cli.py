@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 from triqdef.errors import TriqdefError
 
@@ -335,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 DATA_PARALLEL = (_cmd_train_fp, _cmd_train_qat)  # the commands that run under torchrun
+RANK_ERROR_GRACE_S = 3.0  # a torchrun rank but 0 waits this long before it reports an error (see main)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -352,8 +354,9 @@ def main(argv: list[str] | None = None) -> int:
                                "that train data-parallel; run the others as one process")
         return args.func(args, load_config(args.params, args.profile))
     except TriqdefError as exc:
-        if writer:  # every rank meets the same bad input: one line, from rank 0
-            print(f"triqdef: error: {exc}", file=sys.stderr)
+        if not writer:  # under torchrun rank 0 meets the same input and says so; torchrun then stops this rank
+            time.sleep(RANK_ERROR_GRACE_S)  # still here: an error of this rank alone
+        print(f"triqdef: error: {exc}" if writer else f"triqdef: error: rank {os.environ['RANK']}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("triqdef: interrupted; partial training progress is kept in results/.work and resumes on the next run", file=sys.stderr)

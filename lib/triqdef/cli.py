@@ -46,26 +46,22 @@ def _cmd_data_prepare(args, cfg) -> int:
     return 0
 
 
+def _writer() -> bool:
+    """Whether this process prints and writes: the only one, or rank 0 under ``torchrun`` (``RANK``)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _say(obj) -> None:
     """Print ``obj`` as JSON, from rank 0 only under ``torchrun``."""
-    if os.environ.get("RANK", "0") == "0":
+    if _writer():
         print(json.dumps(obj))
-
-
-def _data_parallel(cfg, section: str):
-    """The ``torchrun`` process group for a training command (a no-op without torchrun), after checking that
-    the world size splits ``<section>.batch_size`` into equal shards (before anything is written)."""
-    from triqdef.training import distributed
-    from triqdef.training.loop import resolve_device
-
-    distributed.check_world(getattr(cfg, section).batch_size, f"{section}.{cfg.base.profile}.batch_size")
-    return distributed.session(resolve_device(cfg.base.device).type)
 
 
 def _cmd_train_fp(args, cfg) -> int:
     from triqdef.stages import train_fp
+    from triqdef.training.distributed import command_session
 
-    with _data_parallel(cfg, "train_fp"):
+    with command_session(cfg, "train_fp"):
         m = train_fp.run_train_fp(cfg.only(train_fp.PARAMS), progress=not args.quiet)
     _say({k: m[k] for k in ("model", "test_accuracy", "n_test", "wall_time_s")})
     return 0
@@ -74,6 +70,7 @@ def _cmd_train_fp(args, cfg) -> int:
 def _cmd_train_qat(args, cfg) -> int:
     from triqdef.meta import write_metrics
     from triqdef.stages import train_qat
+    from triqdef.training.distributed import command_session
 
     cfg = cfg.only(train_qat.PARAMS)
     choice, why = args.all_layers, "--all-layers no was given"
@@ -81,14 +78,14 @@ def _cmd_train_qat(args, cfg) -> int:
         choice = "both" if cfg.train_qat.every_layer_variant else "no"
         why = "train_qat.every_layer_variant is false in this profile (time budget)"
     variants = [False, True] if choice == "both" else [choice == "yes"]
-    with _data_parallel(cfg, "train_qat"):
+    with command_session(cfg, "train_qat"):
         for all_layers in variants:
             m = train_qat.run_train_qat(cfg, all_layers=all_layers, progress=not args.quiet)
             _say({k: m[k] for k in ("model", "first_last_bits", "test_accuracy", "n_test", "wall_time_s")})
         if choice != "yes" and cfg.train_qat.independent_model:
             m = train_qat.run_train_qat(cfg, progress=not args.quiet, independent=True)
             _say({k: m[k] for k in ("model", "test_accuracy", "n_test", "wall_time_s")})
-    if os.environ.get("RANK", "0") != "0":
+    if not _writer():
         return 0
     if choice == "no":  # the stage declares this file: say why it holds no model
         write_metrics("train_qat_all_layers", {"skipped": True},
@@ -341,7 +338,7 @@ RANK_ERROR_GRACE_S = 3.0  # a torchrun rank but 0 waits this long before it repo
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    writer = os.environ.get("RANK", "0") == "0"  # torchrun's other ranks stay silent
+    writer = _writer()  # torchrun's other ranks stay silent
     logging.basicConfig(level=logging.WARNING if args.quiet or not writer else logging.INFO, format="[%(name)s] %(message)s")
     if os.environ.get("TQDM_DISABLE") or not writer:
         args.quiet = True

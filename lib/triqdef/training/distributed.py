@@ -86,6 +86,15 @@ def session(device_type: str) -> Iterator[torch.device | None]:
         dist.destroy_process_group()
 
 
+def command_session(cfg, section: str) -> contextlib.AbstractContextManager:
+    """:func:`session` for a training command on ``cfg.base.device``, after checking (before anything is
+    written) that the world size splits ``<section>.batch_size`` into equal shards."""
+    from triqdef.training.loop import resolve_device
+
+    check_world(getattr(cfg, section).batch_size, f"{section}.{cfg.base.profile}.batch_size")
+    return session(resolve_device(cfg.base.device).type)
+
+
 def shard(t: torch.Tensor) -> torch.Tensor:
     """This rank's rows of a global batch: the contiguous ``r``-th of ``world_size`` equal slices (all of it in a
     single process)."""

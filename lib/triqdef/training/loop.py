@@ -140,8 +140,8 @@ def fingerprint(obj: Any) -> str:
 class JointCrossEntropy(nn.Module):
     """The cross-entropy step's forward as one module: ``forward(x, y, bits)`` runs ``model`` at each bit-width of
     ``bits`` (``None``: as it is) on the batch and returns ``[(loss, logits), ...]``. In a process group
-    :func:`fit` wraps it in DDP and calls it once for every bit-width, which gives every parameter a gradient
-    in the one backward that DDP synchronises."""
+    :func:`fit` wraps it in DDP and calls it once per step with every bit-width, which gives every parameter a
+    gradient in the one backward that DDP synchronises."""
 
     def __init__(self, model: nn.Module, bits: Sequence[int | None], label_smoothing: float):
         super().__init__()

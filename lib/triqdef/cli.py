@@ -4,6 +4,9 @@
 
 Errors in the user's input end with one line ``triqdef: error: ...`` and exit
 status 2; no traceback.
+
+``torchrun --nproc-per-node N -m triqdef train fp|qat`` trains data-parallel
+(:mod:`triqdef.training.distributed`); rank 0 alone prints, logs and writes.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 from triqdef.errors import TriqdefError
 
@@ -42,17 +46,31 @@ def _cmd_data_prepare(args, cfg) -> int:
     return 0
 
 
+def _writer() -> bool:
+    """Whether this process prints and writes: the only one, or rank 0 under ``torchrun`` (``RANK``)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _say(obj) -> None:
+    """Print ``obj`` as JSON, from rank 0 only under ``torchrun``."""
+    if _writer():
+        print(json.dumps(obj))
+
+
 def _cmd_train_fp(args, cfg) -> int:
     from triqdef.stages import train_fp
+    from triqdef.training.distributed import command_session
 
-    m = train_fp.run_train_fp(cfg.only(train_fp.PARAMS), progress=not args.quiet)
-    print(json.dumps({k: m[k] for k in ("model", "test_accuracy", "n_test", "wall_time_s")}))
+    with command_session(cfg, "train_fp"):
+        m = train_fp.run_train_fp(cfg.only(train_fp.PARAMS), progress=not args.quiet)
+    _say({k: m[k] for k in ("model", "test_accuracy", "n_test", "wall_time_s")})
     return 0
 
 
 def _cmd_train_qat(args, cfg) -> int:
     from triqdef.meta import write_metrics
     from triqdef.stages import train_qat
+    from triqdef.training.distributed import command_session
 
     cfg = cfg.only(train_qat.PARAMS)
     choice, why = args.all_layers, "--all-layers no was given"
@@ -60,19 +78,21 @@ def _cmd_train_qat(args, cfg) -> int:
         choice = "both" if cfg.train_qat.every_layer_variant else "no"
         why = "train_qat.every_layer_variant is false in this profile (time budget)"
     variants = [False, True] if choice == "both" else [choice == "yes"]
-    for all_layers in variants:
-        m = train_qat.run_train_qat(cfg, all_layers=all_layers, progress=not args.quiet)
-        print(json.dumps({k: m[k] for k in ("model", "first_last_bits", "test_accuracy", "n_test", "wall_time_s")}))
+    with command_session(cfg, "train_qat"):
+        for all_layers in variants:
+            m = train_qat.run_train_qat(cfg, all_layers=all_layers, progress=not args.quiet)
+            _say({k: m[k] for k in ("model", "first_last_bits", "test_accuracy", "n_test", "wall_time_s")})
+        if choice != "yes" and cfg.train_qat.independent_model:
+            m = train_qat.run_train_qat(cfg, progress=not args.quiet, independent=True)
+            _say({k: m[k] for k in ("model", "test_accuracy", "n_test", "wall_time_s")})
+    if not _writer():
+        return 0
     if choice == "no":  # the stage declares this file: say why it holds no model
         write_metrics("train_qat_all_layers", {"skipped": True},
                       {"skipped": True, "profile": cfg.base.profile,
                        "reason": f"{why}; run 'triqdef train qat --all-layers yes' for the every-layer-at-b model"})
-    if choice != "yes":  # the unseen-bit-width patches' source model (another seed), when the profile asks for it
-        if cfg.train_qat.independent_model:
-            m = train_qat.run_train_qat(cfg, progress=not args.quiet, independent=True)
-            print(json.dumps({k: m[k] for k in ("model", "test_accuracy", "n_test", "wall_time_s")}))
-        else:
-            write_metrics("train_qat_independent", {"skipped": True},
+    if choice != "yes" and not cfg.train_qat.independent_model:  # the unseen-bit-width patches' source model
+        write_metrics("train_qat_independent", {"skipped": True},
                           {"skipped": True, "profile": cfg.base.profile,
                            "reason": "train_qat.independent_model is false in this profile: the unseen-bit-width "
                                      "patches are made on the shared standard-QAT model"})
@@ -335,17 +355,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+DATA_PARALLEL = (_cmd_train_fp, _cmd_train_qat)  # the commands that run under torchrun
+RANK_ERROR_GRACE_S = 3.0  # a torchrun rank but 0 waits this long before it reports an error (see main)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="[%(name)s] %(message)s")
-    if os.environ.get("TQDM_DISABLE"):
+    writer = _writer()  # torchrun's other ranks stay silent
+    logging.basicConfig(level=logging.WARNING if args.quiet or not writer else logging.INFO, format="[%(name)s] %(message)s")
+    if os.environ.get("TQDM_DISABLE") or not writer:
         args.quiet = True
     try:
         from triqdef.config import load_config
 
+        world = os.environ.get("WORLD_SIZE", "1")
+        if world != "1" and args.func not in DATA_PARALLEL:
+            raise TriqdefError(f"WORLD_SIZE is {world} (torchrun): expected 'train fp' or 'train qat', the commands "
+                               "that train data-parallel; run the others as one process")
         return args.func(args, load_config(args.params, args.profile))
     except TriqdefError as exc:
-        print(f"triqdef: error: {exc}", file=sys.stderr)
+        if not writer:  # under torchrun rank 0 meets the same input and says so; torchrun then stops this rank
+            time.sleep(RANK_ERROR_GRACE_S)  # still here: an error of this rank alone
+        print(f"triqdef: error: {exc}" if writer else f"triqdef: error: rank {os.environ['RANK']}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("triqdef: interrupted; partial training progress is kept in results/.work and resumes on the next run", file=sys.stderr)

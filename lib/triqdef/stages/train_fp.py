@@ -13,6 +13,7 @@ from triqdef.eval.accuracy import accuracy
 from triqdef.meta import provenance, write_curve, write_metrics
 from triqdef.models import build_model
 from triqdef.stages.common import data_record, fp_checkpoint, load_data, work_dir
+from triqdef.training import distributed
 from triqdef.training.loop import fit, training_device
 
 PARAMS = ("base", "data", "model", "train_fp")
@@ -46,7 +47,7 @@ def run_train_fp(cfg: Config | StageConfig, progress: bool = True, root: Path | 
                "steps": res["steps"], "wall_time_s": res["wall_time_s"], "train_images_per_s": res["images_per_s"],
                "data": data_record(splits), "profile": cfg.base.profile,
                "stage_wall_time_s": round(time.perf_counter() - t_stage, 1)}
-    if metrics_name:  # headline numbers for `dvc metrics`; the record and provenance beside them
+    if metrics_name and distributed.is_writer():  # headline numbers for `dvc metrics`; record and provenance beside
         write_metrics(metrics_name, {"acc_fp": acc, "n_test": metrics["n_test"], "steps": res["steps"],
                                      "stage_wall_time_s": metrics["stage_wall_time_s"]}, provenance(cfg, metrics))
         write_curve(metrics_name, res["history"])

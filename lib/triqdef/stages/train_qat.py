@@ -12,6 +12,7 @@ from triqdef.config import Config, QATParams, StageConfig, as_dict
 from triqdef.eval.accuracy import accuracy
 from triqdef.meta import provenance, write_curve, write_metrics
 from triqdef.stages.common import data_record, fp_checkpoint, load_data, qat_checkpoint, work_dir
+from triqdef.training import distributed
 from triqdef.training.loop import calibrate_all, fit, model_from_checkpoint, training_device
 
 PARAMS = ("base", "data", "model", "quant", "train_qat")
@@ -67,7 +68,7 @@ def run_train_qat(cfg: Config | StageConfig, all_layers: bool = False, progress:
                "steps": res["steps"], "wall_time_s": res["wall_time_s"], "calibration_s": calib_s,
                "train_images_per_s": res["images_per_s"], "data": data_record(splits), "profile": cfg.base.profile,
                "stage_wall_time_s": round(time.perf_counter() - t_stage, 1)}
-    if metrics_name:  # headline numbers for `dvc metrics`; the record and provenance beside them
+    if metrics_name and distributed.is_writer():  # headline numbers for `dvc metrics`; record and provenance beside
         file = f"{metrics_name}{'_all_layers' if all_layers else '_independent' if independent else ''}"
         write_metrics(file, {**{f"acc_{b}bit": a for b, a in accs.items()}, "n_test": metrics["n_test"],
                              "steps": res["steps"], "stage_wall_time_s": metrics["stage_wall_time_s"]},

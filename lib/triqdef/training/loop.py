@@ -13,6 +13,8 @@
   finds a matching partial checkpoint resumes from it. Data order,
   augmentation and dropout depend only on (seed, step), so an interrupted run
   ends with the same weights as an uninterrupted one (on CPU).
+* Under ``torchrun`` the loop is data-parallel (:mod:`triqdef.training.distributed`):
+  each rank trains on its shard of the same global batch, rank 0 writes.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from triqdef import quant
+from triqdef.training import distributed
 from triqdef.data.augment import random_crop_flip
 from triqdef.config import TrainParams
 from triqdef.data.cifar import iter_batches, to_float
@@ -202,6 +205,31 @@ def settle_history(history: list) -> list:
     return history
 
 
+class JointCrossEntropy(nn.Module):
+    """The cross-entropy step's forward as one module, for data-parallel training: ``forward(x, y)`` runs ``model``
+    at each of ``bits`` (``None``: as it is) on the batch, all in one stacked pass when ``stacked``
+    (:func:`triqdef.stacked.stacked_logits`), and returns ``[(loss, logits), ...]``. :func:`fit` wraps it in DDP and
+    backpropagates the mean of the losses once, which gives every parameter (each bit-width's BN included) a
+    gradient in the one backward that DDP synchronises."""
+
+    def __init__(self, model: nn.Module, bits: Sequence[int | None], label_smoothing: float, stacked: bool = False):
+        super().__init__()
+        self.model, self.bits, self.label_smoothing, self.stacked = model, list(bits), label_smoothing, stacked
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self.stacked:
+            from triqdef import stacked
+
+            logits = stacked.stacked_logits(self.model, x, self.bits)
+            return [(F.cross_entropy(lg, y, label_smoothing=self.label_smoothing), lg) for lg in logits]
+        out = []
+        for b in self.bits:
+            with quant.use_bitwidth(self.model, b):
+                logits = self.model(x)
+            out.append((F.cross_entropy(logits, y, label_smoothing=self.label_smoothing), logits))
+        return out
+
+
 def fit(
     model: nn.Module,
     images: torch.Tensor,
@@ -243,9 +271,20 @@ def fit(
     in one CUDA graph after 3 eager steps (:mod:`triqdef.training.graphed`), with fused SGD and a tensor learning
     rate. Neither changes the maths; both are refused in one line where they cannot run.
     Returns ``{"history": [...], "monitor": [...], "steps": n, "wall_time_s": t, "images_per_s": r}``.
+
+    In a process group (``torchrun``, :mod:`triqdef.training.distributed`) the model runs in
+    ``DistributedDataParallel``, each rank on its shard of every global batch, the bit-widths' backward
+    passes as one (:class:`JointCrossEntropy`); the history holds the ranks' mean losses and
+    accuracies, and rank 0 alone writes checkpoints and shows progress. ``step_fn`` and ``monitor`` are
+    single-process only.
     """
     device = device or torch.device("cpu")
     model.to(device)
+    if distributed.active() and (step_fn is not None or monitor is not None):
+        raise TriqdefError("data-parallel training runs the cross-entropy step without a monitor: expected "
+                           "step_fn=None and monitor=None under torchrun")
+    distributed.check_world(cfg.batch_size, "batch_size", distributed.world_size())
+    writer = distributed.is_writer()
     bits = list(bits) if bits else None
     total = cfg.total_steps(images.shape[0])
     stack = use_stacked(stacked, model, device, bits) if step_fn is None else False
@@ -255,6 +294,9 @@ def fit(
             log.info("base.compile: %s runs its own step eagerly (only the FP and joint-QAT steps are captured)",
                      meta.get("kind", "this run"))
             capture = False
+    if capture and distributed.active():
+        raise TriqdefError("parameter base.compile = true under torchrun: expected base.compile: false (a captured "
+                           "step in a process group is not supported yet)")
     stable = {k: meta.get(k) for k in ("kind", "model", "bits", "first_last_bits", "range_estimator", "params", "data", "init")}
     mode = {"stacked": stack, "captured": capture} if (stack or capture) else {}   # the CPU's run ids stay as before
     run_id = fingerprint({"cfg": asdict(cfg), "bits": bits, "seed": seed, "meta": stable, **mode})
@@ -292,15 +334,31 @@ def fit(
         opt.step()
         return record.unsettled()
 
+    joint = JointCrossEntropy(model, bits or [None], cfg.label_smoothing, stack)
+    net = distributed.wrap(joint, device)  # ``joint`` itself in a single process, which runs one_step instead
+
+    def ddp_step(x: torch.Tensor, y: torch.Tensor) -> dict:
+        opt.zero_grad(set_to_none=True)
+        outputs = net(x, y)
+        (sum(loss for loss, _ in outputs) / len(outputs)).backward()
+        opt.step()
+        values = {}
+        for b, (loss, logits) in zip(joint.bits, outputs):
+            key = "fp" if b is None else str(b)
+            values[f"loss_{key}"] = loss.detach()
+            values[f"acc_{key}"] = (logits.argmax(1) == y).float().mean()
+        return distributed.mean_over_ranks(values)
+
     captured = CapturedStep(one_step, opt, model, warmup=CAPTURE_WARMUP) if capture else None
     if stack or capture:
         log.info("%s: joint QAT stacked %s, step captured in a CUDA graph %s", meta.get("kind", "run"), stack, capture)
     observe(start)
     model.train()
-    bar = tqdm(total=total, initial=start, desc=f"train {meta.get('kind', '')} {meta.get('model', '')}", disable=not progress, unit="step")
+    bar = tqdm(total=total, initial=start, desc=f"train {meta.get('kind', '')} {meta.get('model', '')}",
+               disable=not (progress and writer), unit="step")
     t0 = time.perf_counter() - elapsed
     for step in range(start, total):
-        x, y = step_batch(images, labels, step, seed, cfg)
+        x, y = map(distributed.shard, step_batch(images, labels, step, seed, cfg))
         x, y = x.to(device, memory_format=MEMORY_FORMAT), y.to(device)
         torch.manual_seed(seed * 1_000_003 + step)  # dropout
         lr = opt.param_groups[0]["lr"]
@@ -311,6 +369,8 @@ def fit(
             opt.zero_grad(set_to_none=True)
             record.extend(step_fn(model, x, y, step))
             opt.step()
+        elif net is not joint:
+            record.extend(ddp_step(x, y))
         else:
             record.extend(one_step(x, y))
         sched.step()
@@ -323,7 +383,7 @@ def fit(
         t_observe = monitor_s
         observe(done)
         t0 += monitor_s - t_observe  # the monitor's time is not training time
-        if done < total and (done % cfg.checkpoint_every == 0 or done == stop_after):
+        if writer and done < total and (done % cfg.checkpoint_every == 0 or done == stop_after):
             settle_history(history)
             save_checkpoint(partial, model, meta, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                             step=done, history=history, elapsed=time.perf_counter() - t0, monitor=curve,
@@ -337,9 +397,11 @@ def fit(
     wall = time.perf_counter() - t0
     result = {"history": history, "monitor": curve, "monitor_s": monitor_s, "steps": total, "wall_time_s": wall,
               "images_per_s": total * cfg.batch_size / max(wall, 1e-9)}
-    save_checkpoint(out_path, model, dict(meta, steps=total, train_wall_time_s=wall), history=history, monitor=curve)
-    if partial.exists():
-        partial.unlink()
+    if writer:
+        save_checkpoint(out_path, model, dict(meta, steps=total, train_wall_time_s=wall), history=history, monitor=curve)
+        if partial.exists():
+            partial.unlink()
+    distributed.barrier()  # every rank returns with the checkpoint written
     return result
 
 

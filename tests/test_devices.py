@@ -42,3 +42,14 @@ def test_every_notebook_loader_puts_its_models_on_the_stage_device(stage):
     (before this, they evaluated on the CPU on a GPU machine: results/gpu/README.md)."""
     source = inspect.getsource(stage.load)
     assert "resolve_device(cfg.base.device)" in source and "to_device(" in source
+
+
+def test_a_quantized_model_stays_on_the_float_models_device():
+    """The GPU dry run of 2026-12-04 (Tables 2 and 11's PTQ models): quantize_model built its observers and BNs on the
+    CPU around a float model on the GPU, and calibration failed on mixed devices."""
+    from triqdef import quant
+    from triqdef.models import build_model
+
+    qmodel = quant.quantize_model(build_model("resnet20").to(META), [32, 8, 2], range_estimator={8: "max", 2: "mse"})
+    places = {t.device for t in (*qmodel.parameters(), *qmodel.buffers())}
+    assert places == {META}

@@ -480,6 +480,10 @@ def quantize_model(
                 replace(child, full)
 
     replace(qmodel, "")
+    # the new observers and BNs are built on the CPU: the model stays where the float model was (a GPU run's PTQ)
+    where = next(model.parameters(), None)
+    if where is not None:
+        qmodel.to(where.device)
     qmodel.triqdef_bits = bit_set
     qmodel.triqdef_first_last_bits = first_last_bits
     qmodel.triqdef_range_estimator = range_estimator

@@ -182,28 +182,42 @@ def paired(frame, a: dict, b: dict, frame_b=None) -> Paired:
     item 2). Patches are paired by (training seed, target): each side must hold one patch per pair (sets made one
     per class). A pair is evaluated only on the images that are eligible on both sides (clean-correct for both
     models, label ≠ target); no common image at all is an error."""
-    rows_a, rows_b = select(frame, **a), select(frame if frame_b is None else frame_b, **b)
-    for rows, where in ((rows_a, a), (rows_b, b)):
+    (out_a, out_b), per_target = aligned([frame, frame if frame_b is None else frame_b], [a, b])
+    return Paired(out_a, out_b, per_target)
+
+
+def aligned(frames, selections: list[dict]) -> tuple[list[Outcomes], dict[int, int]]:
+    """:func:`paired` for any number of selections (``frames[i]`` holds ``selections[i]``): every selection's
+    outcomes on the same patch rows, paired by (training seed, target), and the same image columns, each (patch,
+    image) eligible only where it is for every selection; and the number of common eligible images per target.
+    Used where a comparison involves more than two views, e.g. a ratio of two rates compared between two models
+    (:mod:`triqdef.eval.cross_bit`)."""
+    rows_all, keys_all = [], []
+    for frame, where in zip(frames, selections, strict=True):
+        rows = select(frame, **where)
         if rows.empty:
             raise TriqdefError(f"no outcomes for {_describe(where)}: expected rows in the store for that selection")
         pairs = rows.groupby(["seed", "target"])["patch_id"].nunique()
         if (pairs > 1).any():
             raise TriqdefError(f"{_describe(where)} has several patches for (seed, target) {pairs[pairs > 1].index[0]}: "
                                "expected one patch per target to pair them")
-    keys_a = {(s, t): p for s, t, p in zip(rows_a["seed"], rows_a["target"], rows_a["patch_id"])}
-    keys_b = {(s, t): p for s, t, p in zip(rows_b["seed"], rows_b["target"], rows_b["patch_id"])}
-    shared = sorted(set(keys_a) & set(keys_b))
+        rows_all.append(rows)
+        keys_all.append({(s, t): p for s, t, p in zip(rows["seed"], rows["target"], rows["patch_id"])})
+    names = " and ".join(_describe(w) for w in selections)
+    shared = sorted(set.intersection(*(set(k) for k in keys_all)))
     if not shared:
-        raise TriqdefError(f"comparison between {_describe(a)} and {_describe(b)}: no (seed, target) in common to pair "
-                           "their patches")
-    images = np.intersect1d(rows_a["image_id"].unique(), rows_b["image_id"].unique())
-    hits_a, elig_a = _matrix(rows_a, [(s, t, keys_a[(s, t)]) for s, t in shared], images)
-    hits_b, elig_b = _matrix(rows_b, [(s, t, keys_b[(s, t)]) for s, t in shared], images)
-    both = elig_a & elig_b
+        raise TriqdefError(f"comparison between {names}: no (seed, target) in common to pair their patches")
+    images = rows_all[0]["image_id"].unique()
+    for rows in rows_all[1:]:
+        images = np.intersect1d(images, rows["image_id"].unique())
+    images = np.sort(images)
+    matrices = [_matrix(rows, [(s, t, keys[(s, t)]) for s, t in shared], images)
+                for rows, keys in zip(rows_all, keys_all)]
+    both = np.logical_and.reduce([eligible for _, eligible in matrices])
     if not both.any():
-        raise TriqdefError(f"comparison between {_describe(a)} and {_describe(b)}: no common images (none is eligible "
-                           "for both: clean-correct on both models and not of the patch's target class)")
+        raise TriqdefError(f"comparison between {names}: no common images (none is eligible for every side: "
+                           "clean-correct on every model and view, and not of the patch's target class)")
     per_target: dict[int, int] = {}
     for (seed, target), row in zip(shared, both):
         per_target[int(target)] = per_target.get(int(target), 0) + int(row.sum())
-    return Paired(Outcomes(hits_a, both), Outcomes(hits_b, both), per_target)
+    return [Outcomes(hits, both) for hits, _ in matrices], per_target

@@ -78,6 +78,9 @@ def test_pipeline_time_section_sums_the_recorded_stage_times_in_reference_steps(
     assert "| defenses/pbat | 2026-11-27 10:00 | 8820 | 700 † | 12,600 | reference 2.0 days from the run |" in text
     _timed_stage(tmp_path, "patches", {"wall_time_s": 720.0}, "2026-12-01T10:40:00+00:00")   # +1,200 steps
     assert "14,000 reference steps: **over**" in build_report(tmp_path, CPU)
+    _reference(tmp_path, ("2026-12-01", 600.0), ("2026-11-27T10:00:00+00:00", 700.0))   # a date alone: marked too
+    assert "| train_fp | 2026-12-01 10:00 | 120 | 600 † | 200 | reference of that day, time not recorded |" in \
+        build_report(tmp_path, CPU)
 
 
 def test_reference_log_refuses_a_line_that_is_not_a_measurement(tmp_path):

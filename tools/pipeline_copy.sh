@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the whole DVC pipeline of one profile from scratch in a copy of this repository:
 #   tools/pipeline_copy.sh DIR PROFILE [OVERLAY.yaml]
-# DIR receives the files git tracks or would track, less the outputs (results/, dvc.lock, dvc-store/); params.yaml's
+# DIR receives the files git tracks or would track, less the outputs (results/, dvc.lock, dvc-store/; but the machine's
+# reference-step log results/bench/reference_log.jsonl, which the report stage reads); params.yaml's
 # base.profile becomes PROFILE, and OVERLAY (optional) is merged into params.yaml, key by key, before the run (e.g.
 # tools/gpu_dry_run.yaml: the gpu profile with its sizes cut, to test it on a CPU). Data: `triqdef data fetch` of the
 # profile's data.source (smoke: the committed sample; else the mirror, from this repository's
@@ -16,7 +17,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$copy"
 git -C "$repo" ls-files -z --cached --others --exclude-standard \
   | while IFS= read -r -d '' f; do
-      [[ -e $repo/$f && $f != results/* && $f != dvc.lock && $f != dvc-store/* ]] && printf '%s\0' "$f"
+      [[ -e $repo/$f && ($f != results/* || $f == results/bench/reference_log.jsonl) && $f != dvc.lock \
+         && $f != dvc-store/* ]] && printf '%s\0' "$f"
     done \
   | tar -C "$repo" --null -T - -cf - | tar -xf - -C "$copy"
 cd "$copy"

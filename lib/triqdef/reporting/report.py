@@ -883,12 +883,13 @@ def in_reference_steps(times: pd.DataFrame, log: list[dict]) -> pd.DataFrame:
     from triqdef.eval.reference import nearest
 
     out = times.copy()
-    ms, gap = [], []
+    ms, gap, timed = [], [], []
     for r in times.itertuples():
         hit = nearest(log, r.created) if r.seconds > 0 else None
         ms.append(float(hit[0]["median_ms"]) if hit else float("nan"))
         gap.append(hit[1] if hit else float("nan"))
-    out["reference_ms"], out["gap_h"] = ms, gap
+        timed.append(bool(hit) and "T" in str(hit[0]["measured_at"]))   # a date alone: time of day not recorded
+    out["reference_ms"], out["gap_h"], out["reference_timed"] = ms, gap, timed
     out["reference_steps"] = out["seconds"] * 1000 / out["reference_ms"]
     out.loc[out["seconds"] == 0, "reference_steps"] = 0.0
     return out
@@ -905,7 +906,8 @@ def _time_section(results: Path, profile: str) -> list[str]:
     total_min = t["seconds"].sum() / 60
     converted = t["reference_steps"].notna()
     total_ref = t.loc[converted, "reference_steps"].sum()
-    far = int((t["gap_h"] > SAME_SESSION_H).sum())
+    marked = (t["gap_h"] > SAME_SESSION_H) | (converted & ~t["reference_timed"] & (t["seconds"] > 0))
+    far = int(marked.sum())
     lines = ["## Pipeline time", "",
              "Wall time each stage recorded in `results/metrics` (the process's own clock: interpreter start-up and "
              "DVC's bookkeeping, a few seconds a stage, are not counted), and the same in *reference steps*: divided "
@@ -927,7 +929,7 @@ def _time_section(results: Path, profile: str) -> list[str]:
             summary += f". Budget of the `{profile}` profile: {budget:,} reference steps: **{verdict}**"
             if far:
                 summary += (f" (approximate: {far} stage(s) converted with a reference measured more than "
-                            f"{SAME_SESSION_H} h from their run, marked †)")
+                            f"{SAME_SESSION_H} h from their run, or on their day at a time not recorded, marked †)")
         else:
             summary += f". Budget of the `{profile}` profile: {budget:,} reference steps: **not checkable** here"
     elif profile in BUDGET_MIN:
@@ -935,11 +937,11 @@ def _time_section(results: Path, profile: str) -> list[str]:
                     f"**{'within' if total_min <= BUDGET_MIN[profile] else 'over'}**")
     lines += [summary + ".", "", "| stage | run ended (UTC) | seconds | reference step (ms) | reference steps | note |",
               "|---|---|---|---|---|---|"]
-    for r in t.itertuples():
-        mark = " †" if r.gap_h > SAME_SESSION_H else ""
-        ref = "" if r.reference_ms != r.reference_ms else f"{r.reference_ms:,.0f}{mark}"
+    for r, mark in zip(t.itertuples(), marked):
+        ref = "" if r.reference_ms != r.reference_ms else f"{r.reference_ms:,.0f}{' †' if mark else ''}"
         steps = "" if r.reference_steps != r.reference_steps else f"{r.reference_steps:,.0f}"
-        note = r.note or (f"reference {r.gap_h / 24:.1f} days from the run" if mark else "")
+        note = r.note or ("" if not mark else f"reference {r.gap_h / 24:.1f} days from the run"
+                          if r.gap_h > SAME_SESSION_H else "reference of that day, time not recorded")
         lines.append(f"| {r.stage} | {r.created[:16].replace('T', ' ')} | {r.seconds:.0f} | {ref} | {steps} | {note} |")
     return lines + [""]
 

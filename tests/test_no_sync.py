@@ -130,3 +130,14 @@ def test_a_record_keeps_tensors_until_read_and_then_gives_the_old_floats():
     assert out == {"step": 3, "loss": a.item(), "mean": (0.0 + a.item() + b.item()) / 2,
                    "total": a.item() + 2 * ((0.0 + a.item() + b.item()) / 2)}
     assert type(out["loss"]) is float and type(out["step"]) is int
+
+
+def test_host_to_device_leaves_cpu_data_as_it_is():
+    """On the CPU the copy helper is the tensor itself (the CPU's results unchanged); elsewhere it moves the data
+    (on CUDA from pinned memory, without a wait: results/gpu/syncs/)."""
+    from triqdef.syncguard import host_to_device
+
+    t = torch.arange(6)
+    assert host_to_device(t, "cpu") is t
+    moved = host_to_device(t, torch.device("meta"))
+    assert moved.device.type == "meta" and moved.shape == t.shape

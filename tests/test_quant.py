@@ -388,3 +388,22 @@ def test_observer_update_is_torch_ao_bit_for_bit_and_calibration_is_rechecked_af
         q.observer.reset_min_max_vals()
         with pytest.raises(RuntimeError, match="calibration"):
             q(x)
+
+
+@pytest.mark.parametrize("bits", [8, 5, 4, 2])
+def test_weight_quantization_is_pytorchs_per_channel_op_bit_for_bit(bits):
+    """quantize_weight skips torch.fake_quantize_per_channel_affine (whose zero-point check syncs with the GPU) but
+    keeps its values and gradient, on random and tie-heavy weights of the network's shapes."""
+    g = torch.Generator().manual_seed(bits)
+    qmax = quant.signed_qmax(bits)
+    for shape in [(16, 3, 3, 3), (64, 64, 3, 3), (10, 64)]:
+        for ties in (False, True):
+            w = torch.randn(shape, generator=g) * 0.3
+            w = (torch.round(w * 8) / 8 if ties else w).requires_grad_()
+            with torch.no_grad():
+                scale = (w.abs().reshape(shape[0], -1).amax(1) / qmax).clamp_min(torch.finfo(torch.float32).tiny)
+            ref = torch.fake_quantize_per_channel_affine(w, scale, torch.zeros(shape[0], dtype=torch.int32), 0, -qmax, qmax)
+            ours = quant.quantize_weight(w, bits)
+            upstream = torch.randn(shape, generator=g)
+            assert torch.equal(ours, ref)
+            assert torch.equal(torch.autograd.grad(ours, w, upstream)[0], torch.autograd.grad(ref, w, upstream)[0])

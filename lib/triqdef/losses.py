@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from triqdef import perceptual as P
 from triqdef.errors import TriqdefError
+from triqdef.syncguard import host_to_device
 
 PAIR_REDUCTIONS = ("sum", "mean")
 
@@ -123,12 +124,14 @@ def pairwise_penalty(descs: Mapping[int, Sequence[Descriptor]], settings: Penalt
     n_layers = {len(d) for d in descs.values()}
     if len(n_layers) != 1:
         raise TriqdefError(f"descriptors of {sorted(n_layers)} layers: expected the same layers for every bit-width")
-    first, second = zip(*[(i, j) for i in range(len(bits)) for j in range(i + 1, len(bits))])
+    first, second = (torch.tensor(side) for side in zip(*[(i, j) for i in range(len(bits)) for j in range(i + 1, len(bits))]))
     total = 0.0
     for layer in range(n_layers.pop()):  # every unordered pair of bit-widths in one stacked call per layer
         stacked = _stack([descs[b][layer] for b in bits])
-        a = Descriptor(stacked.edges[list(first)], stacked.hog[list(first)])
-        b = Descriptor(stacked.edges[list(second)], stacked.hog[list(second)])
+        # the pair indices copied without a wait (an index list would be copied from pageable memory: a host sync)
+        i, j = (host_to_device(side, stacked.edges.device) for side in (first, second))
+        a = Descriptor(stacked.edges[i], stacked.hog[i])
+        b = Descriptor(stacked.edges[j], stacked.hog[j])
         total = total + 2.0 * pair_similarity(a, b, settings).sum()  # (i, j) and (j, i): P is symmetric
     if settings.pair_reduction == "mean":
         total = total / _n_ordered_pairs(len(bits))

@@ -56,6 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from triqdef.errors import TriqdefError
+from triqdef.syncguard import host_to_device
 
 __all__ = [
     "PerceptualInputError",
@@ -258,7 +259,8 @@ def to_map(x: torch.Tensor, kind: str = "feature", eps: float = 1e-12, *, blocki
 
 
 def _sobel_kernels(dtype: torch.dtype, device: torch.device, normalized: bool) -> torch.Tensor:
-    gx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=dtype, device=device)
+    # built on the host and copied without a wait (a tensor built on a GPU from a list is a synchronous copy)
+    gx = host_to_device(torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=dtype), device)
     if normalized:
         gx = gx / 8.0
     return torch.stack([gx, gx.t()]).unsqueeze(1)  # (2, 1, 3, 3): d/dx, d/dy

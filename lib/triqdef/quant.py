@@ -87,14 +87,20 @@ def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     with torch.no_grad():
         absmax = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1)
         scale = (absmax / qmax).clamp_min(torch.finfo(torch.float32).tiny).float()
-        zero_point = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
+    if w.dtype == torch.float32:
+        # torch.fake_quantize_per_channel_affine's values and gradient bit for bit (tests/test_quant.py), without the
+        # op's check of the zero points, which reads them into Python: 160 host syncs a joint-QAT step on a GPU
+        # (results/gpu/syncs/)
+        return _FakeQuantizePerTensor.apply(w, scale.view(-1, *[1] * (w.dim() - 1)), -qmax, qmax)
+    zero_point = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
     return torch.fake_quantize_per_channel_affine(w, scale, zero_point, 0, -qmax, qmax)
 
 
 class _FakeQuantizePerTensor(torch.autograd.Function):
-    """``s * clamp(round(x / s), qmin, qmax)`` with zero-point 0 and the straight-through gradient ``g * mask``.
+    """``s * clamp(round(x / s), qmin, qmax)`` with zero-point 0 and the straight-through gradient ``g * mask``;
+    ``s`` broadcasts against ``x``: one element (per tensor) or one per output channel (:func:`quantize_weight`).
 
-    The arithmetic is ``torch.fake_quantize_per_tensor_affine``'s: ``x`` times the float32 reciprocal of ``s``,
+    The arithmetic is ``torch.fake_quantize_per_tensor_affine``'s (and ``_per_channel_affine``'s): ``x`` times the float32 reciprocal of ``s``,
     rounded half to even, clamped, times ``s``; the mask is the in-range test of the rounded value. The
     backward is made of differentiable ops, so double backprop gives PyTorch's result too (``g * mask``
     is linear in ``g``).

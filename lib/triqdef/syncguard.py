@@ -16,6 +16,10 @@ The one sanctioned read is :func:`host_int`: a random choice drawn from a CPU ``
 which patch size) is host data, read by the host without waiting for the device. It asserts that its tensor is on
 the CPU and reads it inside :func:`host_reads`, the allow block. The random streams are the committed results', so
 those draws stay ``torch.randint(..., generator=g)`` on the CPU, read through this one helper.
+
+The guard's blind spot showed on an H200 (``tools/gpu_syncs.py``, ``results/gpu/syncs/``): the copies of such CPU
+draws (noise, patch contents, locations, index lists) to the GPU inside a step are copies from pageable memory,
+which wait for the device. :func:`host_to_device` copies them from pinned memory without waiting.
 """
 
 from __future__ import annotations
@@ -87,3 +91,13 @@ def host_int(t: torch.Tensor) -> int:
         raise TriqdefError(f"host_int of a tensor on {t.device}: expected a CPU tensor (reading a device tensor syncs)")
     with host_reads():
         return int(t)
+
+
+def host_to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``t`` (host data: a CPU draw, an index list) on ``device``. To a GPU it is copied from pinned memory without
+    blocking, where ``t.to(device)`` from pageable memory waits for the device (a host sync inside the step); on the
+    CPU it is ``t`` itself, so the CPU's results are unchanged."""
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)

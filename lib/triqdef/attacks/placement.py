@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from triqdef.attacks.patches import paste, random_locations, region_locations
 from triqdef.errors import TriqdefError
+from triqdef.syncguard import host_to_device
 
 PLACEMENTS = ("square", "eot")
 
@@ -37,7 +38,7 @@ def place_square(images: torch.Tensor, content: torch.Tensor, generator: torch.G
     else:
         locs = torch.tensor([location], dtype=torch.long).expand(m, 2)
     masks = None if mask is None else mask[None].expand(m, -1, -1, -1)
-    return paste(images, content, locs.to(images.device), masks)
+    return paste(images, content, host_to_device(locs, images.device), masks)
 
 
 def eot_canvas_range(size: int, image_size: int, border: int) -> tuple[int, int]:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from triqdef import quant
+from triqdef.syncguard import host_to_device
 
 
 def signed_gradient_steps(loss: Callable[[torch.Tensor, int], torch.Tensor], start: torch.Tensor, steps: int,
@@ -57,7 +58,7 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bits: int | Non
 
     Ascends the cross-entropy of ``(x + δ).clamp(0, 1)`` over ``δ ∈ [−ε, ε]`` with steps of ``alpha``.
     """
-    delta = (torch.rand(x.shape, generator=generator).to(x.device) * 2 - 1) * eps
+    delta = (host_to_device(torch.rand(x.shape, generator=generator), x.device) * 2 - 1) * eps
     with quant.eval_mode(model), quant.use_bitwidth(model, bits):
         delta = signed_gradient_steps(lambda d, k: F.cross_entropy(model((x + d).clamp(0, 1)), y), delta, steps,
                                       alpha, (-eps, eps))

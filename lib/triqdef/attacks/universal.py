@@ -41,6 +41,7 @@ from triqdef.attacks.patches import Patch, check_images, random_locations, regio
 from triqdef.attacks.placement import PLACEMENTS, eot_canvas_range, place_eot, place_square
 from triqdef.attacks.signed_gradient import cosine_decay
 from triqdef.errors import TriqdefError
+from triqdef.syncguard import host_to_device
 
 ATTACKS = {"lavan": ("logprob", "square"), "gap": ("ce", "eot"), "dpr": ("logprob", "square")}  # -> (loss, placement)
 SHAPED = ("dpr",)  # attacks whose patches learn a mask (a centre and sector radii) beside their content
@@ -179,14 +180,14 @@ def _chunk_forward(model: nn.Module, jobs: Sequence[_Job], contents: torch.Tenso
     for job, content, mask in zip(jobs, contents, masks):
         g, req = job.generator, job.request
         idx = job.pool[torch.randint(0, len(job.pool), (m,), generator=g)]
-        x = images[idx].to(device)
+        x = host_to_device(images[idx], device)
         if opt.placement == "eot":
             xs.append(place_eot(x, content, g, req.border, opt.max_rotation, opt.scale_range))
         else:
             xs.append(place_square(x, content, g, req.border, req.location if req.fixed_location else None, mask))
         ys.append(labels[idx])
-    y = torch.cat(ys).to(device)
-    t = torch.tensor([job.target for job in jobs], device=device).repeat_interleave(m)
+    y = host_to_device(torch.cat(ys), device)
+    t = host_to_device(torch.tensor([job.target for job in jobs]), device).repeat_interleave(m)
     logits = model(torch.cat(xs))
     loss = per_image_loss(opt.loss, logits, y, t)
     return loss.view(len(jobs), m), logits.view(len(jobs), m, -1), y.view(len(jobs), m), t.view(len(jobs), m)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from triqdef import quant
 from triqdef.attacks.patches import paste, random_locations
 from triqdef.errors import TriqdefError
-from triqdef.syncguard import host_int
+from triqdef.syncguard import host_int, host_to_device
 from triqdef.training.records import Later, StepRecord
 
 _CYCLE_SALT, _PATCH_SALT = 11, 13
@@ -58,7 +58,7 @@ def noisy_signed_steps(loss, start: torch.Tensor, steps: int, step_size: float, 
         (grad,) = torch.autograd.grad(loss(leaf, k), leaf)
         if sigma > 0:
             rms = grad.pow(2).mean().sqrt()
-            grad = grad + sigma * rms * torch.randn(grad.shape, generator=generator).to(grad.device)
+            grad = grad + sigma * rms * host_to_device(torch.randn(grad.shape, generator=generator), grad.device)
         x = (x.detach() + step_size * grad.sign()).clamp(0, 1)
     return x
 
@@ -111,21 +111,21 @@ class QADTRStep:
         contents = torch.empty(n, 3, size, size, device=x.device)
         if n_pool:
             pool = self.pool[size]
-            contents[:n_pool] = pool[torch.randint(0, len(pool), (n_pool,), generator=g)].to(x.device)
+            contents[:n_pool] = host_to_device(pool[torch.randint(0, len(pool), (n_pool,), generator=g)], x.device)
         attack_bits = self.bits[host_int(torch.randint(0, len(self.bits), (1,), generator=g))]
         if n_pool < n:
             rest_x, rest_y = x[n_pool:], y[n_pool:]
 
             def loss(patch: torch.Tensor, k: int) -> torch.Tensor:  # expectation over location
-                loc = random_locations(rest_x.shape[0], size, g, x.shape[-1], self.border).to(x.device)
+                loc = host_to_device(random_locations(rest_x.shape[0], size, g, x.shape[-1], self.border), x.device)
                 with quant.use_bitwidth(model, attack_bits):
                     return F.cross_entropy(model(paste(rest_x, patch.expand(rest_x.shape[0], -1, -1, -1), loc)), rest_y)
 
-            start = torch.rand(3, size, size, generator=g).to(x.device)
+            start = host_to_device(torch.rand(3, size, size, generator=g), x.device)
             with quant.eval_mode(model):
                 patch = noisy_signed_steps(loss, start, self.attack_steps, self.step_size, self.sigma, g)
             contents[n_pool:] = patch
-        loc = random_locations(n, size, g, x.shape[-1], self.border).to(x.device)
+        loc = host_to_device(random_locations(n, size, g, x.shape[-1], self.border), x.device)
         return paste(x, contents, loc).detach(), attack_bits
 
     def __call__(self, model, x, y, step) -> StepRecord:

@@ -53,7 +53,7 @@ from triqdef.bact import Schedule, enable_bits
 from triqdef.config import TriQDefParams, as_dict
 from triqdef.errors import TriqdefError
 from triqdef.losses import PenaltySettings, describe, one_sided_penalty, pairwise_penalty
-from triqdef.syncguard import host_int
+from triqdef.syncguard import host_int, host_to_device
 from triqdef.taps import StopForward, stop_after, tap_outputs
 from triqdef.training.records import Later, StepRecord, mean_of
 
@@ -160,10 +160,10 @@ class TriQDefStep:
         if self.s.patch_source == "pool":  # one size per step (the pool mixes the paper's and the matched size)
             pool = self.pool[size]
             idx = torch.randint(0, len(pool), (n,), generator=g)
-            contents = pool[idx].to(x.device)
+            contents = host_to_device(pool[idx], x.device)
         else:
             contents = self._on_the_fly(model, x, y, g, active, size)
-        loc = random_locations(n, size, g, x.shape[-1], self.s.border).to(x.device)
+        loc = host_to_device(random_locations(n, size, g, x.shape[-1], self.s.border), x.device)
         return paste(x, contents, loc)
 
     def _on_the_fly(self, model, x, y, g, active, size) -> torch.Tensor:
@@ -296,8 +296,8 @@ class PBATStep:
     def _patches(self, model, x, y, b, g) -> torch.Tensor:
         n = x.shape[0]
         size = self.sizes[host_int(torch.randint(0, len(self.sizes), (1,), generator=g))] if len(self.sizes) > 1 else self.sizes[0]
-        contents = torch.rand(n, 3, size, size, generator=g).to(x.device)
-        loc = random_locations(n, size, g, x.shape[-1], self.border).to(x.device)
+        contents = host_to_device(torch.rand(n, 3, size, size, generator=g), x.device)
+        loc = host_to_device(random_locations(n, size, g, x.shape[-1], self.border), x.device)
         with quant.eval_mode(model), quant.use_bitwidth(model, b):
             contents = signed_gradient_steps(lambda c, k: F.cross_entropy(model(paste(x, c, loc)), y), contents,
                                              self.attack_steps, self.step_size, (0, 1))

@@ -6,6 +6,7 @@
 #   steps.json            tools/gpu_steps.py: the loop's own step per mode (FP / joint QAT; sequential, stacked,
 #                         captured), marginal ms per step, and the paper profile's joint-QAT minutes from them
 #   triqdef_step.json     `triqdef --profile gpu bench train-step`: the TriQDef step against the QAT step
+#   syncs.json            tools/gpu_syncs.py: host syncs per training step, counted by CUDA
 #   env.txt, console.log
 # Run from the repository root of the copy the device tool makes:  bash tools/gpu_checks.sh
 set -uo pipefail
@@ -25,4 +26,6 @@ step loop steps
 timeout 200 python3 tools/gpu_steps.py --device cuda --short 20 --long 170 --out "$OUT/steps.json"
 step triqdef step
 timeout 100 python3 -m triqdef --quiet --profile gpu bench train-step --steps 10 --warmup 3 --out "$OUT/triqdef_step.json"
+step host syncs
+timeout 100 python3 tools/gpu_syncs.py --out "$OUT/syncs.json"
 step done

@@ -407,3 +407,16 @@ def test_weight_quantization_is_pytorchs_per_channel_op_bit_for_bit(bits):
             upstream = torch.randn(shape, generator=g)
             assert torch.equal(ours, ref)
             assert torch.equal(torch.autograd.grad(ours, w, upstream)[0], torch.autograd.grad(ref, w, upstream)[0])
+    # what backward keeps: the op's boolean mask, byte for byte (Table 17's memory column)
+    from triqdef.eval.bench import SavedTensorMeter
+
+    peaks = []
+    for fake in (lambda v: quant.quantize_weight(v, bits),
+                 lambda v: torch.fake_quantize_per_channel_affine(v, scale, torch.zeros(shape[0], dtype=torch.int32),
+                                                                  0, -qmax, qmax)):
+        meter = SavedTensorMeter()
+        with meter.hooks():
+            out = fake(w * 1.0)
+        peaks.append(meter.peak)
+        del out
+    assert peaks[0] == peaks[1]

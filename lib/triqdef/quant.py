@@ -88,19 +88,37 @@ def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
         absmax = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1)
         scale = (absmax / qmax).clamp_min(torch.finfo(torch.float32).tiny).float()
     if w.dtype == torch.float32:
-        # torch.fake_quantize_per_channel_affine's values and gradient bit for bit (tests/test_quant.py), without the
-        # op's check of the zero points, which reads them into Python: 160 host syncs a joint-QAT step on a GPU
-        # (results/gpu/syncs/)
-        return _FakeQuantizePerTensor.apply(w, scale.view(-1, *[1] * (w.dim() - 1)), -qmax, qmax)
+        # torch.fake_quantize_per_channel_affine's values, gradient and saved mask bit for bit (tests/test_quant.py),
+        # without the op's check of the zero points, which reads them into Python: 160 host syncs a joint-QAT step
+        # on a GPU (results/gpu/syncs/)
+        return _FakeQuantizeWeight.apply(w, scale.view(-1, *[1] * (w.dim() - 1)), qmax)
     zero_point = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
     return torch.fake_quantize_per_channel_affine(w, scale, zero_point, 0, -qmax, qmax)
 
 
-class _FakeQuantizePerTensor(torch.autograd.Function):
-    """``s * clamp(round(x / s), qmin, qmax)`` with zero-point 0 and the straight-through gradient ``g * mask``;
-    ``s`` broadcasts against ``x``: one element (per tensor) or one per output channel (:func:`quantize_weight`).
+class _FakeQuantizeWeight(torch.autograd.Function):
+    """:func:`quantize_weight`'s per-channel fake quantization, zero-point 0, range [-qmax, qmax]: the arithmetic of
+    ``torch.fake_quantize_per_channel_affine`` (``w`` times the float32 reciprocal of its channel's scale, rounded
+    half to even, clamped, times the scale) and its saved boolean in-range mask (the same bytes for backward, so
+    Table 17's memory column is unchanged); the gradient is ``g * mask``."""
 
-    The arithmetic is ``torch.fake_quantize_per_tensor_affine``'s (and ``_per_channel_affine``'s): ``x`` times the float32 reciprocal of ``s``,
+    @staticmethod
+    def forward(ctx, w, scale, qmax):
+        rounded = (w * torch.reciprocal(scale)).add_(_ROUNDING_MAGIC).sub_(_ROUNDING_MAGIC)
+        mask = (rounded >= -qmax) & (rounded <= qmax)
+        ctx.save_for_backward(mask)
+        return rounded.clamp_(-qmax, qmax).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None, None
+
+
+class _FakeQuantizePerTensor(torch.autograd.Function):
+    """``s * clamp(round(x / s), qmin, qmax)`` with zero-point 0 and the straight-through gradient ``g * mask``.
+
+    The arithmetic is ``torch.fake_quantize_per_tensor_affine``'s: ``x`` times the float32 reciprocal of ``s``,
     rounded half to even, clamped, times ``s``; the mask is the in-range test of the rounded value. The
     backward is made of differentiable ops, so double backprop gives PyTorch's result too (``g * mask``
     is linear in ``g``).

@@ -54,7 +54,7 @@ def test_captured_stacked_steps_train_as_the_eager_ones():
             opt.step()
             return {"loss": loss.detach()}
 
-        run = CapturedStep(step, opt, model, warmup=3) if mode == "captured" else step
+        run = CapturedStep(step, opt, warmup=3) if mode == "captured" else step
         losses = []
         for i in range(8):
             losses.append(run(*_batch(i, device))["loss"])

@@ -19,7 +19,7 @@ from triqdef.config import require_positive_int
 from triqdef.models import MEMORY_FORMAT, build_model, input_size
 
 
-def _step(model, opt, x, y, bits):
+def joint_qat_step(model, opt, x, y, bits):
     """One SGD step of joint QAT: the cross-entropy averaged over ``bits`` (None: the model as it is), one graph at a time."""
     opt.zero_grad(set_to_none=True)
     for b in bits:
@@ -55,7 +55,7 @@ def train_throughput(model_name: str = "resnet20", bits=(32, 8, 5, 4, 2), single
     for i in range(warmup + steps):
         for k, (m, bl) in variants.items():
             t0 = time.perf_counter()
-            _step(m, opts[k], x, y, bl)
+            joint_qat_step(m, opts[k], x, y, bl)
             if i >= warmup:
                 times[k].append(time.perf_counter() - t0)
     out = {"model": model_name, "batch_size": batch_size, "steps": steps, "threads": torch.get_num_threads()}
@@ -163,7 +163,7 @@ def _bench_models(model_name, bit_set, x, seed, names, dev, range_estimator="max
 def _runner(model, opt, step_fn, x, y, bits, records: list | None = None):
     def run(i):
         if step_fn is None:
-            _step(model, opt, x, y, bits)
+            joint_qat_step(model, opt, x, y, bits)
         else:
             opt.zero_grad(set_to_none=True)
             rec = step_fn(model, x, y, i + 1)  # step >= 1: a BACT schedule's step 0 would calibrate

@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from triqdef import quant
 from triqdef.config import require_positive_int
 from triqdef.errors import TriqdefError
+from triqdef.eval.bench import joint_qat_step
 from triqdef.models import MEMORY_FORMAT, build_model
 
 REFERENCE = "joint 5-bit-width QAT step (32/8/5/4/2), ResNet-20, batch 128, SGD, sequential bit-widths"
@@ -68,11 +68,7 @@ def measure(steps: int = 20, warmup: int = 3, device: str | torch.device = "cpu"
     for i in range(warmup + steps):
         _synchronize(device)
         t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        for b in BITS:
-            with quant.use_bitwidth(model, b):
-                (F.cross_entropy(model(x), y) / len(BITS)).backward()
-        opt.step()
+        joint_qat_step(model, opt, x, y, BITS)
         _synchronize(device)
         if i >= warmup:
             times.append(1000 * (time.perf_counter() - t0))

@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn as nn
 
 from triqdef.errors import TriqdefError
 
@@ -55,10 +54,10 @@ class CapturedStep:
     a caller may keep them across steps.
     """
 
-    def __init__(self, step: Step, optimizer: torch.optim.Optimizer, model: nn.Module, warmup: int = 3):
+    def __init__(self, step: Step, optimizer: torch.optim.Optimizer, warmup: int = 3):
         if warmup < 1:
             raise TriqdefError(f"CapturedStep warmup = {warmup}: expected >= 1 (the momentum buffers must exist)")
-        self.step, self.optimizer, self.model, self.warmup = step, optimizer, model, warmup
+        self.step, self.optimizer, self.warmup = step, optimizer, warmup
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self._static: tuple[torch.Tensor, torch.Tensor] | None = None

@@ -349,7 +349,7 @@ def fit(
             values[f"acc_{key}"] = (logits.argmax(1) == y).float().mean()
         return distributed.mean_over_ranks(values)
 
-    captured = CapturedStep(one_step, opt, model, warmup=CAPTURE_WARMUP) if capture else None
+    captured = CapturedStep(one_step, opt, warmup=CAPTURE_WARMUP) if capture else None
     if stack or capture:
         log.info("%s: joint QAT stacked %s, step captured in a CUDA graph %s", meta.get("kind", "run"), stack, capture)
     observe(start)

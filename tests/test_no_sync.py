@@ -132,6 +132,20 @@ def test_a_record_keeps_tensors_until_read_and_then_gives_the_old_floats():
     assert type(out["loss"]) is float and type(out["step"]) is int
 
 
+
+def test_a_snapshot_of_a_record_keeps_its_values_when_the_tensors_are_overwritten():
+    """A CUDA graph overwrites its output tensors at every replay; CapturedStep hands back snapshots, whose tensors
+    (also those a mean_of reads) are copies, and whose Python values are kept."""
+    from triqdef.training.records import Later, mean_of, snapshot
+
+    a, b = torch.tensor(0.25), torch.tensor(0.75)
+    raw = {"n": 4, "loss": a, "mean": mean_of([a, b]), "twice": Later(lambda r: 2 * r["loss"])}
+    kept = StepRecord({k: snapshot(v) for k, v in raw.items()})
+    a.fill_(9.0)
+    b.fill_(9.0)
+    assert dict(kept.items()) == {"n": 4, "loss": 0.25, "mean": 0.5, "twice": 0.5}
+    assert StepRecord(raw)["mean"] == 9.0   # without the snapshot, the overwrite shows
+
 def test_host_to_device_leaves_cpu_data_as_it_is():
     """On the CPU the copy helper is the tensor itself (the CPU's results unchanged); elsewhere it moves the data
     (on CUDA from pinned memory, without a wait: results/gpu/syncs/)."""

@@ -11,7 +11,10 @@ warm-up and the capture. Modes:
 * ``fp``, ``fp_captured``: the FP step, eager and in one CUDA graph (``base.compile``);
 * ``qat_sequential``: joint QAT over 32/8/5/4/2 bits, one pass per bit-width (``base.stacked: off``, the CPU's);
 * ``qat_stacked``, ``qat_stacked_captured``: the same with the bit-widths stacked (``base.stacked: on``), eager
-  and in one CUDA graph.
+  and in one CUDA graph;
+* ``triqdef``, ``triqdef_captured``: the TriQDef step (every bit-width active, BACT's last stage; the ``gpu``
+  profile's settings: GPDP every step, maps pooled by 2, patches from a pool of 12×12 ones), eager and with its
+  device part in CUDA graphs (``base.compile``; one graph per key: GPDP runs every step here, so one).
 
 It prints and writes, per mode, the marginal ms per step and the last logged losses (the modes train the same model
 the same way, so their losses agree to float rounding), and the paper profile's joint-QAT time estimated from them.
@@ -31,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 import torch  # noqa: E402
 
 from triqdef import quant  # noqa: E402
+from triqdef.bact import Schedule  # noqa: E402
 from triqdef.config import TrainParams  # noqa: E402
+from triqdef.defenses.steps import TriQDefSettings, TriQDefStep  # noqa: E402
 from triqdef.models import build_model  # noqa: E402
 from triqdef.training.loop import fit  # noqa: E402
 
@@ -43,7 +48,11 @@ MODES = {   # name: (bits, stacked, captured)
     "qat_sequential": (BITS, "off", False),
     "qat_stacked": (BITS, "on", False),
     "qat_stacked_captured": (BITS, "on", True),
+    "triqdef": ("triqdef", "off", False),
+    "triqdef_captured": ("triqdef", "off", True),
 }
+TRIQDEF_PARAMS = {"taps": ("layer1.0.relu1", "layer2.0.relu1", "layer3.0.relu1"), "gpdp_every": 1, "gpdp_joint": False,
+                  "gpdp_sub_batch": 8, "downsample": 2, "pair_reduction": "mean"}   # params.yaml triqdef, gpu profile
 PAPER_QAT_STEPS = 200 * (49_000 // 128)   # the paper profile's joint QAT run: 200 epochs of 383 steps
 
 
@@ -64,14 +73,25 @@ def model_for(bits, device) -> torch.nn.Module:
     return model.to(device)
 
 
+def triqdef_step(steps: int, images: torch.Tensor) -> TriQDefStep:
+    """The TriQDef step of the gpu profile, every bit-width active from the first step (no BACT calibration)."""
+    g = torch.Generator().manual_seed(1)
+    pool = torch.rand(20, 3, 12, 12, generator=g)
+    holdout = [images[:128].float() / 255]
+    return TriQDefStep(TriQDefSettings.from_params(TRIQDEF_PARAMS), Schedule.constant(BITS, steps), pool, holdout, 0,
+                       calibrate_new_bits=False)
+
+
 def run_mode(name: str, steps: int, data, device, work: Path) -> dict:
     bits, stacked, captured = MODES[name]
     images, labels = data
+    step_fn = triqdef_step(steps, images) if bits == "triqdef" else None
+    bits = BITS if step_fn is not None else bits
     model = model_for(bits, device)
     t = time.perf_counter()
     res = fit(model, images, labels, train_params(steps), seed=0, out_path=work / f"{name}-{steps}.pt",
-              meta={"kind": name}, work_dir=work, bits=bits, device=device, progress=False, stacked=stacked,
-              capture=captured)
+              meta={"kind": name}, work_dir=work, bits=None if step_fn is not None else bits, device=device,
+              progress=False, stacked=stacked, capture=captured, step_fn=step_fn)
     if device.type == "cuda":
         torch.cuda.synchronize()
     last = res["history"][-1]

@@ -136,6 +136,15 @@ def triqdef_settings(tq: TriQDefParams, model_name: str, **overrides) -> TriQDef
     return TriQDefSettings.from_params(dict(cfg, taps=list(tq.taps_of(model_name))))
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What a step's host-side part hands its device part: ``key``, the Python-side decisions (a CUDA graph per
+    key, :class:`triqdef.training.graphed.CapturedStep`), and ``inputs``, the device tensors it computes on."""
+
+    key: tuple
+    inputs: tuple[torch.Tensor, ...]
+
+
 class TriQDefStep:
     """One TriQDef training step (see the module docstring); ``log`` keys: loss_clean, loss_adv, fdp, gpdp, total, n_bits."""
 
@@ -199,19 +208,37 @@ class TriQDefStep:
         return s.lambda_gpdp * (s.gpdp_every if s.gpdp_scaled else 1)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> StepRecord:
+        """The step, eagerly: :meth:`prepare`, then :meth:`compute` (timing each of its three phases)."""
+        prepared = self.prepare(model, x, y, step)
+        return self.compute(model, *prepared.inputs, key=prepared.key, timed=True)
+
+    def prepare(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> Prepared:
+        """The part of a step that draws on the host and decides in Python: BACT's newly enabled bit-widths (BN
+        copied, calibrated), the patched images (pool patches and locations from the step's generator), and which
+        bit-widths and penalties this step runs, the :class:`Prepared` key. Runs eagerly, also when the rest is
+        replayed from a CUDA graph (``base.compile``, :class:`triqdef.training.graphed.CapturedStep`)."""
         s = self.s
         new = self.schedule.enabled_at(step)
         if new and self.calibrate_new_bits:
             prev = [b for b in self.schedule.active(step) if b not in new]
             enable_bits(model, new, prev, [h.to(x.device) for h in self.holdout])
-        active = self.schedule.active(step)
-        n_bits = len(active)
+        active = tuple(self.schedule.active(step))
         n_adv = max(1, int(round(s.rho * x.shape[0])))
         n_clean = x.shape[0] - n_adv
-        x_adv = self._patched(model, x[n_clean:], y[n_clean:], step, active)
-        x_clean, y_clean, y_adv = x[:n_clean], y[:n_clean], y[n_clean:]
+        x_adv = self._patched(model, x[n_clean:], y[n_clean:], step, list(active))
+        use_gpdp = s.lambda_gpdp > 0 and len(active) >= 2 and step % s.gpdp_every == 0
+        return Prepared((active, use_gpdp), (x[:n_clean], y[:n_clean], x_adv, y[n_clean:]))
+
+    def compute(self, model: nn.Module, x_clean: torch.Tensor, y_clean: torch.Tensor, x_adv: torch.Tensor,
+                y_adv: torch.Tensor, *, key: tuple, timed: bool = False) -> StepRecord:
+        """The losses of one step and their ``backward`` (eq. 4): the device part of the step, reading nothing
+        into Python, so that a CUDA graph can hold it. ``key`` = (active bit-widths, GPDP this step) from
+        :meth:`prepare`; ``timed`` logs each phase's wall time (``ms_*``; meaningless inside a graph)."""
+        s = self.s
+        active, use_gpdp = key
+        active = list(active)
+        n_bits = len(active)
         use_fdp = s.lambda_fdp > 0 and n_bits >= 2
-        use_gpdp = s.lambda_gpdp > 0 and n_bits >= 2 and step % s.gpdp_every == 0
         rec = StepRecord({"n_bits": n_bits})
         lambda_gpdp = self.gpdp_weight
 
@@ -275,7 +302,8 @@ class TriQDefStep:
                         others = {o: d for o, d in detached.items() if o != b}
                         (lambda_gpdp * one_sided_penalty(own, others, n_bits, s.penalty)).backward()
         t3 = time.perf_counter()
-        rec.update(ms_fdp_pass=1000 * (t1 - t0), ms_main_pass=1000 * (t2 - t1), ms_gpdp=1000 * (t3 - t2))
+        if timed:
+            rec.update(ms_fdp_pass=1000 * (t1 - t0), ms_main_pass=1000 * (t2 - t1), ms_gpdp=1000 * (t3 - t2))
         rec["total"] = Later(lambda r: r["loss_clean"] + s.lambda_adv * r["loss_adv"] + s.lambda_fdp * r.get("fdp", 0.0)
                              + lambda_gpdp * r.get("gpdp", 0.0))
         return rec

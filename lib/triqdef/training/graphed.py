@@ -21,14 +21,14 @@ turns it on, and on a device that cannot capture it is refused in one line.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import functools
+from collections.abc import Callable, Hashable
 
 import torch
 
 from triqdef.errors import TriqdefError
-
-Step = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
-
+from triqdef.training.records import snapshot
 
 def check_capturable(device: torch.device) -> None:
     """Refuse ``base.compile`` where no CUDA graph can be captured (one line)."""
@@ -42,47 +42,80 @@ def capturable_optimizer(params, lr: float, momentum: float, weight_decay: float
     """SGD whose update a CUDA graph can hold: fused, its learning rate a tensor on ``device`` (the same maths as
     :func:`triqdef.training.loop.make_optimizer`'s SGD, in one fused kernel)."""
     check_capturable(device)
-    return torch.optim.SGD(params, lr=torch.tensor(float(lr), device=device), momentum=momentum,
-                           weight_decay=weight_decay, nesterov=nesterov, fused=True)
+    opt = torch.optim.SGD(params, lr=torch.tensor(float(lr), device=device), momentum=momentum,
+                          weight_decay=weight_decay, nesterov=nesterov, fused=True)
+    fill_momentum_buffers(opt)
+    return opt
+
+
+def fill_momentum_buffers(optimizer: torch.optim.SGD) -> None:
+    """Give every parameter without one a zero momentum buffer (after building the optimizer, and after loading its
+    state from a checkpoint). The first update is the same as with SGD's lazily made buffer (0 * momentum + grad =
+    grad), and a parameter whose first gradient comes late (a BN that BACT enables mid-run) meets buffers beside
+    it, not the mix of buffers and None that fused SGD refuses."""
+    for group in optimizer.param_groups:
+        if group["momentum"]:
+            for p in group["params"]:
+                if optimizer.state[p].get("momentum_buffer") is None:
+                    optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 class CapturedStep:
-    """``step(x, y)`` (zero the gradients, forward, backward, optimiser step; returns detached tensors to log)
-    run eagerly ``warmup`` times, then captured in a CUDA graph at the next call and replayed from then on.
+    """``step(*inputs)`` (zero the gradients, forward, backward, optimiser step; returns the values to log) run
+    eagerly ``warmup`` times, then captured in a CUDA graph at the next call and replayed from then on.
 
-    Calling it is a training step either way; the returned tensors are fresh (cloned from the graph's outputs), so
-    a caller may keep them across steps.
+    ``key`` names the graph a call replays: a step whose Python-side decisions change from call to call (which
+    bit-widths are active, whether GPDP runs this step: :class:`triqdef.defenses.steps.TriQDefStep`) passes them as
+    the key, and each key gets its own warm-up calls and its own graph; a graph replays only calls of its key. The
+    inputs are copied into the graph's static inputs before each replay, so their shapes belong to the key too.
+
+    Calling it is a training step either way; the returned values are fresh (tensors, and those a
+    :class:`~triqdef.training.records.Later` reads, cloned from the graph's outputs), so a caller may keep them
+    across steps. Python values in the record are those of the capture: constants of the key.
     """
 
-    def __init__(self, step: Step, optimizer: torch.optim.Optimizer, warmup: int = 3):
+    def __init__(self, step: Callable[..., dict], optimizer: torch.optim.Optimizer, warmup: int = 3):
         if warmup < 1:
             raise TriqdefError(f"CapturedStep warmup = {warmup}: expected >= 1 (the momentum buffers must exist)")
         self.step, self.optimizer, self.warmup = step, optimizer, warmup
-        self.calls = 0
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self._static: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._outputs: dict[str, torch.Tensor] = {}
+        self.calls: dict[Hashable, int] = {}
+        self._graphs: dict[Hashable, _Graph] = {}
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        self.calls += 1
-        if self.graph is None and self.calls <= self.warmup:
+    @property
+    def graphs(self) -> int:
+        """How many graphs have been captured (one per key)."""
+        return len(self._graphs)
+
+    def __call__(self, *inputs: torch.Tensor, key: Hashable = None) -> dict:
+        key = (key, tuple((tuple(t.shape), t.dtype) for t in inputs))
+        run = self.step if key[0] is None else functools.partial(self.step, key=key[0])
+        self.calls[key] = self.calls.get(key, 0) + 1
+        graph = self._graphs.get(key)
+        if graph is None and self.calls[key] <= self.warmup:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                out = self.step(x, y)
+                out = run(*inputs)
             torch.cuda.current_stream().wait_stream(side)
             return out
-        if self.graph is None:
-            self._capture(x, y)
-        static_x, static_y = self._static
-        static_x.copy_(x)
-        static_y.copy_(y)
-        self.graph.replay()
-        return {k: v.clone() for k, v in self._outputs.items()}
+        if graph is None:
+            graph = self._graphs[key] = self._capture(run, inputs)
+        for static, value in zip(graph.inputs, inputs):
+            static.copy_(value)
+        graph.graph.replay()
+        return {k: snapshot(v) for k, v in graph.outputs.items()}
 
-    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self._static = (x.clone(), y.clone())
+    def _capture(self, run: Callable[..., dict], inputs: tuple[torch.Tensor, ...]) -> _Graph:
+        static = tuple(t.clone() for t in inputs)
         self.optimizer.zero_grad(set_to_none=True)   # the gradients are allocated from the graph's own pool
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._outputs = self.step(*self._static)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = run(*static)
+        return _Graph(graph, static, outputs)
+
+
+@dataclasses.dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    inputs: tuple[torch.Tensor, ...]
+    outputs: dict

@@ -42,7 +42,7 @@ from triqdef.data.cifar import iter_batches, to_float
 from triqdef.errors import TriqdefError
 from triqdef.meta import atomic_path, plain, read_torch_file
 from triqdef.models import MEMORY_FORMAT, MODEL_NAMES, build_model
-from triqdef.training.graphed import CapturedStep, capturable_optimizer, check_capturable
+from triqdef.training.graphed import CapturedStep, capturable_optimizer, check_capturable, fill_momentum_buffers
 from triqdef.training.records import StepRecord, settle
 
 log = logging.getLogger("triqdef.training.loop")
@@ -230,6 +230,13 @@ class JointCrossEntropy(nn.Module):
         return out
 
 
+def capturable_step(step_fn) -> bool:
+    """Whether a ``step_fn`` comes in the two parts a CUDA graph needs: ``prepare(model, x, y, step)``, eager (host
+    draws, Python decisions), returning a :class:`~triqdef.defenses.steps.Prepared`, and ``compute(model, *inputs,
+    key=)``, which reads nothing into Python (:class:`~triqdef.defenses.steps.TriQDefStep`)."""
+    return callable(getattr(step_fn, "prepare", None)) and callable(getattr(step_fn, "compute", None))
+
+
 def fit(
     model: nn.Module,
     images: torch.Tensor,
@@ -267,8 +274,9 @@ def fit(
     before the first step, every ``monitor_every`` steps and after the last: the convergence curve of
     notebook 02. Its time is measured apart and not counted in ``wall_time_s``.
     ``stacked`` (``base.stacked``: auto | on | off, :func:`use_stacked`) runs joint QAT's bit-widths in one stacked
-    pass; ``capture`` (``base.compile``) captures the loop's own step (FP or joint QAT; a ``step_fn`` runs eagerly)
-    in one CUDA graph after 3 eager steps (:mod:`triqdef.training.graphed`), with fused SGD and a tensor learning
+    pass; ``capture`` (``base.compile``) captures the loop's own step (FP or joint QAT), or the device part of a
+    two-part ``step_fn`` (:func:`capturable_step`; TriQDef's, one graph per key; other defenses run eagerly), in a
+    CUDA graph after 3 eager steps (:mod:`triqdef.training.graphed`), with fused SGD and a tensor learning
     rate. Neither changes the maths; both are refused in one line where they cannot run.
     Returns ``{"history": [...], "monitor": [...], "steps": n, "wall_time_s": t, "images_per_s": r}``.
 
@@ -290,8 +298,8 @@ def fit(
     stack = use_stacked(stacked, model, device, bits) if step_fn is None else False
     if capture:
         check_capturable(device)
-        if step_fn is not None:
-            log.info("base.compile: %s runs its own step eagerly (only the FP and joint-QAT steps are captured)",
+        if step_fn is not None and not capturable_step(step_fn):
+            log.info("base.compile: %s runs its own step eagerly (the FP, joint-QAT and TriQDef steps are captured)",
                      meta.get("kind", "this run"))
             capture = False
     if capture and distributed.active():
@@ -313,6 +321,7 @@ def fit(
         if capture:   # the learning rate back on the device, where the captured step reads it
             for group in opt.param_groups:
                 group["lr"] = torch.tensor(float(group["lr"]), device=device)
+            fill_momentum_buffers(opt)
         start, history, elapsed = ck["step"], ck["history"], ck["elapsed"]
         curve, monitor_s = ck.get("monitor", []), ck.get("monitor_s", 0.0)
         log.info("resuming %s from step %d/%d (%s)", out_path, start, total, partial)
@@ -349,7 +358,13 @@ def fit(
             values[f"acc_{key}"] = (logits.argmax(1) == y).float().mean()
         return distributed.mean_over_ranks(values)
 
-    captured = CapturedStep(one_step, opt, warmup=CAPTURE_WARMUP) if capture else None
+    def device_step(*inputs: torch.Tensor, key) -> dict:   # a two-part step_fn's device part (capturable_step)
+        opt.zero_grad(set_to_none=True)
+        record = step_fn.compute(model, *inputs, key=key)
+        opt.step()
+        return record.unsettled()
+
+    captured = CapturedStep(one_step if step_fn is None else device_step, opt, warmup=CAPTURE_WARMUP) if capture else None
     if stack or capture:
         log.info("%s: joint QAT stacked %s, step captured in a CUDA graph %s", meta.get("kind", "run"), stack, capture)
     observe(start)
@@ -363,7 +378,10 @@ def fit(
         torch.manual_seed(seed * 1_000_003 + step)  # dropout
         lr = opt.param_groups[0]["lr"]
         record = StepRecord({"step": step, "lr": lr.clone() if isinstance(lr, torch.Tensor) else lr})
-        if captured is not None:
+        if captured is not None and step_fn is not None:
+            prepared = step_fn.prepare(model, x, y, step)
+            record.extend(captured(*prepared.inputs, key=prepared.key))
+        elif captured is not None:
             record.extend(captured(x, y))
         elif step_fn is not None:
             opt.zero_grad(set_to_none=True)

@@ -20,24 +20,38 @@ import torch
 
 
 class Later:
-    """A record value computed at settling time: ``fn(settled)``, ``settled`` the values of the keys before it."""
+    """A record value computed at settling time: ``fn(settled)``, ``settled`` the values of the keys before it.
 
-    def __init__(self, fn: Callable[[dict], Any]):
-        self.fn = fn
+    ``tensors``: the device tensors ``fn`` reads (if any), so that :meth:`cloned` can give a copy that no later write
+    to them can change (a CUDA graph's outputs are overwritten by its next replay, :mod:`triqdef.training.graphed`);
+    ``fn`` then takes them as its second argument."""
+
+    def __init__(self, fn: Callable[..., Any], tensors: Sequence[torch.Tensor] = ()):
+        self.fn, self.tensors = fn, tuple(tensors)
+
+    def value(self, settled: dict) -> Any:
+        return self.fn(settled, self.tensors) if self.tensors else self.fn(settled)
+
+    def cloned(self) -> Later:
+        """The same value, reading copies of its tensors taken now."""
+        return Later(self.fn, [t.clone() for t in self.tensors]) if self.tensors else self
+
+
+def snapshot(value: Any) -> Any:
+    """A logged value as it stands now: a tensor or a :class:`Later`'s tensors copied, a Python value as it is."""
+    return value.clone() if isinstance(value, torch.Tensor) else value.cloned() if isinstance(value, Later) else value
 
 
 def mean_of(values: Sequence[torch.Tensor]) -> Later:
     """The mean of one-element tensors as the steps logged it: ``(0.0 + v_1.item() + v_2.item() + ...) / n``,
     added left to right in Python floats (not ``sum()``, whose float sum is compensated from Python 3.12)."""
-    values = list(values)
-
-    def mean(_: dict) -> float:
+    def mean(_: dict, values: Sequence[torch.Tensor]) -> float:
         total = 0.0
         for v in values:
             total += v.item()
         return total / len(values)
 
-    return Later(mean)
+    return Later(mean, values)
 
 
 class StepRecord(MutableMapping):
@@ -70,7 +84,7 @@ class StepRecord(MutableMapping):
         if self._settled is None:
             out: dict[str, Any] = {}
             for k, v in self._raw.items():
-                out[k] = v.item() if isinstance(v, torch.Tensor) else v.fn(out) if isinstance(v, Later) else v
+                out[k] = v.item() if isinstance(v, torch.Tensor) else v.value(out) if isinstance(v, Later) else v
             self._settled = out
         return self._settled
 

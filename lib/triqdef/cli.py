@@ -242,6 +242,13 @@ def _cmd_train_defense(args, cfg) -> int:
     return 0
 
 
+def _cmd_patches_cross_bit(args, cfg) -> int:
+    from triqdef.stages import cross_bit
+
+    print(json.dumps(cross_bit.run_cross_bit(cfg.only(cross_bit.PARAMS), progress=not args.quiet)))
+    return 0
+
+
 def _cmd_deploy_int8(args, cfg) -> int:
     from triqdef.stages import int8
 
@@ -301,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     pasub.add_parser("strength", help="ASR against patch size on the FP model, and the matched size "
                      "(params: attack_strength, patches)").set_defaults(func=_cmd_patches_strength)
 
+    pasub.add_parser("cross-bit", help="cross-bit transfer inside each defended model: patches made white-box at each "
+                                       "source bit-width, evaluated at every bit-width (stage 'cross_bit'; params: "
+                                       "cross_bit)").set_defaults(func=_cmd_patches_cross_bit)
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="what", metavar="WHAT")
     bsub.required = True

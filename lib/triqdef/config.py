@@ -375,6 +375,18 @@ class RobustnessParams:
     latency_repeats: int = field(metadata=_check(gt=0))
 
 
+@dataclass(frozen=True, kw_only=True)
+class CrossBitParams:
+    """Stage ``cross_bit`` (issue 30, item 1; docs/design.md#cross-bit-transfer): each defended model's cross-bit
+    transfer matrix, LAVAN patches made white-box at each source bit-width, evaluated at every bit-width."""
+
+    source_bits: tuple[int, ...]
+    patches: int = field(metadata=_check(gt=0))        # per source bit-width (one per class at 10)
+    restarts: int = field(metadata=_check(gt=0))       # starts per patch; the one most successful on its images is kept
+    steps: int = field(metadata=_check(gt=0))          # optimiser steps per start
+    test_images: int = field(metadata=_check(gt=0))
+
+
 #: The six ART attacks of notebook 05, as :mod:`triqdef.eval.art_suite` names them (a test keeps the two equal;
 #: named here so that the config does not import the attack suite, which every stage would then depend on).
 ART_ATTACKS = ("fgsm", "pgd", "cw", "square", "boundary", "zoo")
@@ -462,6 +474,7 @@ class Config:
     patch_attack: PatchAttackParams
     ablations: AblationParams
     robustness: RobustnessParams
+    cross_bit: CrossBitParams
     motivation: MotivationParams
     appendix: AppendixParams
     stq: STQParams

@@ -28,6 +28,11 @@ from triqdef.errors import TriqdefError
 from triqdef.eval.intervals import Outcomes
 
 SCHEMA_VERSION = "1"
+
+
+class NoCommonImages(TriqdefError):
+    """A comparison whose sides share no eligible image (one line, as every TriqdefError)."""
+
 #: column -> kind: "str" (model, attack, set names) or "int"
 COLUMNS: dict[str, str] = {
     "model": "str",          # the attacked model (e.g. "triqdef", "qat", "fp")
@@ -94,6 +99,9 @@ def write(frame, path: str | Path) -> Path:
     os.close(fd)
     try:
         pq.write_table(table, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # mkstemp's 0600 is not what a results file should be
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -215,7 +223,7 @@ def aligned(frames, selections: list[dict]) -> tuple[list[Outcomes], dict[int, i
                 for rows, keys in zip(rows_all, keys_all)]
     both = np.logical_and.reduce([eligible for _, eligible in matrices])
     if not both.any():
-        raise TriqdefError(f"comparison between {names}: no common images (none is eligible for every side: "
+        raise NoCommonImages(f"comparison between {names}: no common images (none is eligible for every side: "
                            "clean-correct on every model and view, and not of the patch's target class)")
     per_target: dict[int, int] = {}
     for (seed, target), row in zip(shared, both):

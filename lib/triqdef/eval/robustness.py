@@ -62,15 +62,17 @@ class RandomBitWidth(nn.Module):
 
 
 def whitebox_patches(model: nn.Module, bits: Sequence[int], images: torch.Tensor, labels: torch.Tensor, n: int,
-                     cfg: PatchParams, steps: int, seed: int, source_model: str) -> list[Patch]:
+                     cfg: PatchParams, steps: int, seed: int, source_model: str, start: int = 0) -> list[Patch]:
     """``n`` LAVAN patches (balanced targets) optimised on ``model`` itself, together, over locations and
     ``bits`` (one random bit-width of ``bits`` per forward, drawn from ``seed``).
 
     ``cfg``: the ``patches`` section (size, optimiser settings, border); ``steps``: ``robustness.whitebox_steps``.
+    ``start``: which starting point (content and location draws) of a restarted attack; the targets depend on
+    ``seed`` only, so restarts share them.
     """
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images
     wrapped = RandomBitWidth(model, bits, seed=seed * 7, per_image=False)
-    requests = [PatchRequest(t, seed * 100_003 + 90_000 + i, cfg.border)
+    requests = [PatchRequest(t, seed * 100_003 + 90_000 + i + 7_919 * start, cfg.border)
                 for i, t in enumerate(balanced_targets(n, seed * 1_000 + 900))]
     out = optimise_patches(wrapped, x, labels, cfg.size, requests, optimiser(cfg, "lavan", steps), bits=None,
                            source_model=source_model)

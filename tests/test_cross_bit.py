@@ -89,3 +89,36 @@ def test_the_paired_ratio_comparison_finds_a_known_difference_and_no_difference(
     assert cross_bit.cuts_transfer(frame, "keeps", "keeps_too", [(8, 2)], n_boot=400)[0] == INCONCLUSIVE
     with pytest.raises(TriqdefError, match="off-diagonal"):
         cross_bit.ratio_difference(frame, "cut", "keeps", 8, 8)
+
+
+def test_the_report_decides_cross_bit_transfer_from_the_outcome_store_alone(tmp_path):
+    """REPORT's cross-bit row reads results/outcomes/cross_bit.parquet only (no table): TriQDef whose patches keep
+    far less of their white-box success than standard QAT's and PBAT's holds; one that keeps as much is
+    inconclusive; one that keeps more does not hold (Holm over both baselines)."""
+    from triqdef.eval import outcome_store
+    from triqdef.reporting import report
+
+    def verdict(triqdef_off):
+        rng = np.random.default_rng(1)
+        frame = pd.concat([_synthetic("TriQDef", triqdef_off, 0.6, rng), _synthetic("Standard QAT", 0.45, 0.6, rng),
+                           _synthetic("PBAT", 0.45, 0.6, rng)], ignore_index=True)
+        outcome_store.write(frame, tmp_path / "outcomes" / "cross_bit.parquet")
+        assert not (tmp_path / "tables").exists()
+        ours, v = report._cross_bit(tmp_path)
+        assert "Standard QAT" in ours and "PBAT" in ours and "10 patches" in ours
+        return v
+
+    assert verdict(0.1) == HOLDS
+    assert verdict(0.45) == INCONCLUSIVE
+    assert verdict(0.6) == FAILS
+
+
+def test_a_pair_without_common_images_is_left_undecided():
+    """Tiny models whose 2-bit view gets nothing right share no eligible image: that pair is not decided (no
+    interval), and the claim cannot hold, instead of the whole comparison failing."""
+    rng = np.random.default_rng(2)
+    frame = pd.concat([_synthetic("a", 0.1, 0.6, rng), _synthetic("b", 0.45, 0.6, rng)], ignore_index=True)
+    wrong = (frame["model"] == "b") & (frame["bits"] == 2)
+    frame.loc[wrong, "clean_pred"] = (frame.loc[wrong, "label"] + 1) % 10
+    verdict, rows = cross_bit.cuts_transfer(frame, "a", "b", [(8, 2)], n_boot=200)
+    assert verdict == INCONCLUSIVE and rows["n_common_images"].tolist() == [0] and rows["difference"].isna().all()

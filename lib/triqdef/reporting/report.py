@@ -720,6 +720,41 @@ def _int8(results):
     return "; ".join(parts) + f" (familywise: Holm over {len(claims)} one-sided comparisons)", _holm_verdict(claims)
 
 
+def _cross_bit(results):
+    """Issue 30, item 1: TriQDef's mechanism, measured. Recomputed here from the outcome store of stage ``cross_bit``
+    alone (``results/outcomes/cross_bit.parquet``): the transfer ratio r(s, t) = ASR(s → t) / ASR(s → s) of
+    TriQDef against standard QAT and PBAT at every off-diagonal (s, t), decided by Holm over all of them."""
+    from triqdef.eval import outcome_store
+    from triqdef.eval.cross_bit import transfer_matrix
+    from triqdef.eval.intervals import verdict as interval_verdict, Interval
+    from triqdef.stages import cross_bit as stage
+
+    path = results / "outcomes" / "cross_bit.parquet"
+    if not path.is_file():
+        raise Missing("outcomes/cross_bit.parquet")
+    store = outcome_store.read(path)
+    table, verdicts = stage.ratio_table(store)
+    for r in table.itertuples():
+        ci = Interval(r.difference, r.low, r.high, int(r.n_common_images), int(r.n_patches), 0, stage.N_BOOT, "t")
+        _record("matched", f"transfer ratio × 100, TriQDef − {r.baseline}, {r.source_bits}→{r.target_bits} bits",
+                100 * r.difference, 100 * r.low, 100 * r.high, "lower than 0",
+                interval_verdict(ci, "lower") if pd.notna(r.difference) else INCONCLUSIVE, r.n_common_images, r.n_patches)
+    diag = pd.concat([transfer_matrix(store, m, stage.N_BOOT) for m in (stage.MODEL, *stage.BASELINES)])
+    diag = diag[diag["source_bits"] == diag["target_bits"]]
+    white = "; ".join(f"{m} " + " / ".join(f"{a:.0f}" for a in g.sort_values("source_bits", ascending=False)["asr"])
+                      for m, g in diag.groupby("model", sort=False))
+    bits = "/".join(str(b) for b in sorted(diag["source_bits"].unique(), reverse=True))
+    mean_ratio = {b: table.loc[table["baseline"] == b, ["ratio", "ratio_baseline"]].mean() for b in stage.BASELINES}
+    first = stage.BASELINES[0]
+    ratios = (f"mean transfer ratio TriQDef {mean_ratio[first]['ratio']:.2f}, "
+              + ", ".join(f"{b} {mean_ratio[b]['ratio_baseline']:.2f}" for b in stage.BASELINES))
+    n_patches = int(table["n_patches"].max()) if len(table) else 0
+    ours = (f"white-box LAVAN ASR at {bits} bits (made and evaluated there): {white} %; {ratios} "
+            f"({len(table)} paired comparisons, {n_patches} patches each; Holm: vs "
+            + ", ".join(f"{b} {verdicts[b]}" for b in stage.BASELINES) + ")")
+    return ours, verdicts["overall"]
+
+
 def _holm_verdict(claims: list[dict], alpha: float = 0.025) -> str:
     """A row whose every one-sided claim must hold (an intersection-union test: *holds* when each does at level
     ``alpha``, no correction needed); *does not hold* only when Holm's step-down procedure over the claims' stored
@@ -818,6 +853,12 @@ CLAIMS = [
           "Ours: the 8-bit view of every defended model and of Table 9's PTQ model on PyTorch's int8 kernels "
           "(triqdef.deploy); seen, unseen and white-box LAVAN ASR (white-box: 10 patches made on the fake-quantized "
           "view) within ±2 points of the fake-quantized view (paired on common images, studentised over patches)."),
+    Claim("Title, §3 (issue 30)", "a patch made at one bit-width of TriQDef's shared backbone does not transfer to its other bit-widths",
+          "the paper's mechanism (not measured there)", _cross_bit,
+          "Ours: LAVAN patches made white-box on each defended model at each source bit-width, evaluated at every "
+          "bit-width of the same model (stage cross_bit). Decided on the transfer ratio r(s, t) = ASR(s → t) / "
+          "ASR(s → s), TriQDef against standard QAT and PBAT, paired on common images, Holm over every off-diagonal "
+          "pair; recomputed from the outcome store results/outcomes/cross_bit.parquet."),
     Claim("App. C, Table 15; Table 6 (ImageNet)", "ImageNet architectures and 50×50 patches", "Table 15", _out_of_scope,
           "Needs ImageNet and its pretrained models: not available offline here."),
 ]

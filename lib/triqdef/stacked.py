@@ -74,28 +74,28 @@ class _QuantizeWeightPerGroup(torch.autograd.Function):
     gradients, one reduction instead of an expand's autograd graph."""
 
     @staticmethod
-    def forward(ctx, weight, qmax, fp):
-        # qmax, fp: (G, 1, ..., 1); broadcast against the per-channel absmax (O, 1, ..., 1) and the weight
-        ctx.groups = qmax.shape[0]
-        absmax = weight.abs().amax(dim=tuple(range(1, weight.dim())), keepdim=True)
+    def forward(ctx, weight, qmin, qmax, fp):
+        # qmin, qmax, fp: (G, 1, ..., 1); broadcast against the per-channel absmax (O, 1, ..., 1) and the weight
+        ctx.shape = (qmax.shape[0],) + weight.shape
+        absmax = torch.linalg.vector_norm(weight, _INF, dim=tuple(range(1, weight.dim())), keepdim=True)
         scale = (absmax / qmax).clamp_min(_TINY)
-        q = (weight * torch.reciprocal(scale)).round_().clamp_(-qmax, qmax).mul_(scale)
-        return torch.where(fp, weight, q).flatten(0, 1)
+        q = (weight * torch.reciprocal(scale)).round_().clamp_(qmin, qmax).mul_(scale)
+        return torch.where(fp, weight, q, out=q).view(-1, *weight.shape[1:])
 
     @staticmethod
     def backward(ctx, grad):
-        return grad.unflatten(0, (ctx.groups, -1)).sum(0), None, None
+        return grad.view(ctx.shape).sum(0), None, None, None
 
 
 @functools.lru_cache(maxsize=None)
-def _weight_ranges(bits: tuple, dim: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per group, shaped (G, 1, ..., 1) for a ``dim``-dimensional weight: the top of the signed integer range (1 for a
-    32-bit group, whose values are not used) and whether the group keeps the float weight."""
+def _weight_ranges(bits: tuple, dim: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per group, shaped (G, 1, ..., 1) for a ``dim``-dimensional weight: the signed integer range, -qmax and qmax (1
+    for a 32-bit group, whose values are not used), and whether the group keeps the float weight."""
     shape = (len(bits),) + (1,) * dim
-    qmax = _constant(tuple(float(quant.signed_qmax(b)) if b != quant.FP_BITS else 1.0 for b in bits), torch.float32,
-                     device, shape)
-    fp = _constant(tuple(b == quant.FP_BITS for b in bits), torch.bool, device, shape)
-    return qmax, fp
+    qmax = tuple(float(quant.signed_qmax(b)) if b != quant.FP_BITS else 1.0 for b in bits)
+    return (_constant(tuple(-q for q in qmax), torch.float32, device, shape),
+            _constant(qmax, torch.float32, device, shape),
+            _constant(tuple(b == quant.FP_BITS for b in bits), torch.bool, device, shape))
 
 
 def stacked_weight(weight: torch.Tensor, bits: Sequence[int]) -> torch.Tensor:
@@ -163,20 +163,20 @@ def _count_batches(layers: Sequence[quant.SwitchableBatchNorm2d], bits: Sequence
 
 
 class _StackedFakeQuantize(torch.autograd.Function):
-    """Per-group fake quantization of a post-ReLU tensor (x >= 0), zero-point 0: ``s_g * clamp(round(x / s_g), 0,
-    qmax_g)`` on each group's channels (``scale`` and ``qmax`` broadcast per channel), the straight-through gradient
-    ``g`` where the rounded value is in range and 0 where it clipped. A group with ``qmax`` = inf passes through
-    unchanged (the 32-bit view)."""
+    """Per-group fake quantization of a post-ReLU tensor (x >= 0), zero-point 0: ``s_g * min(round(x / s_g), qmax_g)``
+    on each group's channels (``scale``, ``qmax`` and the rounding constant broadcast per channel), the
+    straight-through gradient ``g`` where the rounded value is in range, 0 where it clipped. The 32-bit group's
+    channels pass unchanged: their scale is 1, their rounding constant 0 (``x * 1 + 0 - 0`` is ``x``, not rounded) and
+    their qmax inf."""
 
     @staticmethod
-    def forward(ctx, x, scale, qmax, passthrough):
+    def forward(ctx, x, scale, qmax, magic):
         # x >= 0 after the ReLU, so only the top of the range clips; rounded half to even by the 1.5 * 2^23 trick of
         # quant._FakeQuantizePerTensor (exact below 2^22; beyond, only the side of qmax matters)
-        magic = _scalar(quant._ROUNDING_MAGIC, x)
         rounded = (x * torch.reciprocal(scale)).add_(magic).sub_(magic)
-        mask = (rounded <= qmax) | passthrough
+        mask = rounded <= qmax
         ctx.save_for_backward(mask)
-        return torch.where(passthrough, x, torch.minimum(rounded, qmax).mul_(scale))
+        return torch.minimum(rounded, qmax, out=rounded).mul_(scale)
 
     @staticmethod
     def backward(ctx, grad):
@@ -191,22 +191,26 @@ class _ReluLayout(NamedTuple):
 
     placeholder: torch.Tensor   # (1,): the 32-bit group's entry in the state (it has no observer)
     fresh: torch.Tensor         # (2, 1): (inf, -inf), the state of an observer that has seen no batch
-    group_qmax: torch.Tensor    # (G,): each group's top integer (1 for the 32-bit group, whose scale is not used)
+    group_qmax: torch.Tensor    # (G,): each group's top integer (1 for the 32-bit group)
+    float_group: torch.Tensor   # (G,): whether the group is the 32-bit one (its scale is 1)
     scale_index: torch.Tensor   # (1, G·C, 1, 1): each channel's group's entry in the flattened state's max row
     qmax: torch.Tensor          # (1, G·C, 1, 1): each channel's top integer, inf in the 32-bit group
-    passthrough: torch.Tensor   # (1, G·C, 1, 1): whether the channel is in the 32-bit group
+    magic: torch.Tensor         # (1, G·C, 1, 1): each channel's rounding constant, 0 in the 32-bit group
 
 
 @functools.lru_cache(maxsize=None)
 def _relu_layout(group_qmax: tuple, channels: int, device: str) -> _ReluLayout:
     g = len(group_qmax)
-    qmax = torch.tensor(group_qmax, device=device).repeat_interleave(channels).view(1, -1, 1, 1)
+    float_group = tuple(q == _INF for q in group_qmax)
     return _ReluLayout(
         placeholder=_constant((1.0,), torch.float32, device),
         fresh=_constant((_INF, -_INF), torch.float32, device, (2, 1)),
-        group_qmax=torch.tensor([1.0 if q == _INF else q for q in group_qmax], device=device),
+        group_qmax=_constant(tuple(1.0 if fp else q for q, fp in zip(group_qmax, float_group)), torch.float32, device),
+        float_group=_constant(float_group, torch.bool, device),
         scale_index=(g + torch.arange(g * channels) // channels).view(1, -1, 1, 1).to(device),
-        qmax=qmax, passthrough=torch.isinf(qmax))
+        qmax=torch.tensor(group_qmax).repeat_interleave(channels).view(1, -1, 1, 1).to(device),
+        magic=torch.tensor([0.0 if fp else quant._ROUNDING_MAGIC for fp in float_group]
+                           ).repeat_interleave(channels).view(1, -1, 1, 1).to(device))
 
 
 def _observer_state(quantized: dict, groups: int, placeholder: torch.Tensor) -> torch.Tensor:
@@ -235,15 +239,17 @@ def _mse_samples(shape: tuple, group: int, groups: int, device: str) -> torch.Te
 
 def _mse_clip(h: torch.Tensor, samples: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     """:func:`triqdef.quant.mse_clip` of the elements ``samples`` picks from ``h`` (:func:`_mse_samples`), its
-    arithmetic op for op, in fewer ops (the sample index made once, no reshapes); shape (1,)."""
+    arithmetic op for op, in fewer ops (the sample index made once, no reshapes); shape (1, 1)."""
     v = torch.take(h, samples)
-    top = v.abs().max().clamp_min(_TINY)
-    clips = top * quant._clip_grid(v.device)
-    scales = (clips / _scalar(qmax, v)).view(-1, 1)
+    top = torch.linalg.vector_norm(v, _INF).clamp_min(_TINY)   # max |v|
+    clips = top * _constant(tuple(quant._CLIP_GRID.tolist()), torch.float32, str(v.device), (-1, 1))
+    scales = clips / _scalar(qmax, v)
     magic = _scalar(quant._ROUNDING_MAGIC, v)
     rounded = (v / scales).add_(magic).sub_(magic)
-    diff = rounded.clamp_(qmin, qmax) * scales - v
-    err = (diff * diff).mean(1)   # pow(diff, 2) is diff * diff, on the CPU and on CUDA
+    diff = rounded.clamp_(_scalar(qmin, v), _scalar(qmax, v)).mul_(scales).sub_(v)
+    # pow(diff, 2) is diff * diff; the CPU's mean is the sum divided by the count (on CUDA it multiplies by the
+    # count's reciprocal: there the error may differ from quant.mse_clip's in its last bit)
+    err = diff.mul_(diff).sum(1, keepdim=True).div_(_scalar(v.numel(), v))
     return clips.gather(0, err.argmin(0, keepdim=True))
 
 
@@ -251,16 +257,14 @@ def _batch_range(h: torch.Tensor, quantized: dict, groups: int) -> torch.Tensor:
     """What each group's observer averages for this batch, (2, G) as the state: its channels' (min, max), or (0, its
     MSE clip) for the ``mse`` estimator (:meth:`triqdef.quant.ActivationQuantizer.batch_range`)."""
     device = str(h.device)
-    # per channel first (a reduction over N, H, W that channels-last memory reads in order), then per group
-    lo = h.amin(dim=(0, 2, 3)).view(groups, -1).amin(1)
-    hi = h.amax(dim=(0, 2, 3)).view(groups, -1).amax(1)
-    batch = torch.cat([lo, hi]).view(2, groups)
-    mse = [g for g, q in quantized.items() if q.range_estimator == "mse"]
-    if mse:
-        clips = torch.cat([_mse_clip(h, _mse_samples(tuple(h.shape), g, groups, device), quantized[g].qmin,
-                                     quantized[g].qmax) for g in mse])
-        zero_and_clip = clips * _constant((0.0, 1.0), torch.float32, device, (2, 1))
-        batch = batch.index_copy(1, _constant(tuple(mse), torch.long, device), zero_and_clip)
+    # per channel first (a reduction over N, H, W that channels-last memory reads in order), then per group, where
+    # one amax serves both rows as the minima are negated (-max(-x) is min(x), exactly)
+    per_channel = torch.cat([h.amin(dim=(0, 2, 3)).neg_(), h.amax(dim=(0, 2, 3))]).view(2, groups, -1)
+    batch = per_channel.amax(2).mul_(_constant((-1.0, 1.0), torch.float32, device, (2, 1)))
+    for g in [g for g, q in quantized.items() if q.range_estimator == "mse"]:
+        clip = _mse_clip(h, _mse_samples(tuple(h.shape), g, groups, device), quantized[g].qmin, quantized[g].qmax)
+        column = _constant(tuple(k == g for k in range(groups)), torch.bool, device)
+        torch.where(column, clip * _constant((0.0, 1.0), torch.float32, device, (2, 1)), batch, out=batch)
     return batch
 
 
@@ -272,7 +276,8 @@ def _moving_average(state: torch.Tensor, batch: torch.Tensor, quantizers: Sequen
     c = quantizers[0].observer.averaging_constant
     if any(q.observer.averaging_constant != c for q in quantizers):
         raise TriqdefError("observers updated together need the same averaging constant")
-    return torch.where((state == fresh).all(0), batch, state + _scalar(c, state) * (batch - state))
+    moved = (batch - state).mul_(_scalar(c, state)).add_(state)   # state + c * (batch - state), the same float ops
+    return torch.where((state == fresh).all(0), batch, moved, out=moved)
 
 
 def _write_observers(quantized: dict, state: torch.Tensor) -> None:
@@ -304,9 +309,12 @@ def _relu(layer: quant.QuantReLU, h: torch.Tensor, bits: Sequence[int]) -> torch
                 raise TriqdefError("stacked observers: freeze every bit-width's observers or none")
             state = _moving_average(state, _batch_range(h, quantized, g), qs, layout.fresh)
             _write_observers(quantized, state)
-        # each channel's scale: its group's max (clamped at 0) / qmax (ActivationQuantizer.scale)
-        scale = torch.take((state.clamp_min(0) / layout.group_qmax).clamp_min(_TINY), layout.scale_index)
-    return _StackedFakeQuantize.apply(h, scale, layout.qmax, layout.passthrough)
+        # each channel's scale, its group's max / qmax (ActivationQuantizer.scale: max(max, 0) / qmax, at least tiny;
+        # the clamp at 0 is the clamp at tiny's already), 1 in the 32-bit group
+        scales = (state / layout.group_qmax).clamp_min_(_TINY)
+        scale = torch.take(torch.where(layout.float_group, _scalar(1.0, scales), scales, out=scales),
+                           layout.scale_index)
+    return _StackedFakeQuantize.apply(h, scale, layout.qmax, layout.magic)
 
 
 def _shortcut(block: BasicBlock, h: torch.Tensor, groups: int) -> torch.Tensor:

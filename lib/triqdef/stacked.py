@@ -76,7 +76,7 @@ class _QuantizeWeightPerGroup(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight, qmin, qmax, fp):
         # qmin, qmax, fp: (G, 1, ..., 1); broadcast against the per-channel absmax (O, 1, ..., 1) and the weight
-        ctx.shape = (qmax.shape[0],) + weight.shape
+        ctx.groups, ctx.shape, ctx.stride = qmax.shape[0], weight.shape, weight.stride()
         absmax = torch.linalg.vector_norm(weight, _INF, dim=tuple(range(1, weight.dim())), keepdim=True)
         scale = (absmax / qmax).clamp_min(_TINY)
         q = (weight * torch.reciprocal(scale)).round_().clamp_(qmin, qmax).mul_(scale)
@@ -84,7 +84,11 @@ class _QuantizeWeightPerGroup(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return grad.view(ctx.shape).sum(0), None, None, None
+        g, n = ctx.groups, grad.numel() // ctx.groups
+        if grad.stride() == ctx.stride:   # in the weight's memory format: G runs of n elements, summed in place
+            total = grad.as_strided((g, n), (n, 1), grad.storage_offset()).sum(0)
+            return total.as_strided(ctx.shape, ctx.stride), None, None, None   # (no copy into the weight's format)
+        return grad.view(g, *ctx.shape).sum(0), None, None, None
 
 
 @functools.lru_cache(maxsize=None)
@@ -112,6 +116,28 @@ def _conv(layer: quant.QuantConv2d, h: torch.Tensor, bits: Sequence[int], shared
                     layer.padding, layer.dilation, groups)
 
 
+class _StateWrites:
+    """The running statistics a stacked training pass updates, copied into their own buffers (each bit-width's BN
+    statistics, each observer's min and max) in one ``_foreach_copy_`` when the pass has run (:meth:`apply`)."""
+
+    def __init__(self):
+        self.targets: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.observed: list[quant.ActivationQuantizer] = []
+
+    def add(self, targets: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
+        self.targets += targets
+        self.values += values
+
+    def apply(self) -> None:
+        if self.targets:
+            with torch.no_grad():
+                torch._foreach_copy_(self.targets, self.values)
+        if not torch.compiler.is_compiling():   # as observe_moving_average: the update counts as a calibrated state
+            for q in self.observed:
+                q._calibrated_state = q._observer_state()
+
+
 class _Concatenate(torch.autograd.Function):
     """``torch.cat`` of equally long 1-D tensors (the bit-widths' BN weights, or biases), whose backward hands each
     its piece of the gradient as a view, one aten op per tensor (``CatBackward0`` spends three)."""
@@ -127,10 +153,11 @@ class _Concatenate(torch.autograd.Function):
         return tuple(_slices(grad, range(0, ctx.count * ctx.length, ctx.length), (ctx.length,)))
 
 
-def _batchnorm(layer: quant.SwitchableBatchNorm2d, h: torch.Tensor, bits: Sequence[int]) -> torch.Tensor:
-    """One BatchNorm over the stacked channels; in training mode the running statistics it updates are copied back
-    to each bit-width's BN (as the sequential passes would have updated them). Their ``num_batches_tracked`` counts
-    are :func:`_count_batches`'."""
+def _batchnorm(layer: quant.SwitchableBatchNorm2d, h: torch.Tensor, bits: Sequence[int],
+               writes: _StateWrites) -> torch.Tensor:
+    """One BatchNorm over the stacked channels; in training mode the running statistics it updates go back to each
+    bit-width's BN (``writes``), as the sequential passes would have updated them. Their ``num_batches_tracked``
+    counts are :func:`_count_batches`'."""
     bns = [layer.bns[str(b)] for b in bits]
     first = bns[0]
     if any(bn.momentum != first.momentum or bn.eps != first.eps for bn in bns):
@@ -146,10 +173,8 @@ def _batchnorm(layer: quant.SwitchableBatchNorm2d, h: torch.Tensor, bits: Sequen
     out = F.batch_norm(h, mean, var, weight, bias, layer.training, first.momentum or 0.0, first.eps)
     if training:
         c = first.running_mean.numel()
-        with torch.no_grad():
-            torch._foreach_copy_([bn.running_mean for bn in bns] + [bn.running_var for bn in bns],
-                                 _slices(mean, range(0, mean.numel(), c), (c,))
-                                 + _slices(var, range(0, var.numel(), c), (c,)))
+        writes.add([bn.running_mean for bn in bns] + [bn.running_var for bn in bns],
+                   _slices(mean, range(0, mean.numel(), c), (c,)) + _slices(var, range(0, var.numel(), c), (c,)))
     return out
 
 
@@ -280,18 +305,16 @@ def _moving_average(state: torch.Tensor, batch: torch.Tensor, quantizers: Sequen
     return torch.where((state == fresh).all(0), batch, moved, out=moved)
 
 
-def _write_observers(quantized: dict, state: torch.Tensor) -> None:
-    """Copy the (2, G) state back into each observer's min and max buffers (their own tensors and state-dict keys)."""
+def _write_observers(quantized: dict, state: torch.Tensor, writes: _StateWrites) -> None:
+    """The (2, G) state goes back into each observer's min and max buffers (their own tensors and state-dict keys)."""
     groups = state.shape[1]
     qs = list(quantized.values())
-    torch._foreach_copy_([q.observer.min_val for q in qs] + [q.observer.max_val for q in qs],
-                         _slices(state, [g for g in quantized] + [groups + g for g in quantized], ()))
-    if not torch.compiler.is_compiling():   # as observe_moving_average: the update counts as a calibrated state
-        for q in qs:
-            q._calibrated_state = q._observer_state()
+    writes.add([q.observer.min_val for q in qs] + [q.observer.max_val for q in qs],
+               _slices(state, [g for g in quantized] + [groups + g for g in quantized], ()))
+    writes.observed += qs
 
 
-def _relu(layer: quant.QuantReLU, h: torch.Tensor, bits: Sequence[int]) -> torch.Tensor:
+def _relu(layer: quant.QuantReLU, h: torch.Tensor, bits: Sequence[int], writes: _StateWrites) -> torch.Tensor:
     """ReLU, then each group's activation quantizer (identity for the 32-bit group)."""
     h = F.relu6(h) if layer.six else F.relu(h)
     quantized = {g: layer.quantizers[str(b)] for g, b in enumerate(bits) if b != quant.FP_BITS}
@@ -308,7 +331,7 @@ def _relu(layer: quant.QuantReLU, h: torch.Tensor, bits: Sequence[int]) -> torch
             if not all(q.observer_enabled for q in qs):
                 raise TriqdefError("stacked observers: freeze every bit-width's observers or none")
             state = _moving_average(state, _batch_range(h, quantized, g), qs, layout.fresh)
-            _write_observers(quantized, state)
+            _write_observers(quantized, state, writes)
         # each channel's scale, its group's max / qmax (ActivationQuantizer.scale: max(max, 0) / qmax, at least tiny;
         # the clamp at 0 is the clamp at tiny's already), 1 in the 32-bit group
         scales = (state / layout.group_qmax).clamp_min_(_TINY)
@@ -339,11 +362,13 @@ def stacked_logits(model: nn.Module, x: torch.Tensor, bits: Sequence[int]) -> to
     g = len(bits)
     blocks = (*inner.layer1, *inner.layer2, *inner.layer3)
     h = _conv(inner.conv1, inner.normalize(x), bits, shared_input=True)
-    h = _relu(inner.relu, _batchnorm(inner.bn1, h, bits), bits)
+    writes = _StateWrites()
+    h = _relu(inner.relu, _batchnorm(inner.bn1, h, bits, writes), bits, writes)
     for block in blocks:
-        out = _relu(block.relu1, _batchnorm(block.bn1, _conv(block.conv1, h, bits, False), bits), bits)
-        out = _batchnorm(block.bn2, _conv(block.conv2, out, bits, False), bits)
-        h = _relu(block.relu2, out + _shortcut(block, h, g), bits)
+        out = _relu(block.relu1, _batchnorm(block.bn1, _conv(block.conv1, h, bits, False), bits, writes), bits, writes)
+        out = _batchnorm(block.bn2, _conv(block.conv2, out, bits, False), bits, writes)
+        h = _relu(block.relu2, out + _shortcut(block, h, g), bits, writes)
+    writes.apply()
     _count_batches([inner.bn1] + [bn for block in blocks for bn in (block.bn1, block.bn2)], bits)
     pooled = torch.flatten(inner.pool(h), 1).unflatten(1, (g, -1)).transpose(0, 1)     # (G, N, C)
     w = stacked_weight(inner.fc.weight, _effective(inner.fc, bits)).unflatten(0, (g, -1))   # (G, classes, C)

@@ -262,12 +262,18 @@ def _mse_samples(shape: tuple, group: int, groups: int, device: str) -> torch.Te
     return (image * gc * hgt * wid + group * c * hgt * wid + rest).to(device)
 
 
+@functools.lru_cache(maxsize=None)
+def _clip_grid_column(device: str) -> torch.Tensor:
+    """:func:`triqdef.quant.mse_clip`'s grid of clip fractions on ``device``, as a column (20, 1)."""
+    return quant._clip_grid(torch.device(device)).view(-1, 1)
+
+
 def _mse_clip(h: torch.Tensor, samples: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     """:func:`triqdef.quant.mse_clip` of the elements ``samples`` picks from ``h`` (:func:`_mse_samples`), its
     arithmetic op for op, in fewer ops (the sample index made once, no reshapes); shape (1, 1)."""
     v = torch.take(h, samples)
     top = torch.linalg.vector_norm(v, _INF).clamp_min(_TINY)   # max |v|
-    clips = top * _constant(tuple(quant._CLIP_GRID.tolist()), torch.float32, str(v.device), (-1, 1))
+    clips = top * _clip_grid_column(str(v.device))
     scales = clips / _scalar(qmax, v)
     magic = _scalar(quant._ROUNDING_MAGIC, v)
     rounded = (v / scales).add_(magic).sub_(magic)

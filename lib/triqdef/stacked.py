@@ -4,18 +4,28 @@ The sequential form runs the shared backbone once per bit-width b of B (:func:`t
 pass launching its own few hundred kernels. Here the G = |B| passes run side by side along the channel axis:
 
 * a convolution's weight is fake-quantized at every bit-width at once (one per-channel absmax shared by all of
-  them, a per-(bit-width, channel) scale) and the G copies are concatenated, then one convolution runs with
-  ``groups=G`` (the first convolution, whose input is shared, with ``groups=1``);
+  them, a per-(bit-width, channel) scale; one autograd function whose gradient is the sum over the copies) and the
+  G copies are concatenated, then one convolution runs with ``groups=G`` (the first convolution, whose input is
+  shared, with ``groups=1``);
 * the per-bit-width BatchNorms are one BatchNorm over the stacked channels (their statistics and affine
-  parameters concatenated; the updated running statistics are written back to each bit-width's own BN);
+  parameters concatenated; the updated running statistics go back to each bit-width's own BN);
 * the activation quantizers of one ReLU run as one per-group fake quantization, each group at its own bit-width
-  and scale, with a min/max moving average that reads no tensor value into Python (no host sync;
-  :func:`triqdef.quant.observe_moving_average`, shared with the sequential form);
-* the last linear layer is one batched matrix product over the groups.
+  and scale (the 32-bit group at scale 1, unrounded), with the observers' min/max moving average computed for all
+  groups at once on a (2, G) tensor, reading no tensor value into Python (no host sync; the arithmetic of
+  :func:`triqdef.quant.observe_moving_average`);
+* the last linear layer is one batched matrix product over the groups;
+* the running statistics the pass updates (every BN statistic, every observer's min and max) are copied into
+  their own buffers by one ``_foreach_copy_`` at its end, the BNs' batch counts by one ``_foreach_add_``.
+
+Per bit-width tensors (the BN parameters and statistics, the observers' buffers) keep their own storage and
+state-dict keys, so reading and writing them costs an operation each on every step: on the CPU, where a foreach
+call is one aten op per tensor, they and the optimiser are about half of the step's aten ops
+(docs/design.md#stacked-bit-widths).
 
 It is the sequential passes, mathematically: the same weights, statistics and straight-through gradients
 (``tests/test_stacked.py`` checks the loss, every gradient and every running statistic against the sequential form
-for 3 training steps). Only :class:`triqdef.models.CifarResNet` (ResNet-20/56) is stacked; other models raise.
+for 3 training steps, and one stacked ReLU and the weight quantization against each bit-width's own, bit for bit).
+Only :class:`triqdef.models.CifarResNet` (ResNet-20/56) is stacked; other models raise.
 """
 
 from __future__ import annotations
@@ -37,8 +47,9 @@ _TINY = torch.finfo(torch.float32).tiny
 
 
 @functools.lru_cache(maxsize=None)
-def _constant(values: tuple, dtype: torch.dtype, device: str, shape: tuple | None = None) -> torch.Tensor:
-    """A small constant tensor, made once per device: no host-to-device copy inside a step (CUDA-graph capturable)."""
+def _constant(values: float | tuple, dtype: torch.dtype, device: str, shape: tuple | None = None) -> torch.Tensor:
+    """A small constant tensor (``values`` a number or a tuple, viewed as ``shape``), made once per device: no
+    host-to-device copy inside a step (CUDA-graph capturable)."""
     t = torch.tensor(values, dtype=dtype, device=device)
     return t if shape is None else t.view(shape)
 
@@ -338,8 +349,8 @@ def _relu(layer: quant.QuantReLU, h: torch.Tensor, bits: Sequence[int], writes: 
                 raise TriqdefError("stacked observers: freeze every bit-width's observers or none")
             state = _moving_average(state, _batch_range(h, quantized, g), qs, layout.fresh)
             _write_observers(quantized, state, writes)
-        # each channel's scale, its group's max / qmax (ActivationQuantizer.scale: max(max, 0) / qmax, at least tiny;
-        # the clamp at 0 is the clamp at tiny's already), 1 in the 32-bit group
+        # each channel's scale: its group's max / qmax, at least tiny (ActivationQuantizer.scale, whose clamp of the
+        # max at 0 changes nothing once the quotient is clamped at tiny), 1 in the 32-bit group
         scales = (state / layout.group_qmax).clamp_min_(_TINY)
         scale = torch.take(torch.where(layout.float_group, _scalar(1.0, scales), scales, out=scales),
                            layout.scale_index)

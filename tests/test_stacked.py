@@ -40,10 +40,13 @@ def _batch(step: int):
     return x, torch.randint(0, 10, (32,), generator=g)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 @pytest.mark.parametrize("calibrated", [True, False])
-def test_stacked_training_equals_sequential_for_three_steps(calibrated):
-    """Loss, every gradient, and after each SGD step every weight, BN statistic and observer range."""
-    seq, stk = _model(calibrated), _model(calibrated)
+def test_stacked_training_equals_sequential_for_three_steps(calibrated, channels_last):
+    """Loss, every gradient, and after each SGD step every weight, BN statistic and observer range; the weights
+    contiguous or channels-last (as the CPU and GPU profiles train)."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    seq, stk = _model(calibrated).to(memory_format=memory_format), _model(calibrated).to(memory_format=memory_format)
     opt_seq = torch.optim.SGD(seq.parameters(), lr=0.05, momentum=0.9)
     opt_stk = torch.optim.SGD(stk.parameters(), lr=0.05, momentum=0.9)
     for step in range(3):

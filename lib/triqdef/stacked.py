@@ -31,6 +31,7 @@ Only :class:`triqdef.models.CifarResNet` (ResNet-20/56) is stacked; other models
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -257,7 +258,7 @@ def _observer_state(quantized: dict, groups: int, placeholder: torch.Tensor) -> 
     return torch.cat(rows[0] + rows[1]).view(2, groups)
 
 
-_MSE_SAMPLES = 8192   # quant.mse_clip's max_samples
+_MSE_SAMPLES = inspect.signature(quant.mse_clip).parameters["max_samples"].default
 
 
 @functools.lru_cache(maxsize=None)

@@ -77,6 +77,16 @@ def test_fp_and_joint_qat_steps_read_nothing(batch):
     assert set(rec) == {f"{k}_{b}" for b in BITS for k in ("loss", "acc")}
 
 
+def test_stacked_joint_qat_step_reads_nothing(batch):
+    """Issue 31: the stacked joint-QAT step (every bit-width in one pass, triqdef.stacked), observers and BN statistics
+    updated, reads no value: a CUDA graph can capture it. Twice: the first call builds its constants."""
+    x, y, _ = batch
+    model = _qmodel(batch)
+    for step in range(2):
+        rec = _guarded(lambda m, *a: train_step(m, x, y, BITS, 0.1, stacked_bits=True), model, x, y, step)
+        assert set(rec) == {f"{k}_{b}" for b in BITS for k in ("loss", "acc")}
+
+
 @pytest.mark.parametrize("make", [
     lambda pool: PBATStep(BITS, 0, attack_steps=2),
     lambda pool: DWQStep(BITS, 0, attack_steps=2),

@@ -40,10 +40,13 @@ def _batch(step: int):
     return x, torch.randint(0, 10, (32,), generator=g)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
 @pytest.mark.parametrize("calibrated", [True, False])
-def test_stacked_training_equals_sequential_for_three_steps(calibrated):
-    """Loss, every gradient, and after each SGD step every weight, BN statistic and observer range."""
-    seq, stk = _model(calibrated), _model(calibrated)
+def test_stacked_training_equals_sequential_for_three_steps(calibrated, channels_last):
+    """Loss, every gradient, and after each SGD step every weight, BN statistic and observer range; the weights
+    contiguous or channels-last (as the CPU and GPU profiles train)."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    seq, stk = _model(calibrated).to(memory_format=memory_format), _model(calibrated).to(memory_format=memory_format)
     opt_seq = torch.optim.SGD(seq.parameters(), lr=0.05, momentum=0.9)
     opt_stk = torch.optim.SGD(stk.parameters(), lr=0.05, momentum=0.9)
     for step in range(3):
@@ -86,3 +89,67 @@ def test_bad_requests_are_one_line_errors():
     with quant.frozen_statistics(list(frozen.modules())[:12]):
         with pytest.raises(TriqdefError, match="freeze every bit-width's observers or none"):
             stacked.stacked_logits(frozen, x, BITS)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_weight_quantization_per_group_equals_quantize_weight(channels_last):
+    """The fused weight quantization of every group (one autograd function) equals quant.quantize_weight at each
+    bit-width bit for bit, on weights whose quotients sit on rounding ties (k + 1/2 at 4 bits, a power-of-two scale),
+    and its gradient is the sum of the G copies' gradients, in the weight's memory format."""
+    g = torch.Generator().manual_seed(3)
+    bits = [32, 8, 5, 4, 2]
+    ties = (torch.randint(-7, 7, (8, 4, 3, 3), generator=g) + 0.5) / 16   # 4 bits: scale 7/16 / 7 = 1/16
+    ties[:, 0, 0, 0] = 7 / 16                                             # each channel's absmax
+    for weight in (ties, torch.randn(8, 4, 3, 3, generator=g), torch.randn(10, 16, generator=g)):
+        if channels_last and weight.dim() == 4:
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        weight = weight.clone().requires_grad_()
+        stacked_w = stacked.stacked_weight(weight, bits)
+        o = weight.shape[0]
+        for k, b in enumerate(bits):
+            assert torch.equal(stacked_w[k * o:(k + 1) * o], quant.quantize_weight(weight, b).detach()), b
+        upstream = torch.empty_like(stacked_w).copy_(torch.randn(stacked_w.shape, generator=g))   # in its format
+        (grad,) = torch.autograd.grad(stacked_w, weight, upstream)
+        # (to float rounding: the G copies are summed in memory order)
+        torch.testing.assert_close(grad, upstream.view(len(bits), *weight.shape).sum(0))
+        assert grad.stride() == weight.stride()
+
+
+def test_stacked_relu_equals_each_bit_widths_quantizer():
+    """One stacked ReLU (batch range, the 2-bit MSE clip, the observers' moving average, per-group fake quantization)
+    gives each group's output and gradient, and each observer's min and max, bit for bit as the bit-width's own
+    quantizer does on its channels: from fresh observers and from calibrated ones, on values with rounding ties."""
+    bits = [32, 8, 4, 2]
+    seq = quant.QuantReLU(bits, range_estimator={8: "max", 4: "max", 2: "mse"}).train()
+    stk = copy.deepcopy(seq)
+    g = torch.Generator().manual_seed(5)
+    n, c = 16, 8
+    for step in range(3):
+        x = torch.randn(n, len(bits) * c, 12, 12, generator=g) * (1 + step)
+        x[:, :, 0, 0] = torch.randint(0, 30, (n, len(bits) * c), generator=g) / 8   # quotients on ties, some clipped
+        x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+        upstream = torch.randn(x.shape, generator=g).contiguous(memory_format=torch.channels_last)
+        writes = stacked._StateWrites()
+        out = stacked._relu(stk, x, bits, writes)
+        writes.apply()
+        (grad,) = torch.autograd.grad(out, x, upstream)
+        for k, b in enumerate(bits):
+            part = x.detach()[:, k * c:(k + 1) * c].clone().requires_grad_()
+            seq.active_bits = b
+            expected = seq(part)
+            (expected_grad,) = torch.autograd.grad(expected, part, upstream[:, k * c:(k + 1) * c])
+            assert torch.equal(out.detach()[:, k * c:(k + 1) * c], expected.detach()), (step, b)
+            assert torch.equal(grad[:, k * c:(k + 1) * c], expected_grad), (step, b)
+        for (name, a), b in zip(seq.state_dict().items(), stk.state_dict().values()):
+            assert torch.equal(a, b), (step, name)
+
+
+@pytest.mark.parametrize("shape", [(16, 32, 16, 16), (2, 12, 4, 4)], ids=["sampled", "whole"])
+def test_mse_clip_of_a_group_equals_quant_mse_clip(shape):
+    """The stacked MSE clip of one group (its samples taken from the stacked tensor) is quant.mse_clip's, bit for bit."""
+    groups = 4
+    h = torch.rand(shape, generator=torch.Generator().manual_seed(7)).contiguous(memory_format=torch.channels_last)
+    for k in range(groups):
+        samples = stacked._mse_samples(tuple(h.shape), k, groups, "cpu")
+        clip = stacked._mse_clip(h, samples, 0, 3)
+        assert torch.equal(clip.view(()), quant.mse_clip(h.unflatten(1, (groups, -1))[:, k], 0, 3)), k

@@ -61,6 +61,7 @@ class Claim:
     paper: str
     evaluate: Callable[[Path], tuple[str, str]]  # results dir -> (ours, verdict)
     note: str = ""
+    method: str = "percentile"   # how its intervals were made: a key of METHOD_NOTES
 
 
 class Missing(Exception):
@@ -852,13 +853,14 @@ CLAIMS = [
           "'preserves integer-only deployment' (no integer runtime measured)", _int8,
           "Ours: the 8-bit view of every defended model and of Table 9's PTQ model on PyTorch's int8 kernels "
           "(triqdef.deploy); seen, unseen and white-box LAVAN ASR (white-box: 10 patches made on the fake-quantized "
-          "view) within ±2 points of the fake-quantized view (paired on common images, studentised over patches)."),
+          "view) within ±2 points of the fake-quantized view (paired on common images, studentised over patches).",
+          method="studentised"),
     Claim("Title, §3 (issue 30)", "a patch made at one bit-width of TriQDef's shared backbone does not transfer to its other bit-widths",
           "the paper's mechanism (not measured there)", _cross_bit,
           "Ours: LAVAN patches made white-box on each defended model at each source bit-width, evaluated at every "
           "bit-width of the same model (stage cross_bit). Decided on the transfer ratio r(s, t) = ASR(s → t) / "
           "ASR(s → s), TriQDef against standard QAT and PBAT, paired on common images, Holm over every off-diagonal "
-          "pair; recomputed from the outcome store results/outcomes/cross_bit.parquet."),
+          "pair; recomputed from the outcome store results/outcomes/cross_bit.parquet.", method="studentised"),
     Claim("App. C, Table 15; Table 6 (ImageNet)", "ImageNet architectures and 50×50 patches", "Table 15", _out_of_scope,
           "Needs ImageNet and its pretrained models: not available offline here."),
 ]
@@ -996,6 +998,14 @@ METHOD_NOTE = ("95 % percentile bootstrap over test images and patches, as the n
                "([design](../docs/design.md#interval-coverage))")
 
 
+STUDENTISED_NOTE = ("95 % studentised bootstrap interval over patches (t quantile, P − 1 degrees of freedom), each "
+                    "difference paired on the images eligible for every side; the coverage simulation supports it from 10 "
+                    "patches ([design](../docs/design.md#interval-coverage))")
+
+
+METHOD_NOTES = {"percentile": METHOD_NOTE, "studentised": STUDENTISED_NOTE}
+
+
 def _short(text: str, limit: int = CELL) -> str:
     """``text`` on one line, cut at a word before ``limit`` characters (with "…")."""
     text = " ".join(str(text).split()).replace("|", "/")
@@ -1088,7 +1098,7 @@ def _section(row: Row, profile: str) -> list[str]:
     if c.note:
         lines.append(f"- Note: {c.note}")
     if row.read:
-        lines.append(f"- Method: {METHOD_NOTE}; {SEEDS_NOTE}.")
+        lines.append(f"- Method: {METHOD_NOTES[c.method]}; {SEEDS_NOTE}.")
         for regime in ("matched", "paper"):
             entries = [e for e in row.read if e["regime"] == regime]
             if not entries:

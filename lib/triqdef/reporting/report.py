@@ -726,7 +726,7 @@ def _cross_bit(results):
     alone (``results/outcomes/cross_bit.parquet``): the transfer ratio r(s, t) = ASR(s → t) / ASR(s → s) of
     TriQDef against standard QAT and PBAT at every off-diagonal (s, t), decided by Holm over all of them."""
     from triqdef.eval import outcome_store
-    from triqdef.eval.cross_bit import transfer_matrix
+    from triqdef.eval.cross_bit import set_name
     from triqdef.eval.intervals import verdict as interval_verdict, Interval
     from triqdef.stages import cross_bit as stage
 
@@ -740,11 +740,10 @@ def _cross_bit(results):
         _record("matched", f"transfer ratio × 100, TriQDef − {r.baseline}, {r.source_bits}→{r.target_bits} bits",
                 100 * r.difference, 100 * r.low, 100 * r.high, "lower than 0",
                 interval_verdict(ci, "lower") if pd.notna(r.difference) else INCONCLUSIVE, r.n_common_images, r.n_patches)
-    diag = pd.concat([transfer_matrix(store, m, stage.N_BOOT) for m in (stage.MODEL, *stage.BASELINES)])
-    diag = diag[diag["source_bits"] == diag["target_bits"]]
-    white = "; ".join(f"{m} " + " / ".join(f"{a:.0f}" for a in g.sort_values("source_bits", ascending=False)["asr"])
-                      for m, g in diag.groupby("model", sort=False))
-    bits = "/".join(str(b) for b in sorted(diag["source_bits"].unique(), reverse=True))
+    sources = sorted({int(x.split("@")[1]) for x in store["set"].unique()}, reverse=True)
+    white = "; ".join(f"{m} " + " / ".join(f"{100 * outcome_store.outcomes(store, model=m, set=set_name(s), bits=s).rate():.0f}"
+                                           for s in sources) for m in (stage.MODEL, *stage.BASELINES))
+    bits = "/".join(str(b) for b in sources)
     mean_ratio = {b: table.loc[table["baseline"] == b, ["ratio", "ratio_baseline"]].mean() for b in stage.BASELINES}
     first = stage.BASELINES[0]
     ratios = (f"mean transfer ratio TriQDef {mean_ratio[first]['ratio']:.2f}, "

@@ -17,8 +17,12 @@
 #
 # * Table 4: clean accuracy per bit-width (standard QAT, PBAT, DWQ, TriQDef);
 # * Table 5: targeted ASR of LAVAN and GAP on the seen and unseen patch sets at
-#   32/5/4/2 bits, DWQ's random-precision inference as an extra column, and the
-#   white-box row (LAVAN optimised on each defended model, over locations and B);
+#   32/5/4/2 bits, DWQ's random-precision inference as an extra column, the
+#   white-box row (LAVAN optimised on each defended model, over locations and B),
+#   PatchAttack (matched size) and the noise baseline (a random patch of the same
+#   size at the same place); every outcome in `results/outcomes/table5*.parquet`,
+#   from which the comparisons and REPORT's verdicts are computed;
+# * the cross-bit transfer heatmaps of stage `cross_bit`;
 # * Table 2 in the project's terms (standard QAT vs PBAT at 32, 8 and 8-bit PTQ of
 #   the 32-bit weights);
 # * Table 17 (training cost relative to QAT), Table 18 (inference cost of the
@@ -79,6 +83,18 @@ t5_matched
 
 # %%
 training.table2_qat_vs_pbat(run, "matched")
+
+# %% [markdown]
+# ## Cross-bit transfer inside each defended model (stage `cross_bit`)
+#
+# LAVAN patches made white-box on each model at one bit-width (rows: the source), evaluated at
+# every bit-width of the same model (columns); the framed diagonal is the white-box attack there.
+# A patch that keeps its success off the diagonal transfers across the shared backbone's
+# bit-widths: TriQDef's title claims it should not. REPORT.md decides that claim on the
+# transfer ratio, paired against standard QAT and PBAT (table `cross_bit_ratios`).
+
+# %%
+training.figure_cross_bit(run)
 
 # %% [markdown]
 # ## Table 17: training cost relative to multi-bit QAT; Table 18: deployed inference cost

@@ -290,47 +290,6 @@ def test_motivation_claims_are_decided_on_intervals():
     assert motivation.level_claims(inp, level, 0.95, "a→b", source="a", view="2-bit")["verdict"] == FAILS
 
 
-def test_table5_claims_compare_different_patch_sets_on_the_same_images():
-    """Unseen minus seen (GAP) per model and each model's own white-box patches: two patch sets on the same
-    images, each decided on its interval, one record per (view, claim) with its topic."""
-    from types import SimpleNamespace
-
-    from triqdef.eval.intervals import FAILS, HOLDS
-    from triqdef.stages import training
-
-    inp = SimpleNamespace(cfg=SimpleNamespace(base=SimpleNamespace(seed=0)))
-    parts = []
-    for model, seen, unseen, wb in ((S.TRIQDEF, 0.2, 0.2, 0.1), (S.PBAT, 0.2, 0.5, 0.6), (S.DWQ, 0.3, 0.3, 0.7)):
-        parts.append(_records({"4-bit": [seen] * 4}, n_images=3000, attack=S.GAP, seed=1, model=model, patch_set="seen"))
-        parts.append(_records({"4-bit": [unseen] * 4}, n_images=3000, attack=S.GAP, seed=2, model=model, patch_set="unseen_bits2"))
-        parts.append(_records({"4-bit": [wb] * 3}, n_images=3000, attack=S.LAVAN, seed=3, model=model, patch_set="whitebox"))
-    claims = training.table5_claims(inp, pd.concat(parts, ignore_index=True), ["4-bit"])
-    by = {(c["topic"], c["statement"]): c for c in claims}
-    assert [c["topic"] for c in claims] == ["unseen_rise", "unseen_rise", "pbat_unseen", "whitebox", "whitebox",
-                                            "seen_lowest_bits", "seen_lowest_bits"]
-    # QADT-R's "PBAT fails on unseen patches": PBAT's GAP unseen 50 % against seen 20 % (no LAVAN seen set here)
-    (pbat,) = [c for c in claims if c["topic"] == "pbat_unseen"]
-    assert pbat["verdict"] == HOLDS and "PBAT GAP unseen − seen" in pbat["statement"]
-    # TriQDef 20 % vs PBAT 20 % and DWQ 30 % on the seen GAP patches: neither "20 % below PBAT" nor "50 % below DWQ"
-    lowest = [c for c in claims if c["topic"] == "seen_lowest_bits"]
-    assert [c["verdict"] for c in lowest] == [FAILS, FAILS] and "TriQDef − 0.8 × PBAT" in lowest[0]["statement"]
-    rise = {k[1].split()[1]: c for k, c in by.items() if k[0] == "unseen_rise"}
-    assert rise[S.TRIQDEF]["verdict"] == HOLDS and rise[S.TRIQDEF]["claim"] == "lower than 3"  # no rise: below 3
-    assert rise[S.PBAT]["verdict"] == HOLDS and rise[S.PBAT]["n_patches"] == 8  # +30 points > 15
-    assert all(c["verdict"] == HOLDS for c in claims if c["topic"] == "whitebox")
-    # a model without GAP records has no rise claim; PBAT's rise below 15 points does not hold
-    few = pd.concat([p for p in parts if not (p["model"].iloc[0] == S.TRIQDEF and p["attack"].iloc[0] == S.GAP)])
-    few.loc[(few["model"] == S.PBAT) & (few["patch_set"] == "unseen_bits2"), "hits_asr"] = \
-        few.loc[(few["model"] == S.PBAT) & (few["patch_set"] == "seen"), "hits_asr"].values
-    claims = training.table5_claims(inp, few, ["4-bit"])
-    assert [c["verdict"] for c in claims if c["topic"] == "unseen_rise"] == [FAILS]
-    # LAVAN unseen patches on TriQDef at a third of PBAT's rate: "over 40 % lower" holds
-    unseen = pd.concat([_records({"4-bit": [r] * 4}, n_images=3000, seed=4, model=m, patch_set="unseen_bits2")
-                        for m, r in ((S.TRIQDEF, 0.1), (S.PBAT, 0.3))])
-    (red,) = [c for c in training.table5_claims(inp, unseen, ["4-bit"]) if c["topic"] == "unseen_reduction"]
-    assert red["verdict"] == HOLDS and red["n_patches"] == 4
-
-
 def test_report_reads_the_training_metrics_where_the_stage_writes_them(tmp_path, monkeypatch):
     """The report's Table 17 and Figure 3 claims read the headline (results/metrics) and the benchmark record
     (results/metadata) that notebook 02 writes from :func:`triqdef.stages.training.metrics`."""

@@ -170,7 +170,7 @@ def cuts_transfer(frame: pd.DataFrame, model: str, baseline: str, pairs: Sequenc
         try:
             ci, d = ratio_difference(frame, model, baseline, source, target, n_boot, seed, method)
         except NoCommonImages:   # (tiny smoke models at 2 bits) the pair cannot be compared: it is not decided
-            cis.append(Interval(float("nan"), float("nan"), float("nan"), 0, 0, 0, n_boot, "none", float("nan"), 0))
+            cis.append(intervals.undecided(n_boot))
             rows.append({"source_bits": source, "target_bits": target, "ratio": float("nan"),
                          "ratio_baseline": float("nan"), "difference": float("nan"), "low": float("nan"),
                          "high": float("nan"), "n_patches": 0, "n_common_images": 0, "p_holds": float("nan"),

@@ -172,6 +172,13 @@ def studentised(percentile: Interval, n_patches: int, level: float = LEVEL) -> I
                                df=n_patches - 1)
 
 
+def undecided(n_boot: int = 0) -> Interval:
+    """The interval of a comparison that cannot be made (no common image): NaN everywhere, no sample, method
+    ``"none"``; its verdict is *inconclusive* and it has no p-values."""
+    nan = float("nan")
+    return Interval(nan, nan, nan, 0, 0, 0, n_boot, "none", nan, 0)
+
+
 def bootstrap_rate(o: Outcomes, n_boot: int = 2000, seed: int = 0, method: str = "percentile",
                    level: float = LEVEL) -> Interval:
     """The rate of ``o`` with its 95 % (``level``) interval from ``n_boot`` replicates resampling images and
@@ -292,6 +299,19 @@ def holm(p_values: Sequence[float], alpha: float) -> list[bool]:
             break
         rejected[i] = True
     return rejected
+
+
+def holm_verdict(verdicts: Sequence[str], p_fails: Sequence[float], alpha: float = (1 - LEVEL) / 2) -> str:
+    """One verdict for comparisons that must all hold, from their stored verdicts and one-sided ``p_fails``
+    (:func:`one_sided_p`): *holds* when each holds (an intersection-union test, no correction needed), *does not
+    hold* when Holm's procedure rejects "it holds" for at least one at familywise level ``alpha``, otherwise
+    *inconclusive at this sample size* (also for no comparison at all)."""
+    verdicts = list(verdicts)
+    if not verdicts:
+        return INCONCLUSIVE
+    if all(v == HOLDS for v in verdicts):
+        return HOLDS
+    return FAILS if any(holm(list(p_fails), alpha)) else INCONCLUSIVE
 
 
 def familywise_verdict(intervals: Sequence[Interval], claim: str, margin: float = 0.0,

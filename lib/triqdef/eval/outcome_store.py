@@ -85,15 +85,22 @@ def validate(frame, where: str = "outcome store"):
     return out.reset_index(drop=True)
 
 
-def write(frame, path: str | Path) -> Path:
-    """Validate ``frame`` and write it to ``path`` (Parquet) atomically; nothing is written if it is invalid."""
+def write(frame, path: str | Path, info: dict | None = None) -> Path:
+    """Validate ``frame`` and write it to ``path`` (Parquet) atomically; nothing is written if it is invalid.
+    ``info``: what the rows do not say but a reader needs (e.g. the regime and patch size), as JSON in the file's
+    metadata (:func:`read_info`)."""
+    import json
+
     path = Path(path)
     frame = validate(frame, f"outcome store {path}")
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"triqdef.outcomes": SCHEMA_VERSION.encode()})
+    extra = {b"triqdef.outcomes": SCHEMA_VERSION.encode()}
+    if info:
+        extra[b"triqdef.info"] = json.dumps(info, sort_keys=True).encode()
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     os.close(fd)
@@ -125,14 +132,34 @@ def read(path: str | Path):
     return validate(frame, f"outcome store {path}")
 
 
+def read_info(path: str | Path) -> dict:
+    """The ``info`` a store was written with (:func:`write`); {} when it has none."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except Exception:
+        read(path)   # the one-line error of a missing or unreadable store
+        raise
+    raw = meta.get(b"triqdef.info")
+    return json.loads(raw) if raw else {}
+
+
 def select(frame, **where):
-    """The rows whose selectors (model, seed, bits, attack, set) equal the given values."""
+    """The rows whose selectors (model, seed, bits, attack, set) equal the given values; a list or tuple of values
+    selects any of them (e.g. ``set=["unseen_bits4", "unseen_bits2"]``: a group of sets)."""
     unknown = [k for k in where if k not in SELECTORS]
     if unknown:
         raise TriqdefError(f"outcome selection by {', '.join(unknown)}: expected any of {', '.join(SELECTORS)}")
     mask = np.ones(len(frame), dtype=bool)
     for key, value in where.items():
-        mask &= (frame[key] == value).to_numpy()
+        if isinstance(value, (list, tuple)):
+            mask &= frame[key].isin(list(value)).to_numpy()
+        else:
+            mask &= (frame[key] == value).to_numpy()
     return frame[mask]
 
 
@@ -140,13 +167,22 @@ def _describe(where: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in where.items()) or "all rows"
 
 
-def _matrix(rows, patch_keys: list[tuple], images: np.ndarray, eligible_too: np.ndarray | None = None):
-    """(hits, eligible) of ``rows`` as (patches × images) booleans, patches in ``patch_keys`` order."""
+#: What names one patch in a selection (a group of sets may reuse a patch id and a target in each set).
+PATCH_KEY = ("seed", "set", "target", "patch_id")
+
+
+def _patch_keys(rows) -> list[tuple]:
+    return list(zip(*(rows[c] for c in PATCH_KEY)))
+
+
+def _matrix(rows, patch_keys: list[tuple], images: np.ndarray):
+    """(hits, eligible) of ``rows`` as (patches × images) booleans, patches (:data:`PATCH_KEY` tuples) in
+    ``patch_keys`` order."""
     hits = np.zeros((len(patch_keys), len(images)), dtype=bool)
     eligible = np.zeros_like(hits)
     col = {int(i): j for j, i in enumerate(images)}
     row = {k: i for i, k in enumerate(patch_keys)}
-    keys = list(zip(rows["seed"], rows["target"], rows["patch_id"]))
+    keys = _patch_keys(rows)
     r = np.fromiter((row.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
     c = rows["image_id"].map(col).fillna(-1).to_numpy(dtype=np.int64)
     keep = (r >= 0) & (c >= 0)
@@ -159,12 +195,12 @@ def _matrix(rows, patch_keys: list[tuple], images: np.ndarray, eligible_too: np.
 
 
 def outcomes(frame, **where) -> Outcomes:
-    """The targeted-ASR outcomes of one selection: a row per patch (ordered by training seed, target, patch id),
+    """The targeted-ASR outcomes of one selection: a row per patch (ordered by training seed, set, target, patch id),
     a column per test image; each patch on its own eligible images (a table's single rate)."""
     rows = select(frame, **where)
     if rows.empty:
         raise TriqdefError(f"no outcomes for {_describe(where)}: expected rows in the store for that selection")
-    keys = sorted(set(zip(rows["seed"], rows["target"], rows["patch_id"])))
+    keys = sorted(set(_patch_keys(rows)))
     images = np.sort(rows["image_id"].unique())
     return Outcomes(*_matrix(rows, keys, images))
 
@@ -185,47 +221,90 @@ class Paired:
         return int((self.a.eligible.any(0)).sum())
 
 
-def paired(frame, a: dict, b: dict, frame_b=None) -> Paired:
+#: How :func:`aligned` pairs the patches of two selections: by target (each side made its own patches, one per
+#: class, e.g. each model's white-box patches) or as the very same patches (one patch set on two models).
+BY_TARGET, SAME_PATCHES = ("seed", "target"), ("seed", "set", "patch_id")
+
+
+def paired(frame, a: dict, b: dict, frame_b=None, pair_by: tuple[str, ...] = BY_TARGET) -> Paired:
     """Outcomes of selections ``a`` and ``b`` (of ``frame``, or ``b`` of ``frame_b``) on common images (issue 29,
-    item 2). Patches are paired by (training seed, target): each side must hold one patch per pair (sets made one
-    per class). A pair is evaluated only on the images that are eligible on both sides (clean-correct for both
-    models, label ≠ target); no common image at all is an error."""
-    (out_a, out_b), per_target = aligned([frame, frame if frame_b is None else frame_b], [a, b])
+    item 2). Patches are paired by ``pair_by``: by (training seed, target) by default, each side holding one patch
+    per pair (sets made one per class), or :data:`SAME_PATCHES`. A pair is evaluated only on the images that are
+    eligible on both sides (clean-correct for both models, label ≠ target); no common image at all is an error."""
+    (out_a, out_b), per_target = aligned([frame, frame if frame_b is None else frame_b], [a, b], pair_by)
     return Paired(out_a, out_b, per_target)
 
 
-def aligned(frames, selections: list[dict]) -> tuple[list[Outcomes], dict[int, int]]:
+def aligned(frames, selections: list[dict], pair_by: tuple[str, ...] = BY_TARGET) -> tuple[list[Outcomes], dict[int, int]]:
     """:func:`paired` for any number of selections (``frames[i]`` holds ``selections[i]``): every selection's
-    outcomes on the same patch rows, paired by (training seed, target), and the same image columns, each (patch,
-    image) eligible only where it is for every selection; and the number of common eligible images per target.
-    Used where a comparison involves more than two views, e.g. a ratio of two rates compared between two models
-    (:mod:`triqdef.eval.cross_bit`)."""
+    outcomes on the same patch rows, paired by ``pair_by`` (columns of :data:`PATCH_KEY`), and the same image
+    columns, each (patch, image) eligible only where it is for every selection; and the number of common eligible
+    images per target. Used where a comparison involves more than two views, e.g. a ratio of two rates compared
+    between two models (:mod:`triqdef.eval.cross_bit`)."""
+    unknown = [c for c in pair_by if c not in PATCH_KEY]
+    if unknown or not pair_by:
+        raise TriqdefError(f"pairing patches by {list(pair_by)}: expected columns of {', '.join(PATCH_KEY)}")
     rows_all, keys_all = [], []
     for frame, where in zip(frames, selections, strict=True):
         rows = select(frame, **where)
         if rows.empty:
             raise TriqdefError(f"no outcomes for {_describe(where)}: expected rows in the store for that selection")
-        pairs = rows.groupby(["seed", "target"])["patch_id"].nunique()
-        if (pairs > 1).any():
-            raise TriqdefError(f"{_describe(where)} has several patches for (seed, target) {pairs[pairs > 1].index[0]}: "
-                               "expected one patch per target to pair them")
+        patches = rows.drop_duplicates(list(PATCH_KEY))
+        per_pair = patches.groupby(list(pair_by)).size()
+        if (per_pair > 1).any():
+            raise TriqdefError(f"{_describe(where)} has several patches for ({', '.join(pair_by)}) "
+                               f"{per_pair[per_pair > 1].index[0]}: expected one patch per pair")
         rows_all.append(rows)
-        keys_all.append({(s, t): p for s, t, p in zip(rows["seed"], rows["target"], rows["patch_id"])})
+        keys_all.append({tuple(k[PATCH_KEY.index(c)] for c in pair_by): k for k in _patch_keys(patches)})
     names = " and ".join(_describe(w) for w in selections)
     shared = sorted(set.intersection(*(set(k) for k in keys_all)))
     if not shared:
-        raise TriqdefError(f"comparison between {names}: no (seed, target) in common to pair their patches")
+        raise TriqdefError(f"comparison between {names}: no ({', '.join(pair_by)}) in common to pair their patches")
     images = rows_all[0]["image_id"].unique()
     for rows in rows_all[1:]:
         images = np.intersect1d(images, rows["image_id"].unique())
     images = np.sort(images)
-    matrices = [_matrix(rows, [(s, t, keys[(s, t)]) for s, t in shared], images)
-                for rows, keys in zip(rows_all, keys_all)]
+    matrices = [_matrix(rows, [keys[k] for k in shared], images) for rows, keys in zip(rows_all, keys_all)]
     both = np.logical_and.reduce([eligible for _, eligible in matrices])
     if not both.any():
         raise NoCommonImages(f"comparison between {names}: no common images (none is eligible for every side: "
                            "clean-correct on every model and view, and not of the patch's target class)")
     per_target: dict[int, int] = {}
-    for (seed, target), row in zip(shared, both):
-        per_target[int(target)] = per_target.get(int(target), 0) + int(row.sum())
+    for key, row in zip(shared, both):
+        target = int(keys_all[0][key][PATCH_KEY.index("target")])
+        per_target[target] = per_target.get(target, 0) + int(row.sum())
     return [Outcomes(hits, both) for hits, _ in matrices], per_target
+
+
+#: The outcome store's bit-width of DWQ's random-precision view (Table 5's column "random"): no single bit-width.
+RANDOM_BITS = 0
+
+
+def view_bits(view: str) -> int:
+    """A records' view name as the store's bit-width: ``"4-bit"`` -> 4, ``"random"`` -> :data:`RANDOM_BITS`."""
+    if view == "random":
+        return RANDOM_BITS
+    head = str(view).split("-bit")[0]
+    if not head.isdigit():
+        raise TriqdefError(f"view {view!r}: expected '<bits>-bit' or 'random' to store its outcomes")
+    return int(head)
+
+
+def from_records(records, seed: int, labels, image_ids=None):
+    """Outcome-store rows from the records of :func:`triqdef.eval.transfer.transfer_records` (one row per patch and
+    view, with ``model``, ``patch_set``, the patch's index, target and location, and each image's clean and patched
+    prediction): one row per (patch, view, image). ``labels``: the test images' classes, in the records' order;
+    ``image_ids``: their ids in the prepared test split (default 0, 1, ...). ``seed``: the models' training seed."""
+    pd = _pd()
+    labels = np.asarray(labels)
+    ids = np.arange(len(labels)) if image_ids is None else np.asarray(image_ids)
+    frames = []
+    for r in records.itertuples(index=False):
+        frames.append(pd.DataFrame({
+            "model": r.model, "seed": int(seed), "bits": view_bits(r.view), "attack": r.attack, "set": r.patch_set,
+            "patch_id": int(r.patch), "target": int(r.target), "loc_y": int(r.loc_y), "loc_x": int(r.loc_x),
+            "image_id": ids, "label": labels, "clean_pred": np.asarray(r.clean_pred),
+            "patched_pred": np.asarray(r.patched_pred)}))
+    if not frames:
+        raise TriqdefError("no records to store: expected at least one patch evaluated on one view")
+    return validate(pd.concat(frames, ignore_index=True), "outcome records")

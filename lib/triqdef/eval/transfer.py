@@ -57,7 +57,10 @@ def transfer_records(patches: list[Patch], views: dict[str, tuple[nn.Module, int
                          "n_images": int(labels.numel()),
                          # per-image outcomes, for the intervals (object columns: never written to a table)
                          "hits_asr": (adv == patch.target).cpu().numpy(), "hits_fooling": (adv != labels).cpu().numpy(),
-                         "eligible": eligible.cpu().numpy(), "eligible_common": (eligible & common).cpu().numpy()})
+                         "eligible": eligible.cpu().numpy(), "eligible_common": (eligible & common).cpu().numpy(),
+                         # what the outcome store keeps (triqdef.eval.outcome_store.from_records)
+                         "loc_y": int(patch.location[0]), "loc_x": int(patch.location[1]),
+                         "clean_pred": clean[name].cpu().numpy(), "patched_pred": adv.cpu().numpy()})
     return pd.DataFrame(rows)
 
 

@@ -17,7 +17,8 @@ import numpy as np
 
 from triqdef.errors import TriqdefError
 
-COLOURS = {"holds": "#1b7837", "does not hold": "#b2182b", "too few patches to decide": "#8c6bb1"}
+COLOURS = {"holds": "#1b7837", "does not hold": "#b2182b", "too few patches to decide": "#8c6bb1",
+           "at the noise floor": "#d9a400"}   # a relative claim where a rate is not above a random patch's
 OTHER = "#7f7f7f"   # inconclusive at this sample size
 _CLAIMED = re.compile(r"^(higher|lower) than (-?[0-9.]+(?:e[-+]?\d+)?)$")
 

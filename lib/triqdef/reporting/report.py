@@ -27,6 +27,7 @@ from triqdef import paths
 from triqdef.meta import provenance, write_text
 from triqdef.reporting import schemas as S
 from triqdef.reporting.forest import Evidence, parse_claimed
+from triqdef.eval.defense_claims import AT_FLOOR
 from triqdef.eval.intervals import (FAILS, HOLDS, INCONCLUSIVE, MIN_PATCHES, TOO_FEW, claim_text as _interval_claim_text,
                                     overall_verdict)
 
@@ -178,11 +179,23 @@ def _table11(results):
 
 
 def _t5(results):
-    """Table 5 in its verdicts' regime, indexed by (model, group); the regime's words in ``attrs["size"]``."""
-    t, size = _patch_table(results, "table5_asr")
-    t = t.set_index([S.MODEL, S.GROUP])
-    t.attrs["size"] = size
-    return t
+    """Table 5's rates in its verdicts' regime (the matched size when the stage made it), indexed by (model, group),
+    recomputed from its outcome store (:func:`triqdef.eval.defense_claims.rate_table`); the regime's words in
+    ``attrs["size"]`` and the store's info in ``attrs["info"]``."""
+    from triqdef.eval import defense_claims, outcome_store
+
+    _table5_stores(results)
+    for regime in ("matched", "paper"):
+        path = results / "outcomes" / ("table5_matched.parquet" if regime == "matched" else "table5.parquet")
+        if path.is_file():
+            info = outcome_store.read_info(path)
+            t = defense_claims.rate_table(_table5_indexed(path))
+            size = info.get("patch_size")
+            t.attrs["size"] = (f"[{size}×{size}, matched size] " if regime == "matched" and size
+                               else "[paper's size] " if regime == "paper" else "[matched size] ")
+            t.attrs["info"] = info
+            return t
+    raise Missing("outcomes/table5_matched.parquet")
 
 
 def _lavan_bits(t: pd.DataFrame, attack: str = S.LAVAN) -> list[str]:
@@ -190,24 +203,72 @@ def _lavan_bits(t: pd.DataFrame, attack: str = S.LAVAN) -> list[str]:
     return [S.view_of(c) for c in S.attack_columns(t.columns, attack)]
 
 
+#: Table 5's outcome stores already read (key "indexed", path, mtime) and evaluated ((path, mtime) -> (comparisons,
+#: claims)) in this process.
+_TABLE5_EVIDENCE: dict[tuple, object] = {}
+
+
+def _table5_evidence(results: Path, regime: str) -> tuple[pd.DataFrame, list[dict]] | None:
+    """Table 5's comparisons and claims in ``regime``, recomputed from its outcome store alone
+    (``results/outcomes/table5[_matched].parquet``; :func:`triqdef.eval.defense_claims.evaluate`, the same call the
+    stage made); None when that regime has no store. The bootstrap seed is the store's training seed, as in the
+    stage."""
+    from triqdef.eval import defense_claims, outcome_store
+
+    path = results / "outcomes" / ("table5_matched.parquet" if regime == "matched" else "table5.parquet")
+    if not path.is_file():
+        return None
+    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    if key not in _TABLE5_EVIDENCE:
+        store = _table5_indexed(path)
+        _TABLE5_EVIDENCE[key] = defense_claims.evaluate(store, seed=int(store.frame["seed"].min()))
+    return _TABLE5_EVIDENCE[key]
+
+
+def _table5_indexed(path: Path):
+    """The store at ``path``, read and indexed once per process (:class:`triqdef.eval.defense_claims.Indexed`)."""
+    from triqdef.eval import defense_claims, outcome_store
+
+    key = ("indexed", str(path.resolve()), path.stat().st_mtime_ns)
+    if key not in _TABLE5_EVIDENCE:
+        _TABLE5_EVIDENCE[key] = defense_claims.Indexed(outcome_store.read(path))
+    return _TABLE5_EVIDENCE[key]
+
+
+def _table5_stores(results: Path) -> None:
+    """Table 5's verdicts come from its outcome stores only: neither store is a missing result."""
+    if not any((results / "outcomes" / f"{n}.parquet").is_file() for n in ("table5_matched", "table5")):
+        raise Missing("outcomes/table5_matched.parquet")
+
+
 def _comparisons(results, table: str, group: str, pairs, views=None, attack: str = S.LAVAN):
-    """The rows of the paired comparisons a notebook saved (``<table>_matched``, then ``<table>``;
-    docs/design.md#intervals-and-verdicts) for ``group``, ``attack``, ``pairs`` (and ``views``): yields
-    ``(regime, rows)`` for each regime that has any."""
+    """The rows of the paired comparisons (``<table>_matched``, then ``<table>``; docs/design.md#intervals-and-verdicts)
+    for ``group``, ``attack``, ``pairs`` (and ``views``): yields ``(regime, rows)`` for each regime that has any.
+    Table 5's are recomputed from its outcome stores (:func:`_table5_evidence`); the others are read from the
+    tables a notebook saved."""
+    if table == "table5_comparisons":
+        _table5_stores(results)
     for regime, name in (("matched", f"{table}_matched"), ("paper", table)):
-        try:
-            c = _table(results, name)
-        except Missing:
-            continue
+        if table == "table5_comparisons":
+            evidence = _table5_evidence(results, regime)
+            if evidence is None:
+                continue
+            c = evidence[0]
+        else:
+            try:
+                c = _table(results, name)
+            except Missing:
+                continue
         if "verdict" not in c.columns:  # the regime was not made (its table says why)
             continue
         in_pairs = pd.Series([(m, a) in pairs for m, a in zip(c["model"], c["against"])], index=c.index)
-        keep = (c["group"] == group) & (c["attack"] == attack) & in_pairs
+        groups, attacks = ([g] if isinstance(g, str) else list(g) for g in (group, attack))
+        keep = c["group"].isin(groups) & c["attack"].isin(attacks) & in_pairs
         if views is not None:
             keep &= c["view"].isin(list(views))
         if keep.any():
             for r in c[keep].itertuples():
-                _record(regime, f"{attack} {r.view}: {r.model} − {r.against}", r.difference, r.low, r.high,
+                _record(regime, f"{r.group} {r.attack} {r.view}: {r.model} − {r.against}", r.difference, r.low, r.high,
                         "lower than 0", r.verdict, r.n_images, r.n_patches)
             yield regime, c[keep]
 
@@ -217,10 +278,13 @@ def _paired(results, table: str, group: str, pairs, views=None, attack: str = S.
     selected comparison, text)}. A comparison claims that ``model`` is lower than ``against``; all must hold."""
     out = {}
     for regime, sel in _comparisons(results, table, group, pairs, views, attack):
-        text = "; ".join(f"{r.view} {r.model} − {r.against} {r.difference:+.1f} [{r.low:+.1f}, {r.high:+.1f}]"
-                         for r in sel.itertuples())
-        out[regime] = (overall_verdict(sel["verdict"]), f"{regime} regime ({int(sel['n_images'].iloc[0])} images, "
-                                                        f"{int(sel['n_patches'].iloc[0])} patches, points, 95% paired CI): {text}")
+        several = sel["group"].nunique() > 1 or sel["attack"].nunique() > 1
+        text = "; ".join(f"{f'{r.group} {r.attack} ' if several else ''}{r.view} {r.model} − {r.against} "
+                         f"{r.difference:+.1f} [{r.low:+.1f}, {r.high:+.1f}]" for r in sel.itertuples())
+        images = sorted({int(n) for n in sel["n_images"]})
+        span = f"{images[0]}" if len(images) == 1 else f"{images[0]}–{images[-1]} common"
+        out[regime] = (_all_hold(sel.to_dict("records")), f"{regime} regime ({span} images, "
+                                                          f"{int(sel['n_patches'].iloc[0])} patches, points, 95% paired CI): {text}")
     return out
 
 
@@ -240,16 +304,30 @@ def _claim_sets(results, table: str, topic: str | None = None):
     """The claims a table's metadata keeps (key ``claims``: :func:`triqdef.eval.intervals.claim_evidence`, written by
     the notebook stage beside the table), ``<table>_matched`` first: yields ``(regime, claims)`` for each regime
     that has any (of ``topic``, when given)."""
+    if table == "table5_asr":
+        _table5_stores(results)
     for regime, name in (("matched", f"{table}_matched"), ("paper", table)):
-        path = results / "tables" / f"{name}.json"
-        if not path.is_file():
-            continue
-        claims = [c for c in json.loads(path.read_text()).get("claims") or [] if topic is None or c.get("topic") == topic]
+        if table == "table5_asr":   # recomputed from the outcome store, never read from the table
+            evidence = _table5_evidence(results, regime)
+            saved = evidence[1] if evidence is not None else []
+        else:
+            path = results / "tables" / f"{name}.json"
+            if not path.is_file():
+                continue
+            saved = json.loads(path.read_text()).get("claims") or []
+        claims = [c for c in saved if topic is None or c.get("topic") == topic]
         if _recorded(claims, regime):
             yield regime, claims
 
 
 def _all_hold(claims: list[dict]) -> str:
+    """Claims that must all hold: decided familywise (Holm over their one-sided p-values,
+    :func:`triqdef.eval.defense_claims.familywise`) where they carry them; else every one must hold (uncorrected,
+    older tables)."""
+    from triqdef.eval.defense_claims import familywise
+
+    if claims and all(pd.notna(c.get("p_fails")) or c["verdict"] == AT_FLOOR for c in claims):
+        return familywise(claims)
     return overall_verdict([c["verdict"] for c in claims])
 
 
@@ -306,8 +384,9 @@ def _direction_and_size(ours: str, direction: dict[str, tuple[str, str]], size: 
               for r in ("matched", "paper") if r in direction or r in size}
     regime = next(iter(merged))
     d, z = direction.get(regime, (INCONCLUSIVE,))[0], size.get(regime, (INCONCLUSIVE,))[0]
-    verdict = (FAILS if d == FAILS else HOLDS if d == HOLDS and z == HOLDS else "partly" if d == HOLDS and z == FAILS
-               else INCONCLUSIVE)
+    # the size is a relative claim: judged only where both rates stand clearly above the noise baseline
+    verdict = (FAILS if d == FAILS else AT_FLOOR if z == AT_FLOOR else HOLDS if d == HOLDS and z == HOLDS
+               else "partly" if d == HOLDS and z == FAILS else INCONCLUSIVE)
     return ours + ". 95% CI: " + _paired_text(merged), verdict
 
 
@@ -325,12 +404,8 @@ def _seen_2bit(results):
         ok &= rel_pb > 20 and rel_dw > 50
         parts.append(f"{attack.upper()} TriQDef {tq:.1f} vs PBAT {pb:.1f} ({rel_pb:+.0f} % rel.) vs DWQ {dw:.1f} ({rel_dw:+.0f} % rel.)")
     ours = t.attrs["size"] + "seen patches at 2 bits: " + "; ".join(parts)
-    paired = {}
-    for attack in (S.LAVAN, S.GAP):
-        for regime, (v, text) in _paired(results, "table5_comparisons", S.SEEN, {(S.TRIQDEF, S.PBAT), (S.TRIQDEF, S.DWQ)},
-                                         attack=attack, views=[two]).items():
-            prev = paired.get(regime)
-            paired[regime] = (overall_verdict([prev[0], v]) if prev else v, f"{prev[1]}; {text}" if prev else text)
+    paired = _paired(results, "table5_comparisons", S.SEEN, {(S.TRIQDEF, S.PBAT), (S.TRIQDEF, S.DWQ)},
+                     attack=(S.LAVAN, S.GAP), views=[two])   # one family over both attacks (Holm)
     sized = _claims(results, "table5_asr", "seen_lowest_bits")
     if not paired:  # no comparisons saved (an older run): the point estimates
         return ours + " (point estimates)", "holds" if ok else "does not hold"
@@ -359,11 +434,11 @@ def _unseen_increase(results):
 def _marginal_rise_verdict(claims: list[dict]) -> str:
     """Section 4.3: TriQDef's rise stays below the margin at every bit-width (all its claims hold) and PBAT's
     exceeds its margin "often" (at least one bit-width)."""
-    tq = [c["verdict"] for c in claims if f" {S.TRIQDEF} " in c["statement"]]
+    tq = _all_hold([c for c in claims if f" {S.TRIQDEF} " in c["statement"]])   # every bit-width: Holm
     pb = [c["verdict"] for c in claims if f" {S.PBAT} " in c["statement"]]
-    if FAILS in tq or (pb and all(v == FAILS for v in pb)):
+    if tq == FAILS or (pb and all(v == FAILS for v in pb)):
         return FAILS
-    if tq and pb and all(v == HOLDS for v in tq) and HOLDS in pb:
+    if tq == HOLDS and HOLDS in pb:
         return HOLDS
     return INCONCLUSIVE
 
@@ -391,20 +466,10 @@ def _patchattack(results):
         raise Missing("table5_asr_matched (PatchAttack rows)")
     parts = [f"{m} {_fmt(t.loc[(m, blackbox), c] for c in cols)}" for m in (S.TRIQDEF, S.PBAT, S.DWQ, S.QADT_R,
                                                                           S.STANDARD_QAT) if (m, blackbox) in t.index]
-    meta = _patch_table_meta(results, "table5_asr")
-    q = meta.get("patchattack_queries") or {}
+    q = t.attrs["info"].get("patchattack_queries") or {}
     ours = (t.attrs["size"] + "PatchAttack ASR (" + " / ".join(S.view_of(c) for c in cols) + "): " + "; ".join(parts)
             + (f"; {q.get('mean', 0):.0f} queries per patch (budget {q.get('budget')})" if q else ""))
     return _decided(ours, _claims(results, "table5_asr", "patchattack"), "not decided")
-
-
-def _patch_table_meta(results, name: str) -> dict:
-    """The metadata of :func:`_patch_table`'s table (the matched one when it exists)."""
-    for candidate in (f"{name}_matched", name):
-        path = results / "tables" / f"{candidate}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-    return {}
 
 
 def _table2(results):
@@ -586,12 +651,7 @@ def _qadt_r_vs_baselines(results):
         rels += [100 * (1 - qr / o) for o in (pb, dw) if o > 0]
         parts.append(f"{b}: QADT-R {qr:.1f} vs PBAT {pb:.1f} vs DWQ {dw:.1f}")
     pairs = {(S.QADT_R, S.PBAT), (S.QADT_R, S.DWQ)}
-    paired = {}
-    for group in (S.SEEN, S.UNSEEN):
-        for regime, (verdict, text) in _paired(results, "table5_comparisons", group, pairs, views=_lavan_bits(t)).items():
-            old = paired.get(regime)
-            paired[regime] = (overall_verdict([verdict] + ([old[0]] if old else [])),
-                              (old[1] + " | " if old else "") + f"{group}: {text}")
+    paired = _paired(results, "table5_comparisons", (S.SEEN, S.UNSEEN), pairs, views=_lavan_bits(t))  # one family
     ours = (t.attrs["size"] + "LAVAN unseen ASR " + "; ".join(parts)
             + (f"; largest relative reduction {max(rels):+.0f} %" if rels else ""))
     return _decided(ours, paired, "not decided")
@@ -606,7 +666,7 @@ def _qadt_r_pbat_unseen(results):
         diffs = [t.loc[(S.PBAT, S.UNSEEN), S.attack_column(attack, b)] - t.loc[(S.PBAT, S.SEEN), S.attack_column(attack, b)]
                  for b in _lavan_bits(t, attack)]
         parts.append(f"{attack.upper()} {' / '.join(f'{d:+.1f}' for d in diffs)}")
-    claims = {r: (overall_verdict([c["verdict"] for c in cl]), f"{r} regime: " + "; ".join(claim_text(c) for c in cl))
+    claims = {r: (_all_hold(cl), f"{r} regime: " + "; ".join(claim_text(c) for c in cl))
               for r, cl in _claim_sets(results, "table5_asr", "pbat_unseen")}
     return _decided(t.attrs["size"] + "PBAT unseen − seen ASR (points, " + " / ".join(_lavan_bits(t)) + "): "
                     + "; ".join(parts), claims, "not decided")
@@ -759,13 +819,9 @@ def _holm_verdict(claims: list[dict], alpha: float = 0.025) -> str:
     """A row whose every one-sided claim must hold (an intersection-union test: *holds* when each does at level
     ``alpha``, no correction needed); *does not hold* only when Holm's step-down procedure over the claims' stored
     ``p_fails`` rejects at least one at familywise level ``alpha`` (docs/design.md#familywise-verdicts)."""
-    from triqdef.eval.intervals import holm
+    from triqdef.eval.intervals import holm_verdict
 
-    if all(c["verdict"] == HOLDS for c in claims):
-        return HOLDS
-    if any(holm([c.get("p_fails", float("nan")) for c in claims], alpha)):
-        return FAILS
-    return INCONCLUSIVE
+    return holm_verdict([c["verdict"] for c in claims], [c.get("p_fails", float("nan")) for c in claims], alpha)
 
 
 CLAIMS = [
@@ -784,7 +840,8 @@ CLAIMS = [
     Claim("App. A.4, Table 11", "dynamic quantization does not block transfer", "see Table 11", _table11),
     Claim("Abstract, §1, §4.3", "TriQDef lowers ASR on unseen patches by over 40 %, and below PBAT and DWQ at every bit-width",
           "unseen LAVAN TriQDef 35.6 / 33.3 / 29.1 / 27.3 vs PBAT 77.2 / 73.7 / 67.8 / 65.3 %", _unseen_reduction,
-          "'Over 40 %' is not said to be relative or in points; on the paper's Table 5 it holds both ways (41.6 points, 54 % relative at 32-bit)."),
+          "'Over 40 %' is not said to be relative or in points; on the paper's Table 5 it holds both ways (41.6 points, 54 % relative at 32-bit).",
+          method="studentised"),
     Claim("§4.2, Table 4; §4.6", "TriQDef keeps clean accuracy close to standard QAT",
           "Table 4: −0.0 / −1.8 / −2.3 / −2.4 points (32 / 5 / 4 / 2); §4.6 says '< 1 %'", _clean_cost,
           "§4.6's '< 1 %' contradicts the paper's own Table 4 (up to 2.4 points)."),
@@ -800,16 +857,20 @@ CLAIMS = [
           "Ours compares seen 10×10 FP-made patches with 6×6 patches made on a standard-QAT model at 2 bits (in the matched regime both scaled by the same factor: the sizes are in the table caption; docs/design.md#patch-sets)."),
     Claim("§4.3, Table 5", "at 2 bits TriQDef lowers ASR by over 20 % against PBAT and over 50 % against DWQ",
           "seen LAVAN 2-bit: 26.2 vs PBAT 39.7 vs DWQ 76.4 %", _seen_2bit,
-          "Read as relative; the paper's own Table 5 gives 34 % / 66 % relative (13.5 / 50.2 points)."),
+          "Read as relative; the paper's own Table 5 gives 34 % / 66 % relative (13.5 / 50.2 points).",
+          method="studentised"),
     Claim("§4.3, Table 5", "on unseen patches TriQDef's ASR rises only marginally (+2.1 % under GAP), PBAT's often by over 15 %",
           "+2.1 % (text)", _unseen_increase,
-          "The paper's Table 5 gives TriQDef GAP unseen minus seen +2.8 / +8.7 / +8.0 / +8.3 points, not +2.1."),
+          "The paper's Table 5 gives TriQDef GAP unseen minus seen +2.8 / +8.7 / +8.0 / +8.3 points, not +2.1.",
+          method="studentised"),
     Claim("§4.3, Table 5", "TriQDef shows resilience against the black-box PatchAttack (lower ASR than PBAT and DWQ)",
           "PatchAttack columns of Table 5", _patchattack,
           "Ours: a texture dictionary from our FP model and a REINFORCE agent over (texture, location), queried "
-          "against each model at each bit-width; each model's own patches, so the comparison pairs images only."),
+          "against each model at each bit-width; each model's own patches, so the comparison pairs images only.",
+          method="studentised"),
     Claim("docs/design.md#white-box-patches (not in the paper)", "white-box LAVAN optimised on each defended model over all its bit-widths",
-          "—", _whitebox, "An adaptive attacker; the paper reports only transferred patches."),
+          "—", _whitebox, "An adaptive attacker; the paper reports only transferred patches.",
+          method="studentised"),
     Claim("§4.5, Table 7", "without GPDP, ASR increases by over 10 %", "w/o GPDP vs full: +10.8 / +11.5 / +11.0 / +11.4 (seen)",
           _table7_gpdp, "On the paper's unseen rows the increase is +13.2 / +13.6 / +14.6 / +14.5."),
     Claim("App. D (speed)", "GPDP on a sub-batch, every n-th step, and maps at half resolution (ours) do not change the result",
@@ -824,10 +885,12 @@ CLAIMS = [
           "over 70 % at 2 bits", _qadt_r_transfer, "Our Table 1 (FP-made patches on standard QAT at 2 bits)."),
     Claim("QADT-R (abstract)", "QADT-R lowers patch ASR against PBAT and DWQ (by up to 25 %)", "up to 25 % lower",
           _qadt_r_vs_baselines, "QADT-R as docs/design.md#qadt-r reads it (A-QAPA + DBWT + GIR), from the same checkpoint and steps "
-          "as every defense; the direction is decided, 'up to' gives no lower bound to test."),
+          "as every defense; the direction is decided, 'up to' gives no lower bound to test.",
+          method="studentised"),
     Claim("QADT-R (abstract)", "PBAT works on seen patches but fails to generalise to unseen ones",
           "PBAT fails under quantization shift", _qadt_r_pbat_unseen,
-          "Read as PBAT's unseen-set ASR above its seen-set ASR (Table 5), every bit-width, both attacks."),
+          "Read as PBAT's unseen-set ASR above its seen-set ASR (Table 5), every bit-width, both attacks.",
+          method="studentised"),
     Claim("App. C.4, Table 16", "under DRP (deformable patches) TriQDef's ASR is below PBAT's and DWQ's, seen and unseen",
           "CIFAR-10 6×6: TriQDef 35.4 / 31.7 / 30.1 / 28.8 vs PBAT 56.6 / … vs DWQ 87.9 / … (32 / 5 / 4 / 2)", _table16,
           "Our DPR: the one patch optimiser's dpr recipe (texture and shape under an area budget)."),

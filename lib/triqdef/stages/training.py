@@ -203,9 +203,18 @@ def table5_asr(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     rec = robustness.defense_records(inp.models, sets, eval_bits, inp.test_x, inp.test_y, random_precision=[S.DWQ],
                                      rp_bits=inp.bits, seed=inp.cfg.base.seed)
     from triqdef.attacks.patchsets import MATCHED
+    from triqdef.eval import defense_claims, outcome_store
 
+    deciding = regime == deciding_regime(inp)
     black, queries = patchattack_records(inp, eval_bits, size) if regime == MATCHED else ([], None)
-    rec_all = pd.concat([rec] + whitebox_records(inp, eval_bits, size) + black, ignore_index=True)
+    white = whitebox_records(inp, eval_bits, size) if deciding else []
+    noise = robustness.defense_records(inp.models, {defense_claims.NOISE: noise_twins(sets[S.SEEN], inp.cfg.base.seed)},
+                                       eval_bits, inp.test_x, inp.test_y)
+    rec_all = pd.concat([rec, noise] + white + black, ignore_index=True)
+    store = outcome_store.from_records(rec_all, inp.cfg.base.seed, inp.test_y.cpu().numpy())
+    outcome_store.write(store, store_path(regime), info={"regime": regime, "patch_size": size,
+                                                        "patchattack_queries": queries, "profile": inp.profile})
+    comparisons, claims = defense_claims.evaluate(store, seed=inp.cfg.base.seed)
     views = [S.bit_view(b) for b in eval_bits] + [S.RANDOM_VIEW]
     t5 = robustness.asr_table(rec_all, S.GROUP, views)
     if queries is None:  # PatchAttack runs at the matched size only (time budget): its columns stay empty here
@@ -216,36 +225,61 @@ def table5_asr(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
                    f"model and bit-width, each found by querying that view only (texture dictionary from our FP "
                    f"model): {queries['mean']:.0f} queries per patch on average (at most {queries['max']}, budget "
                    f"{queries['budget']}). ")
+    wb_note = ("" if deciding else "The white-box rows are in the matched-size table only (time budget). ")
     cap5 = (f"Targeted ASR (%) of LAVAN / GAP {regime_label(inp, regime)} patches (seen: FP-made from the training "
-            f"distribution; unseen: the five unseen sets together; whitebox: LAVAN optimised on each model over locations "
-            f"and B = {inp.bits}), {inp.n_eval} test images, profile `{inp.profile}`; 95% bootstrap intervals over images "
-            "and patches. 'random' = random-precision inference (DWQ only). " + pa_note +
+            f"distribution; unseen: the five unseen sets together; whitebox: {inp.cfg.robustness.whitebox_patches} "
+            f"LAVAN patches optimised on each model over locations and B = {inp.bits}; noise: a uniform random patch "
+            f"of the same size, target and location as each seen patch, the chance baseline), {inp.n_eval} test "
+            f"images, profile `{inp.profile}`; 95% bootstrap intervals over images and patches, each patch on its "
+            "own eligible images. 'random' = random-precision inference (DWQ only). Outcomes: "
+            f"results/outcomes/{store_path(regime).name}. " + wb_note + pa_note +
             "Paper Table 5 (ResNet-56, LAVAN 32/5/4/2): PBAT unseen 71.8 / 65.3 / 61.1 / 57.5, DWQ unseen 86.5 / 81.7 / 76.4 / 72.9, "
             "TriQDef unseen 35.6 / 33.3 / 29.1 / 27.3. "
             + robustness.evaluation_sets_note(inp.patches, inp.patch_meta, regime))
     meta = dict(inp.meta, regime=regime, patch_size=size, whitebox_steps=inp.cfg.robustness.whitebox_steps,
-                patchattack_queries=queries)
-    claims = table5_claims(inp, rec_all, [S.bit_view(b) for b in sorted(eval_bits, reverse=True)])  # lowest last
+                whitebox_patches=inp.cfg.robustness.whitebox_patches if deciding else 0,
+                patchattack_queries=queries, store=store_path(regime).name)
     save_table(t5, regime_table("table5_asr", regime), dict(meta, claims=claims), caption=caption_with_claims(cap5, claims))
     save_table(robustness.asr_table(rec_all, S.PATCH_SET, views), regime_table("table5_asr_by_set", regime), meta,
                caption="Table 5 with every unseen set on its own (source bit-width 4 / 2, size 8 / 10 (scaled in the "
                        "matched regime), location).")
     save_table(robustness.asr_table(rec_all, S.GROUP, views, value="fooling"), regime_table("table5_fooling", regime), meta,
                caption="Untargeted fooling rate (%) of the patches of Table 5.")
-    table5_comparisons(inp, rec, regime, meta)
+    table5_comparisons(inp, comparisons, regime, meta)
     return t5
 
 
-#: Section 4.3: on unseen GAP patches TriQDef's ASR rises "only marginally" (at most this many points over the seen
-#: patches, our reading of "+2.1 %") and PBAT's "often by over 15 %" (points).
-MARGINAL_RISE, PBAT_RISE = 0.03, 0.15
 #: Section 2 / Table 2: PBAT's ASR rises "by more than 20 %" (points) on patches made at an unseen bit-width.
 TABLE2_RISE = 0.20
-#: The relative reductions the paper claims for TriQDef (read as relative, REPORT.md's notes): unseen LAVAN ASR
-#: "over 40 %" below PBAT's (abstract, section 4.3); seen ASR at 2 bits "over 20 %" below PBAT's and "over 50 %"
-#: below DWQ's. Each is decided on the paired interval of ``TriQDef − (1 − reduction) × other``.
-UNSEEN_REDUCTION = {S.PBAT: 0.40}
-SEEN_LOWEST_BITS_REDUCTION = {S.PBAT: 0.20, S.DWQ: 0.50}
+#: Salt of the noise baseline's random patches (with ``base.seed``).
+NOISE_SALT = 17
+
+
+def store_path(regime: str) -> Path:
+    """Table 5's outcome store in ``regime``: ``results/outcomes/table5[_matched].parquet``."""
+    from triqdef.stages.regimes import regime_table
+
+    return paths.results_dir() / "outcomes" / f"{regime_table('table5', regime)}.parquet"
+
+
+def deciding_regime(inp: Inputs) -> str:
+    """The regime REPORT.md decides in: the matched size when the patch stage made it, else the paper's."""
+    from triqdef.attacks.patchsets import MATCHED, PAPER
+    from triqdef.stages.regimes import regime_size
+
+    return MATCHED if regime_size(inp, MATCHED) is not None else PAPER
+
+
+def noise_twins(patches, seed: int) -> list:
+    """The noise baseline (issue 29, item 7): for each patch a uniform random patch of the same size, target,
+    location and attack label (so that it sits in that attack's columns), set ``noise``."""
+    from triqdef.attacks.patches import Patch
+
+    out = []
+    for i, p in enumerate(patches):
+        content = torch.rand(p.content.shape, generator=torch.Generator().manual_seed(seed * 1_000 + NOISE_SALT * 97 + i))
+        out.append(Patch(content, p.location, p.target, p.attack, "uniform noise", None, {"set": "noise", "twin_of": i}))
+    return out
 
 
 def set_difference_claim(records: pd.DataFrame, a: dict, b: dict, statement: str, claim: str, margin: float,
@@ -260,93 +294,19 @@ def set_difference_claim(records: pd.DataFrame, a: dict, b: dict, statement: str
     return dict(claim_evidence(statement, d, claim, margin), topic=topic)
 
 
-def reduction_claim(records: pd.DataFrame, where: dict, other: str, reduction: float, seed: int, topic: str) -> dict:
-    """TriQDef's rate at least ``reduction`` (relative) below ``other``'s on the same patches and images: the paired
-    interval of ``TriQDef − (1 − reduction) × other``, claimed below 0."""
-    from triqdef.eval.intervals import claim_evidence, difference
-    from triqdef.eval.transfer import N_BOOT, select_outcomes
-
-    scale = 1 - reduction
-    d = difference(select_outcomes(records, "asr", model=S.TRIQDEF, **where),
-                   select_outcomes(records, "asr", model=other, **where), N_BOOT, seed, scale=scale)
-    label = " ".join(str(where[k]) for k in ("view", "group", "attack") if k in where)
-    return dict(claim_evidence(f"{label} ASR, TriQDef − {scale:g} × {other} (points; {100 * reduction:.0f} % lower)", d,
-                               "lower"), topic=topic)
-
-
-def table5_claims(inp: Inputs, records: pd.DataFrame, views: list[str]) -> list[dict]:
-    """The Table 5 claims beyond "TriQDef is lower" (``table5_comparisons``), each decided on a 95 % interval:
-    topic ``unseen_rise`` (GAP unseen minus seen ASR, TriQDef below :data:`MARGINAL_RISE`, PBAT above
-    :data:`PBAT_RISE`; two patch sets on the same images), ``pbat_unseen`` (QADT-R's abstract: PBAT's unseen minus
-    seen ASR above 0, both attacks), ``whitebox`` (each model's own white-box LAVAN patches: TriQDef's ASR below
-    PBAT's, DWQ's and QADT-R's), ``unseen_reduction`` (:data:`UNSEEN_REDUCTION`, LAVAN, every view)
-    and ``seen_lowest_bits`` (:data:`SEEN_LOWEST_BITS_REDUCTION`, both attacks, the lowest bit-width's view)."""
-    from triqdef.eval.robustness import set_group
-
-    grouped = records.assign(**{S.GROUP: records["patch_set"].map(set_group)})
-    present = set(zip(grouped["model"], grouped["attack"], grouped["view"], grouped[S.GROUP]))
-    seed, out = inp.cfg.base.seed, []
-    for view in views:
-        for model, claim, margin in ((S.TRIQDEF, "lower", MARGINAL_RISE), (S.PBAT, "higher", PBAT_RISE)):
-            where = {"model": model, "attack": S.GAP, "view": view}
-            if not {(model, S.GAP, view, g) for g in (S.SEEN, S.UNSEEN)} <= present:
-                continue
-            out.append(set_difference_claim(grouped, dict(where, group=S.UNSEEN), dict(where, group=S.SEEN),
-                                            f"{view} {model} GAP unseen − seen ASR (points)", claim, margin, seed,
-                                            "unseen_rise"))
-        for attack in (S.LAVAN, S.GAP):  # QADT-R's abstract: PBAT fails on unseen patches (rise above 0 points)
-            where = {"model": S.PBAT, "attack": attack, "view": view}
-            if {(S.PBAT, attack, view, g) for g in (S.SEEN, S.UNSEEN)} <= present:
-                out.append(set_difference_claim(grouped, dict(where, group=S.UNSEEN), dict(where, group=S.SEEN),
-                                                f"{view} {S.PBAT} {attack.upper()} unseen − seen ASR (points)", "higher",
-                                                0.0, seed, "pbat_unseen"))
-        for other in (S.PBAT, S.DWQ, S.QADT_R):
-            where = {"group": S.WHITEBOX, "attack": S.LAVAN, "view": view}
-            if not {(m, S.LAVAN, view, S.WHITEBOX) for m in (S.TRIQDEF, other)} <= present:
-                continue
-            out.append(set_difference_claim(grouped, dict(where, model=S.TRIQDEF), dict(where, model=other),
-                                            f"{view} white-box LAVAN ASR, TriQDef − {other} (points)", "lower", 0.0, seed,
-                                            "whitebox"))
-        for other in (S.PBAT, S.DWQ):  # §4.3: TriQDef resists PatchAttack (each model queried itself: images paired)
-            where = {"group": BLACKBOX, "attack": S.PATCHATTACK, "view": view}
-            if {(m, S.PATCHATTACK, view, BLACKBOX) for m in (S.TRIQDEF, other)} <= present:
-                out.append(set_difference_claim(grouped, dict(where, model=S.TRIQDEF), dict(where, model=other),
-                                                f"{view} PatchAttack ASR, TriQDef − {other} (points)", "lower", 0.0,
-                                                seed, "patchattack"))
-        for other, reduction in UNSEEN_REDUCTION.items():
-            if {(m, S.LAVAN, view, S.UNSEEN) for m in (S.TRIQDEF, other)} <= present:
-                out.append(reduction_claim(grouped, {"view": view, "group": S.UNSEEN, "attack": S.LAVAN}, other, reduction,
-                                           seed, "unseen_reduction"))
-    for attack in (S.LAVAN, S.GAP):
-        for other, reduction in SEEN_LOWEST_BITS_REDUCTION.items():
-            if {(m, attack, views[-1], S.SEEN) for m in (S.TRIQDEF, other)} <= present:
-                out.append(reduction_claim(grouped, {"view": views[-1], "group": S.SEEN, "attack": attack}, other,
-                                           reduction, seed, "seen_lowest_bits"))
-    return out
-
-
-#: Table 5's paired comparisons, each on "the first model's ASR is lower": TriQDef against each other model, and
-#: QADT-R against the baselines it claims to beat (its summary: "up to 25 % lower than PBAT and DWQ").
-TABLE5_PAIRS = ((S.TRIQDEF, S.PBAT), (S.TRIQDEF, S.DWQ), (S.TRIQDEF, S.STANDARD_QAT), (S.TRIQDEF, S.QADT_R),
-                (S.QADT_R, S.PBAT), (S.QADT_R, S.DWQ))
-
-
-def table5_comparisons(inp: Inputs, records: pd.DataFrame, regime: str, meta: dict) -> pd.DataFrame:
-    """The first model's ASR minus the second's for each of :data:`TABLE5_PAIRS`, on the same seen and unseen patches
-    and test images, with the 95 % paired-bootstrap interval and the verdict on "the first is lower" (table
-    ``table5_comparisons``), the evidence behind REPORT.md's Table 5 and QADT-R verdicts."""
-    from triqdef.eval import robustness
-    from triqdef.eval.comparisons import paired_comparisons
+def table5_comparisons(inp: Inputs, comparisons: pd.DataFrame, regime: str, meta: dict) -> pd.DataFrame:
+    """Save the first model's ASR minus the second's for each pair of :data:`triqdef.eval.defense_claims.PAIRS`
+    (table ``table5_comparisons``), computed from the outcome store on common images
+    (:func:`triqdef.eval.defense_claims.comparisons`); ``triqdef report`` recomputes it from the store."""
     from triqdef.reporting.tables import save_table
     from triqdef.stages.regimes import regime_label, regime_table
 
-    grouped = records.assign(**{S.GROUP: records["patch_set"].map(robustness.set_group)})
-    comp = paired_comparisons(grouped, TABLE5_PAIRS, groups=(S.SEEN, S.UNSEEN), seed=inp.cfg.base.seed)
-    save_table(comp, regime_table("table5_comparisons", regime), meta,
-               caption=(f"Targeted ASR of the first model minus the second's (points), {regime_label(inp, regime)} patches, "
-                        f"on the same patches and {inp.n_eval} test images: 95% paired-bootstrap interval (images and "
-                        "patches resampled together) and the verdict on 'the first is lower'."))
-    return comp
+    save_table(comparisons, regime_table("table5_comparisons", regime), meta,
+               caption=(f"Targeted ASR of the first model minus the second's (points), {regime_label(inp, regime)} "
+                        "patches, on the same patches and the images eligible for both models (n images: those "
+                        "common images): 95% interval studentised over patches (images and patches resampled "
+                        "together), the verdict on 'the first is lower' and its one-sided p-values (for Holm)."))
+    return comparisons
 
 
 # --------------------------------------------------------------------------- Table 2
@@ -507,6 +467,20 @@ def figure_convergence(inp: Inputs) -> Path:
 
     d = inp.cfg.defenses
     return save_figure(convergence(convergence_curves(inp), d.monitor_bits, inp.cfg.patches.attacks), "defense_convergence")
+
+
+def figure_cross_bit(inp: Inputs):
+    """Stage ``cross_bit``'s matrices as one heatmap per defended model (issue 30, item 1), drawn here from its table
+    ``cross_bit_matrix``: the ASR of patches made white-box at each source bit-width (rows) at every bit-width of the
+    same model (columns), the diagonal framed. Returns the figure (shown in the notebook, not saved again)."""
+    from triqdef.reporting import plots
+    from triqdef.reporting.cross_bit_figure import transfer_heatmaps
+
+    path = paths.results_dir() / "tables" / "cross_bit_matrix.csv"
+    if not path.is_file():
+        raise TriqdefError(f"cross-bit table {path} not found: expected the output of 'triqdef patches cross-bit'")
+    plots.use_style()
+    return transfer_heatmaps(pd.read_csv(path))
 
 
 # --------------------------------------------------------------------------- stage metrics

@@ -59,3 +59,39 @@ def tiny_trained():
         opt.step()
     assert (model(x).argmax(1) == labels).float().mean() > 0.95
     return model.eval(), x, labels
+
+
+def outcome_rows(model, set_, attack, bits, rates, seed, wrong=None, first_id=0, n=1500, exact=False):
+    """Synthetic outcome-store rows (:mod:`triqdef.eval.outcome_store`) of one (model, set, attack, view): patch i
+    targets class i % 10 and hits a share ``rates[i]`` of the ``n`` images (a seeded draw; ``exact``: the first
+    ``rates[i]`` share of its eligible images, so that the rate is exact); ``wrong``: a boolean mask of the images
+    the model gets wrong without the patch. Returns a list of frames, one per patch."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    clean = labels.copy()
+    if wrong is not None:
+        clean[wrong] = (labels[wrong] + 1) % 10
+    out = []
+    for i, r in enumerate(rates):
+        target = i % 10
+        hit = rng.random(n) < r
+        if exact:
+            eligible = (clean == labels) & (labels != target)
+            hit = eligible & (np.cumsum(eligible) <= round(r * eligible.sum()))
+        out.append(pd.DataFrame({"model": model, "seed": 0, "bits": bits, "attack": attack, "set": set_,
+                                 "patch_id": first_id + i, "target": target, "loc_y": 1, "loc_x": 2,
+                                 "image_id": np.arange(n), "label": labels, "clean_pred": clean,
+                                 "patched_pred": np.where(hit, target, clean)}))
+    return out
+
+
+def outcome_store_of(parts):
+    """One validated store from lists of :func:`outcome_rows` frames."""
+    import pandas as pd
+
+    from triqdef.eval.outcome_store import validate
+
+    return validate(pd.concat([p for part in parts for p in part], ignore_index=True))

@@ -9,32 +9,9 @@ from triqdef.errors import TriqdefError
 from triqdef.eval import defense_claims as D
 from triqdef.eval import outcome_store
 from triqdef.eval.intervals import FAILS, HOLDS, INCONCLUSIVE, holm_verdict
-from triqdef.eval.outcome_store import validate
+from helpers import outcome_rows as _rows, outcome_store_of as _store
 
 N = 1500
-
-
-def _rows(model, set_, attack, bits, rates, seed, wrong=None, first_id=0, n=N):
-    """Store rows of one (model, set, attack, view): patch i targets class i % 10 and hits a share ``rates[i]`` of
-    the images; ``wrong``: a boolean mask of images the model gets wrong without the patch."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 10
-    clean = labels.copy()
-    if wrong is not None:
-        clean[wrong] = (labels[wrong] + 1) % 10
-    out = []
-    for i, r in enumerate(rates):
-        target = i % 10
-        hit = rng.random(n) < r
-        out.append(pd.DataFrame({"model": model, "seed": 0, "bits": bits, "attack": attack, "set": set_,
-                                 "patch_id": first_id + i, "target": target, "loc_y": 1, "loc_x": 2,
-                                 "image_id": np.arange(n), "label": labels, "clean_pred": clean,
-                                 "patched_pred": np.where(hit, target, clean)}))
-    return out
-
-
-def _store(parts):
-    return validate(pd.concat([p for part in parts for p in part], ignore_index=True))
 
 
 def test_claims_decide_rises_white_box_and_reductions_from_the_store():
@@ -126,3 +103,31 @@ def test_the_report_decides_table_5_from_the_outcome_store_alone(tmp_path):
     assert rows[7].verdict == "holds"                        # unseen 6 % against PBAT's 24 %: over 40 % lower
     # the comparisons say on how many common images they rest (eligible for both models under some patch)
     assert {e["n_images"] for e in rows[22].read} == {300}
+
+
+def test_outcomes_cli_compares_from_a_store_and_refuses_bad_input(tmp_path, capsys):
+    """`triqdef outcomes compare` computes a new comparison from a store alone; a store without its columns, two
+    models with no common image and a coverage level outside (0, 1) each end with one error line, exit 2."""
+    from triqdef import cli
+
+    path = tmp_path / "s.parquet"
+    outcome_store.write(_store([_rows(D.TRIQDEF, "seen", D.LAVAN, 4, [0.1] * 10, 1, n=200),
+                                _rows(D.PBAT, "seen", D.LAVAN, 4, [0.5] * 10, 2, n=200)]), path)
+    args = ["outcomes", "compare", str(path), "--a", "model=TriQDef,set=seen", "--b", "model=PBAT,set=seen",
+            "--n-boot", "200"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert '"n_common_images": 200' in out and '"n_patches": 10' in out
+    assert cli.main(args + ["--level", "1.5"]) == 2
+    assert capsys.readouterr().err.strip() == "triqdef: error: --level 1.5: expected a coverage level in (0, 1), e.g. 0.95"
+    wrong = tmp_path / "w.parquet"
+    outcome_store.write(_store([_rows(D.TRIQDEF, "seen", D.LAVAN, 4, [0.1] * 10, 1, n=50),
+                                _rows(D.PBAT, "seen", D.LAVAN, 4, [0.5] * 10, 2, n=50, wrong=np.ones(50, bool))]), wrong)
+    assert cli.main(["outcomes", "compare", str(wrong), "--a", "model=TriQDef", "--b", "model=PBAT", "--n-boot", "200"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("triqdef: error: comparison between") and "no common images" in err[0]
+    broken = tmp_path / "b.parquet"
+    pd.DataFrame({"model": ["x"]}).to_parquet(broken)
+    assert cli.main(["outcomes", "rate", str(broken), "--a", "model=x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lacks column(s) seed, bits" in err[0]

@@ -30,15 +30,28 @@ def test_missing_results_are_not_measured(tmp_path):
     assert out_of_scope == 1 and text.count("**not measured**") == len(CLAIMS) - out_of_scope
 
 
-def test_table1_claim_reads_the_table(tmp_path):
-    (tmp_path / "tables").mkdir()
-    cols = {"32 (FP, white-box)": [80.0, 60.0], "32": [70.0, 50.0], "8": [70.0, 50.0], "5": [65.0, 45.0], "4": [64.0, 40.0], "2": [60.0, 30.0]}
-    pd.DataFrame(dict(attack=["lavan", "gap"], **cols)).to_csv(tmp_path / "tables" / "table1_transfer_asr.csv", index=False)
-    text = build_report(tmp_path)
-    row = _row(text, "| §2, Table 1")
-    assert "LAVAN 80.0 / 70.0 / 64.0 / 60.0" in row and "keeps 75 %" in row and "**holds**" in row
-    pd.DataFrame(dict(attack=["lavan", "gap"], **{k: [v[0] / 10, v[1] / 10] if k != "32 (FP, white-box)" else v
-                                                  for k, v in cols.items()})).to_csv(tmp_path / "tables" / "table1_transfer_asr.csv", index=False)
+def _table1_store(path, rates: dict, n=500, patches=None, info=None):
+    """A Table 1 outcome store at ``path``: ``rates`` maps (attack, model, bits) to each patch's exact rate (or a list
+    of per-patch rates); 10 seen patches per attack (``patches``: {attack: count})."""
+    from helpers import outcome_rows, outcome_store_of
+
+    from triqdef.eval import outcome_store
+
+    parts = [outcome_rows(m, "seen", a, b, r if isinstance(r, list) else [r] * (patches or {}).get(a, 10), 7, n=n,
+                          exact=True, first_id=100 if a == "gap" else 0) for (a, m, b), r in rates.items()]
+    outcome_store.write(outcome_store_of(parts), path, info=info or {"patch_size": 12})
+
+
+def _table1_rates(fp, q8, q4, q2, attacks=("lavan", "gap")):
+    return {(a, m, b): r for a in attacks for (m, b), r in
+            ((("FP", 32), fp), (("Standard QAT", 8), q8), (("Standard QAT", 4), q4), (("Standard QAT", 2), q2))}
+
+
+def test_table1_claim_reads_its_outcome_store(tmp_path):
+    _table1_store(tmp_path / "outcomes" / "table1.parquet", _table1_rates(0.8, 0.72, 0.7, 0.7))
+    row = _row(build_report(tmp_path), "| §2, Table 1")
+    assert "[paper's size] LAVAN 80.0 / 72.0 / 70.0 / 70.0" in row and "keeps 88 %" in row and "**holds**" in row
+    _table1_store(tmp_path / "outcomes" / "table1.parquet", _table1_rates(0.8, 0.2, 0.2, 0.2))
     row = _row(build_report(tmp_path), "| §2, Table 1")
     assert "**does not hold**" in row
 
@@ -104,53 +117,53 @@ def test_save_table_formats_columns_on_their_own(tmp_path):
     assert pd.read_csv(paths["csv"])["time ×"].tolist() == [1.0, 1.443]
 
 
+def _table7_store(path, rates: dict, n=300, heterogeneous=None):
+    """A Table 7 outcome store at ``path``: each model's 10 unseen LAVAN patches at 32 and 2 bits, the same patches
+    (and the same hit draws, so that equal rates give equal outcomes) for every model."""
+    from helpers import outcome_rows, outcome_store_of
+
+    from triqdef.eval import outcome_store
+
+    parts = [outcome_rows(m, "unseen_bits2", "lavan", b, (heterogeneous or {}).get(m, [r] * 10), 7, n=n)
+             for m, r in rates.items() for b in (32, 2)]
+    outcome_store.write(outcome_store_of(parts), path, info={"patch_size": 12})
+
+
 def test_a_claim_whose_run_the_profile_leaves_out_says_so(tmp_path):
-    (tmp_path / "tables").mkdir()
-    cols = {f"lavan {b}-bit": [5.0, 6.0] for b in (32, 5, 4, 2)}
-    pd.DataFrame(dict(model=["Full TriQDef"] * 2, group=["seen", "unseen"], **cols)).to_csv(
-        tmp_path / "tables" / "table7_ablation.csv", index=False)
+    from triqdef.reporting import schemas as S
+
+    _table7_store(tmp_path / "outcomes" / "table7.parquet", {S.FULL: 0.05})
     row = _row(build_report(tmp_path), "| App. D (speed)")
     assert "not run in this profile" in row and "every_step_full_res" in row and "**not measured**" in row
 
 
-def test_table7_verdict_comes_from_the_paired_interval_at_the_matched_size(tmp_path):
-    """Point estimates say 'full TriQDef is lowest'; the paired intervals decide: inconclusive at 6×6, holds at the
-    matched size, and the matched size is the verdict's regime."""
-    (tmp_path / "tables").mkdir()
-    t7 = pd.DataFrame({"model": ["w/o FDP", "w/o GPDP", "Full TriQDef"], "group": ["unseen"] * 3,
-                       "lavan 32-bit": [12.0, 11.0, 10.0], "lavan 2-bit": [9.0, 8.0, 7.0]})
-    t7.to_csv(tmp_path / "tables" / "table7_ablation.csv", index=False)
-
-    def comparisons(low, verdict):
-        return pd.DataFrame([{"group": "unseen", "attack": "lavan", "view": v, "model": "Full TriQDef", "against": a,
-                              "rate": 10.0, "rate_against": 12.0, "difference": -2.0, "low": low, "high": low + 3,
-                              "n_images": 500, "n_patches": 20, "claim": "", "verdict": verdict}
-                             for v in ("32-bit", "2-bit") for a in ("w/o FDP", "w/o GPDP")])
-
-    comparisons(-4.0, "inconclusive at this sample size").to_csv(tmp_path / "tables" / "table7_comparisons.csv", index=False)
-    row = _row(build_report(tmp_path), "| §4.5, Table 7 | removing")
-    assert "**inconclusive at this sample size**" in row and "paper regime (500 images, 20 patches" in row
-    comparisons(-5.0, "holds").to_csv(tmp_path / "tables" / "table7_comparisons_matched.csv", index=False)
-    row = _row(build_report(tmp_path), "| §4.5, Table 7 | removing")
-    assert "**holds**" in row and "matched regime" in row and "paper regime" in row
-
-
-@pytest.mark.parametrize("low,high,verdict", [(-2.0, 3.0, "holds"), (-8.0, 4.0, "inconclusive at this sample size"),
-                                              (1.0, 6.0, "does not hold")])
-def test_speed_settings_verdict_comes_from_the_paired_interval(tmp_path, low, high, verdict):
-    """'The speed settings do not change the result': holds when the paired interval of full minus full without
-    them lies inside +-5 points, does not hold when it excludes 0, inconclusive otherwise."""
+def test_table7_verdict_comes_from_the_outcome_store_at_the_matched_size(tmp_path):
+    """Table 7's verdict is recomputed from its outcome stores (no table at all): inconclusive where full TriQDef and
+    the ablations are alike (the paper's size), holds where full TriQDef is clearly lowest (the matched size), and the
+    matched size is the verdict's regime."""
     from triqdef.reporting import schemas as S
 
-    (tmp_path / "tables").mkdir()
-    pd.DataFrame({"model": [S.FULL, S.FULL_SLOW], "group": ["unseen"] * 2, "lavan 32-bit": [10.0, 9.0]}).to_csv(
-        tmp_path / "tables" / "table7_ablation.csv", index=False)
-    pd.DataFrame([{"group": "unseen", "attack": "lavan", "view": "32-bit", "model": S.FULL, "against": S.FULL_SLOW,
-                   "rate": 10.0, "rate_against": 9.0, "difference": (low + high) / 2, "low": low, "high": high,
-                   "n_images": 500, "n_patches": 20, "claim": "", "verdict": ""}]).to_csv(
-        tmp_path / "tables" / "table7_comparisons_matched.csv", index=False)
+    _table7_store(tmp_path / "outcomes" / "table7.parquet", {S.NO_FDP: 0.1, S.NO_GPDP: 0.1, S.FULL: 0.1})
+    row = _row(build_report(tmp_path), "| §4.5, Table 7 | removing")
+    assert "**inconclusive at this sample size**" in row and "paper regime (" in row and "10 patches" in row
+    _table7_store(tmp_path / "outcomes" / "table7_matched.parquet", {S.NO_FDP: 0.4, S.NO_GPDP: 0.3, S.FULL: 0.05})
+    row = _row(build_report(tmp_path), "| §4.5, Table 7 | removing")
+    assert "**holds**" in row and "[12×12, matched size]" in row
+
+
+@pytest.mark.parametrize("full,slow,verdict", [(0.1, 0.1, "holds"), (0.4, 0.05, "does not hold"),
+                                               ("spread", "spread", "inconclusive at this sample size")])
+def test_speed_settings_verdict_comes_from_the_paired_interval(tmp_path, full, slow, verdict):
+    """'The speed settings do not change the result': holds when the paired interval of full minus full without
+    them lies inside +-5 points, does not hold when it excludes 0, inconclusive otherwise (here: equal means, but
+    patches that disagree, so the interval is wide)."""
+    from triqdef.reporting import schemas as S
+
+    spread = {S.FULL: [0.0, 0.4] * 5, S.FULL_SLOW: [0.4, 0.0] * 5} if full == "spread" else None
+    _table7_store(tmp_path / "outcomes" / "table7_matched.parquet", {S.FULL: full, S.FULL_SLOW: slow},
+                  n=100, heterogeneous=spread)
     row = _row(build_report(tmp_path), "| App. D (speed)")
-    assert f"**{verdict}**" in row and f"[{low:+.1f}, {high:+.1f}]" in row
+    assert f"**{verdict}**" in row, row
 
 
 def _claim(statement, verdict, value=1.0, low=0.5, high=1.5, claim="higher than 0", **extra):
@@ -158,23 +171,21 @@ def _claim(statement, verdict, value=1.0, low=0.5, high=1.5, claim="higher than 
                 n_boot=2000, verdict=verdict, **extra)
 
 
-def test_table1_verdict_comes_from_the_claims_beside_the_table_at_the_matched_size(tmp_path):
-    """The point estimates say 'holds'; the intervals the stage saved in the table's metadata decide, the matched
-    regime's first, and the row shows every interval with its sample."""
-    import json
+def test_table1_verdict_and_figures_come_from_the_matched_store_when_there_is_one(tmp_path):
+    """The paper's size says 'holds'; the matched-size store, when there is one, decides and gives the figures
+    (labelled with its size); a matched store that says its regime is absent leaves the paper's size."""
+    from triqdef.eval import outcome_store
 
-    (tmp_path / "tables").mkdir()
-    cols = {"32 (FP, white-box)": [80.0, 60.0], "8": [70.0, 50.0], "4": [64.0, 40.0], "2": [60.0, 30.0]}
-    pd.DataFrame(dict(attack=["lavan", "gap"], **cols)).to_csv(tmp_path / "tables" / "table1_transfer_asr.csv", index=False)
-    meta = {"claims": [_claim("LAVAN ASR on standard QAT at 2 bits − 0.7 × FP (points)", "inconclusive at this sample size",
-                              low=-1.0)]}
-    (tmp_path / "tables" / "table1_transfer_asr.json").write_text(json.dumps(meta))
+    _table1_store(tmp_path / "outcomes" / "table1.parquet", _table1_rates(0.8, 0.72, 0.7, 0.7))
+    _table1_store(tmp_path / "outcomes" / "table1_matched.parquet", _table1_rates(0.9, 0.9, 0.8, 0.2),
+                  info={"patch_size": 12, "regime": "matched"})
     row = _row(build_report(tmp_path), "| §2, Table 1")
-    assert "**inconclusive at this sample size**" in row and "paper regime" in row and "1000 images, 20 patches" in row
-    meta = {"claims": [_claim("LAVAN ...", "does not hold", value=-9.0, low=-12.0, high=-6.0)]}
-    (tmp_path / "tables" / "table1_transfer_asr_matched.json").write_text(json.dumps(meta))
+    assert "**does not hold**" in row and "[12×12, matched size] LAVAN 90.0 / 90.0 / 80.0 / 20.0" in row
+    assert "Intervals, matched regime (decides)" in row and "Intervals, paper regime:" in row
+    outcome_store.write(outcome_store.empty(), tmp_path / "outcomes" / "table1_matched.parquet",
+                        info={"regime": "matched", "absent": "no matched regime"})
     row = _row(build_report(tmp_path), "| §2, Table 1")
-    assert "**does not hold**" in row and "matched regime" in row and "-9.0 [-12.0, -6.0]" in row
+    assert "**holds**" in row and "[paper's size] LAVAN 80.0" in row
 
 
 @pytest.mark.parametrize("tq,pb,verdict", [(["holds", "holds"], ["holds", "does not hold"], "holds"),
@@ -192,6 +203,8 @@ def test_unseen_rise_needs_triqdef_marginal_everywhere_and_pbat_large_somewhere(
 
 @pytest.mark.parametrize("direction,size,verdict", [("holds", "holds", "holds"), ("holds", "does not hold", "partly"),
                                                     ("does not hold", "holds", "does not hold"),
+                                                    ("inconclusive at this sample size", "does not hold", "does not hold"),
+                                                    ("holds", "at the noise floor", "at the noise floor"),
                                                     ("holds", "inconclusive at this sample size",
                                                      "inconclusive at this sample size")])
 def test_a_reduction_claim_needs_its_direction_and_its_size(direction, size, verdict):
@@ -204,38 +217,17 @@ def test_a_reduction_claim_needs_its_direction_and_its_size(direction, size, ver
     assert got == verdict and text.startswith("ours. 95% CI: ") and "m-dir; m-size" in text and "p-dir" in text
 
 
-def test_the_figures_beside_a_verdict_come_from_its_regime(tmp_path):
-    """The matched-size table, when there is one, gives the figures beside the verdict (it decides the verdict),
-    labelled with its size; without it, the paper's size, labelled so."""
-    import json
-
-    (tmp_path / "tables").mkdir()
-    (tmp_path / "metrics").mkdir()
-    cols = {"32 (FP, white-box)": [80.0, 60.0], "8": [70.0, 50.0], "4": [64.0, 40.0], "2": [60.0, 30.0]}
-    pd.DataFrame(dict(attack=["lavan", "gap"], **cols)).to_csv(tmp_path / "tables" / "table1_transfer_asr.csv", index=False)
-    row = _row(build_report(tmp_path), "| §2, Table 1")
-    assert "[paper's size] LAVAN 80.0 / 70.0 / 64.0 / 60.0 %" in row
-    cols = {"32 (FP, white-box)": [95.0, 90.0], "8": [91.0, 85.0], "4": [90.0, 80.0], "2": [20.0, 10.0]}
-    pd.DataFrame(dict(attack=["lavan", "gap"], **cols)).to_csv(tmp_path / "tables" / "table1_transfer_asr_matched.csv",
-                                                               index=False)
-    (tmp_path / "metrics" / "attack_strength.json").write_text(json.dumps({"matched_size": 12}))
-    row = _row(build_report(tmp_path), "| §2, Table 1")
-    assert "[12×12, matched size] LAVAN 95.0 / 91.0 / 90.0 / 20.0 %" in row
-    pd.DataFrame({"note": ["no matched regime"]}).to_csv(tmp_path / "tables" / "table1_transfer_asr_matched.csv", index=False)
-    row = _row(build_report(tmp_path), "| §2, Table 1")
-    assert "[paper's size] LAVAN 80.0" in row
-
-
-@pytest.mark.parametrize("low, high, verdict", [(72.0, 90.0, "holds"), (40.0, 65.0, "does not hold"),
-                                                (60.0, 80.0, "inconclusive at this sample size")])
-def test_qadt_r_transfer_claim_is_decided_on_the_2bit_interval_against_70(tmp_path, low, high, verdict):
-    """QADT-R's "over 70 % ASR at 2 bits": the 95 % interval of the 2-bit rate of Table 1, every attack."""
-    (tmp_path / "tables").mkdir()
-    row = {"2": (low + high) / 2, "2 low": low, "2 high": high, "n 2": 500, "patches": 10}
-    pd.DataFrame([dict(attack="lavan", **row), dict(attack="gap", **dict(row, **{"2 low": 75.0, "2 high": 95.0}))]) \
-        .to_csv(tmp_path / "tables" / "table1_transfer_asr.csv", index=False)
+@pytest.mark.parametrize("q2, verdict", [(0.9, "holds"), (0.4, "does not hold"),
+                                         ([0.4, 1.0] * 5, "inconclusive at this sample size")])
+def test_qadt_r_transfer_claim_is_decided_on_the_2bit_interval_against_70(tmp_path, q2, verdict):
+    """QADT-R's "over 70 % ASR at 2 bits": the 95 % interval of Table 1's 2-bit rate (studentised over patches),
+    every attack, from the store."""
+    rates = _table1_rates(0.9, 0.9, 0.9, 0.9)
+    rates[("lavan", "Standard QAT", 2)] = q2
+    _table1_store(tmp_path / "outcomes" / "table1.parquet", rates)
     line = _row(build_report(tmp_path), contains="over 70 % ASR at 2 bits")
-    assert f"LAVAN {(low + high) / 2:.1f} [{low:.1f}, {high:.1f}] % (n 500)" in line and f"**{verdict}**" in line
+    mean = 100 * (sum(q2) / len(q2) if isinstance(q2, list) else q2)
+    assert f"LAVAN {mean:.1f} [" in line and "10 patches per attack" in line and f"**{verdict}**" in line, line
 
 
 def test_table13_with_the_default_setting_alone_is_not_measured(tmp_path):
@@ -313,21 +305,20 @@ def test_the_forest_plot_draws_every_deciding_interval(tmp_path):
     from triqdef.reporting.report import evaluate_claims, forest_evidence
     from triqdef.reporting.forest import COLOURS, forest
 
-    (tmp_path / "tables").mkdir()
-    cols = {"32 (FP, white-box)": [80.0, 60.0], "8": [70.0, 50.0], "4": [64.0, 40.0], "2": [60.0, 30.0]}
-    pd.DataFrame(dict(attack=["lavan", "gap"], **cols)).to_csv(tmp_path / "tables" / "table1_transfer_asr.csv", index=False)
-    meta = {"claims": [_claim("LAVAN", "does not hold", value=-9.0, low=-12.0, high=-6.0),
-                       _claim("GAP", "holds", value=3.0, low=1.0, high=5.0)]}
-    meta["claims"][1]["n_patches"] = 4
-    (tmp_path / "tables" / "table1_transfer_asr_matched.json").write_text(json.dumps(meta))
+    rates = _table1_rates(0.8, 0.8, 0.8, 0.2, attacks=("lavan",))
+    rates.update({("gap", m, b): 0.6 for m, b in (("FP", 32), ("Standard QAT", 8), ("Standard QAT", 4),
+                                                  ("Standard QAT", 2))})
+    _table1_store(tmp_path / "outcomes" / "table1_matched.parquet", rates, patches={"gap": 4},
+                  info={"patch_size": 12, "regime": "matched"})
     rows = evaluate_claims(tmp_path)
-    evidence = forest_evidence(rows)
-    assert [(e.statement, e.verdict) for e in evidence] == [("LAVAN", "does not hold"), ("GAP", "too few patches to decide")]
-    assert evidence[0].oriented() == (-9.0, -12.0, -6.0)      # "higher than 0": the value itself
+    evidence = [e for e in forest_evidence(rows) if e.claim_number == 1]
+    assert [(e.statement.split()[0], e.verdict) for e in evidence] == [("GAP", "too few patches to decide"),
+                                                                       ("LAVAN", "does not hold")]
+    assert evidence[1].oriented()[0] == pytest.approx(20.0 - 0.7 * 80.0)   # "higher than 0": the value itself
     fig = forest(evidence, {1: "Table 1"})
     drawn = [line.get_color() for line in fig.axes[0].get_lines()
              if len(line.get_xdata()) == 2 and line.get_color() in (*COLOURS.values(), "#7f7f7f")]
-    assert drawn == [COLOURS["does not hold"], COLOURS["too few patches to decide"]]
+    assert drawn == [COLOURS["too few patches to decide"], COLOURS["does not hold"]]
 
 
 def test_int8_claim_reads_its_table_and_intervals(tmp_path):

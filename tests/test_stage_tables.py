@@ -268,26 +268,28 @@ def _records(rates_by_view: dict, n_images=400, attack="lavan", seed=0, **column
                          for view, rates in rates_by_view.items() for i, r in enumerate(rates)])
 
 
-def test_motivation_claims_are_decided_on_intervals():
-    """Table 1 / 11's "keeps most of its success" (ASR − 0.7 × reference) and Tables 8 / 9's levels, each a
-    verdict read off a 95 % bootstrap interval; too few images or patches give "inconclusive"."""
-    from types import SimpleNamespace
+def test_motivation_claims_are_decided_on_intervals_from_the_store():
+    """Table 1 / 11's "keeps most of its success" (ASR − 0.7 × FP, the same patches on common images) and Table 9's
+    level, each a verdict read off a 95 % interval studentised over patches; too few images give "inconclusive"."""
+    from helpers import outcome_rows, outcome_store_of
 
     from triqdef.eval.intervals import FAILS, HOLDS, INCONCLUSIVE
-    from triqdef.stages import motivation
+    from triqdef.stages import motivation as M
 
-    inp = SimpleNamespace(cfg=SimpleNamespace(base=SimpleNamespace(seed=0)))
-    # hits share one uniform draw per patch, so a lower rate is a subset of a higher one: a paired design
-    kept = _records({"wb": [0.8, 0.85, 0.9], "2": [0.75, 0.8, 0.85]})
-    (c,) = motivation.keeps_claims(inp, kept, "2", "wb", "at 2 bits")
-    assert c["verdict"] == HOLDS and c["n_patches"] == 3 and c["n_images"] == 400 and c["statement"].startswith("LAVAN")
-    lost = _records({"wb": [0.8, 0.85, 0.9], "2": [0.2, 0.25, 0.3]})
-    assert motivation.keeps_claims(inp, lost, "2", "wb", "at 2 bits")[0]["verdict"] == FAILS
-    few = _records({"wb": [0.8, 0.85], "2": [0.55, 0.6]}, n_images=30)
-    assert motivation.keeps_claims(inp, few, "2", "wb", "at 2 bits")[0]["verdict"] == INCONCLUSIVE
-    level = _records({"2-bit": [0.8, 0.9]}, source="a", target="b")
-    assert motivation.level_claims(inp, level, 0.7, "a→b", source="a", view="2-bit")["verdict"] == HOLDS
-    assert motivation.level_claims(inp, level, 0.95, "a→b", source="a", view="2-bit")["verdict"] == FAILS
+    def store(fp, low, n=400, patches=10):
+        # one uniform draw per patch (seed 3) for both models: a lower rate is a subset of a higher one (paired)
+        return outcome_store_of([outcome_rows(M.FP, "seen", "lavan", 32, [fp] * patches, 3, n=n),
+                                 outcome_rows(M.QAT, "seen", "lavan", 2, [low] * patches, 3, n=n)])
+
+    (c,) = M.table1_claims(store(0.85, 0.8))
+    assert c["verdict"] == HOLDS and c["n_patches"] == 10 and c["n_images"] == 400 and c["statement"].startswith("LAVAN")
+    assert c["n_common"] == 400 and c["method"] == "t"
+    assert M.table1_claims(store(0.85, 0.25))[0]["verdict"] == FAILS
+    assert M.table1_claims(store(0.85, 0.6, n=30, patches=3))[0]["verdict"] == INCONCLUSIVE
+    ptq = outcome_store_of([outcome_rows(M.PTQ, "unseen_size8", "lavan", 2, [0.8, 0.9] * 5, 1, n=400)])
+    (level,) = M.table9_claims(ptq, {"unseen_size8": 16})
+    assert level["verdict"] == HOLDS and level["statement"] == "LAVAN 16×16 ASR on PTQ 2-bit (%)"
+    assert M.table9_claims(ptq.assign(patched_pred=ptq["label"]), {"unseen_size8": 16})[0]["verdict"] == FAILS
 
 
 def test_report_reads_the_training_metrics_where_the_stage_writes_them(tmp_path, monkeypatch):

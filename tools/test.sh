@@ -4,7 +4,8 @@
 #   2. `dvc repro` of the whole dvc.yaml in the smoke profile, in a temporary copy of the repository
 #      (the files git tracks or would track, without results/ and dvc.lock), data from `triqdef data fetch` offline;
 #   3. nbval on every source notebook, in the smoke profile, on that copy's outputs;
-#   4. a fresh clone of the committed repository: `dvc pull` from dvc-store/ leaves no output of an up-to-date
+#   4. REPORT's store-based verdicts rebuilt from that copy's outcome stores alone (tools/report_from_stores.py);
+#   5. a fresh clone of the committed repository: `dvc pull` from dvc-store/ leaves no output of an up-to-date
 #      stage missing (a forgotten `dvc push`), stale stages listed (tools/dvc_store.py --status).
 # Options: --no-unit skips step 1. Environment: TRIQDEF_TEST_WORKERS=N runs steps 1 and 3 in N pytest-xdist workers
 # (default auto: one per core); TRIQDEF_SMOKE_COPY=DIR makes the copy in DIR instead of a fresh
@@ -39,6 +40,9 @@ echo "== nbval (smoke profile) on $copy/results"
   OMP_NUM_THREADS=1 python -m pytest -q -n "$workers" --dist loadscope --nbval-lax --nbval-current-env \
     -p no:cacheprovider notebooks/   # loadscope: each notebook's cells in order, in one kernel
 )
+
+echo "== REPORT's store-based verdicts from the outcome stores alone (every table deleted)"
+python tools/report_from_stores.py "$copy/results"
 
 echo "== fresh clone: dvc pull from dvc-store/, then dvc status (tools/dvc_store.py --status)"
 clone=$(mktemp -d -t triqdef-clone-XXXXXX)

@@ -263,6 +263,33 @@ def _cmd_report(args, cfg) -> int:
     return 0
 
 
+def _cmd_outcomes(args, cfg) -> int:
+    """``triqdef outcomes rate|compare``: a rate or a comparison computed from an outcome store, no attack run."""
+    from triqdef.eval import intervals, outcome_store
+
+    if not 0 < args.level < 1:
+        raise TriqdefError(f"--level {args.level}: expected a coverage level in (0, 1), e.g. 0.95")
+    store = outcome_store.read(args.store)
+    a = outcome_store.parse_selection(args.a, "--a")
+    if args.action == "rate":
+        ci = intervals.bootstrap_rate(outcome_store.outcomes(store, **a), args.n_boot, args.seed, "t", args.level)
+        out = {"selection": a, "rate": 100 * ci.value, "low": 100 * ci.low, "high": 100 * ci.high,
+               "n_images": ci.n_images, "n_patches": ci.n_patches, "method": ci.method, "level": args.level}
+    else:
+        if args.b is None:
+            raise TriqdefError("outcomes compare needs --b: the second selection (e.g. --b model=PBAT,set=seen,bits=4)")
+        b = outcome_store.parse_selection(args.b, "--b")
+        pair_by = outcome_store.BY_TARGET if args.pair_by == "target" else outcome_store.SAME_PATCHES
+        p = outcome_store.paired(store, a, b, pair_by=pair_by)
+        ci = intervals.difference(p.a, p.b, args.n_boot, args.seed, scale=args.scale, method="t", level=args.level)
+        out = {"a": a, "b": b, "rate_a": 100 * p.a.rate(), "rate_b": 100 * p.b.rate(), "scale": args.scale,
+               "difference": 100 * ci.value, "low": 100 * ci.low, "high": 100 * ci.high,
+               "n_common_images": p.n_common, "common_per_target": p.common_per_target, "n_patches": ci.n_patches,
+               "pair_by": list(pair_by), "method": ci.method, "level": args.level}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="triqdef", description="TriQDef reproduction: data, training and evaluation stages of the DVC pipeline.")
     p.add_argument("--params", default=None, help="params file (default: params.yaml at the project root)")
@@ -351,6 +378,21 @@ def build_parser() -> argparse.ArgumentParser:
     bs.set_defaults(func=_cmd_bench_train_step)
 
     sub.add_parser("report", help="write results/REPORT.md: every paper claim beside our figure").set_defaults(func=_cmd_report)
+
+    oc = sub.add_parser("outcomes", help="a rate or a paired comparison from an outcome store (results/outcomes/*.parquet), "
+                                         "no attack run")
+    oc.add_argument("action", choices=("rate", "compare"))
+    oc.add_argument("store", help="the outcome store, e.g. results/outcomes/table5_matched.parquet")
+    oc.add_argument("--a", required=True, help="selection: key=value pairs of model, seed, bits, attack, set, comma-"
+                                               "separated; several values with '|' (set=unseen_bits4|unseen_bits2)")
+    oc.add_argument("--b", default=None, help="compare: the second selection")
+    oc.add_argument("--pair-by", choices=("target", "same"), default="target",
+                    help="target: each side its own patches, one per class; same: the very same patches (default target)")
+    oc.add_argument("--scale", type=float, default=1.0, help="compare: rate(a) - scale x rate(b) (e.g. 0.6: '40%% lower')")
+    oc.add_argument("--level", type=float, default=0.95, help="interval coverage level in (0, 1) (default 0.95)")
+    oc.add_argument("--n-boot", type=int, default=2000)
+    oc.add_argument("--seed", type=int, default=0)
+    oc.set_defaults(func=_cmd_outcomes)
 
     dp = sub.add_parser("deploy", help="the 8-bit views on PyTorch's integer kernels")
     dpsub = dp.add_subparsers(dest="action", metavar="ACTION")

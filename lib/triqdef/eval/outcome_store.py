@@ -85,6 +85,12 @@ def validate(frame, where: str = "outcome store"):
     return out.reset_index(drop=True)
 
 
+def empty():
+    """A store with no row (every column typed): what a stage writes for a regime it did not make."""
+    pd = _pd()
+    return pd.DataFrame({c: pd.Series(dtype="int64" if kind == "int" else object) for c, kind in COLUMNS.items()})
+
+
 def write(frame, path: str | Path, info: dict | None = None) -> Path:
     """Validate ``frame`` and write it to ``path`` (Parquet) atomically; nothing is written if it is invalid.
     ``info``: what the rows do not say but a reader needs (e.g. the regime and patch size), as JSON in the file's
@@ -161,6 +167,26 @@ def select(frame, **where):
         else:
             mask &= (frame[key] == value).to_numpy()
     return frame[mask]
+
+
+def parse_selection(text: str, name: str = "selection") -> dict:
+    """``"model=TriQDef,set=seen|noise,bits=4"`` as a selection for :func:`select` (integers for seed and bits,
+    a list where '|' separates several values); a malformed one ends with one TriqdefError line naming ``name``."""
+    where: dict = {}
+    for part in (p for p in str(text).split(",") if p.strip()):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in SELECTORS or not value.strip():
+            raise TriqdefError(f"{name} {text!r}: expected key=value pairs of {', '.join(SELECTORS)}, comma-separated")
+        values = [v.strip() for v in value.split("|")]
+        if COLUMNS[key] == "int":
+            if not all(v.lstrip("-").isdigit() for v in values):
+                raise TriqdefError(f"{name} {text!r}: {key} must be an integer")
+            values = [int(v) for v in values]
+        where[key] = values if len(values) > 1 else values[0]
+    if not where:
+        raise TriqdefError(f"{name} is empty: expected key=value pairs of {', '.join(SELECTORS)}")
+    return where
 
 
 def _describe(where: dict) -> str:

@@ -49,9 +49,9 @@ def _record(regime: str, statement: str, value: float, low: float, high: float, 
 
 def _recorded(claims: list[dict], regime: str = "paper") -> list[dict]:
     """``claims`` (rates or differences in points), noted as read by the current claim."""
-    for c in claims:
+    for c in claims:   # a comparison of two models counts the images common to both (n_common), when it says
         _record(regime, c["statement"], c["value"], c["low"], c["high"], c["claim"], c["verdict"],
-                c.get("n_images", 0), c.get("n_patches", 0))
+                c.get("n_common", c.get("n_images", 0)), c.get("n_patches", 0))
     return claims
 
 
@@ -116,16 +116,37 @@ def _fmt(values, digits: int = 1) -> str:
 # --------------------------------------------------------------------------- section 2, appendix A
 
 
+def _store_rate(results: Path, name: str, **where) -> float:
+    """A rate (%) of a store selection, in the store's deciding regime (each patch on its own eligible images)."""
+    from triqdef.eval import outcome_store
+
+    _require_store(results, name)
+    store = _store_indexed(_store_files(results, name)[0][1]).frame
+    if outcome_store.select(store, **where).empty:   # a view this run did not evaluate
+        return float("nan")
+    return 100 * outcome_store.outcomes(store, **where).rate()
+
+
+def _store_size(results: Path, name: str) -> str:
+    """The words naming a store's deciding regime and size, before the figures."""
+    from triqdef.eval import outcome_store
+
+    _require_store(results, name)
+    regime, path = _store_files(results, name)[0]
+    size = outcome_store.read_info(path).get("patch_size")
+    return f"[{size}×{size}, matched size] " if regime == "matched" and size else "[paper's size] "
+
+
 def _table1(results):
-    t, size = _patch_table(results, "table1_transfer_asr")
-    t = t.set_index(S.ATTACK)
-    lav = t.loc[S.LAVAN]
-    wb = S.FP_WHITEBOX_VIEW
-    cols = [wb, S.qat_view(8), S.qat_view(4), S.qat_view(2)]
-    kept = lav[S.qat_view(2)] / lav[wb] if lav[wb] > 0 else float("nan")
-    ours = f"{size}LAVAN {_fmt(lav[c] for c in cols)} %, GAP {_fmt(t.loc[S.GAP][c] for c in cols)} % (32 FP white-box / 8 / 4 / 2)"
-    verdict = "holds" if lav[wb] >= 50 and kept >= 0.7 else (
-        "partly" if kept >= 0.7 else "does not hold")
+    from triqdef.stages import motivation as M
+
+    rate = lambda attack, model, bits: _store_rate(results, "table1", model=model, bits=bits, attack=attack)
+    views = [(M.FP, 32), (M.QAT, 8), (M.QAT, 4), (M.QAT, 2)]
+    lav = [rate(S.LAVAN, m, b) for m, b in views]
+    gap = [rate(S.GAP, m, b) for m, b in views]
+    kept = lav[3] / lav[0] if lav[0] > 0 else float("nan")
+    ours = (f"{_store_size(results, 'table1')}LAVAN {_fmt(lav)} %, GAP {_fmt(gap)} % (32 FP white-box / 8 / 4 / 2)")
+    verdict = "holds" if lav[0] >= 50 and kept >= 0.7 else ("partly" if kept >= 0.7 else "does not hold")
     return _decided(ours + f"; 2-bit keeps {100 * kept:.0f} % of the white-box LAVAN ASR",
                     _claims(results, "table1_transfer_asr"), verdict)
 
@@ -162,40 +183,37 @@ def _table8(results):
 
 
 def _table9(results):
-    t, size = _patch_table(results, "table9_ptq_transfer_cifar")
-    t = t.set_index(S.SIZE)
-    ptq2 = S.ptq_view(2)
-    return _decided(size + "CIFAR analogue, LAVAN on PTQ ResNet-20 at 2 bits: " + ", ".join(f"{s}px {t.loc[s, ptq2]:.1f} %" for s in t.index),
-                    _claims(results, "table9_ptq_transfer_cifar"), "holds" if t[ptq2].min() > 50 else "does not hold")
+    from triqdef.eval import outcome_store
+    from triqdef.stages import motivation as M
+
+    _require_store(results, "table9")
+    path = _store_files(results, "table9")[0][1]
+    sizes = outcome_store.read_info(path).get("set_sizes", {})
+    low = M.lowest_bits(_store_indexed(path).frame, M.PTQ)
+    parts = [f"{sizes[n]}px {_store_rate(results, 'table9', model=M.PTQ, bits=low, set=n, attack=S.LAVAN):.1f} %"
+             for n in sorted(sizes, key=lambda n: (sizes[n], n))]
+    return _decided(_store_size(results, "table9") + f"CIFAR analogue, LAVAN on PTQ ResNet-20 at {low} bits: "
+                    + ", ".join(parts), _claims(results, "table9_ptq_transfer_cifar"), "not decided")
 
 
 def _table11(results):
-    t = _table(results, "table11_dynamic_quantization").set_index(S.ATTACK)
-    return _decided(", ".join(f"{a.upper()} {t.loc[a, S.FP32_VIEW]:.1f} → {t.loc[a, S.DYNAMIC_8BIT_VIEW]:.1f} %" for a in t.index)
-                    + " (FP → dynamic 8-bit)", _claims(results, "table11_dynamic_quantization"), "not decided")
+    from triqdef.stages import motivation as M
+
+    attacks = sorted(_store_indexed(_store_files(results, "table11")[0][1]).frame["attack"].unique()) \
+        if _store_files(results, "table11") else []
+    _require_store(results, "table11")
+    parts = [f"{a.upper()} {_store_rate(results, 'table11', model=M.FP, attack=a):.1f} → "
+             f"{_store_rate(results, 'table11', model=M.DYNAMIC, attack=a):.1f} %" for a in attacks]
+    return _decided(", ".join(parts) + " (FP → dynamic 8-bit)", _claims(results, "table11_dynamic_quantization"),
+                    "not decided")
 
 
 # --------------------------------------------------------------------------- section 4
 
 
 def _t5(results):
-    """Table 5's rates in its verdicts' regime (the matched size when the stage made it), indexed by (model, group),
-    recomputed from its outcome store (:func:`triqdef.eval.defense_claims.rate_table`); the regime's words in
-    ``attrs["size"]`` and the store's info in ``attrs["info"]``."""
-    from triqdef.eval import defense_claims, outcome_store
-
-    _table5_stores(results)
-    for regime in ("matched", "paper"):
-        path = results / "outcomes" / ("table5_matched.parquet" if regime == "matched" else "table5.parquet")
-        if path.is_file():
-            info = outcome_store.read_info(path)
-            t = defense_claims.rate_table(_table5_indexed(path))
-            size = info.get("patch_size")
-            t.attrs["size"] = (f"[{size}×{size}, matched size] " if regime == "matched" and size
-                               else "[paper's size] " if regime == "paper" else "[matched size] ")
-            t.attrs["info"] = info
-            return t
-    raise Missing("outcomes/table5_matched.parquet")
+    """Table 5's rates, recomputed from its outcome store (:func:`_store_rates`)."""
+    return _store_rates(results, "table5")
 
 
 def _lavan_bits(t: pd.DataFrame, attack: str = S.LAVAN) -> list[str]:
@@ -203,54 +221,104 @@ def _lavan_bits(t: pd.DataFrame, attack: str = S.LAVAN) -> list[str]:
     return [S.view_of(c) for c in S.attack_columns(t.columns, attack)]
 
 
-#: Table 5's outcome stores already read (key "indexed", path, mtime) and evaluated ((path, mtime) -> (comparisons,
+#: The outcome stores already read (key "indexed", path, mtime) and evaluated ((name, path, mtime) -> (comparisons,
 #: claims)) in this process.
-_TABLE5_EVIDENCE: dict[tuple, object] = {}
+_STORE_CACHE: dict[tuple, object] = {}
+#: The comparison tables REPORT recomputes from an outcome store (issue 29, item 1), by the store's name.
+STORE_OF = {"table5_comparisons": "table5", "table5_asr": "table5", "table7_comparisons": "table7",
+            "table7_ablation": "table7", "table16_comparisons": "table16", "table14_comparisons": "table14",
+            "table1_transfer_asr": "table1", "table9_ptq_transfer_cifar": "table9",
+            "table11_dynamic_quantization": "table11"}
+#: Stores of a table made in one regime only (notebook 04, Table 11): ``<name>.parquet``, the regime in its info.
+SINGLE_REGIME = ("table16", "table14", "table11")
 
 
-def _table5_evidence(results: Path, regime: str) -> tuple[pd.DataFrame, list[dict]] | None:
-    """Table 5's comparisons and claims in ``regime``, recomputed from its outcome store alone
-    (``results/outcomes/table5[_matched].parquet``; :func:`triqdef.eval.defense_claims.evaluate`, the same call the
-    stage made); None when that regime has no store. The bootstrap seed is the store's training seed, as in the
-    stage."""
-    from triqdef.eval import defense_claims, outcome_store
+def _store_files(results: Path, name: str) -> list[tuple[str, Path]]:
+    """The (regime, path) of each store of ``name`` present, the matched regime first."""
+    from triqdef.eval import outcome_store
 
-    path = results / "outcomes" / ("table5_matched.parquet" if regime == "matched" else "table5.parquet")
-    if not path.is_file():
-        return None
-    key = (str(path.resolve()), path.stat().st_mtime_ns)
-    if key not in _TABLE5_EVIDENCE:
-        store = _table5_indexed(path)
-        _TABLE5_EVIDENCE[key] = defense_claims.evaluate(store, seed=int(store.frame["seed"].min()))
-    return _TABLE5_EVIDENCE[key]
+    if name in SINGLE_REGIME:
+        path = results / "outcomes" / f"{name}.parquet"
+        if not path.is_file():
+            return []
+        return [("matched" if outcome_store.read_info(path).get("regime") == "matched" else "paper", path)]
+    found = [(r, results / "outcomes" / (f"{name}_matched.parquet" if r == "matched" else f"{name}.parquet"))
+             for r in ("matched", "paper")]
+    # a regime the stage did not make is an empty store whose info says so
+    return [(r, p) for r, p in found if p.is_file() and not outcome_store.read_info(p).get("absent")]
 
 
-def _table5_indexed(path: Path):
+def _store_indexed(path: Path):
     """The store at ``path``, read and indexed once per process (:class:`triqdef.eval.defense_claims.Indexed`)."""
     from triqdef.eval import defense_claims, outcome_store
 
     key = ("indexed", str(path.resolve()), path.stat().st_mtime_ns)
-    if key not in _TABLE5_EVIDENCE:
-        _TABLE5_EVIDENCE[key] = defense_claims.Indexed(outcome_store.read(path))
-    return _TABLE5_EVIDENCE[key]
+    if key not in _STORE_CACHE:
+        _STORE_CACHE[key] = defense_claims.Indexed(outcome_store.read(path))
+    return _STORE_CACHE[key]
 
 
-def _table5_stores(results: Path) -> None:
-    """Table 5's verdicts come from its outcome stores only: neither store is a missing result."""
-    if not any((results / "outcomes" / f"{n}.parquet").is_file() for n in ("table5_matched", "table5")):
-        raise Missing("outcomes/table5_matched.parquet")
+def _store_evidence(results: Path, name: str, regime: str) -> tuple[pd.DataFrame, list[dict]] | None:
+    """The comparisons and claims of store ``name`` (``table5``, ``table7``) in ``regime``, recomputed from the store
+    alone with the same call the stage made (:func:`triqdef.eval.defense_claims.evaluate`,
+    :func:`triqdef.stages.ablation_tables.comparisons`); None when that regime has no store. The bootstrap seed is
+    the store's training seed, as in the stage."""
+    from triqdef.eval import defense_claims, outcome_store
+    from triqdef.stages import ablation_tables, appendix, motivation
+
+    path = dict(_store_files(results, name)).get(regime)
+    if path is None:
+        return None
+    key = (name, str(path.resolve()), path.stat().st_mtime_ns)
+    if key not in _STORE_CACHE:
+        store = _store_indexed(path)
+        seed = int(store.frame["seed"].min())
+        recompute = {"table5": lambda: defense_claims.evaluate(store, seed=seed),
+                     "table7": lambda: (ablation_tables.comparisons(store, seed), []),
+                     "table16": lambda: (appendix.table16_comparisons(store, seed), []),
+                     "table14": lambda: (appendix.table14_comparisons(store, seed), []),
+                     "table1": lambda: ([], motivation.table1_claims(store.frame, seed)),
+                     "table9": lambda: ([], motivation.table9_claims(store.frame, outcome_store.read_info(path)
+                                                                     .get("set_sizes", {}), seed)),
+                     "table11": lambda: ([], motivation.table11_claims(store.frame, seed))}
+        _STORE_CACHE[key] = recompute[name]()
+    return _STORE_CACHE[key]
+
+
+def _require_store(results: Path, name: str) -> None:
+    """A store's verdicts come from the store only: neither regime's file is a missing result."""
+    if not _store_files(results, name):
+        raise Missing(f"outcomes/{name}{'' if name in SINGLE_REGIME else '_matched'}.parquet")
+
+
+def _store_rates(results: Path, name: str) -> pd.DataFrame:
+    """A store's rate table in its verdicts' regime (the matched size when the stage made it), indexed by (model,
+    group) (:func:`triqdef.eval.defense_claims.rate_table`); the regime's words in ``attrs["size"]``, the store's
+    info in ``attrs["info"]``."""
+    from triqdef.eval import defense_claims, outcome_store
+
+    _require_store(results, name)
+    regime, path = _store_files(results, name)[0]
+    info = outcome_store.read_info(path)
+    t = defense_claims.rate_table(_store_indexed(path))
+    size = info.get("patch_size")
+    t.attrs["size"] = (f"[{size}×{size}, matched size] " if regime == "matched" and size
+                       else "[paper's size] " if regime == "paper" else "[matched size] ")
+    t.attrs["info"] = info
+    return t
 
 
 def _comparisons(results, table: str, group: str, pairs, views=None, attack: str = S.LAVAN):
     """The rows of the paired comparisons (``<table>_matched``, then ``<table>``; docs/design.md#intervals-and-verdicts)
     for ``group``, ``attack``, ``pairs`` (and ``views``): yields ``(regime, rows)`` for each regime that has any.
-    Table 5's are recomputed from its outcome stores (:func:`_table5_evidence`); the others are read from the
-    tables a notebook saved."""
-    if table == "table5_comparisons":
-        _table5_stores(results)
+    Those of :data:`STORE_OF` are recomputed from their outcome stores (:func:`_store_evidence`); the others are
+    read from the tables a notebook saved."""
+    store = STORE_OF.get(table)
+    if store:
+        _require_store(results, store)
     for regime, name in (("matched", f"{table}_matched"), ("paper", table)):
-        if table == "table5_comparisons":
-            evidence = _table5_evidence(results, regime)
+        if store:
+            evidence = _store_evidence(results, store, regime)
             if evidence is None:
                 continue
             c = evidence[0]
@@ -304,11 +372,12 @@ def _claim_sets(results, table: str, topic: str | None = None):
     """The claims a table's metadata keeps (key ``claims``: :func:`triqdef.eval.intervals.claim_evidence`, written by
     the notebook stage beside the table), ``<table>_matched`` first: yields ``(regime, claims)`` for each regime
     that has any (of ``topic``, when given)."""
-    if table == "table5_asr":
-        _table5_stores(results)
+    store = STORE_OF.get(table)
+    if store:
+        _require_store(results, store)
     for regime, name in (("matched", f"{table}_matched"), ("paper", table)):
-        if table == "table5_asr":   # recomputed from the outcome store, never read from the table
-            evidence = _table5_evidence(results, regime)
+        if store:   # recomputed from the outcome store, never read from the table
+            evidence = _store_evidence(results, store, regime)
             saved = evidence[1] if evidence is not None else []
         else:
             path = results / "tables" / f"{name}.json"
@@ -333,6 +402,7 @@ def _all_hold(claims: list[dict]) -> str:
 
 def claim_text(evidence: dict) -> str:
     """:func:`triqdef.eval.intervals.claim_text`, without "1 patches" where the rate has no patches (an accuracy)."""
+    evidence = dict(evidence, n_images=evidence.get("n_common", evidence.get("n_images", 0)))  # common images
     text = _interval_claim_text(evidence)
     return text.replace(" images, 1 patches)", " images)") if evidence.get("n_patches") == 1 else text
 
@@ -379,14 +449,16 @@ def _unseen_reduction(results):
 def _direction_and_size(ours: str, direction: dict[str, tuple[str, str]], size: dict[str, tuple[str, str]]):
     """A claim of a direction ("TriQDef lower than PBAT and DWQ": ``direction``) and of its size ("by over 40 %":
     ``size``), both from intervals, in the paper's regime of attack strength: holds when both hold, "partly"
-    when only the direction does, does not hold when the direction does not, otherwise inconclusive."""
+    when the direction holds and the size does not, does not hold when either does not (and the direction does not
+    hold), *at the noise floor* when the size cannot be judged there, otherwise inconclusive."""
     merged = {r: (None, "; ".join(t for t in (direction.get(r, (None, ""))[1], size.get(r, (None, ""))[1]) if t))
               for r in ("matched", "paper") if r in direction or r in size}
     regime = next(iter(merged))
     d, z = direction.get(regime, (INCONCLUSIVE,))[0], size.get(regime, (INCONCLUSIVE,))[0]
-    # the size is a relative claim: judged only where both rates stand clearly above the noise baseline
-    verdict = (FAILS if d == FAILS else AT_FLOOR if z == AT_FLOOR else HOLDS if d == HOLDS and z == HOLDS
-               else "partly" if d == HOLDS and z == FAILS else INCONCLUSIVE)
+    # a refuted size refutes the claim unless its direction holds ("partly"); the size is a relative claim, judged
+    # only where both rates stand clearly above the noise baseline (AT_FLOOR otherwise)
+    verdict = (FAILS if d == FAILS else "partly" if d == HOLDS and z == FAILS else FAILS if z == FAILS
+               else AT_FLOOR if z == AT_FLOOR else HOLDS if d == HOLDS and z == HOLDS else INCONCLUSIVE)
     return ours + ". 95% CI: " + _paired_text(merged), verdict
 
 
@@ -554,8 +626,8 @@ def _bench(results):
 
 
 def _table7(results):
-    t, size = _patch_table(results, "table7_ablation")
-    t = t.set_index([S.MODEL, S.GROUP])
+    t = _store_rates(results, "table7")
+    size = t.attrs["size"]
     col = S.attack_columns(t.columns, S.LAVAN)
     rows = {k: t.loc[(k, S.UNSEEN), col].mean() for k in (S.NO_FDP, S.NO_GPDP, S.FULL) if (k, S.UNSEEN) in t.index}
     ours = size + ", ".join(f"{k} {v:.1f}" for k, v in rows.items()) + " % (LAVAN unseen, mean over bit-widths)"
@@ -568,17 +640,13 @@ def _table7(results):
 
 
 def _table7_gpdp(results):
-    t, size = _patch_table(results, "table7_ablation")
-    t = t.set_index([S.MODEL, S.GROUP])
+    t = _store_rates(results, "table7")
+    size = t.attrs["size"]
     col = S.attack_columns(t.columns, S.LAVAN)
     inc = {g: (t.loc[(S.NO_GPDP, g), col] - t.loc[(S.FULL, g), col]) for g in (S.SEEN, S.UNSEEN)}
     ours = size + "; ".join(f"{g}: " + " / ".join(f"{v:+.1f}" for v in d) for g, d in inc.items()) + " points (w/o GPDP minus full)"
     over_10 = min(d.min() for d in inc.values()) > 10
-    paired = {}
-    for group in (S.SEEN, S.UNSEEN):
-        for regime, (v, text) in _paired(results, "table7_comparisons", group, {(S.FULL, S.NO_GPDP)}).items():
-            prev = paired.get(regime)
-            paired[regime] = (overall_verdict([prev[0], v]) if prev else v, f"{prev[1]}; {group}: {text}" if prev else f"{group}: {text}")
+    paired = _paired(results, "table7_comparisons", (S.SEEN, S.UNSEEN), {(S.FULL, S.NO_GPDP)})   # one family (Holm)
     decided = _paired_decision(paired)
     if decided is None:
         return ours + " (point estimates)", "holds" if over_10 else "does not hold"
@@ -592,8 +660,8 @@ SPEED_MARGIN = 5.0
 
 
 def _speed_settings(results):
-    t, size = _patch_table(results, "table7_ablation")
-    t = t.set_index([S.MODEL, S.GROUP])
+    t = _store_rates(results, "table7")
+    size = t.attrs["size"]
     slow = S.FULL_SLOW
     col = S.attack_columns(t.columns, S.LAVAN)
     if (slow, S.UNSEEN) not in t.index:
@@ -619,22 +687,23 @@ QADT_R_TRANSFER = 70.0
 
 def _qadt_r_transfer(results):
     """QADT-R's abstract: "over 70 % ASR even at 2-bit", read on our Table 1 (FP-made patches on standard QAT):
-    decided on the 95 % interval of the 2-bit rate against 70 %."""
-    t, size = _patch_table(results, "table1_transfer_asr")
-    t = t.set_index(S.ATTACK)
-    two = S.qat_view(2)
-    parts, verdicts = [], []
-    for attack in t.index:
-        v, lo, hi = (t.loc[attack, c] for c in (two, f"{two} low", f"{two} high"))
-        parts.append(f"{attack.upper()} {v:.1f} [{lo:.1f}, {hi:.1f}] % (n {int(t.loc[attack, f'n {two}'])})")
-        verdicts.append(HOLDS if lo > QADT_R_TRANSFER else FAILS if hi < QADT_R_TRANSFER else INCONCLUSIVE)
-        _record("matched" if "matched" in size else "paper", f"{attack.upper()} ASR on standard QAT at 2 bits (%)",
-                v, lo, hi, f"higher than {QADT_R_TRANSFER:g}", verdicts[-1], t.loc[attack, f"n {two}"],
-                t["patches"].iloc[0] if "patches" in t.columns else 0)
-    n_patches = int(t["patches"].iloc[0]) if "patches" in t.columns else None
-    return (size + f"FP-made patches on standard QAT at 2 bits: {'; '.join(parts)}"
-            + (f", {n_patches} patches per attack" if n_patches else "") + "; 95% bootstrap CI against 70 %"), \
-        overall_verdict(verdicts)
+    decided on the 95 % interval of the 2-bit rate against 70 % (studentised over patches), both attacks, recomputed
+    from Table 1's outcome store."""
+    from triqdef.stages import motivation as M
+
+    _require_store(results, "table1")
+    regime, path = _store_files(results, "table1")[0]
+    store = _store_indexed(path).frame
+    low = M.lowest_bits(store, M.QAT)
+    seed = int(store["seed"].min())
+    claims = [M.level_claim(store, QADT_R_TRANSFER / 100, f"{a.upper()} ASR on standard QAT at {low} bits (%)", seed,
+                            model=M.QAT, bits=low, attack=a) for a in sorted(store["attack"].unique())]
+    _recorded(claims, regime)
+    parts = [f"{c['statement'].split()[0]} {c['value']:.1f} [{c['low']:.1f}, {c['high']:.1f}] % (n {c['n_images']})"
+             for c in claims]
+    n_patches = max(c["n_patches"] for c in claims)
+    return (_store_size(results, "table1") + f"FP-made patches on standard QAT at {low} bits: {'; '.join(parts)}, "
+            f"{n_patches} patches per attack; 95% CI against 70 %"), _all_hold(claims)
 
 
 def _qadt_r_vs_baselines(results):
@@ -694,15 +763,16 @@ def _decided_claims(ours: str, claims: list[dict]) -> tuple[str, str]:
 
 
 def _table16(results):
-    t, size, claims = _appendix_claims(results, "table16_dpr")
-    t = t.set_index([S.MODEL, S.GROUP])
+    t = _store_rates(results, "table16")
+    cols = S.attack_columns(t.columns, "dpr")
     parts = []
     for group in (S.SEEN, S.UNSEEN):
-        cols = S.attack_columns(t.columns, "dpr")
         vals = {m: _fmt(t.loc[(m, group), c] for c in cols) for m in (S.TRIQDEF, S.PBAT, S.DWQ) if (m, group) in t.index}
         parts.append(f"{group}: " + ", ".join(f"{m} {v}" for m, v in vals.items()))
-    return _decided_claims(size + "DPR ASR (" + " / ".join(S.view_of(c) for c in S.attack_columns(t.columns, "dpr"))
-                           + ") " + "; ".join(parts), claims)
+    paired = _paired(results, "table16_comparisons", (S.SEEN, S.UNSEEN), {(S.TRIQDEF, S.PBAT), (S.TRIQDEF, S.DWQ)},
+                     attack="dpr")   # one family over both sets, both baselines, every bit-width (Holm)
+    return _decided(t.attrs["size"] + "DPR ASR (" + " / ".join(S.view_of(c) for c in cols) + ") " + "; ".join(parts),
+                    paired, "not decided")
 
 
 def _table6(results):
@@ -716,11 +786,15 @@ def _table6(results):
 
 
 def _table14(results):
-    t, size, claims = _appendix_claims(results, "table14_architectures")
+    from triqdef.stages import appendix
+
+    t = _store_rates(results, "table14")
     cols = S.attack_columns(t.columns, S.LAVAN)
-    ours = size + "LAVAN ASR (" + " / ".join(S.view_of(c) for c in cols) + "): " + "; ".join(
-        f"{r[S.MODEL]} " + " / ".join("—" if pd.isna(r[c]) else f"{r[c]:.1f}" for c in cols) for _, r in t.iterrows())
-    text, verdict = _decided_claims(ours, claims)
+    ours = t.attrs["size"] + "LAVAN ASR (" + " / ".join(S.view_of(c) for c in cols) + "): " + "; ".join(
+        f"{model} " + " / ".join("—" if pd.isna(r[c]) else f"{r[c]:.1f}" for c in cols)
+        for (model, _), r in t.iterrows())
+    pair = appendix.table14_pair(_store_indexed(_store_files(results, "table14")[0][1]))
+    text, verdict = _decided(ours, _paired(results, "table14_comparisons", S.SEEN, {pair}), "not decided")
     return text + " (TriQDef trained on ResNet-20 only in this profile)", ("partly measured: " + verdict
                                                                            if verdict != "not decided" else verdict)
 
@@ -826,7 +900,8 @@ def _holm_verdict(claims: list[dict], alpha: float = 0.025) -> str:
 
 CLAIMS = [
     Claim("§2, Table 1", "FP-made patches keep most of their success on QAT models down to 2 bits",
-          "ResNet-20 LAVAN 87.2 / 83.7 / 77.3 / 74.2 %, GAP 84.7 / 59.6 / 58.5 / 50.3 % (32 / 8 / 4 / 2)", _table1),
+          "ResNet-20 LAVAN 87.2 / 83.7 / 77.3 / 74.2 %, GAP 84.7 / 59.6 / 58.5 / 50.3 % (32 / 8 / 4 / 2)", _table1,
+          method="studentised"),
     Claim("§3.3, Table 3", "input gradients across bit-widths: low cosine, high HOG cosine",
           "cosine 0.05–0.25, HOG cosine 0.80–0.82 (no chance baseline given)", _table3,
           "Two unrelated 32×32 maps already have a HOG cosine of about 0.66 (our chance baseline)."),
@@ -836,8 +911,10 @@ CLAIMS = [
           "ResNet-20→ResNet-56 84.2 / 79.6 / 77.7 / 75.2 %", _table8),
     Claim("App. A.2, Table 9", "PTQ does not block transfer: over 50 % ASR at 2 bits",
           "ImageNet ResNet-18/34: 50.4–65.8 % at 2 bits", _table9,
-          "Ours is a CIFAR analogue (ImageNet is out of reach offline)."),
-    Claim("App. A.4, Table 11", "dynamic quantization does not block transfer", "see Table 11", _table11),
+          "Ours is a CIFAR analogue (ImageNet is out of reach offline).",
+          method="studentised"),
+    Claim("App. A.4, Table 11", "dynamic quantization does not block transfer", "see Table 11", _table11,
+          method="studentised"),
     Claim("Abstract, §1, §4.3", "TriQDef lowers ASR on unseen patches by over 40 %, and below PBAT and DWQ at every bit-width",
           "unseen LAVAN TriQDef 35.6 / 33.3 / 29.1 / 27.3 vs PBAT 77.2 / 73.7 / 67.8 / 65.3 %", _unseen_reduction,
           "'Over 40 %' is not said to be relative or in points; on the paper's Table 5 it holds both ways (41.6 points, 54 % relative at 32-bit).",
@@ -849,7 +926,8 @@ CLAIMS = [
           "§4.1 says batch 128; Table 17's footnote says 256."),
     Claim("§4.5, Table 7", "removing FDP or GPDP raises ASR; full TriQDef is lowest",
           "w/o FDP 65.2 / 61.1 / 59.7 / 55.9, w/o GPDP unseen 48.8 / …, full unseen 35.6 / …", _table7,
-          "The paper's w/o-FDP seen and unseen rows are identical to the digit."),
+          "The paper's w/o-FDP seen and unseen rows are identical to the digit.",
+          method="studentised"),
     Claim("§3.4, App. D, Table 18", "no inference-time overhead: a single forward with the deployed Q_b",
           "0 ms extra", _deploy),
     Claim("§2, Table 2", "PBAT fails on unseen patch bit-widths: ASR rises by more than 20 % on 2-bit patches",
@@ -872,9 +950,11 @@ CLAIMS = [
           "—", _whitebox, "An adaptive attacker; the paper reports only transferred patches.",
           method="studentised"),
     Claim("§4.5, Table 7", "without GPDP, ASR increases by over 10 %", "w/o GPDP vs full: +10.8 / +11.5 / +11.0 / +11.4 (seen)",
-          _table7_gpdp, "On the paper's unseen rows the increase is +13.2 / +13.6 / +14.6 / +14.5."),
+          _table7_gpdp, "On the paper's unseen rows the increase is +13.2 / +13.6 / +14.6 / +14.5.",
+          method="studentised"),
     Claim("App. D (speed)", "GPDP on a sub-batch, every n-th step, and maps at half resolution (ours) do not change the result",
-          "appendix D downsamples maps by 2", _speed_settings, "Our addition: the cpu profile's speed settings against none."),
+          "appendix D downsamples maps by 2", _speed_settings, "Our addition: the cpu profile's speed settings against none.",
+          method="studentised"),
     Claim("§4.6, Figure 3", "Grad-CAM maps of fp/5/4/2-bit TriQDef highlight the same regions; < 1 % clean deviation",
           "visual; '< 1 %'", _gradcam, "Ours: mean cosine between the fp and b-bit Grad-CAM maps (threshold 0.8)."),
     Claim("App. C, Table 13", "(λ_FDP, λ_GPDP) = (0.8, 0.5), (α, β) = (0.5, 1.0) is the most balanced setting",
@@ -882,7 +962,8 @@ CLAIMS = [
           "Table 13 lists the default twice with different numbers ((0.5, 1.0) Adv 50.0 … vs (0.8, 0.5) Adv 54.86 …), "
           "and its (1.0, 0.5) row equals its (0.8, 0.5) row to the digit."),
     Claim("QADT-R (abstract)", "adversarial patches stay highly transferable to QNNs: over 70 % ASR at 2 bits",
-          "over 70 % at 2 bits", _qadt_r_transfer, "Our Table 1 (FP-made patches on standard QAT at 2 bits)."),
+          "over 70 % at 2 bits", _qadt_r_transfer, "Our Table 1 (FP-made patches on standard QAT at 2 bits).",
+          method="studentised"),
     Claim("QADT-R (abstract)", "QADT-R lowers patch ASR against PBAT and DWQ (by up to 25 %)", "up to 25 % lower",
           _qadt_r_vs_baselines, "QADT-R as docs/design.md#qadt-r reads it (A-QAPA + DBWT + GIR), from the same checkpoint and steps "
           "as every defense; the direction is decided, 'up to' gives no lower bound to test.",
@@ -893,14 +974,16 @@ CLAIMS = [
           method="studentised"),
     Claim("App. C.4, Table 16", "under DRP (deformable patches) TriQDef's ASR is below PBAT's and DWQ's, seen and unseen",
           "CIFAR-10 6×6: TriQDef 35.4 / 31.7 / 30.1 / 28.8 vs PBAT 56.6 / … vs DWQ 87.9 / … (32 / 5 / 4 / 2)", _table16,
-          "Our DPR: the one patch optimiser's dpr recipe (texture and shape under an area budget)."),
+          "Our DPR: the one patch optimiser's dpr recipe (texture and shape under an area budget).",
+          method="studentised"),
     Claim("§4.4, Table 6", "TriQDef's robust accuracy exceeds the preprocessing defenses' (Jedi, DiffPure)",
           "ImageNet ResNet-50 32 / 2 bits: TriQDef 78.3 / 65.8, JEDI 64.3 / 23.4, DiffPure 41.7 / 19.6", _table6,
           "Ours: CIFAR-10, a Jedi-style entropy localisation + diffusion inpainting (no autoencoder); DiffPure needs a "
           "pretrained diffusion model and is not run."),
     Claim("App. C, Table 14", "TriQDef lowers LAVAN ASR on every architecture", "ResNet-20 87.2 → 30.2 % at 32 bits, "
           "VGG-16 / VGG-19 / AlexNet alike", _table14,
-          "This profile trains TriQDef on ResNet-20 only; the second architecture has its no-defense row."),
+          "This profile trains TriQDef on ResNet-20 only; the second architecture has its no-defense row.",
+          method="studentised"),
     Claim("STQ (summary)", "the tiny stochastic-ternary network is more accurate than its FP model, in a tenth of "
           "the memory", "80.57 % vs 75.20 % clean; 410 KB vs 4,496 KB", _stq_clean,
           "Ours: the summary's architecture as docs/design.md#stq reads it, trained for the profile's steps."),
@@ -926,6 +1009,14 @@ CLAIMS = [
     Claim("App. C, Table 15; Table 6 (ImageNet)", "ImageNet architectures and 50×50 patches", "Table 15", _out_of_scope,
           "Needs ImageNet and its pretrained models: not available offline here."),
 ]
+
+
+#: The claims REPORT decides from outcome stores alone (issue 29, item 1): Table 5's and QADT-R's (``table5``),
+#: Table 7's (``table7``), Tables 16 and 14 (``table16``, ``table14``), Tables 1, 9 and 11 and QADT-R's transfer
+#: claim (``table1``, ``table9``, ``table11``), the cross-bit matrix (``cross_bit``). ``tools/report_from_stores.py`` checks, on real
+#: pipeline outputs with every table deleted, that each of them reaches the same verdict.
+FROM_STORES = (_table1, _table9, _table11, _qadt_r_transfer, _unseen_reduction, _seen_2bit, _unseen_increase, _patchattack, _whitebox, _qadt_r_vs_baselines,
+               _qadt_r_pbat_unseen, _table7, _table7_gpdp, _speed_settings, _table16, _table14, _cross_bit)
 
 
 # --------------------------------------------------------------------------- pipeline time

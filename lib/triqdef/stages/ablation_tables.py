@@ -90,25 +90,29 @@ def table7_ablation(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     and (when trained) in full without the speed settings, at ``robustness.bits``, each with its 95 % interval;
     ``regime``: the paper's patch size or the matched size (table ``table7_ablation_matched``)."""
     from triqdef.attacks.patchsets import regime_set, select
-    from triqdef.eval import robustness
+    from triqdef.eval import outcome_store, robustness
     from triqdef.reporting.tables import save_table
     from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
 
     if regime_size(inp, regime) is None:
-        return save_absent_regime(inp, ["table7_ablation", "table7_comparisons"], regime)
+        return save_absent_regime(inp, ["table7_ablation", "table7_comparisons"], regime, stores=[store_path(regime)])
     models = {S.T7_LABELS[k]: inp.models[k] for k in TABLE7_RUNS if k in inp.models}
     sets = {S.SEEN: select(inp.patches, regime_set("seen", regime))}
     sets.update({k: select(inp.patches, regime_set(k, regime)) for k in robustness.UNSEEN_SETS})
     records = robustness.defense_records(models, sets, inp.bits, inp.test_x, inp.test_y)
     t7 = robustness.asr_table(records, S.GROUP, [S.bit_view(b) for b in inp.bits])
-    table7_comparisons(inp, records, regime)
+    store = outcome_store.from_records(records, inp.cfg.base.seed, inp.test_y.cpu().numpy())
+    outcome_store.write(store, store_path(regime), info={"regime": regime, "patch_size": regime_size(inp, regime),
+                                                        "profile": inp.profile})
+    table7_comparisons(inp, store, regime)
     save_table(t7, regime_table("table7_ablation", regime), dict(inp.meta, regime=regime),
                caption=(f"Targeted ASR (%) of the seen and unseen {regime_label(inp, regime)} patch sets on TriQDef "
                         "without FDP (λ_FDP = 0), without GPDP "
                         f"(λ_GPDP = 0) and in full, {inp.n_eval} test images, profile `{inp.profile}`; the last row (when trained) "
                         "turns off the speed settings (GPDP every step, maps at full resolution). Paper Table 7 (ResNet-56, LAVAN, "
                         "32/5/4/2): w/o FDP 65.2 / 61.1 / 59.7 / 55.9 (seen and unseen rows identical in the paper), "
-                        "w/o GPDP seen 43.2 / 41.7 / 39.4 / 37.6, full seen 32.4 / 30.2 / 28.4 / 26.2. "
+                        "w/o GPDP seen 43.2 / 41.7 / 39.4 / 37.6, full seen 32.4 / 30.2 / 28.4 / 26.2. Outcomes: "
+                        f"results/outcomes/{store_path(regime).name}. "
                         + robustness.evaluation_sets_note(inp.patches, inp.patch_meta, regime)))
     return t7
 
@@ -117,20 +121,34 @@ def table7_ablation(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
 TABLE7_PAIRS = ((S.FULL, S.NO_FDP), (S.FULL, S.NO_GPDP), (S.FULL, S.FULL_SLOW))  # the last: the speed settings' effect
 
 
-def table7_comparisons(inp: Inputs, records: pd.DataFrame, regime: str) -> pd.DataFrame:
-    """Full TriQDef's ASR minus each ablation's on the same patches and images, with the 95 % paired-bootstrap
-    interval and the verdict on "full TriQDef is lower" (table ``table7_comparisons``)."""
-    from triqdef.eval import robustness
-    from triqdef.eval.comparisons import paired_comparisons
+def store_path(regime: str):
+    """Table 7's outcome store in ``regime``: ``results/outcomes/table7[_matched].parquet``."""
+    from triqdef.stages.regimes import regime_table
+
+    return paths.results_dir() / "outcomes" / f"{regime_table('table7', regime)}.parquet"
+
+
+def comparisons(store, seed: int = 0) -> pd.DataFrame:
+    """Full TriQDef's ASR minus each ablation's (:data:`TABLE7_PAIRS`) from Table 7's outcome store: the same
+    patches on the images eligible for both models, studentised over patches, with the verdict on "full TriQDef
+    is lower" and its one-sided p-values (:func:`triqdef.eval.defense_claims.comparisons`). ``triqdef report``
+    calls it again on the store."""
+    from triqdef.eval import defense_claims
+
+    return defense_claims.comparisons(store, TABLE7_PAIRS, groups=(S.SEEN, S.UNSEEN), seed=seed)
+
+
+def table7_comparisons(inp: Inputs, store: pd.DataFrame, regime: str) -> pd.DataFrame:
+    """Save :func:`comparisons` of Table 7's store as table ``table7_comparisons``."""
     from triqdef.reporting.tables import save_table
     from triqdef.stages.regimes import regime_label, regime_table
 
-    grouped = records.assign(**{S.GROUP: records["patch_set"].map(robustness.set_group)})
-    comp = paired_comparisons(grouped, TABLE7_PAIRS, groups=(S.SEEN, S.UNSEEN), seed=inp.cfg.base.seed)
+    comp = comparisons(store, inp.cfg.base.seed)
     save_table(comp, regime_table("table7_comparisons", regime), dict(inp.meta, regime=regime),
                caption=(f"Full TriQDef's targeted ASR minus each ablation's (points), {regime_label(inp, regime)} patches, "
-                        f"same patches and {inp.n_eval} test images: 95% paired-bootstrap interval and the verdict on "
-                        "'full TriQDef is lower'."))
+                        f"the same patches on the images eligible for both models of the {inp.n_eval} test images (n "
+                        "images): 95% interval studentised over patches, the verdict on 'full TriQDef is lower' and "
+                        "its one-sided p-values (for Holm)."))
     return comp
 
 

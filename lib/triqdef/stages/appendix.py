@@ -96,22 +96,50 @@ def _regime(inp: Inputs) -> tuple[str, int]:
     return (MATCHED, size) if size is not None else (PAPER, regime_size(inp, PAPER))
 
 
-def lower_claims(records: pd.DataFrame, model: str, others, seed: int, label: str, **where) -> list[dict]:
-    """"``model``'s ASR is lower than each of ``others``'": one paired-bootstrap claim per (group, view) of
-    ``records`` (the same patches and images for both models), as the tables' metadata keeps them."""
-    from triqdef.eval.intervals import claim_evidence, paired_difference
-    from triqdef.eval.robustness import set_group
-    from triqdef.eval.transfer import N_BOOT, select_outcomes
+def store_path(name: str):
+    """An appendix table's outcome store: ``results/outcomes/<name>.parquet`` (``table16``, ``table14``; one regime,
+    named in the store's info)."""
+    return paths.results_dir() / "outcomes" / f"{name}.parquet"
 
-    grouped = records.assign(**{S.GROUP: records["patch_set"].map(set_group)})
-    out = []
-    for (group, view), _ in grouped.groupby([S.GROUP, "view"], sort=False):
-        for other in others:
-            sel = dict(where, group=group, view=view)
-            d = paired_difference(select_outcomes(grouped, "asr", model=model, **sel),
-                                  select_outcomes(grouped, "asr", model=other, **sel), N_BOOT, seed)
-            out.append(claim_evidence(f"{view} {group} {label} ASR, {model} − {other} (points)", d, "lower"))
-    return out
+
+def write_store(inp: Inputs, records: pd.DataFrame, name: str, regime: str, size: int) -> pd.DataFrame:
+    """The outcome store of ``records`` (issue 29, item 1), written to :func:`store_path`; returns its rows."""
+    from triqdef.eval import outcome_store
+
+    store = outcome_store.from_records(records, inp.cfg.base.seed, inp.test_y.cpu().numpy())
+    outcome_store.write(store, store_path(name), info={"regime": regime, "patch_size": size, "profile": inp.profile})
+    return store
+
+
+def table16_comparisons(store, seed: int = 0) -> pd.DataFrame:
+    """DPR: TriQDef's ASR minus each other defense's, seen and unseen, from Table 16's store (the same patches on
+    common images; :func:`triqdef.eval.defense_claims.comparisons`). ``triqdef report`` calls it again."""
+    from triqdef.eval import defense_claims
+
+    pairs = [(S.TRIQDEF, m) for m in (S.PBAT, S.DWQ, S.QADT_R, S.STANDARD_QAT)]
+    return defense_claims.comparisons(store, pairs, groups=(S.SEEN, S.UNSEEN), seed=seed)
+
+
+def table14_pair(store) -> tuple[str, str]:
+    """Table 14's comparison: (TriQDef, standard QAT) of the main architecture, by their store names."""
+    models = set(store.frame["model"] if hasattr(store, "frame") else store["model"])
+    (tq,) = [m for m in models if m.endswith(f" / {S.TRIQDEF}")]
+    return tq, tq.replace(f" / {S.TRIQDEF}", f" / {S.STANDARD_QAT}")
+
+
+def table14_comparisons(store, seed: int = 0) -> pd.DataFrame:
+    """TriQDef's LAVAN ASR minus standard QAT's on the main architecture, from Table 14's store."""
+    from triqdef.eval import defense_claims
+
+    return defense_claims.comparisons(store, [table14_pair(store)], groups=(S.SEEN,), seed=seed)
+
+
+def comparison_claims(comp: pd.DataFrame, label: str) -> list[dict]:
+    """Rows of a comparisons table as claim records for a caption ("the first model's ASR is lower")."""
+    return [{"statement": f"{r.view} {r.group} {label} ASR, {r.model} − {r.against} (points)", "value": r.difference,
+             "low": r.low, "high": r.high, "claim": "lower than 0", "n_images": int(r.n_images),
+             "n_patches": int(r.n_patches), "verdict": r.verdict, "p_holds": r.p_holds, "p_fails": r.p_fails}
+            for r in comp.itertuples()]
 
 
 # --------------------------------------------------------------------------- Table 16 (DPR)
@@ -161,7 +189,6 @@ def table16_dpr(inp: Inputs, sets: dict[str, list]) -> pd.DataFrame:
     """Table 16: targeted ASR (%) of the DPR sets on every defended model at ``robustness.bits`` (95 % intervals),
     and TriQDef's paired comparisons (``table16_comparisons``)."""
     from triqdef.eval import robustness
-    from triqdef.eval.comparisons import paired_comparisons
     from triqdef.reporting.tables import save_table
 
     regime, size = _regime(inp)
@@ -170,8 +197,10 @@ def table16_dpr(inp: Inputs, sets: dict[str, list]) -> pd.DataFrame:
     views = [S.bit_view(b) for b in inp.bits]
     t16 = robustness.asr_table(rec, S.GROUP, views)
     areas = [p.info.get("mask_area", float("nan")) for ps in sets.values() for p in ps]
-    meta = dict(inp.meta, regime=regime, patch_size=size)
-    claims = lower_claims(rec, S.TRIQDEF, (S.PBAT, S.DWQ), inp.cfg.base.seed, "DPR")
+    meta = dict(inp.meta, regime=regime, patch_size=size, store=store_path("table16").name)
+    store = write_store(inp, rec, "table16", regime, size)
+    comp = table16_comparisons(store, inp.cfg.base.seed)
+    claims = comparison_claims(comp[comp["against"].isin([S.PBAT, S.DWQ])], "DPR")
     save_table(t16, "table16_dpr", dict(meta, claims=claims),
                caption=(f"Targeted ASR (%) of DPR patches (deformable: texture and shape, mask area ≤ "
                         f"{inp.cfg.appendix.dpr_area_budget:g} of the {size}×{size} box, mean area "
@@ -181,12 +210,10 @@ def table16_dpr(inp: Inputs, sets: dict[str, list]) -> pd.DataFrame:
                         f"`{inp.profile}`; 95% bootstrap intervals over images and patches. Paper Table 16 (CIFAR-10, "
                         "6×6): PBAT 56.6 / 48.3 / 46.5 / 43.2, DWQ 87.9 / 82.4 / 77.2 / 76.4, TriQDef 35.4 / 31.7 / "
                         "30.1 / 28.8 (32 / 5 / 4 / 2 bits); unseen PBAT 81.4 …, TriQDef 42.7 …"))
-    grouped = rec.assign(**{S.GROUP: rec["patch_set"].map(robustness.set_group)})
-    pairs = [(S.TRIQDEF, m) for m in inp.models if m != S.TRIQDEF]
-    comp = paired_comparisons(grouped, pairs, seed=inp.cfg.base.seed)
     save_table(comp, "table16_comparisons", meta,
-               caption=(f"DPR: TriQDef's targeted ASR minus each other model's (points), same patches and {inp.n_eval} "
-                        "test images, 95% paired-bootstrap interval and the verdict on 'TriQDef is lower'."))
+               caption=(f"DPR: TriQDef's targeted ASR minus each other model's (points), the same patches on the images "
+                        f"eligible for both models of the {inp.n_eval} test images (n images), 95% interval "
+                        "studentised over patches, the verdict on 'TriQDef is lower' and its one-sided p-values."))
     return t16
 
 
@@ -284,9 +311,10 @@ def table14_architectures(inp: Inputs) -> pd.DataFrame:
                                              second_bits, inp.test_x, inp.test_y))
     rec = pd.concat(frames, ignore_index=True)
     t14 = robustness.asr_table(rec, S.GROUP, [S.bit_view(b) for b in inp.bits])
-    first, tq = list(main)  # standard QAT, TriQDef of the main architecture
-    claims = lower_claims(rec[rec["model"].isin(main)], tq, [first], inp.cfg.base.seed, "LAVAN")
-    save_table(t14, "table14_architectures", dict(inp.meta, regime=regime, patch_size=size, claims=claims),
+    store = write_store(inp, rec, "table14", regime, size)
+    claims = comparison_claims(table14_comparisons(store, inp.cfg.base.seed), "LAVAN")
+    save_table(t14, "table14_architectures", dict(inp.meta, regime=regime, patch_size=size, claims=claims,
+                                                  store=store_path("table14").name),
                caption=(f"Targeted ASR (%) of LAVAN {size}×{size} patches ({regime} regime) made on each "
                         f"architecture's FP model, on its standard-QAT model (no defense) and, for {inp.model_name}, on "
                         f"TriQDef; {inp.n_eval} test images, 95% bootstrap intervals. {second['name']} has "

@@ -151,28 +151,113 @@ KEEPS_SHARE = 0.7
 TABLE8_LEVEL, TABLE9_LEVEL = 0.7, 0.5
 
 
-def keeps_claims(inp: Inputs, records: pd.DataFrame, view: str, reference: str, label: str) -> list[dict]:
-    """For each attack: the paired interval of ``ASR(view) − KEEPS_SHARE × ASR(reference)`` on the same patches and
-    images, and the verdict on "the patches keep at least that share of their success" (Tables 1 and 11)."""
-    from triqdef.eval.intervals import claim_evidence, difference
-    from triqdef.eval.transfer import N_BOOT, select_outcomes
+#: The outcome stores of notebook 01 (issue 29, item 1): Tables 1 and 9 in each regime, Table 11 (6×6 only).
+STORES = ("table1", "table9", "table11")
+#: The store's model names of the views of Tables 1, 9 and 11.
+FP, QAT, PTQ, PTQ_CLIP, DYNAMIC = "FP", "Standard QAT", "PTQ", "PTQ (MSE clip)", "dynamic 8-bit"
+
+
+def view_model(view: str) -> tuple[str, int]:
+    """The (model, bit-width) of a view of Tables 1, 9 or 11, as the outcome store names it."""
+    import re
+
+    if view in (S.FP_WHITEBOX_VIEW, S.FP32_VIEW):
+        return FP, quant.FP_BITS
+    if view == S.DYNAMIC_8BIT_VIEW:
+        return DYNAMIC, 8
+    ptq = re.fullmatch(r"PTQ (\d+)( \(MSE clip\))?", view)
+    if ptq:
+        return (PTQ_CLIP if ptq.group(2) else PTQ), int(ptq.group(1))
+    if view.isdigit():
+        return QAT, int(view)
+    from triqdef.errors import TriqdefError
+
+    raise TriqdefError(f"view {view!r}: expected one of Table 1's, 9's or 11's views to store its outcomes")
+
+
+def store_path(name: str, regime: str = "paper") -> Path:
+    """``results/outcomes/<name>[_matched].parquet`` (``name``: one of :data:`STORES`)."""
+    from triqdef.stages.regimes import regime_table
+
+    return paths.results_dir() / "outcomes" / f"{regime_table(name, regime)}.parquet"
+
+
+def write_store(inp: Inputs, records: pd.DataFrame, name: str, regime: str) -> pd.DataFrame:
+    """The outcome store of a notebook-01 table's records (each view as its model and bit-width), written to
+    :func:`store_path`; returns its rows."""
+    from triqdef.eval import outcome_store
+    from triqdef.stages.regimes import regime_size
+
+    pairs = [view_model(v) for v in records["view"]]
+    rows = records.assign(model=[m for m, _ in pairs], view=[S.bit_view(b) for _, b in pairs], patch_set=records["set"])
+    store = outcome_store.from_records(rows, inp.cfg.base.seed, inp.test_y.cpu().numpy())
+    sizes = {str(k): int(v) for k, v in records.groupby("set")["size"].first().items()}
+    outcome_store.write(store, store_path(name, regime), info={"regime": regime, "patch_size": regime_size(inp, regime),
+                                                               "set_sizes": sizes, "profile": inp.profile})
+    return store
+
+
+def keeps_claims(store: pd.DataFrame, model: str, bits: int, label: str, seed: int = 0) -> list[dict]:
+    """For each attack: ``ASR(model at bits) − KEEPS_SHARE × ASR(FP)`` on the same patches, paired on the images
+    eligible for both (:func:`triqdef.eval.defense_claims.paired_difference`), and the verdict on "the patches keep
+    at least that share of their success" (Tables 1 and 11). Computed from the outcome store; ``triqdef report``
+    calls it again."""
+    from triqdef.eval.defense_claims import evidence, paired_difference
 
     out = []
-    for attack in records["attack"].unique():
-        d = difference(select_outcomes(records, "asr", attack=attack, view=view),
-                       select_outcomes(records, "asr", attack=attack, view=reference), N_BOOT, inp.cfg.base.seed,
-                       scale=KEEPS_SHARE)
-        out.append(claim_evidence(f"{attack.upper()} ASR {label} − {KEEPS_SHARE:g} × {reference} (points)", d, "higher"))
+    for attack in sorted(store["attack"].unique()):
+        ci, d = paired_difference(store, dict(model=model, bits=bits, attack=attack),
+                                  dict(model=FP, bits=quant.FP_BITS, attack=attack), seed=seed, scale=KEEPS_SHARE)
+        out.append(evidence(f"{attack.upper()} ASR {label} − {KEEPS_SHARE:g} × FP (points)", ci, "higher", 0.0,
+                            "keeps", n_common=d["n_common"]))
     return out
 
 
+def level_claim(store: pd.DataFrame, level: float, statement: str, seed: int = 0, **where) -> dict:
+    """The rate of a store selection with its 95 % interval (studentised over patches), and the verdict on
+    "above ``level``"."""
+    from triqdef.eval import outcome_store
+    from triqdef.eval.defense_claims import evidence
+    from triqdef.eval.intervals import bootstrap_rate
+    from triqdef.eval.transfer import N_BOOT
+
+    return evidence(statement, bootstrap_rate(outcome_store.outcomes(store, **where), N_BOOT, seed, "t"), "higher",
+                    level, "level")
+
+
+def lowest_bits(store: pd.DataFrame, model: str) -> int:
+    return int(store.loc[store["model"] == model, "bits"].min())
+
+
+def table1_claims(store: pd.DataFrame, seed: int = 0) -> list[dict]:
+    """Table 1's claim from its store: the FP-made patches keep 70 % of their white-box ASR on standard QAT at its
+    lowest bit-width (:func:`keeps_claims`)."""
+    low = lowest_bits(store, QAT)
+    return keeps_claims(store, QAT, low, f"on standard QAT at {low} bits", seed)
+
+
+def table9_claims(store: pd.DataFrame, set_sizes: dict, seed: int = 0) -> list[dict]:
+    """Table 9's claim from its store: each size's LAVAN ASR on the PTQ model at its lowest bit-width above
+    :data:`TABLE9_LEVEL` (``set_sizes``: each set's patch size, from the store's info)."""
+    low = lowest_bits(store, PTQ)
+    return [level_claim(store, TABLE9_LEVEL, f"LAVAN {set_sizes[name]}×{set_sizes[name]} ASR on PTQ {low}-bit (%)", seed,
+                        model=PTQ, bits=low, set=name, attack=S.LAVAN)
+            for name in sorted(set_sizes, key=lambda n: (set_sizes[n], n))]
+
+
 def level_claims(inp: Inputs, records: pd.DataFrame, level: float, statement: str, **where) -> dict:
-    """The rate of the records matching ``where`` with its 95 % interval, and the verdict on "above ``level``"."""
+    """Table 8 (not yet in an outcome store): the rate of the records matching ``where`` with its 95 % interval,
+    and the verdict on "above ``level``"."""
     from triqdef.eval.intervals import bootstrap_rate, claim_evidence
     from triqdef.eval.transfer import N_BOOT, select_outcomes
 
     rate = bootstrap_rate(select_outcomes(records, "asr", **where), N_BOOT, inp.cfg.base.seed)
     return claim_evidence(statement, rate, "higher", level)
+
+
+def table11_claims(store: pd.DataFrame, seed: int = 0) -> list[dict]:
+    """Table 11's claim from its store: the patches keep 70 % of their FP ASR on the dynamic 8-bit model."""
+    return keeps_claims(store, DYNAMIC, 8, "on the dynamic 8-bit model", seed)
 
 
 def table1_views(inp: Inputs) -> dict:
@@ -194,14 +279,13 @@ def table1_transfer(inp: Inputs, regime: str = "paper") -> tuple[pd.DataFrame, p
 
     names = ["table1_transfer_asr", "table1_transfer_fooling", "table1_transfer_asr_common"]
     if regime_size(inp, regime) is None:
-        return save_absent_regime(inp, names, regime), pd.DataFrame()
+        return save_absent_regime(inp, names, regime, stores=[store_path("table1", regime)]), pd.DataFrame()
     views = table1_views(inp)
     clean = view_predictions(views, inp.test_x)
     seen = select(inp.patches, regime_set("seen", regime))
     records = transfer_records(seen, views, inp.test_x, inp.test_y, clean)
     order = list(views)
-    low = min(b for b in inp.qat_meta["bits"] if b != quant.FP_BITS)
-    claims = keeps_claims(inp, records, S.qat_view(low), S.FP_WHITEBOX_VIEW, f"on standard QAT at {low} bits")
+    claims = table1_claims(write_store(inp, records, "table1", regime), inp.cfg.base.seed)
     meta = dict(inp.meta, regime=regime, patches={"set": regime_set("seen", regime), "n": len(seen),
                                                   "size": regime_size(inp, regime), "steps": inp.patch_meta["params"]["steps"]})
     cap = (f"Targeted ASR (%) of {len(seen)} seen {regime_label(inp, regime)} patches made on the FP {inp.model_name}, "
@@ -406,7 +490,7 @@ def table9_ptq_transfer(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     from triqdef.stages.regimes import regime_size, regime_table, save_absent_regime
 
     if regime_size(inp, regime) is None:
-        return save_absent_regime(inp, ["table9_ptq_transfer_cifar"], regime)
+        return save_absent_regime(inp, ["table9_ptq_transfer_cifar"], regime, stores=[store_path("table9", regime)])
     from triqdef.stages.devices import calibration_on
 
     q = inp.cfg.quant
@@ -419,9 +503,8 @@ def table9_ptq_transfer(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     sized = [p for s in TABLE9_SETS for p in select(inp.patches, regime_set(s, regime), "lavan")]
     records = transfer_records(sized, views, inp.test_x, inp.test_y)
     t9 = pivot_rates(records, "asr", index=(S.SIZE,), column_order=list(views))
-    low = min(b for b in inp.cfg.quant.bits if b != quant.FP_BITS)
-    claims = [level_claims(inp, records, TABLE9_LEVEL, f"LAVAN {s}×{s} ASR on PTQ {low}-bit (%)", size=s, view=S.ptq_view(low))
-              for s in sorted(records["size"].unique())]
+    sizes = {str(k): int(v) for k, v in records.groupby("set")["size"].first().items()}
+    claims = table9_claims(write_store(inp, records, "table9", regime), sizes, inp.cfg.base.seed)
     save_table(t9, regime_table("table9_ptq_transfer_cifar", regime),
                dict(inp.meta, regime=regime, analogue_of="paper Table 9 (ImageNet ResNets)", claims=claims),
                caption=caption_with_claims("CIFAR analogue of paper Table 9 (which is ImageNet): targeted ASR (%) of FP-made "
@@ -448,7 +531,7 @@ def table11_dynamic_quantization(inp: Inputs) -> pd.DataFrame:
     views = {S.FP32_VIEW: (inp.fp, None), S.DYNAMIC_8BIT_VIEW: (dyn, 8)}
     records = transfer_records(select(inp.patches, "seen"), views, inp.test_x, inp.test_y)
     t11 = pivot_rates(records, "asr", column_order=list(views))
-    claims = keeps_claims(inp, records, S.DYNAMIC_8BIT_VIEW, S.FP32_VIEW, "on the dynamic 8-bit model")
+    claims = table11_claims(write_store(inp, records, "table11", "paper"), inp.cfg.base.seed)
     save_table(t11, "table11_dynamic_quantization", dict(inp.meta, claims=claims),
                caption=caption_with_claims("Targeted ASR (%) of the seen 6×6 patches on the FP model and its "
                                            "dynamically quantized 8-bit version.", claims))

@@ -36,10 +36,16 @@ def regime_table(name: str, regime: str) -> str:
     return name if regime == PAPER else f"{name}_{regime}"
 
 
-def save_absent_regime(inp: NotebookInputs, names: list[str], regime: str) -> pd.DataFrame:
-    """The tables of a regime the patch stage did not make (the matched size equals the paper's): each says so."""
-    note = pd.DataFrame({"note": [f"no {regime} regime: the attack-strength stage's size equals the paper's "
-                                  f"{inp.cfg.patches.size} px; see the paper-size table"]})
+def save_absent_regime(inp: NotebookInputs, names: list[str], regime: str, stores=()) -> pd.DataFrame:
+    """The tables of a regime the patch stage did not make (the matched size equals the paper's): each says so; and
+    each outcome store of ``stores`` (paths) is written empty, its info saying why (a declared output exists)."""
+    from triqdef.eval import outcome_store
+
+    why = (f"no {regime} regime: the attack-strength stage's size equals the paper's {inp.cfg.patches.size} px; see "
+           "the paper-size table")
+    note = pd.DataFrame({"note": [why]})
     for name in names:
         save_table(note, regime_table(name, regime), dict(inp.meta, regime=regime), caption="No table in this regime.")
+    for path in stores:
+        outcome_store.write(outcome_store.empty(), path, info={"regime": regime, "absent": why})
     return note

@@ -196,7 +196,8 @@ def table5_asr(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
 
     size = regime_size(inp, regime)
     if size is None:
-        return save_absent_regime(inp, ["table5_asr", "table5_asr_by_set", "table5_fooling", "table5_comparisons"], regime)
+        return save_absent_regime(inp, ["table5_asr", "table5_asr_by_set", "table5_fooling", "table5_comparisons"], regime,
+                                  stores=[store_path(regime)])
     sets = {S.SEEN: select(inp.patches, regime_set("seen", regime))}
     sets.update({k: select(inp.patches, regime_set(k, regime)) for k in robustness.UNSEEN_SETS})
     eval_bits = list(inp.cfg.robustness.bits)

@@ -94,12 +94,12 @@ def model_difference(store: pd.DataFrame, a: str, b: str, group: str, attack: st
     image at all gives :func:`triqdef.eval.intervals.undecided` (inconclusive; the caller's table shows 0 images)."""
     store = _indexed(store)
     pair_by = BY_TARGET if group in OWN_PATCHES else SAME_PATCHES
-    return paired_difference(store.rows(a, group, attack, bits), _where(a, group, attack, bits),
+    return common_image_difference(store.rows(a, group, attack, bits), _where(a, group, attack, bits),
                              _where(b, group, attack, bits), store.rows(b, group, attack, bits), pair_by, n_boot, seed,
                              scale)
 
 
-def paired_difference(frame: pd.DataFrame, a: dict, b: dict, frame_b: pd.DataFrame | None = None,
+def common_image_difference(frame: pd.DataFrame, a: dict, b: dict, frame_b: pd.DataFrame | None = None,
                       pair_by: tuple[str, ...] = SAME_PATCHES, n_boot: int = N_BOOT, seed: int = 0,
                       scale: float = 1.0) -> tuple[Interval, dict]:
     """``rate(a) − scale · rate(b)`` of two store selections (``b`` of ``frame_b`` when given), paired by

@@ -329,11 +329,7 @@ def familywise_verdict(intervals: Sequence[Interval], claim: str, margin: float 
     if any(ci.method != "t" for ci in intervals):
         raise TriqdefError("familywise_verdict needs 't' intervals (method='t'): their p-values feed Holm's procedure")
     ps = [one_sided_p(ci, claim, margin) for ci in intervals]
-    if all(p_hold <= alpha for p_hold, _ in ps):
-        return HOLDS
-    if any(holm([p_fail for _, p_fail in ps], alpha)):
-        return FAILS
-    return INCONCLUSIVE
+    return holm_verdict([HOLDS if p_hold <= alpha else INCONCLUSIVE for p_hold, _ in ps], [p for _, p in ps], alpha)
 
 
 def _check_boot(n_boot: int) -> None:

@@ -316,6 +316,13 @@ def view_bits(view: str) -> int:
     return int(head)
 
 
+def write_records(records, seed: int, labels, path: str | Path, info: dict | None = None):
+    """:func:`from_records`, then :func:`write` to ``path`` with ``info``; returns the store's rows."""
+    frame = from_records(records, seed, labels)
+    write(frame, path, info)
+    return frame
+
+
 def from_records(records, seed: int, labels, image_ids=None):
     """Outcome-store rows from the records of :func:`triqdef.eval.transfer.transfer_records` (one row per patch and
     view, with ``model``, ``patch_set``, the patch's index, target and location, and each image's clean and patched

@@ -27,7 +27,7 @@ from triqdef import paths
 from triqdef.meta import provenance, write_text
 from triqdef.reporting import schemas as S
 from triqdef.reporting.forest import Evidence, parse_claimed
-from triqdef.eval.defense_claims import AT_FLOOR
+from triqdef.eval.defense_claims import AT_FLOOR, familywise
 from triqdef.eval.intervals import (FAILS, HOLDS, INCONCLUSIVE, MIN_PATCHES, TOO_FEW, claim_text as _interval_claim_text,
                                     overall_verdict)
 
@@ -134,7 +134,9 @@ def _store_size(results: Path, name: str) -> str:
     _require_store(results, name)
     regime, path = _store_files(results, name)[0]
     size = outcome_store.read_info(path).get("patch_size")
-    return f"[{size}×{size}, matched size] " if regime == "matched" and size else "[paper's size] "
+    if regime == "matched":
+        return f"[{size}×{size}, matched size] " if size else "[matched size] "
+    return "[paper's size] "
 
 
 def _table1(results):
@@ -199,9 +201,8 @@ def _table9(results):
 def _table11(results):
     from triqdef.stages import motivation as M
 
-    attacks = sorted(_store_indexed(_store_files(results, "table11")[0][1]).frame["attack"].unique()) \
-        if _store_files(results, "table11") else []
     _require_store(results, "table11")
+    attacks = sorted(_store_indexed(_store_files(results, "table11")[0][1]).frame["attack"].unique())
     parts = [f"{a.upper()} {_store_rate(results, 'table11', model=M.FP, attack=a):.1f} → "
              f"{_store_rate(results, 'table11', model=M.DYNAMIC, attack=a):.1f} %" for a in attacks]
     return _decided(", ".join(parts) + " (FP → dynamic 8-bit)", _claims(results, "table11_dynamic_quantization"),
@@ -298,13 +299,10 @@ def _store_rates(results: Path, name: str) -> pd.DataFrame:
     from triqdef.eval import defense_claims, outcome_store
 
     _require_store(results, name)
-    regime, path = _store_files(results, name)[0]
-    info = outcome_store.read_info(path)
+    path = _store_files(results, name)[0][1]
     t = defense_claims.rate_table(_store_indexed(path))
-    size = info.get("patch_size")
-    t.attrs["size"] = (f"[{size}×{size}, matched size] " if regime == "matched" and size
-                       else "[paper's size] " if regime == "paper" else "[matched size] ")
-    t.attrs["info"] = info
+    t.attrs["size"] = _store_size(results, name)
+    t.attrs["info"] = outcome_store.read_info(path)
     return t
 
 
@@ -393,8 +391,6 @@ def _all_hold(claims: list[dict]) -> str:
     """Claims that must all hold: decided familywise (Holm over their one-sided p-values,
     :func:`triqdef.eval.defense_claims.familywise`) where they carry them; else every one must hold (uncorrected,
     older tables)."""
-    from triqdef.eval.defense_claims import familywise
-
     if claims and all(pd.notna(c.get("p_fails")) or c["verdict"] == AT_FLOOR for c in claims):
         return familywise(claims)
     return overall_verdict([c["verdict"] for c in claims])
@@ -852,7 +848,7 @@ def _int8(results):
     claims = [c for _, cs in _claim_sets(results, "int8_runtime") for c in cs]
     if not claims:
         return "; ".join(parts) + " (no intervals saved)", "not decided"
-    return "; ".join(parts) + f" (familywise: Holm over {len(claims)} one-sided comparisons)", _holm_verdict(claims)
+    return "; ".join(parts) + f" (familywise: Holm over {len(claims)} one-sided comparisons)", familywise(claims)
 
 
 def _cross_bit(results):
@@ -887,15 +883,6 @@ def _cross_bit(results):
             f"({len(table)} paired comparisons, {n_patches} patches each; Holm: vs "
             + ", ".join(f"{b} {verdicts[b]}" for b in stage.BASELINES) + ")")
     return ours, verdicts["overall"]
-
-
-def _holm_verdict(claims: list[dict], alpha: float = 0.025) -> str:
-    """A row whose every one-sided claim must hold (an intersection-union test: *holds* when each does at level
-    ``alpha``, no correction needed); *does not hold* only when Holm's step-down procedure over the claims' stored
-    ``p_fails`` rejects at least one at familywise level ``alpha`` (docs/design.md#familywise-verdicts)."""
-    from triqdef.eval.intervals import holm_verdict
-
-    return holm_verdict([c["verdict"] for c in claims], [c.get("p_fails", float("nan")) for c in claims], alpha)
 
 
 CLAIMS = [

@@ -101,9 +101,9 @@ def table7_ablation(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     sets.update({k: select(inp.patches, regime_set(k, regime)) for k in robustness.UNSEEN_SETS})
     records = robustness.defense_records(models, sets, inp.bits, inp.test_x, inp.test_y)
     t7 = robustness.asr_table(records, S.GROUP, [S.bit_view(b) for b in inp.bits])
-    store = outcome_store.from_records(records, inp.cfg.base.seed, inp.test_y.cpu().numpy())
-    outcome_store.write(store, store_path(regime), info={"regime": regime, "patch_size": regime_size(inp, regime),
-                                                        "profile": inp.profile})
+    store = outcome_store.write_records(records, inp.cfg.base.seed, inp.test_y.cpu().numpy(), store_path(regime),
+                                       info={"regime": regime, "patch_size": regime_size(inp, regime),
+                                             "profile": inp.profile})
     table7_comparisons(inp, store, regime)
     save_table(t7, regime_table("table7_ablation", regime), dict(inp.meta, regime=regime),
                caption=(f"Targeted ASR (%) of the seen and unseen {regime_label(inp, regime)} patch sets on TriQDef "

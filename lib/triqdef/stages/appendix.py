@@ -106,9 +106,8 @@ def write_store(inp: Inputs, records: pd.DataFrame, name: str, regime: str, size
     """The outcome store of ``records`` (issue 29, item 1), written to :func:`store_path`; returns its rows."""
     from triqdef.eval import outcome_store
 
-    store = outcome_store.from_records(records, inp.cfg.base.seed, inp.test_y.cpu().numpy())
-    outcome_store.write(store, store_path(name), info={"regime": regime, "patch_size": size, "profile": inp.profile})
-    return store
+    return outcome_store.write_records(records, inp.cfg.base.seed, inp.test_y.cpu().numpy(), store_path(name),
+                                       info={"regime": regime, "patch_size": size, "profile": inp.profile})
 
 
 def table16_comparisons(store, seed: int = 0) -> pd.DataFrame:

@@ -72,11 +72,9 @@ def familywise(table: pd.DataFrame, alpha: float = 0.025) -> str:
     """The verdict over every row of a :func:`ratio_table`: *holds* when each comparison holds at one-sided level
     ``alpha`` (intersection-union), *does not hold* when Holm's procedure over the rows' ``p_fails`` rejects one,
     otherwise inconclusive (:func:`triqdef.eval.intervals.familywise_verdict`, from the stored p-values)."""
-    from triqdef.eval.intervals import FAILS, HOLDS, INCONCLUSIVE, holm
+    from triqdef.eval.intervals import HOLDS, INCONCLUSIVE, holm_verdict
 
-    if (table["p_holds"] <= alpha).all():
-        return HOLDS
-    return FAILS if any(holm(list(table["p_fails"]), alpha)) else INCONCLUSIVE
+    return holm_verdict([HOLDS if p <= alpha else INCONCLUSIVE for p in table["p_holds"]], list(table["p_fails"]), alpha)
 
 
 def run_cross_bit(cfg, progress: bool = True) -> dict:

@@ -190,23 +190,26 @@ def write_store(inp: Inputs, records: pd.DataFrame, name: str, regime: str) -> p
 
     pairs = [view_model(v) for v in records["view"]]
     rows = records.assign(model=[m for m, _ in pairs], view=[S.bit_view(b) for _, b in pairs], patch_set=records["set"])
-    store = outcome_store.from_records(rows, inp.cfg.base.seed, inp.test_y.cpu().numpy())
-    sizes = {str(k): int(v) for k, v in records.groupby("set")["size"].first().items()}
-    outcome_store.write(store, store_path(name, regime), info={"regime": regime, "patch_size": regime_size(inp, regime),
-                                                               "set_sizes": sizes, "profile": inp.profile})
-    return store
+    return outcome_store.write_records(rows, inp.cfg.base.seed, inp.test_y.cpu().numpy(), store_path(name, regime),
+                                       info={"regime": regime, "patch_size": regime_size(inp, regime),
+                                             "set_sizes": set_sizes(records), "profile": inp.profile})
+
+
+def set_sizes(records: pd.DataFrame) -> dict[str, int]:
+    """Each patch set's size in ``records`` (for a caption, and for the store's info)."""
+    return {str(k): int(v) for k, v in records.groupby("set")["size"].first().items()}
 
 
 def keeps_claims(store: pd.DataFrame, model: str, bits: int, label: str, seed: int = 0) -> list[dict]:
     """For each attack: ``ASR(model at bits) − KEEPS_SHARE × ASR(FP)`` on the same patches, paired on the images
-    eligible for both (:func:`triqdef.eval.defense_claims.paired_difference`), and the verdict on "the patches keep
+    eligible for both (:func:`triqdef.eval.defense_claims.common_image_difference`), and the verdict on "the patches keep
     at least that share of their success" (Tables 1 and 11). Computed from the outcome store; ``triqdef report``
     calls it again."""
-    from triqdef.eval.defense_claims import evidence, paired_difference
+    from triqdef.eval.defense_claims import common_image_difference, evidence
 
     out = []
     for attack in sorted(store["attack"].unique()):
-        ci, d = paired_difference(store, dict(model=model, bits=bits, attack=attack),
+        ci, d = common_image_difference(store, dict(model=model, bits=bits, attack=attack),
                                   dict(model=FP, bits=quant.FP_BITS, attack=attack), seed=seed, scale=KEEPS_SHARE)
         out.append(evidence(f"{attack.upper()} ASR {label} − {KEEPS_SHARE:g} × FP (points)", ci, "higher", 0.0,
                             "keeps", n_common=d["n_common"]))
@@ -503,8 +506,7 @@ def table9_ptq_transfer(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     sized = [p for s in TABLE9_SETS for p in select(inp.patches, regime_set(s, regime), "lavan")]
     records = transfer_records(sized, views, inp.test_x, inp.test_y)
     t9 = pivot_rates(records, "asr", index=(S.SIZE,), column_order=list(views))
-    sizes = {str(k): int(v) for k, v in records.groupby("set")["size"].first().items()}
-    claims = table9_claims(write_store(inp, records, "table9", regime), sizes, inp.cfg.base.seed)
+    claims = table9_claims(write_store(inp, records, "table9", regime), set_sizes(records), inp.cfg.base.seed)
     save_table(t9, regime_table("table9_ptq_transfer_cifar", regime),
                dict(inp.meta, regime=regime, analogue_of="paper Table 9 (ImageNet ResNets)", claims=claims),
                caption=caption_with_claims("CIFAR analogue of paper Table 9 (which is ImageNet): targeted ASR (%) of FP-made "

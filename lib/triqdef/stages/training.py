@@ -212,9 +212,9 @@ def table5_asr(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     noise = robustness.defense_records(inp.models, {defense_claims.NOISE: noise_twins(sets[S.SEEN], inp.cfg.base.seed)},
                                        eval_bits, inp.test_x, inp.test_y)
     rec_all = pd.concat([rec, noise] + white + black, ignore_index=True)
-    store = outcome_store.from_records(rec_all, inp.cfg.base.seed, inp.test_y.cpu().numpy())
-    outcome_store.write(store, store_path(regime), info={"regime": regime, "patch_size": size,
-                                                        "patchattack_queries": queries, "profile": inp.profile})
+    store = outcome_store.write_records(rec_all, inp.cfg.base.seed, inp.test_y.cpu().numpy(), store_path(regime),
+                                        info={"regime": regime, "patch_size": size, "patchattack_queries": queries,
+                                              "profile": inp.profile})
     comparisons, claims = defense_claims.evaluate(store, seed=inp.cfg.base.seed)
     views = [S.bit_view(b) for b in eval_bits] + [S.RANDOM_VIEW]
     t5 = robustness.asr_table(rec_all, S.GROUP, views)

@@ -97,6 +97,19 @@ training.table2_qat_vs_pbat(run, "matched")
 training.figure_cross_bit(run)
 
 # %% [markdown]
+# ## Training per bit-width, and PBAT's inner attack
+#
+# How many optimiser steps, forward and backward passes each bit-width got in each defense's run
+# (counted while it trained), and how strong the location-optimised patches PBAT trains on were
+# on the model being trained (Rao et al. 2020's attack, each bit-width on its own slice).
+
+# %%
+training.table_training_per_bit(run)
+
+# %%
+training.table_pbat_inner_attack(run)
+
+# %% [markdown]
 # ## Table 17: training cost relative to multi-bit QAT; Table 18: deployed inference cost
 
 # %%
@@ -127,8 +140,8 @@ Image(training.figure_loss_terms(run))
 # ## Convergence: seen-set ASR and clean accuracy against training steps
 #
 # Every defense evaluated every `defenses.monitor_every` steps on the first `defenses.monitor_images`
-# test images (the seen sets at the matched size when the patch stage made them), at
-# `defenses.monitor_bits`. Flat curves at the end say more steps would not have changed the ranking;
+# held-out images, never the test images the tables report (the seen sets at the matched size when
+# the patch stage made them), at `defenses.monitor_bits`. Flat curves at the end say more steps would not have changed the ranking;
 # curves still moving say they might.
 
 # %%

@@ -198,6 +198,38 @@ def test_defense_commands_refuse_bad_input(tmp_path):
                           "defenses.smoke.init", "'imagenet'", "'fp', 'qat'")
 
 
+def test_seed_replicas_refuse_bad_seed_lists_with_one_line_and_write_nothing(tmp_path):
+    """Issue 30: a seed list with duplicates, a seed outside the list (or base.seed, the core run) and a method
+    outside seeds.methods end with one line, before any data or checkpoint is read."""
+    p = params_with(tmp_path, **{"seeds.common.training_seeds": [1, 2, 1]})
+    assert_one_line_error(run(["--params", p, "--profile", "smoke", "train", "seed", "pbat", "1"], tmp_path),
+                          "seeds.training_seeds = [1, 2, 1]", "[1] appear more than once")
+    p = params_with(tmp_path, **{"seeds.common.methods": ["qat", "qat"]})
+    assert_one_line_error(run(["--params", p, "--profile", "smoke", "train", "seed", "qat", "1"], tmp_path),
+                          "seeds.methods", "more than once")
+    p = params_with(tmp_path, **{"seeds.common.methods": ["fgsm"]})
+    assert_one_line_error(run(["--params", p, "--profile", "smoke", "train", "seed", "qat", "1"], tmp_path),
+                          "seeds.methods has 'fgsm'")
+    assert_one_line_error(run(["--profile", "smoke", "train", "seed", "pbat", "0"], tmp_path),
+                          "that is base.seed")
+    assert_one_line_error(run(["--profile", "smoke", "train", "seed", "pbat", "7"], tmp_path),
+                          "training seed 7 for pbat", "seeds.training_seeds [1, 2]")
+    assert_one_line_error(run(["--profile", "smoke", "train", "seed", "dwq", "1"], tmp_path),
+                          "seeds.methods ['qat', 'pbat', 'triqdef']")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.pt"))
+
+
+def test_training_length_runs_refuse_bad_factor_lists_with_one_line(tmp_path):
+    p = params_with(tmp_path, **{"training_length.common.factors": [0.25, 4, 4]})
+    assert_one_line_error(run(["--params", p, "--profile", "smoke", "train", "length", "pbat", "4"], tmp_path),
+                          "training_length.factors = [0.25, 4.0, 4.0]", "more than once")
+    p = params_with(tmp_path, **{"training_length.common.factors": [1]})
+    assert_one_line_error(run(["--params", p, "--profile", "smoke", "train", "length", "pbat", "1"], tmp_path),
+                          "training_length.factors has 1.0", "the core run")
+    assert_one_line_error(run(["--profile", "smoke", "train", "length", "qat", "4"], tmp_path),
+                          "training length x4 for qat", "training_length.methods ['triqdef', 'pbat']")
+
+
 def test_defense_needs_its_start_checkpoint(tmp_path):
     env = {"TRIQDEF_DATA_DIR": str(tmp_path / "data")}
     assert run(["--quiet", "--profile", "smoke", "data", "fetch"], tmp_path, env).returncode == 0

@@ -563,3 +563,26 @@ def test_committed_sample_loads(sample_copy):
 def test_data_module_constants():
     assert CLASSES == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
     assert data.JPEG_MIRROR_SHA256.startswith("c6a0fc64")
+
+
+def test_the_convergence_monitor_reads_held_out_images_never_test_images(prepared):
+    """Issue 30, item 6: the monitor's images (the first ``defenses.monitor_images`` of the held-out split) and
+    the test images the tables report are disjoint, by id (split, index into the prepared split) and by
+    pixels; nor are they training images. A held-out split smaller than the monitor is refused in one line."""
+    from types import SimpleNamespace
+
+    from triqdef.errors import TriqdefError
+    from triqdef.stages.defense import monitor_split
+
+    splits = load_splits(_cfg(train=120, holdout=40, test=50), seed=0)
+    cfg = SimpleNamespace(defenses=SimpleNamespace(monitor_images=30))
+    monitor = monitor_split(cfg, splits)
+    assert len(monitor) == 30 and torch.equal(monitor.images, splits.holdout.images[:30])
+    monitor_ids = {("train", int(i)) for i in monitor.indices}
+    table_ids = {("test", int(i)) for i in splits.test.indices}   # every test image a table may read
+    assert monitor_ids and not monitor_ids & table_ids
+    assert not {int(i) for i in monitor.indices} & {int(i) for i in splits.train.indices}
+    pixels = {bytes(im.numpy()) for im in splits.test.images}
+    assert not any(bytes(im.numpy()) in pixels for im in monitor.images)
+    with pytest.raises(TriqdefError, match="defenses.monitor_images = 41: expected at most data.holdout_size"):
+        monitor_split(SimpleNamespace(defenses=SimpleNamespace(monitor_images=41)), splits)

@@ -12,7 +12,8 @@ from triqdef import quant
 from triqdef.bact import Schedule, copy_batchnorm, enable_bits
 from triqdef.eval.bench import SavedTensorMeter
 from triqdef.attacks.signed_gradient import pgd_linf
-from triqdef.defenses.steps import DWQStep, PBATStep, TriQDefSettings, TriQDefStep
+from triqdef.defenses.pbat import PBATStep
+from triqdef.defenses.steps import DWQStep, TriQDefSettings, TriQDefStep
 from triqdef.errors import TriqdefError
 from triqdef.losses import FeatureDisalignmentPenalty, PenaltySettings
 from triqdef.taps import tap_outputs
@@ -124,6 +125,37 @@ def test_bact_from_a_trained_multibit_checkpoint_leaves_bn_and_quantizers_alone(
     step.calibrate_new_bits = True
     step(m, x, torch.arange(16) % 10, 2)
     assert len(calls) == 1 and calls[0][1] == (4, 2)
+
+
+def test_bact_from_a_trained_checkpoint_recalibrates_each_enabled_bit_width_and_keeps_its_bn():
+    """Issue 30, item 4: with copy_bn=False (a start checkpoint that trained every bit-width), BACT still calibrates
+    each newly enabled bit-width on the held-out batches before it enters the loss: the statistics and observers are
+    re-estimated, the BN's own affine parameters kept (not the lower bit-width's), and the held-out accuracy just
+    before and after is recorded."""
+    m, x = _qmodel((32, 8, 4, 2))
+    m, x = m.float(), x.float()
+    bn = next(mod for mod in m.modules() if isinstance(mod, quant.SwitchableBatchNorm2d))
+    q2 = quant.activation_quantizers(m, 2)[0]
+    with torch.no_grad():
+        bn.bns["2"].weight.fill_(3.0)
+        bn.bns["2"].running_mean.fill_(7.0)
+        q2.observer.max_val.fill_(50.0)
+    seen = []
+
+    def measure(model, b):
+        seen.append(b)
+        return torch.tensor(0.25 * len(seen))
+
+    sched = Schedule([{"bits": [32, 8], "share": 0.5}, {"bits": [32, 8, 4, 2], "share": 0.5}], 4)
+    step = TriQDefStep(TriQDefSettings(taps=TAPS, gpdp_sub_batch=4), sched, torch.rand(2, 3, 6, 6), [x], seed=0,
+                       copy_bn=False, measure=measure)
+    step(m, x, torch.arange(16) % 10, 2)
+    assert torch.all(bn.bns["2"].weight == 3.0)                        # its own affine, not 4-bit's
+    assert not torch.all(bn.bns["2"].running_mean == 7.0)              # statistics re-estimated
+    assert float(q2.observer.max_val) < 50.0                           # observer re-estimated
+    assert seen == [4, 2, 4, 2]                                        # before both, after both
+    assert [(c["step"], c["bits"], float(c["before"]), float(c["after"])) for c in step.calibrations] == [
+        (2, 4, 0.25, 0.75), (2, 2, 0.5, 1.0)]
 
 
 def test_triqdef_settings_validation():
@@ -280,12 +312,8 @@ def test_training_patches_mix_the_pool_sizes():
     assert sizes == {6, 12}
     pbat = PBATStep((32, 8), seed=0, size=(12, 6), attack_steps=1)
     assert pbat.sizes == [6, 12]
-    m, xm = _qmodel((32, 8))
-    drawn = set()
-    for k in range(8):
-        g = torch.Generator().manual_seed(k)
-        out = pbat._patches(m.float(), torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long), 8, g)
-        drawn.add(int((out[0].abs().sum(0) > 0).any(1).sum()))
+    drawn = {pbat._start(2, torch.Generator().manual_seed(k), torch.zeros(2, 3, 32, 32))[0].shape[-1]
+             for k in range(8)}
     assert drawn == {6, 12}
 
 
@@ -296,3 +324,34 @@ def test_gpdp_weight_is_scaled_by_its_interval(scaled, every, expected):
     s = TriQDefSettings(lambda_gpdp=0.5, gpdp_every=every, gpdp_scaled=scaled, taps=TAPS)
     step = TriQDefStep(s, Schedule.constant([32, 4], 10), torch.rand(2, 3, 6, 6), [torch.rand(2, 3, 32, 32)], seed=0)
     assert step.gpdp_weight == expected
+
+
+def test_the_seed_stage_reads_the_defense_stage_params_and_seeds():
+    from triqdef.stages import defense, defense_seed
+
+    assert defense_seed.PARAMS == defense.PARAMS + ("seeds",)
+    assert defense.run_name("pbat", training_seed=2) == "pbat-seed2"
+    assert defense.checkpoint("pbat", training_seed=2).parts[-2:] == ("seeds", "pbat-seed2.pt")
+
+
+def test_pbat_inner_attack_success_is_the_mean_of_the_last_quarter_of_the_logged_steps():
+    from triqdef.stages.defense import inner_attack_success
+
+    history = [{"step": k, "fool_init_8": 0.1, "fool_8": k / 10, "loss": 1.0} for k in range(8)] + [{"step": 8}]
+    out = inner_attack_success(history, [32, 8])
+    assert out == {"8": {"fool_init": 10.0, "fool": 65.0, "logged_steps": 2}}   # steps 6 and 7
+    assert inner_attack_success([{"step": 0, "loss": 1.0}], [32, 8]) == {}
+
+
+def test_the_training_length_runs_scale_the_core_steps_and_keep_their_own_files():
+    from triqdef.config import load_config
+    from triqdef.stages import defense, defense_length
+
+    assert defense_length.PARAMS == defense.PARAMS + ("training_length",)
+    cfg = load_config(None, "cpu")
+    assert defense.scaled_training(cfg.defenses, 0.25).steps == 100 and defense.scaled_training(cfg.defenses, 4).steps == 1600
+    assert defense.scaled_training(cfg.defenses, None) is cfg.defenses
+    paper = load_config(None, "paper").defenses
+    assert defense.scaled_training(paper, 4).epochs == 4 * paper.epochs
+    assert defense.run_name("pbat", length_factor=0.25) == "pbat-x0.25" and defense.run_name("pbat", length_factor=4.0) == "pbat-x4"
+    assert defense.checkpoint("triqdef", length_factor=4.0).parts[-2:] == ("length", "triqdef-x4.pt")

@@ -11,7 +11,8 @@ from triqdef import quant
 from triqdef.attacks import universal
 from triqdef.bact import Schedule
 from triqdef.defenses.qadt_r import QADTRStep
-from triqdef.defenses.steps import DWQStep, PBATStep, TriQDefSettings, TriQDefStep
+from triqdef.defenses.pbat import PBATStep
+from triqdef.defenses.steps import DWQStep, TriQDefSettings, TriQDefStep
 from triqdef.errors import TriqdefError
 from triqdef.models import build_model
 from triqdef.syncguard import HostReadError, host_int, no_host_reads

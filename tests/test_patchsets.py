@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from triqdef.attacks.patchsets import balanced_targets, plan
+from triqdef.attacks.patchsets import balanced_targets, base_set, distinct_scaled_sizes, largest_size, plan
 from triqdef.config import load_config
 
 
@@ -49,11 +49,42 @@ def test_the_matched_regime_repeats_every_set_at_the_scaled_sizes():
     assert {s.set_name for s in both} == names | {f"{n}_matched" for n in names}
     sizes = {s.set_name: s.size for s in both}
     assert sizes["seen"] == 6 and sizes["seen_matched"] == 12 and sizes["pool_matched"] == 12
-    # 8 and 10 px scaled by 2, clamped to the largest patch GAP can place (16 px)
-    assert sizes["unseen_size8_matched"] == 16 and sizes["unseen_size10_matched"] == 16
+    # 8, 9 and 10 px scaled by 2 pass the largest patch GAP can place (16 px): one pixel apart below it
+    assert (sizes["unseen_size8_matched"], sizes["size9_matched"], sizes["unseen_size10_matched"]) == (14, 15, 16)
     assert all(s.regime == ("matched" if s.set_name.endswith("_matched") else "paper") for s in both)
     assert len({s.seed for s in both}) == len(both)
     assert plan(cfg, seed=0, second_size=6) == paper   # the matched size is the paper's: one regime
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "paper", "gpu"])
+@pytest.mark.parametrize("second", [8, 10, 12])
+def test_no_two_patch_sets_share_a_size_through_clamping(profile, second):
+    """Issue 30, item 3: in each regime, the seen size and every unseen-size and Table 9 set are distinct sizes,
+    and the scaled sets stay on their side of the seen size (an unseen size is larger than the seen one)."""
+    cfg = load_config(None, profile).patches
+    specs = plan(cfg, seed=0, second_size=second)
+    for regime in ("paper", "matched"):
+        sizes = {}
+        for s in specs:
+            if s.regime == regime and s.attack == "lavan":
+                sizes.setdefault(s.size, set()).add(base_set(s.set_name))
+        by_set = {name: size for size, names in sizes.items() for name in names}
+        sized = [n for n in by_set if n.startswith("unseen_size") or n.startswith("size")]
+        assert len({by_set[n] for n in sized} | {by_set["seen"]}) == len(sized) + 1, (regime, sizes)
+        assert all(by_set[n] > by_set["seen"] for n in sized), (regime, by_set)
+        assert max(by_set.values()) <= largest_size(cfg)
+
+
+def test_sizes_that_cannot_stay_distinct_are_refused_in_one_line():
+    from triqdef.errors import TriqdefError
+
+    cfg = load_config(None, "cpu").patches
+    assert distinct_scaled_sizes([8, 9, 10], 6, 12, 16) == {10: 16, 9: 15, 8: 14}
+    assert distinct_scaled_sizes([4, 8], 6, 12, 16) == {8: 16, 4: 8}
+    with pytest.raises(TriqdefError, match=r"patches.unseen_sizes / extra_sizes \[8, 9, 10\] at the matched size 14"):
+        distinct_scaled_sizes([8, 9, 10], 6, 14, 16)
+    with pytest.raises(TriqdefError, match="matched size 15"):
+        plan(cfg, seed=0, second_size=15)
 
 
 def test_the_second_size_is_read_from_the_attack_strength_record(tmp_path):

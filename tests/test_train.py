@@ -206,3 +206,52 @@ def test_bad_train_params_rejected(field, value, msg):
                "label_smoothing": 0.0, "augment": True, field: value}
     with pytest.raises(TriqdefError, match=f"train_fp.cpu.{msg}"):
         build(TrainParams, section, "train_fp.cpu")
+
+
+def test_passes_per_bit_width_are_counted_across_a_resume_and_leave_the_monitor_out(tmp_path):
+    """Issue 30, item 4: fit counts, per bit-width, optimiser steps, forward and backward passes and the images
+    forwarded; joint QAT at [32, 4] runs each bit-width once per step; a resumed run continues the count; the
+    monitor's evaluations are not counted."""
+    images, labels = toy_data(192)
+    cfg = _cfg(epochs=2, checkpoint_every=2)  # 12 steps of 32 images
+    bits = [32, 4]
+
+    def make():
+        torch.manual_seed(1)
+        m = quant.quantize_model(build_model("resnet20"), bits)
+        quant.calibrate(m, [images[:64].float() / 255], 4)
+        return m
+
+    def monitor(model):
+        return {"acc_4": accuracy(model, images[:64], labels[:64], bits=4)}
+
+    meta = {"kind": "qat", "model": "resnet20", "bits": bits}
+    kw = dict(out_path=tmp_path / "b.pt", meta=meta, work_dir=tmp_path / "wb", bits=bits, progress=False,
+              monitor=monitor, monitor_every=4)
+    fit(make(), images, labels, cfg, seed=5, stop_after=6, **kw)
+    res = fit(make(), images, labels, cfg, seed=5, **kw)
+    per_step = {"steps": 12, "forward": 12, "backward": 12, "forward_images": 12 * cfg.batch_size}
+    assert res["passes"] == {"32": per_step, "4": per_step}
+
+
+def test_a_pass_counter_counts_an_inner_attack_and_only_the_bit_widths_that_trained():
+    from triqdef.training.passes import PassCounter, uncounted
+
+    m = quant.quantize_model(build_model("resnet20"), [32, 8, 4])
+    x = torch.rand(4, 3, 32, 32)
+    for b in (8, 4):
+        quant.calibrate(m, [x], b)
+    with PassCounter(m) as counter:
+        with quant.use_bitwidth(m, 8):           # an inner attack: a gradient with respect to the input only
+            xs = x.clone().requires_grad_(True)
+            torch.autograd.grad(m(xs).sum(), xs)
+            m(x).sum().backward()
+        with quant.use_bitwidth(m, 4), torch.no_grad():
+            m(x[:2])
+        with quant.use_bitwidth(m, 32), uncounted():
+            m(x)
+        counter.end_step()
+    assert counter.table() == {"8": {"steps": 1, "forward": 2, "backward": 2, "forward_images": 8},
+                               "4": {"steps": 0, "forward": 1, "backward": 0, "forward_images": 2}}
+    m(x)   # the hooks are gone
+    assert counter.table()["8"]["forward"] == 2

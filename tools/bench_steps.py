@@ -31,9 +31,13 @@ sys.path.insert(0, sys.argv[1])
 from triqdef import quant
 from triqdef.models import build_model
 try:
-    from triqdef.defenses.steps import DWQStep, PBATStep, TriQDefSettings, TriQDefStep
-except ImportError:  # the flat layout before issue 11
-    from triqdef.defenses import DWQStep, PBATStep, TriQDefSettings, TriQDefStep
+    from triqdef.defenses.pbat import PBATStep
+    from triqdef.defenses.steps import DWQStep, TriQDefSettings, TriQDefStep
+except ImportError:
+    try:  # PBAT beside the other steps, before issue 30
+        from triqdef.defenses.steps import DWQStep, PBATStep, TriQDefSettings, TriQDefStep
+    except ImportError:  # the flat layout before issue 11
+        from triqdef.defenses import DWQStep, PBATStep, TriQDefSettings, TriQDefStep
 from triqdef.bact import Schedule
 estimator, steps, wanted = json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(",")
 bits = [32, 8, 5, 4, 2]

@@ -249,7 +249,20 @@ class StageCode:
 
 
 def stage_items(name: str, body: dict) -> list[tuple[str, dict]]:
-    """``(name, definition)``; a ``foreach`` stage once per item, ``${item}`` filled in."""
+    """``(name, definition)``; a ``foreach`` stage once per item, ``${item}`` filled in; a ``matrix`` stage once
+    per combination, ``${item.<axis>}`` filled in (an axis given as ``${section.key...}`` read from params.yaml)."""
+    if "matrix" in body:
+        import itertools
+
+        axes = {k: _param_axis(v) for k, v in body["matrix"].items()}
+        template = json.dumps({k: v for k, v in body.items() if k != "matrix"})
+        out = []
+        for combo in itertools.product(*axes.values()):
+            text = template
+            for k, v in zip(axes, combo):
+                text = text.replace("${item.%s}" % k, str(v))
+            out.append((name, json.loads(text)))
+        return out
     if "foreach" not in body:
         return [(name, body)]
     out = []
@@ -257,6 +270,18 @@ def stage_items(name: str, body: dict) -> list[tuple[str, dict]]:
         text = json.dumps(body["do"]).replace("${item}", str(item))
         out.append((name, json.loads(text)))
     return out
+
+
+def _param_axis(values):
+    """A matrix axis: a list, or ``${section.key...}`` naming one in params.yaml."""
+    if isinstance(values, str) and values.startswith("${") and values.endswith("}"):
+        import yaml
+
+        found = yaml.safe_load(PARAMS_YAML.read_text())
+        for key in values[2:-1].split("."):
+            found = found[key]
+        return found
+    return values
 
 
 def stage_code(name: str, body: dict) -> StageCode:

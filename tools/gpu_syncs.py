@@ -26,7 +26,8 @@ from triqdef import quant  # noqa: E402
 from triqdef.attacks import universal  # noqa: E402
 from triqdef.bact import Schedule  # noqa: E402
 from triqdef.defenses.qadt_r import QADTRStep  # noqa: E402
-from triqdef.defenses.steps import DWQStep, PBATStep, TriQDefSettings, TriQDefStep  # noqa: E402
+from triqdef.defenses.pbat import PBATStep  # noqa: E402
+from triqdef.defenses.steps import DWQStep, TriQDefSettings, TriQDefStep  # noqa: E402
 from triqdef.models import build_model  # noqa: E402
 from triqdef.training.loop import train_step  # noqa: E402
 

@@ -4,8 +4,9 @@ A schedule is a list of stages ``[{"bits": [32, 8], "share": 0.3}, ...]``:
 the active bit-widths and the share of the training steps each stage lasts
 (shares sum to 1). Bit-widths only ever get enabled, never disabled. When a
 stage enables new bit-widths, each one's BatchNorm copies the BN of the
-lowest bit-width already active, then its observers and BN statistics are
-calibrated on the held-out split (no weight update, no weight copy: one
+lowest bit-width already active (from FP weights; a start checkpoint that
+trained every bit-width keeps its own), then its observers and BN statistics
+are calibrated on the held-out split (no weight update, no weight copy: one
 shared backbone).
 """
 
@@ -92,16 +93,20 @@ class Schedule:
 
 
 def enable_bits(model: nn.Module, new_bits: Sequence[int], active_bits: Sequence[int],
-                holdout_batches: Sequence[torch.Tensor]) -> None:
-    """Enable ``new_bits``: copy the BN of the lowest already-active bit-width, then calibrate on held-out batches."""
+                holdout_batches: Sequence[torch.Tensor], copy_bn: bool = True) -> None:
+    """Enable ``new_bits``: copy the BN of the lowest already-active bit-width (``copy_bn``), then calibrate the
+    observers and BN statistics on held-out batches. ``copy_bn=False`` when the start checkpoint trained every
+    bit-width's BN already (``defenses.init: qat``): its affine parameters are kept, and only the statistics and
+    the observers, stale since the shared weights moved without that bit-width, are re-estimated."""
     lowest = min(active_bits) if active_bits else None
     for b in new_bits:
         if b == quant.FP_BITS:
             continue
-        if lowest is not None and lowest != b:
+        if copy_bn and lowest is not None and lowest != b:
             copy_batchnorm(model, src_bits=lowest, dst_bits=b)
         quant.calibrate(model, holdout_batches, b)
-        log.info("BACT: enabled %d-bit (BN from %s-bit), calibrated on %d batches", b, lowest, len(holdout_batches))
+        log.info("BACT: enabled %d-bit (BN %s), calibrated on %d batches", b,
+                 f"from {lowest}-bit" if copy_bn and lowest not in (None, b) else "kept", len(holdout_batches))
 
 
 @torch.no_grad()

@@ -242,6 +242,22 @@ def _cmd_train_defense(args, cfg) -> int:
     return 0
 
 
+def _cmd_train_seed(args, cfg) -> int:
+    from triqdef.stages import defense_seed
+
+    m = defense_seed.run_seed(cfg.only(defense_seed.PARAMS), args.method, args.seed, progress=not args.quiet)
+    print(json.dumps({k: m[k] for k in ("run", "test_accuracy", "n_test", "wall_time_s", "ms_per_step")}))
+    return 0
+
+
+def _cmd_train_length(args, cfg) -> int:
+    from triqdef.stages import defense_length
+
+    m = defense_length.run_length(cfg.only(defense_length.PARAMS), args.method, args.factor, progress=not args.quiet)
+    print(json.dumps({k: m[k] for k in ("run", "test_accuracy", "n_test", "wall_time_s", "ms_per_step")}))
+    return 0
+
+
 def _cmd_patches_cross_bit(args, cfg) -> int:
     from triqdef.stages import cross_bit
 
@@ -320,6 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("methods", nargs="+", metavar="METHOD", help="qat, pbat, dwq, triqdef or qadt_r")
     de.add_argument("--variant", default=None, help="a TriQDef ablation of ablations.variants (e.g. no_fdp)")
     de.set_defaults(func=_cmd_train_defense)
+    se = tsub.add_parser("seed", help="a training-seed replica of a defense (params: seeds; stage defense_seed): "
+                                      "results/models/seeds/<method>-seed<K>.pt")
+    se.add_argument("method", metavar="METHOD", help="one of seeds.methods")
+    se.add_argument("seed", type=int, metavar="K", help="one of seeds.training_seeds")
+    se.set_defaults(func=_cmd_train_seed)
+    le = tsub.add_parser("length", help="a training-length run of a defense (params: training_length; stage "
+                                        "defense_length): results/models/length/<method>-x<F>.pt")
+    le.add_argument("method", metavar="METHOD", help="one of training_length.methods")
+    le.add_argument("factor", type=float, metavar="F", help="one of training_length.factors (x the core run's steps)")
+    le.set_defaults(func=_cmd_train_length)
     tsub.add_parser("ablations", help="the TriQDef variants of ablations.run (Tables 7 and 13)").set_defaults(
         func=_cmd_train_ablations)
     tsub.add_parser("cross-arch", help="Table 8's second architecture: FP, multi-bit QAT and its patches (params: cross_arch)"

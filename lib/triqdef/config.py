@@ -160,7 +160,8 @@ class QATParams(TrainParams):
 class DefenseParams(TrainParams):
     """Every defense's fine-tune (docs/design.md#one-shared-checkpoint-for-every-defense), and its convergence
     curve (notebook 02): each defense evaluated every ``monitor_every`` steps (0: never) on the first
-    ``monitor_images`` test images at ``monitor_bits``: clean accuracy and the seen patch sets' targeted ASR."""
+    ``monitor_images`` held-out images (never the test images) at ``monitor_bits``: clean accuracy and the seen
+    patch sets' targeted ASR."""
 
     init: Literal["fp", "qat"]
     monitor_every: int = field(metadata=_check(ge=0))
@@ -292,6 +293,7 @@ class TriQDefParams:
     patch_source: Literal["pool", "on_the_fly"]
     otf_steps: int = field(metadata=_check(gt=0))
     otf_step_size: float = field(metadata=_check(gt=0))
+    bact_calibrate: bool        # calibrate each bit-width BACT enables on the held-out split (paper 3.4)
 
     def taps_of(self, model_name: str) -> tuple[str, ...]:
         """The FDP tap layers of ``model_name`` (post-ReLU conv1 of each stage's first block)."""
@@ -303,11 +305,16 @@ class TriQDefParams:
 
 @dataclass(frozen=True, kw_only=True)
 class PBATParams:
-    """docs/design.md#pbat: every bit-width each step, a share ``rho`` of the batch with per-image untargeted patches."""
+    """docs/design.md#pbat: Rao et al. 2020's location-optimised patch training on the multi-bit backbone; a share
+    ``rho`` of the batch with per-image untargeted patches, content and location optimised (``attack_steps``
+    signed steps of ``step_size``, moves of ``stride`` px; 0: no location optimisation), started from the
+    training pool (``init: pool``) or from noise."""
 
     rho: float = field(metadata=_check(ge=0, le=1))
     attack_steps: int = field(metadata=_check(gt=0))
     step_size: float = field(metadata=_check(gt=0))
+    stride: int = field(metadata=_check(ge=0))
+    init: Literal["pool", "noise"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -385,6 +392,64 @@ class CrossBitParams:
     restarts: int = field(metadata=_check(gt=0))       # starts per patch; the one most successful on its images is kept
     steps: int = field(metadata=_check(gt=0))          # optimiser steps per start
     test_images: int = field(metadata=_check(gt=0))
+
+
+#: The defenses of stage ``defense`` (``triqdef.stages.defense.METHODS``), named here for the seed check.
+DEFENSE_METHODS = ("qat", "pbat", "dwq", "triqdef", "qadt_r")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeedParams:
+    """Training-seed replicas (issue 30, item 5; docs/design.md#training-seeds): each of ``methods`` trained again
+    with each of ``training_seeds`` (the core run's seed is ``base.seed``), from the same start checkpoint, data
+    and patch sets; only the training's own draws (batches, augmentation, patches and locations) change. The DVC
+    stage ``defense_seed`` runs them as a matrix over ``seeds.common``."""
+
+    methods: tuple[str, ...]
+    training_seeds: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not self.methods or not self.training_seeds:
+            raise TriqdefError("parameter seeds: expected at least one method and one training seed")
+        for name, values in (("methods", self.methods), ("training_seeds", self.training_seeds)):
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise TriqdefError(f"parameter seeds.{name} = {list(values)}: {repeated} appear more than once; "
+                                   "expected distinct values (a replica per seed)")
+        unknown = [m for m in self.methods if m not in DEFENSE_METHODS]
+        if unknown:
+            raise TriqdefError(f"parameter seeds.methods has {unknown[0]!r}: expected some of "
+                               f"{', '.join(DEFENSE_METHODS)}")
+        bad = [s for s in self.training_seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+        if bad:
+            raise TriqdefError(f"parameter seeds.training_seeds has {bad[0]!r}: expected integers >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LengthParams:
+    """Training-length runs (issue 30, item 7; docs/design.md#training-length): each of ``methods`` trained with
+    ``factors`` times the core run's steps (``defenses``), one seed. The DVC stage ``defense_length`` runs them as
+    a matrix over ``training_length.common``."""
+
+    methods: tuple[str, ...]
+    factors: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not self.methods or not self.factors:
+            raise TriqdefError("parameter training_length: expected at least one method and one factor")
+        for name, values in (("methods", self.methods), ("factors", self.factors)):
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise TriqdefError(f"parameter training_length.{name} = {list(values)}: {repeated} appear more "
+                                   "than once; expected distinct values")
+        unknown = [m for m in self.methods if m not in DEFENSE_METHODS]
+        if unknown:
+            raise TriqdefError(f"parameter training_length.methods has {unknown[0]!r}: expected some of "
+                               f"{', '.join(DEFENSE_METHODS)}")
+        bad = [f for f in self.factors if f <= 0 or f == 1]
+        if bad:
+            raise TriqdefError(f"parameter training_length.factors has {bad[0]!r}: expected numbers > 0 other than 1 "
+                               "(1 is the core run, stage defense)")
 
 
 #: The six ART attacks of notebook 05, as :mod:`triqdef.eval.art_suite` names them (a test keeps the two equal;
@@ -475,6 +540,8 @@ class Config:
     ablations: AblationParams
     robustness: RobustnessParams
     cross_bit: CrossBitParams
+    seeds: SeedParams
+    training_length: LengthParams
     motivation: MotivationParams
     appendix: AppendixParams
     stq: STQParams

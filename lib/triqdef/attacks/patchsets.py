@@ -87,17 +87,44 @@ def regime_sizes(cfg: PatchParams, second: int | None) -> dict[str, dict]:
     """Per regime, the patch sizes of its sets: ``size`` (pool, seen, unseen bits and location), ``unseen`` (the
     unseen-size sets, by their paper-regime name) and ``extra`` (Table 9's sizes). The paper's regime is
     ``patches``; the matched regime (when ``second`` is given and differs) scales every size by
-    ``second / size`` (rounded), clamped to :func:`largest_size`."""
+    ``second / size`` (rounded) and keeps them like for like (issue 30, item 3): no two sets share a size, and
+    each of them stays larger than the matched seen size. Where scaling passes :func:`largest_size` (GAP's canvas
+    is twice the patch), the sizes are taken one pixel apart downwards from the largest one, in the paper's order
+    (8, 9, 10 → 16, 18, 20 → 14, 15, 16 at 12 px on CIFAR-10); when they do not fit between the matched size and
+    the largest, a one-line error names the parameters."""
     out = {PAPER: {"size": cfg.size, "unseen": {f"unseen_size{s}": s for s in cfg.unseen_sizes},
                    "extra": {f"size{s}": s for s in cfg.extra_sizes}}}
     if second is not None and second != cfg.size:
-        top = largest_size(cfg)
+        sizes = distinct_scaled_sizes(sorted({*cfg.unseen_sizes, *cfg.extra_sizes}), cfg.size, second,
+                                      largest_size(cfg))
+        out[MATCHED] = {"size": second, "unseen": {f"unseen_size{s}": sizes[s] for s in cfg.unseen_sizes},
+                        "extra": {f"size{s}": sizes[s] for s in cfg.extra_sizes}}
+    return out
 
-        def scaled(s: int) -> int:
-            return min(top, max(1, round(s * second / cfg.size)))
 
-        out[MATCHED] = {"size": second, "unseen": {f"unseen_size{s}": scaled(s) for s in cfg.unseen_sizes},
-                        "extra": {f"size{s}": scaled(s) for s in cfg.extra_sizes}}
+def distinct_scaled_sizes(sizes: list[int], size: int, second: int, top: int) -> dict[int, int]:
+    """Each of ``sizes`` (patch sizes of the paper's regime, none equal to ``size``) scaled by ``second / size``,
+    at most ``top``, all distinct, and on the same side of ``second`` as the paper's size is of ``size``: the
+    larger ones are lowered one pixel at a time from the largest, the smaller ones raised from the smallest."""
+    from triqdef.errors import TriqdefError
+
+    out: dict[int, int] = {}
+    larger = sorted((s for s in sizes if s > size), reverse=True)
+    smaller = sorted(s for s in sizes if s < size)
+    ceiling = top + 1
+    for s in larger:
+        ceiling = min(ceiling - 1, max(1, round(s * second / size)))
+        out[s] = ceiling
+    floor = 0
+    for s in smaller:
+        floor = max(floor + 1, min(top, max(1, round(s * second / size))))
+        out[s] = floor
+    clash = [s for s in larger if out[s] <= second] + [s for s in smaller if out[s] >= second]
+    if clash or size in sizes:
+        raise TriqdefError(
+            f"parameters patches.unseen_sizes / extra_sizes {sizes} at the matched size {second} px "
+            f"(paper size {size}, largest placeable {top}): expected {len(larger)} distinct sizes between "
+            f"{second + 1} and {top} (and {len(smaller)} below {second}); use fewer or smaller sizes")
     return out
 
 

@@ -1,4 +1,5 @@
-"""Training steps of TriQDef (paper section 3, Algorithms 1 and 2) and of the PBAT and DWQ baselines.
+"""Training steps of TriQDef (paper section 3, Algorithms 1 and 2) and of the DWQ baseline (PBAT's:
+:mod:`triqdef.defenses.pbat`).
 
 Each defense is a *step function* for :func:`triqdef.training.loop.fit`: called with
 ``(model, x, y, step)`` on a switchable-precision model, it computes its losses,
@@ -25,9 +26,6 @@ on (seed, step) only, so an interrupted run resumes exactly.
   frozen (and updates the later layers' itself), so it sees exactly the same
   quantizer scales and BN batch statistics, and the accumulated gradient is
   that of the full penalty.
-* :class:`PBATStep` (docs/design.md#pbat): every bit-width each step; the patched
-  half gets per-image patches made by signed-gradient steps at that bit-width
-  (random location, untargeted); clean + adversarial cross-entropy.
 * :class:`DWQStep` (Fu et al. 2021): one random bit-width per step; PGD-ℓ∞
   adversarial examples made at that bit-width; cross-entropy on them.
 
@@ -39,7 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -149,9 +147,15 @@ class TriQDefStep:
     """One TriQDef training step (see the module docstring); ``log`` keys: loss_clean, loss_adv, fdp, gpdp, total, n_bits."""
 
     def __init__(self, settings: TriQDefSettings, schedule: Schedule, pool: torch.Tensor | Mapping[int, torch.Tensor] | None,
-                 holdout_batches: Sequence[torch.Tensor], seed: int, calibrate_new_bits: bool = True):
+                 holdout_batches: Sequence[torch.Tensor], seed: int, calibrate_new_bits: bool = True,
+                 copy_bn: bool = True, measure: Callable[[nn.Module, int], torch.Tensor] | None = None):
         self.s, self.schedule, self.seed = settings, schedule, seed
-        self.calibrate_new_bits = calibrate_new_bits  # False: the start checkpoint trained every bit-width already
+        # BACT (docs/design.md#bact): calibrate each newly enabled bit-width on the held-out batches; its BN first
+        # copied from the lowest active one (copy_bn; False when the start checkpoint trained every bit-width)
+        self.calibrate_new_bits, self.copy_bn = calibrate_new_bits, copy_bn
+        # measure(model, b): a held-out accuracy (a 0-dim tensor, read later), taken at each enabled bit-width just
+        # before and just after its calibration; the pairs go to ``calibrations``
+        self.measure, self.calibrations = measure, []
         # training-pool contents by size, {s: (P_s, 3, s, s)} (a tensor: one size)
         self.pool = {int(pool.shape[-1]): pool} if isinstance(pool, torch.Tensor) else dict(pool or {})
         self.pool = {k: v for k, v in self.pool.items() if len(v)}
@@ -221,7 +225,11 @@ class TriQDefStep:
         new = self.schedule.enabled_at(step)
         if new and self.calibrate_new_bits:
             prev = [b for b in self.schedule.active(step) if b not in new]
-            enable_bits(model, new, prev, [h.to(x.device) for h in self.holdout])
+            measured = [b for b in new if b != quant.FP_BITS] if self.measure else []
+            before = {b: self.measure(model, b) for b in measured}
+            enable_bits(model, new, prev, [h.to(x.device) for h in self.holdout], copy_bn=self.copy_bn)
+            self.calibrations += [{"step": step, "bits": b, "before": before[b], "after": self.measure(model, b)}
+                                  for b in measured]
         active = tuple(self.schedule.active(step))
         n_adv = max(1, int(round(s.rho * x.shape[0])))
         n_clean = x.shape[0] - n_adv
@@ -310,44 +318,6 @@ class TriQDefStep:
 
 
 # --------------------------------------------------------------------------- baselines
-
-
-class PBATStep:
-    """PBAT: each active bit-width, a share ρ of the batch patched with per-image patches optimised at that bit-width."""
-
-    def __init__(self, bits: Sequence[int], seed: int, rho: float = 0.5, size: int | Sequence[int] = 6,
-                 attack_steps: int = 3, step_size: float = 0.1, border: int = 4):
-        self.bits, self.seed, self.rho = list(bits), seed, rho
-        self.sizes = [int(size)] if isinstance(size, int) else sorted(int(s) for s in size)  # one drawn per bit-width
-        self.attack_steps, self.step_size, self.border = attack_steps, step_size, border
-
-    def _patches(self, model, x, y, b, g) -> torch.Tensor:
-        n = x.shape[0]
-        size = self.sizes[host_int(torch.randint(0, len(self.sizes), (1,), generator=g))] if len(self.sizes) > 1 else self.sizes[0]
-        contents = host_to_device(torch.rand(n, 3, size, size, generator=g), x.device)
-        loc = host_to_device(random_locations(n, size, g, x.shape[-1], self.border), x.device)
-        with quant.eval_mode(model), quant.use_bitwidth(model, b):
-            contents = signed_gradient_steps(lambda c, k: F.cross_entropy(model(paste(x, c, loc)), y), contents,
-                                             self.attack_steps, self.step_size, (0, 1))
-        return paste(x, contents, loc).detach()
-
-    def __call__(self, model, x, y, step) -> StepRecord:
-        n_adv = max(1, int(round(self.rho * x.shape[0])))
-        n_clean = x.shape[0] - n_adv
-        rec = StepRecord()
-        ce_cleans, ce_advs = [], []
-        for b in self.bits:
-            x_adv = self._patches(model, x[n_clean:], y[n_clean:], b, _generator(self.seed, step, b))
-            with quant.use_bitwidth(model, b):
-                logits = model(torch.cat([x[:n_clean], x_adv]))
-            ce_clean = F.cross_entropy(logits[:n_clean], y[:n_clean])
-            ce_adv = F.cross_entropy(logits[n_clean:], y[n_clean:])
-            ((ce_clean + ce_adv) / len(self.bits)).backward()
-            ce_cleans.append(ce_clean.detach())
-            ce_advs.append(ce_adv.detach())
-            rec[f"acc_adv_{b}"] = (logits[n_clean:].argmax(1) == y[n_clean:]).float().mean()
-        rec["loss_clean"], rec["loss_adv"] = mean_of(ce_cleans), mean_of(ce_advs)
-        return rec
 
 
 class DWQStep:

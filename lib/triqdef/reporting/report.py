@@ -544,10 +544,10 @@ def _table2(results):
     t, size = _patch_table(results, "table2_qat_vs_pbat")
     t = t.set_index([S.MODEL, S.PATCH_SET])
     col = S.T2_8BIT
-    seen = t.loc[(S.PBAT, S.T2_SEEN_10), col]
+    seen = t.loc[(S.PBAT, S.T2_SEEN_SAME_SIZE), col]
     unseen = t.loc[(S.PBAT, S.T2_UNSEEN_2BIT), col]
     std = t.loc[(S.STANDARD_QAT, S.T2_UNSEEN_2BIT), col]
-    return _decided(f"{size}PBAT 8-bit QAT: '{S.T2_SEEN_10}' {seen:.1f} %, unseen (made at 2 bits) {unseen:.1f} % ({unseen - seen:+.1f} "
+    return _decided(f"{size}PBAT 8-bit QAT: '{S.T2_SEEN_SAME_SIZE}' {seen:.1f} %, unseen (made at 2 bits) {unseen:.1f} % ({unseen - seen:+.1f} "
                     f"points); standard QAT on the latter {std:.1f} %", _claims(results, "table2_qat_vs_pbat"),
                     "holds" if unseen - seen > 20 else "does not hold")
 
@@ -1014,6 +1014,9 @@ FROM_STORES = (_table1, _table9, _table11, _qadt_r_transfer, _unseen_reduction, 
 BUDGET_REFERENCE_STEPS = {"smoke": 470, "cpu": 14_000}
 BUDGET_MIN = {"gpu": 9}
 SAME_SESSION_H = 6   # a reference measured further from a stage's run than this is from another session
+#: Metrics folders of the stage groups apart from the core pipeline (issue 30: training seeds, training length),
+#: each stage of them within 5,600 reference steps; the core's total leaves them out.
+REPLICA_GROUPS = ("seeds", "length")
 
 
 def _stage_seconds(rec: dict) -> float | None:
@@ -1051,6 +1054,8 @@ def stage_times(results: Path) -> pd.DataFrame:
         if (rec := _read_json(path)) is None:
             continue
         stage = path.relative_to(folder).with_suffix("").as_posix()
+        if stage.split("/")[0] in REPLICA_GROUPS:   # not the core pipeline, and not a dependency of this report
+            continue
         details = _read_json(results / "metadata" / path.relative_to(folder)) or {}
         if rec.get("skipped"):
             reason = details.get("reason", rec.get("reason", ""))

@@ -25,7 +25,7 @@ import torch
 
 from triqdef import paths, quant
 from triqdef.bact import Schedule
-from triqdef.config import Config, StageConfig, TriQDefParams, as_dict, override
+from triqdef.config import DEFENSE_METHODS, Config, StageConfig, TriQDefParams, as_dict, override
 from triqdef.errors import TriqdefError
 from triqdef.eval.accuracy import accuracy
 from triqdef.meta import provenance, write_curve, write_metrics
@@ -37,17 +37,32 @@ PARAMS = ("base", "data", "model", "quant", "defenses", "triqdef", "pbat", "dwq"
 
 log = logging.getLogger(__name__)
 
-METHODS = ("qat", "pbat", "dwq", "triqdef", "qadt_r")
+METHODS = DEFENSE_METHODS
 
 
-def run_name(method: str, variant: str | None = None) -> str:
-    return method if not variant else f"{method}-{variant}"
+def run_name(method: str, variant: str | None = None, training_seed: int | None = None,
+             length_factor: float | None = None) -> str:
+    """``pbat``, ``triqdef-no_fdp`` (an ablation variant), ``pbat-seed1`` (a training-seed replica), ``pbat-x4``
+    (a training-length run, 4 × the core run's steps)."""
+    name = method if not variant else f"{method}-{variant}"
+    name = name if training_seed is None else f"{name}-seed{training_seed}"
+    return name if length_factor is None else f"{name}-x{length_factor:g}"
 
 
-def checkpoint(method: str, variant: str | None = None) -> Path:
-    """``results/models/defenses/<method>.pt``; ablation variants in ``results/models/ablations/<method>-<variant>.pt``."""
-    folder = "ablations" if variant else "defenses"
-    return paths.models_dir() / folder / f"{run_name(method, variant)}.pt"
+def run_folder(variant: str | None = None, training_seed: int | None = None, length_factor: float | None = None) -> str:
+    """Where a run's files go under results/models, metadata, metrics and plots."""
+    if variant:
+        return "ablations"
+    return "seeds" if training_seed is not None else "length" if length_factor is not None else "defenses"
+
+
+def checkpoint(method: str, variant: str | None = None, training_seed: int | None = None,
+               length_factor: float | None = None) -> Path:
+    """``results/models/defenses/<method>.pt``; ablation variants in ``results/models/ablations/<method>-<variant>.pt``;
+    training-seed replicas in ``results/models/seeds/<method>-seed<k>.pt`` and training-length runs in
+    ``results/models/length/<method>-x<f>.pt`` (apart: the stages that read every defense do not depend on them)."""
+    return (paths.models_dir() / run_folder(variant, training_seed, length_factor)
+            / f"{run_name(method, variant, training_seed, length_factor)}.pt")
 
 
 def defended_models(model_name: str) -> tuple[dict, dict]:
@@ -81,9 +96,24 @@ def pool_contents(patches_path: Path | None = None) -> dict[int, torch.Tensor]:
 MONITOR_BOOT = 500
 
 
+def monitor_split(cfg: Config | StageConfig, splits):
+    """The images the convergence monitor evaluates on: the first ``defenses.monitor_images`` of the held-out split
+    (drawn from CIFAR-10's training split, disjoint from the training subset; the quantizers' calibration batches
+    come from it too), so that no curve, and no choice read off one, sees a test image. One line when the
+    held-out split is smaller."""
+    from triqdef.data.cifar import Subset
+
+    n, held_out = cfg.defenses.monitor_images, splits.holdout
+    if len(held_out) < n:
+        raise TriqdefError(f"parameter defenses.monitor_images = {n}: expected at most data.holdout_size "
+                           f"({len(held_out)} held-out images; the monitor never reads the test images)")
+    return Subset(images=held_out.images[:n], labels=held_out.labels[:n], indices=held_out.indices[:n])
+
+
 def convergence_monitor(cfg: Config | StageConfig, splits):
     """The evaluation :func:`triqdef.training.loop.fit` runs every ``defenses.monitor_every`` steps (None when 0):
-    on the first ``monitor_images`` test images and at each of
+    on the first ``monitor_images`` held-out images (:func:`monitor_split`; never the test images the tables
+    report, issue 30 item 6) and at each of
     ``monitor_bits``, clean accuracy and each attack's targeted ASR of the ``seen`` patch set (matched size when the
     patch stage made it, else the paper's size; transfer patches made on the FP model), with its 95 % bootstrap
     interval over images and patches (``MONITOR_BOOT`` replicates) and the numbers of images and patches. A
@@ -98,8 +128,8 @@ def convergence_monitor(cfg: Config | StageConfig, splits):
     train = cfg.defenses
     if not train.monitor_every:
         return None
-    images = splits.test.images[: train.monitor_images]  # uint8; predict and the patch evaluation convert them
-    labels = splits.test.labels[: train.monitor_images]
+    held_out = monitor_split(cfg, splits)
+    images, labels = held_out.images, held_out.labels  # uint8; predict and the patch evaluation convert them
     patches, _ = load_patchset(paths.results_dir() / "patches" / "patches.pt")
     seen_name = regime_set("seen", MATCHED) if select(patches, regime_set("seen", MATCHED)) else "seen"
     seen = {a: select(patches, seen_name, a) for a in cfg.patches.attacks}
@@ -111,7 +141,7 @@ def convergence_monitor(cfg: Config | StageConfig, splits):
         return b == quant.FP_BITS or all(q.calibrated for q in quant.activation_quantizers(model, b))
 
     def evaluate(model) -> dict[str, float]:
-        point: dict[str, float] = {"seen_set": seen_name, "n_images": int(labels.numel())}
+        point: dict[str, float] = {"seen_set": seen_name, "images": "holdout", "n_images": int(labels.numel())}
         for b in train.monitor_bits:
             if not ready(model, b):
                 point[f"acc_{b}"] = math.nan
@@ -165,21 +195,25 @@ def bact_schedule(tq: TriQDefParams, bits, total_steps: int) -> Schedule:
 
 
 def build_step(method: str, cfg: Config | StageConfig, model, splits, total_steps: int, variant: str | None = None,
-               calibrate_new_bits: bool = True):
+               copy_bn: bool = True, seed: int | None = None):
     """The step function (or None for plain multi-bit QAT) and a description of the settings used.
 
-    ``calibrate_new_bits``: TriQDef's BACT copies BN and calibrates the quantizers of each newly enabled
-    bit-width (from FP weights); False when the start checkpoint already trained every bit-width.
+    TriQDef's BACT calibrates each newly enabled bit-width on the held-out split (``triqdef.bact_calibrate``),
+    its BN first copied from the lowest active one when ``copy_bn`` (from FP weights; False when the start
+    checkpoint trained every bit-width's BN already), and measures the held-out accuracy at that bit-width just
+    before and after (:func:`bact_measure`).
     """
-    from triqdef.defenses.steps import DWQStep, PBATStep, TriQDefStep, triqdef_settings
+    from triqdef.defenses.pbat import PBATStep
+    from triqdef.defenses.steps import DWQStep, TriQDefStep, triqdef_settings
 
-    seed, bits = cfg.base.seed, list(cfg.quant.bits)
+    seed, bits = cfg.base.seed if seed is None else seed, list(cfg.quant.bits)
     if method == "qat":
         return None, {}
-    if method == "pbat":  # the sizes of the training pool: the paper's and the matched size
-        pb, sizes = cfg.pbat, tuple(pool_contents())
-        return (PBATStep(bits, seed, pb.rho, sizes, pb.attack_steps, pb.step_size, cfg.patches.border),
-                dict(as_dict(pb), sizes=list(sizes)))
+    if method == "pbat":  # the sizes of the training pool (the paper's and the matched size); starts from it
+        pb, pool = cfg.pbat, pool_contents()
+        return (PBATStep(bits, seed, pb.rho, tuple(pool), pb.attack_steps, pb.step_size, cfg.patches.border,
+                         pb.stride, pool if pb.init == "pool" else None),
+                dict(as_dict(pb), sizes=list(pool)))
     if method == "dwq":
         dw = cfg.dwq
         return DWQStep(bits, seed, dw.eps, dw.alpha, dw.attack_steps), as_dict(dw)
@@ -198,9 +232,51 @@ def build_step(method: str, cfg: Config | StageConfig, model, splits, total_step
         schedule = bact_schedule(tq, bits, total_steps)
         pool = pool_contents() if settings.patch_source == "pool" else None
         holdout = list(pipeline.calibration_batches(splits))
-        return (TriQDefStep(settings, schedule, pool, holdout, seed, calibrate_new_bits=calibrate_new_bits),
-                dict(as_dict(tq), bact_schedule=schedule.to_list(), bact_calibrates=calibrate_new_bits))
+        return (TriQDefStep(settings, schedule, pool, holdout, seed, calibrate_new_bits=tq.bact_calibrate,
+                            copy_bn=copy_bn, measure=bact_measure(splits)),
+                dict(as_dict(tq), bact_schedule=schedule.to_list(), bact_copies_bn=copy_bn and tq.bact_calibrate))
     raise TriqdefError(f"unknown defense {method!r}: expected one of {', '.join(METHODS)}")
+
+
+def bact_measure(splits):
+    """``measure(model, b)``: top-1 accuracy at ``b`` bits on the held-out split (eval mode, a 0-dim tensor, no
+    host read), which BACT takes just before and just after calibrating a newly enabled bit-width."""
+    from triqdef.data.cifar import to_float
+    from triqdef.training.passes import uncounted
+
+    labels = splits.holdout.labels
+
+    @torch.no_grad()
+    def measure(model, b: int) -> torch.Tensor:
+        device = next(model.parameters()).device
+        correct = torch.zeros((), device=device)
+        with quant.eval_mode(model), quant.use_bitwidth(model, b), uncounted():   # a reading, not training
+            for i in range(0, len(labels), 500):
+                x = to_float(splits.holdout.images[i:i + 500]).to(device)
+                correct += (model(x).argmax(1) == labels[i:i + 500].to(device)).sum()
+        return correct / max(len(labels), 1)
+    return measure
+
+
+def bact_calibrations(step_fn) -> list[dict]:
+    """BACT's measured calibrations of a TriQDef run (step, bit-width, held-out accuracy before and after, in %)."""
+    return [{"step": c["step"], "bits": c["bits"], "holdout_acc_before": round(100 * float(c["before"]), 2),
+             "holdout_acc_after": round(100 * float(c["after"]), 2)} for c in getattr(step_fn, "calibrations", [])]
+
+
+def inner_attack_success(history: list[dict], bits, last_share: float = 0.25) -> dict:
+    """PBAT's inner attack, measured (issue 30, item 2): per bit-width, the mean share of its slice of patched
+    training images misclassified with the starting patches (``fool_init``) and with the optimised ones
+    (``fool``), in %, over the last ``last_share`` of the logged steps; empty for a run without one."""
+    rows = [h for h in history if any(f"fool_{b}" in h for b in bits)]
+    rows = rows[int(len(rows) * (1 - last_share)):]
+    out = {}
+    for b in bits:
+        vals = [(h[f"fool_init_{b}"], h[f"fool_{b}"]) for h in rows if f"fool_{b}" in h]
+        if vals:
+            out[str(b)] = {"fool_init": round(100 * sum(v[0] for v in vals) / len(vals), 2),
+                           "fool": round(100 * sum(v[1] for v in vals) / len(vals), 2), "logged_steps": len(vals)}
+    return out
 
 
 def validate_settings(method: str, cfg: Config | StageConfig, variant: str | None = None) -> None:
@@ -215,46 +291,98 @@ def validate_settings(method: str, cfg: Config | StageConfig, variant: str | Non
         tq = triqdef_params(cfg, variant)
         triqdef_settings(tq, cfg.model.name)
         bact_schedule(tq, cfg.quant.bits, 100)
+        if cfg.defenses.init == "fp" and not tq.bact_calibrate:
+            raise TriqdefError("parameter triqdef.bact_calibrate = false with defenses.init fp: expected true (from FP "
+                               "weights a bit-width BACT enables has no calibrated quantizer)")
 
 
-def run_defense(cfg: Config | StageConfig, method: str, variant: str | None = None, progress: bool = True) -> dict:
-    """Train one defense (``variant``: a TriQDef ablation of ``ablations.variants``) and record its metrics."""
+def check_training_seed(cfg: Config | StageConfig, method: str, training_seed: int | None) -> None:
+    """A training-seed replica must be one ``seeds`` asks for (the DVC matrix reads ``seeds.common``)."""
+    if training_seed is None:
+        return
+    sd = cfg.seeds
+    if training_seed == cfg.base.seed:
+        raise TriqdefError(f"training seed {training_seed}: that is base.seed, the core run (defense@{method}); "
+                           f"expected one of seeds.training_seeds {list(sd.training_seeds)}")
+    if training_seed not in sd.training_seeds or method not in sd.methods:
+        raise TriqdefError(f"training seed {training_seed} for {method}: expected a seed of seeds.training_seeds "
+                           f"{list(sd.training_seeds)} and a method of seeds.methods {list(sd.methods)}")
+
+
+def check_length_factor(cfg: Config | StageConfig, method: str, length_factor: float | None) -> None:
+    """A training-length run must be one ``training_length`` asks for (the DVC matrix reads its ``common``)."""
+    if length_factor is None:
+        return
+    tl = cfg.training_length
+    if length_factor not in tl.factors or method not in tl.methods:
+        raise TriqdefError(f"training length x{length_factor:g} for {method}: expected a factor of "
+                           f"training_length.factors {list(tl.factors)} and a method of training_length.methods "
+                           f"{list(tl.methods)}")
+
+
+def scaled_training(train, length_factor: float | None):
+    """``defenses`` with its steps (or epochs) times ``length_factor`` (None: as it is)."""
+    import dataclasses
+
+    if length_factor is None:
+        return train
+    if train.steps is not None:
+        return dataclasses.replace(train, steps=max(1, int(round(train.steps * length_factor))))
+    return dataclasses.replace(train, epochs=train.epochs * length_factor)
+
+
+def run_defense(cfg: Config | StageConfig, method: str, variant: str | None = None, progress: bool = True,
+                training_seed: int | None = None, length_factor: float | None = None) -> dict:
+    """Train one defense (``variant``: a TriQDef ablation of ``ablations.variants``; ``training_seed``: a seed
+    replica of ``seeds``; ``length_factor``: a training-length run of ``training_length``; the replicas' data and
+    patch sets stay those of ``base.seed``) and record its metrics."""
     t_stage = time.perf_counter()
     validate_settings(method, cfg, variant)  # before any expensive loading
-    run = run_name(method, variant)
-    train, q = cfg.defenses, cfg.quant
-    name, seed = cfg.model.name, cfg.base.seed
+    check_training_seed(cfg, method, training_seed)
+    check_length_factor(cfg, method, length_factor)
+    run = run_name(method, variant, training_seed, length_factor)
+    train, q = scaled_training(cfg.defenses, length_factor), cfg.quant
+    name = cfg.model.name
+    seed = cfg.base.seed if training_seed is None else training_seed   # the training's own draws
     device = training_device(cfg.base)
     splits = pipeline.load_data(cfg)
     init = train.init
     init_path, model, init_meta = initial_model(cfg, init)
     model = model.to(device)
     total = train.total_steps(len(splits.train.labels))
-    step_fn, settings = build_step(method, cfg, model, splits, total, variant, calibrate_new_bits=(init == "fp"))
+    step_fn, settings = build_step(method, cfg, model, splits, total, variant, copy_bn=(init == "fp"), seed=seed)
     if method != "triqdef" and init == "fp":  # TriQDef calibrates each bit-width when BACT enables it
         calibrate_all(model, splits.holdout.images, train.batch_size, device=device)
     meta = provenance(cfg, {"kind": "defense", "method": method, "variant": variant, "run": run, "model": name,
+                            "training_seed": seed,
                             "bits": list(q.bits), "first_last_bits": q.first_last_bits, "range_estimator": q.activation_range,
                             "averaging_constant": q.averaging_constant, "params": as_dict(train), "settings": settings,
                             "quant": as_dict(q), "data": pipeline.data_record(splits), "num_classes": 10,
                             "init": {"kind": init, "checkpoint": str(init_path.relative_to(paths.output_root())),
                                      "commit": init_meta.get("commit")}})
-    monitor = None if variant else convergence_monitor(cfg, splits)
-    res = fit(model, splits.train.images, splits.train.labels, train, seed=seed, out_path=checkpoint(method, variant), meta=meta,
+    core = not variant and training_seed is None and length_factor is None   # stage defense@<method>
+    monitor = convergence_monitor(cfg, splits) if core else None
+    res = fit(model, splits.train.images, splits.train.labels, train, seed=seed,
+              out_path=checkpoint(method, variant, training_seed, length_factor), meta=meta,
               work_dir=pipeline.work_dir(), bits=list(q.bits), device=device, progress=progress, step_fn=step_fn,
               monitor=monitor, monitor_every=train.monitor_every, stacked=cfg.base.stacked, capture=cfg.base.compile)
     accs = {str(b): accuracy(model, splits.test.images, splits.test.labels, bits=b) for b in q.bits}
     last = res["history"][-1] if res["history"] else {}
-    metrics = {"run": run, "method": method, "variant": variant, "model": name, "test_accuracy": accs,
+    metrics = {"run": run, "method": method, "variant": variant, "training_seed": seed, "length_factor": length_factor,
+               "model": name,
+               "test_accuracy": accs,
                "n_test": int(splits.test.labels.numel()), "steps": res["steps"], "wall_time_s": res["wall_time_s"],
                "train_images_per_s": res["images_per_s"], "ms_per_step": 1000 * res["wall_time_s"] / max(res["steps"], 1),
                "last_step": last, "settings": settings, "data": pipeline.data_record(splits),
-               "monitor_s": round(res.get("monitor_s", 0.0), 1), "profile": cfg.base.profile, "stage_wall_time_s": round(time.perf_counter() - t_stage, 1)}
-    file = f"{'ablations' if variant else 'defenses'}/{run}"  # headline numbers for `dvc metrics`; the rest beside them
+               "monitor_s": round(res.get("monitor_s", 0.0), 1), "bact_calibrations": bact_calibrations(step_fn),
+               "inner_attack": inner_attack_success(res["history"], q.bits),
+               "passes_per_bit": res.get("passes"),
+               "profile": cfg.base.profile, "stage_wall_time_s": round(time.perf_counter() - t_stage, 1)}
+    file = f"{run_folder(variant, training_seed, length_factor)}/{run}"  # headline numbers for `dvc metrics`
     write_metrics(file, {**{f"acc_{b}bit": a for b, a in accs.items()}, "n_test": metrics["n_test"], "steps": res["steps"],
                          "stage_wall_time_s": metrics["stage_wall_time_s"]}, provenance(cfg, metrics))
     write_curve(file, res["history"])
-    if not variant:  # a dvc output of every defense stage: the header alone when the monitor is off
+    if core:  # an output of defense@<method>: the header alone when the monitor is off
         write_curve(f"{file}_convergence", res.get("monitor") or [])
     log.info("%s: %s", run, {b: f"{100 * a:.1f}%" for b, a in accs.items()})
     return metrics

@@ -511,7 +511,9 @@ def table9_ptq_transfer(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
                dict(inp.meta, regime=regime, analogue_of="paper Table 9 (ImageNet ResNets)", claims=claims),
                caption=caption_with_claims("CIFAR analogue of paper Table 9 (which is ImageNet): targeted ASR (%) of FP-made "
                                            f"LAVAN patches by size on the PTQ ResNet-20 ({regime} regime; sizes scaled by the "
-                                           "same factor and clamped to the largest patch that fits); 95% bootstrap "
+                                           "same factor, kept distinct below the largest patch that fits: "
+                                           f"{', '.join(f'{s} px' for s in sorted(set_sizes(records).values()))}); "
+                                           "95% bootstrap "
                                            "intervals. The PTQ columns use the trained estimators ("
                                            + ", ".join(f"{b} bits: {ESTIMATOR_LABELS[quant.estimator_for(q.activation_range, b)]}"
                                                        for b in q.bits if b != quant.FP_BITS)

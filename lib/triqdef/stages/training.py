@@ -352,13 +352,16 @@ def table2_qat_vs_pbat(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     sets = {label: select(inp.patches, regime_set(name, regime)) for label, name in S.T2_PATCH_SETS.items()}
     records, t2 = asr_by_model_and_set(views, sets, inp.test_x, inp.test_y)
     where = {"model": S.PBAT, "view": S.T2_8BIT}
-    claims = [set_difference_claim(records, dict(where, patch_set=S.T2_UNSEEN_2BIT), dict(where, patch_set=S.T2_SEEN_10),
-                                   f"PBAT {S.T2_8BIT}: '{S.T2_UNSEEN_2BIT}' − '{S.T2_SEEN_10}' ASR (points)", "higher",
-                                   TABLE2_RISE, inp.cfg.base.seed, "table2")]
-    s8, s10, s4bit, s2bit = (select(inp.patches, regime_set(name, regime))[0].size for name in S.T2_PATCH_SETS.values())
+    claims = [set_difference_claim(records, dict(where, patch_set=S.T2_UNSEEN_2BIT),
+                                   dict(where, patch_set=S.T2_SEEN_SAME_SIZE),
+                                   f"PBAT {S.T2_8BIT}: '{S.T2_UNSEEN_2BIT}' − '{S.T2_SEEN_SAME_SIZE}' ASR (points), "
+                                   "both sets the same size", "higher", TABLE2_RISE, inp.cfg.base.seed, "table2")]
+    s0, s8, s10, s4bit, s2bit = (select(inp.patches, regime_set(name, regime))[0].size
+                                 for name in S.T2_PATCH_SETS.values())
     cap2 = (f"Targeted ASR (%) in the project's terms of paper Table 2 ({regime_label(inp, regime)} regime): "
-            f"{s8}×{s8} / {s10}×{s10} FP-made patches (the "
-            f"paper's 'seen' 8×8 / 10×10, scaled as docs/design.md#attack-regime; capped at the largest size that fits) and "
+            f"the seen set ({s0}×{s0}, FP-made, the training pool's distribution), {s8}×{s8} / {s10}×{s10} FP-made "
+            f"patches (the paper's 'seen' 8×8 / 10×10, scaled as docs/design.md#attack-regime, distinct sizes below "
+            f"the largest that fits) and "
             f"{s4bit}×{s4bit} / {s2bit}×{s2bit} patches made on a standard-QAT model at 4 / 2 bits, on "
             f"standard QAT and PBAT at 32 bits, 8 bits, and 8-bit PTQ of their 32-bit weights ({estimator_note(q, 8, 'the 8-bit views')}); "
             f"{inp.n_eval} test images. "
@@ -393,6 +396,78 @@ def table17_training_cost(inp: Inputs) -> tuple[pd.DataFrame, dict]:
                         "peak bytes saved for backward. Paper Table 17 (A100, ResNet-56): DWQ 1.05× / 1.02×, PBAT 1.52× / 1.45×, "
                         "TriQDef 1.47× / 1.17×."))
     return t17, tb
+
+
+def defense_run_records() -> dict[str, dict]:
+    """Each defense run's record (``results/metadata/defenses/<run>.json``, written by stage ``defense``), by row label."""
+    import json
+
+    out = {}
+    for run, label in S.DEFENSE_LABELS.items():
+        path = paths.results_dir() / "metadata" / "defenses" / f"{run}.json"
+        try:
+            out[label] = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise TriqdefError(f"defense record {path} is missing or corrupt ({type(err).__name__}): expected the "
+                               f"JSON stage defense@{run} writes; run `dvc repro defense@{run}`") from None
+    return out
+
+
+def table_training_per_bit(inp: Inputs, records: dict[str, dict] | None = None) -> pd.DataFrame:
+    """How much training each bit-width got (issue 30, item 4): per defense and bit-width, the optimiser steps
+    whose loss it entered, and the forward and backward passes of the model at it, with the images forwarded
+    (:class:`triqdef.training.passes.PassCounter`; inner attacks and BACT's calibration included, the monitor
+    not)."""
+    from triqdef.reporting.tables import save_table
+
+    records = records if records is not None else defense_run_records()
+    rows = []
+    for label, rec in records.items():
+        passes = rec.get("passes_per_bit")
+        for b in inp.bits:
+            c = (passes or {}).get(str(b), {})
+            rows.append({S.MODEL: label, S.BITS: b, "optimiser steps": c.get("steps"), "forward passes": c.get("forward"),
+                         "backward passes": c.get("backward"), "images forwarded": c.get("forward_images"),
+                         "of steps": rec.get("steps")})
+    df = pd.DataFrame(rows)
+    missing = sorted({r[S.MODEL] for r in rows if r["forward passes"] is None})
+    save_table(df, "training_per_bit", inp.meta, floatfmt=".0f",
+               caption=("Training each bit-width got, per defense: optimiser steps whose loss it entered, forward and "
+                        "backward passes of the model at it and the images they carried, counted during the run "
+                        "(inner attacks, BACT's calibration and PBAT's location search included; the convergence "
+                        "monitor left out). TriQDef's curriculum enables 5/4 bits after 30 % and 2 bits after 60 % of "
+                        "the steps; DWQ draws one bit-width per step."
+                        + (f" Not counted (a stacked or captured step): {', '.join(missing)}." if missing else "")))
+    return df
+
+
+def table_pbat_inner_attack(inp: Inputs, records: dict[str, dict] | None = None) -> pd.DataFrame:
+    """PBAT's inner attack, measured (issue 30, item 2): per bit-width, the share of its slice of patched training
+    images misclassified with the starting patches and with the optimised ones (mean over the last quarter of the
+    steps), beside the attack-strength stage's white-box LAVAN ASR on the FP model at the same sizes."""
+    import json
+
+    from triqdef.reporting.tables import save_table
+
+    records = records if records is not None else defense_run_records()
+    rec = records.get(S.PBAT, {})
+    inner, settings = rec.get("inner_attack") or {}, rec.get("settings") or {}
+    strength_path = paths.results_dir() / "attack_strength" / "matched_size.json"
+    strength = json.loads(strength_path.read_text()).get("lavan_fp_asr", {}) if strength_path.is_file() else {}
+    sizes = settings.get("sizes") or []
+    rows = [{S.BITS: int(b), "untargeted success, start (%)": v["fool_init"],
+             "untargeted success, optimised (%)": v["fool"], "logged steps": v["logged_steps"]}
+            for b, v in sorted(inner.items(), key=lambda kv: -int(kv[0]))]
+    df = pd.DataFrame(rows)
+    ref = ", ".join(f"{s} px {strength[str(s)]:.1f} %" for s in sizes if str(s) in strength) or "not measured"
+    save_table(df, "pbat_inner_attack", dict(inp.meta, pbat_settings=settings),
+               caption=(f"PBAT's inner attack on the model being trained (Rao et al. 2020, random location "
+                        f"optimisation): {settings.get('attack_steps')} signed steps of {settings.get('step_size')} and "
+                        f"moves of {settings.get('stride')} px from {settings.get('init')} patches of {sizes} px, each "
+                        "bit-width attacking its own slice of the patched half; untargeted success = share of those "
+                        "images misclassified (clean errors included), mean over the last quarter of the steps. For "
+                        f"scale, the attack-strength stage's targeted universal LAVAN on the FP model: {ref}."))
+    return df
 
 
 def table18_inference_cost(inp: Inputs) -> pd.DataFrame:
@@ -462,7 +537,7 @@ def convergence_curves(inp: Inputs) -> dict[str, pd.DataFrame]:
 
 def figure_convergence(inp: Inputs) -> Path:
     """``defense_convergence.png``: seen-set ASR and clean accuracy of every defense against training steps, on the
-    monitor subset (``defenses.monitor_images`` test images); a figure that says so when the monitor was off."""
+    monitor subset (``defenses.monitor_images`` held-out images, never test images); a figure that says so when the monitor was off."""
     from triqdef.reporting.plots import convergence
     from triqdef.reporting.tables import save_figure
 

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -43,6 +44,7 @@ from triqdef.errors import TriqdefError
 from triqdef.meta import atomic_path, plain, read_torch_file
 from triqdef.models import MEMORY_FORMAT, MODEL_NAMES, build_model
 from triqdef.training.graphed import CapturedStep, capturable_optimizer, check_capturable, fill_momentum_buffers
+from triqdef.training.passes import PassCounter, uncounted
 from triqdef.training.records import StepRecord, settle
 
 log = logging.getLogger("triqdef.training.loop")
@@ -312,7 +314,7 @@ def fit(
     opt = (capturable_optimizer(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, device)
            if capture else make_optimizer(model, cfg))
     sched = make_scheduler(opt, cfg, total)
-    start, history, elapsed, curve, monitor_s = 0, [], 0.0, [], 0.0
+    start, history, elapsed, curve, monitor_s, passes = 0, [], 0.0, [], 0.0, None
     if partial.is_file():
         ck = read_checkpoint(partial)
         model.load_state_dict(ck["model"])
@@ -323,7 +325,7 @@ def fit(
                 group["lr"] = torch.tensor(float(group["lr"]), device=device)
             fill_momentum_buffers(opt)
         start, history, elapsed = ck["step"], ck["history"], ck["elapsed"]
-        curve, monitor_s = ck.get("monitor", []), ck.get("monitor_s", 0.0)
+        curve, monitor_s, passes = ck.get("monitor", []), ck.get("monitor_s", 0.0), ck.get("passes")
         log.info("resuming %s from step %d/%d (%s)", out_path, start, total, partial)
 
     def observe(done: int) -> None:
@@ -333,7 +335,7 @@ def fit(
         if any(point["step"] == done for point in curve):
             return
         t = time.perf_counter()
-        with torch.no_grad(), quant.eval_mode(model):
+        with torch.no_grad(), quant.eval_mode(model), uncounted():
             curve.append({"step": done, **monitor(model)})
         monitor_s += time.perf_counter() - t
 
@@ -372,6 +374,10 @@ def fit(
     bar = tqdm(total=total, initial=start, desc=f"train {meta.get('kind', '')} {meta.get('model', '')}",
                disable=not (progress and writer), unit="step")
     t0 = time.perf_counter() - elapsed
+    # passes per bit-width (issue 30, item 4); a stacked or captured step does not run the hooks it counts with
+    counter = PassCounter(model, passes)
+    counting = contextlib.nullcontext() if (stack or capture) else counter
+    counting.__enter__()
     for step in range(start, total):
         x, y = map(distributed.shard, step_batch(images, labels, step, seed, cfg))
         x, y = x.to(device, memory_format=MEMORY_FORMAT), y.to(device)
@@ -392,6 +398,7 @@ def fit(
         else:
             record.extend(one_step(x, y))
         sched.step()
+        counter.end_step()
         history.append(record)
         bar.update(1)
         if step % 10 == 0:  # the records are read here (one host sync per 10 steps), not inside the step
@@ -405,16 +412,19 @@ def fit(
             settle_history(history)
             save_checkpoint(partial, model, meta, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                             step=done, history=history, elapsed=time.perf_counter() - t0, monitor=curve,
-                            monitor_s=monitor_s)
+                            monitor_s=monitor_s, passes=counter.table())
         if stop_after is not None and done >= stop_after and done < total:
+            counting.__exit__(None, None, None)
             bar.close()
             settle_history(history)
             return {"history": history, "steps": done, "interrupted": True}
+    counting.__exit__(None, None, None)
     bar.close()
     settle_history(history)
     wall = time.perf_counter() - t0
     result = {"history": history, "monitor": curve, "monitor_s": monitor_s, "steps": total, "wall_time_s": wall,
-              "images_per_s": total * cfg.batch_size / max(wall, 1e-9)}
+              "images_per_s": total * cfg.batch_size / max(wall, 1e-9),
+              "passes": None if (stack or capture) else counter.table()}
     if writer:
         save_checkpoint(out_path, model, dict(meta, steps=total, train_wall_time_s=wall), history=history, monitor=curve)
         if partial.exists():

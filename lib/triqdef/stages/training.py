@@ -421,16 +421,18 @@ def table_training_per_bit(inp: Inputs, records: dict[str, dict] | None = None) 
     from triqdef.reporting.tables import save_table
 
     records = records if records is not None else defense_run_records()
-    rows = []
+    rows, missing = [], []
+    zero = {"steps": 0, "forward": 0, "backward": 0, "forward_images": 0}   # a bit-width the run never ran
     for label, rec in records.items():
         passes = rec.get("passes_per_bit")
+        if passes is None:
+            missing.append(label)
         for b in inp.bits:
-            c = (passes or {}).get(str(b), {})
-            rows.append({S.MODEL: label, S.BITS: b, "optimiser steps": c.get("steps"), "forward passes": c.get("forward"),
+            c = {} if passes is None else passes.get(str(b), zero)
+            rows.append({S.MODEL: label, "bits": b, "optimiser steps": c.get("steps"), "forward passes": c.get("forward"),
                          "backward passes": c.get("backward"), "images forwarded": c.get("forward_images"),
                          "of steps": rec.get("steps")})
     df = pd.DataFrame(rows)
-    missing = sorted({r[S.MODEL] for r in rows if r["forward passes"] is None})
     save_table(df, "training_per_bit", inp.meta, floatfmt=".0f",
                caption=("Training each bit-width got, per defense: optimiser steps whose loss it entered, forward and "
                         "backward passes of the model at it and the images they carried, counted during the run "
@@ -455,7 +457,7 @@ def table_pbat_inner_attack(inp: Inputs, records: dict[str, dict] | None = None)
     strength_path = paths.results_dir() / "attack_strength" / "matched_size.json"
     strength = json.loads(strength_path.read_text()).get("lavan_fp_asr", {}) if strength_path.is_file() else {}
     sizes = settings.get("sizes") or []
-    rows = [{S.BITS: int(b), "untargeted success, start (%)": v["fool_init"],
+    rows = [{"bits": int(b), "untargeted success, start (%)": v["fool_init"],
              "untargeted success, optimised (%)": v["fool"], "logged steps": v["logged_steps"]}
             for b, v in sorted(inner.items(), key=lambda kv: -int(kv[0]))]
     df = pd.DataFrame(rows)

@@ -135,6 +135,14 @@ def test_resume_equals_uninterrupted_run(tmp_path, bits):
     assert not list((tmp_path / "wb").glob("*.partial.pt"))  # partial checkpoint removed when done
 
 
+def _seeded_qat_model(images, bits):
+    """A seeded switchable-precision ResNet-20 at ``bits``, its 4-bit view calibrated on the first 64 images."""
+    torch.manual_seed(1)
+    m = quant.quantize_model(build_model("resnet20"), bits)
+    quant.calibrate(m, [images[:64].float() / 255], 4)
+    return m
+
+
 def test_monitor_sees_the_schedule_and_leaves_training_unchanged(tmp_path):
     """fit's convergence monitor runs before the first step, every n steps and after the last, survives a resume,
     and evaluating (eval mode: observers and BN frozen) does not change the trained weights by a bit."""
@@ -143,10 +151,7 @@ def test_monitor_sees_the_schedule_and_leaves_training_unchanged(tmp_path):
     bits = [32, 4]
 
     def make():
-        torch.manual_seed(1)
-        m = quant.quantize_model(build_model("resnet20"), bits)
-        quant.calibrate(m, [images[:64].float() / 255], 4)
-        return m
+        return _seeded_qat_model(images, bits)
 
     def monitor(model):
         assert not model.training
@@ -217,10 +222,7 @@ def test_passes_per_bit_width_are_counted_across_a_resume_and_leave_the_monitor_
     bits = [32, 4]
 
     def make():
-        torch.manual_seed(1)
-        m = quant.quantize_model(build_model("resnet20"), bits)
-        quant.calibrate(m, [images[:64].float() / 255], 4)
-        return m
+        return _seeded_qat_model(images, bits)
 
     def monitor(model):
         return {"acc_4": accuracy(model, images[:64], labels[:64], bits=4)}

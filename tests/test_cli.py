@@ -316,3 +316,16 @@ def test_issue14_parameters_refuse_bad_values_with_one_line(tmp_path, key, value
     p = params_with(tmp_path, **{key: value})
     assert_one_line_error(run(["--params", p, "--profile", "smoke", *command], tmp_path), needle)
     assert not (tmp_path / "out" / "results" / "models").exists()
+
+
+def test_cross_bit_source_lists_are_refused_in_one_line_before_anything_is_read(tmp_path):
+    """Issue 30: an empty list of source bit-widths, a repeat, or a bit-width the models lack (not in quant.bits)
+    ends with one line, before any model or data is loaded; nothing is written. The same for a replica's
+    evaluation (stage seed_eval)."""
+    cases = [([], "cross_bit.source_bits is empty"), ([32, 32], "expected distinct bit-widths"),
+             ([32, 3], "bit-width 3 is not one of quant.bits")]
+    for bits, needle in cases:
+        p = params_with(tmp_path, **{"cross_bit.smoke": {"source_bits": bits, "patches": 2, "steps": 2, "test_images": 64}})
+        assert_one_line_error(run(["--params", p, "--profile", "smoke", "patches", "cross-bit"], tmp_path), needle)
+        assert_one_line_error(run(["--params", p, "--profile", "smoke", "replicas", "seed", "qat", "1"], tmp_path), needle)
+    assert not (tmp_path / "out").exists() or not any(f.is_file() for f in (tmp_path / "out").rglob("*"))

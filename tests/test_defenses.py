@@ -331,7 +331,11 @@ def test_the_seed_stage_reads_the_defense_stage_params_and_seeds():
 
     assert defense_seed.PARAMS == defense.PARAMS + ("seeds",)
     assert defense.run_name("pbat", training_seed=2) == "pbat-seed2"
-    assert defense.checkpoint("pbat", training_seed=2).parts[-2:] == ("seeds", "pbat-seed2.pt")
+    assert defense.checkpoint("pbat", training_seed=2).parts[-4:] == ("replicas", "models", "seeds", "pbat-seed2.pt")
+    assert defense.checkpoint("pbat").parts[-3:] == ("models", "defenses", "pbat.pt")   # the core stays where it was
+    from triqdef.stages import replica_eval, seed_eval
+
+    assert seed_eval.PARAMS == replica_eval.EVAL_PARAMS + ("seeds",)
 
 
 def test_pbat_inner_attack_success_is_the_mean_of_the_last_quarter_of_the_logged_steps():
@@ -354,4 +358,7 @@ def test_the_training_length_runs_scale_the_core_steps_and_keep_their_own_files(
     paper = load_config(None, "paper").defenses
     assert defense.scaled_training(paper, 4).epochs == 4 * paper.epochs
     assert defense.run_name("pbat", length_factor=0.25) == "pbat-x0.25" and defense.run_name("pbat", length_factor=4.0) == "pbat-x4"
-    assert defense.checkpoint("triqdef", length_factor=4.0).parts[-2:] == ("length", "triqdef-x4.pt")
+    assert defense.checkpoint("triqdef", length_factor=4.0).parts[-4:] == ("replicas", "models", "length", "triqdef-x4.pt")
+    from triqdef.stages import length_eval, replica_eval
+
+    assert length_eval.PARAMS == replica_eval.EVAL_PARAMS + ("training_length",)

@@ -27,11 +27,13 @@ def test_dvc_yaml_lists_each_stage_code_and_params(checked):
     assert not problems, "dvc.yaml and the code disagree (fix with `python tools/dvc_deps.py --write`):\n" + "\n".join(problems)
 
 
-def test_a_change_to_the_report_reruns_only_the_report(checked):
+def test_a_change_to_the_report_reruns_only_the_two_reports(checked):
+    """REPORT.md's code re-runs stage report and the replica group's summary (which reads the report's stage-time
+    and Wilson helpers), both a few seconds; no training or attack stage."""
     _, codes = checked
     stages = dvc_deps.load_dvc_yaml()["stages"]
     direct, rerun = dvc_deps.affected("lib/triqdef/reporting/report.py", stages, codes)
-    assert direct == ["report"] and rerun == ["report"]
+    assert direct == ["replicas", "report"] and rerun == ["replicas", "report"]
     direct, rerun = dvc_deps.affected("lib/triqdef/attacks/patches.py", stages, codes)
     assert {"patches", "motivation", "report"} <= set(rerun) and "train_fp" not in rerun
 
@@ -177,3 +179,26 @@ def test_the_store_holds_the_exact_cifar10_mirror(tmp_path):
     shutil.copytree(dvc_store.STORE, store)
     dvc_store.store_path(tracked[0][2], store).unlink()
     assert any("data/cifar10-jpeg.tar.gz" in gap for gap in dvc_store.missing(store))
+
+
+REPLICA_STAGES = ("defense_seed", "defense_length", "seed_eval", "length_eval", "replicas")
+
+
+def test_no_core_stage_and_not_the_report_depends_on_the_replica_group():
+    """Issue 30: the seed and training-length replicas are a group apart. Every output of theirs lies under
+    results/replicas/, and no dependency of another stage is, or contains, such a path, so `dvc repro report`
+    runs the core alone (before, the report's results/metrics dependency pulled every replica in)."""
+    stages = dvc_deps.load_dvc_yaml()["stages"]
+
+    def paths(entries):
+        return [next(iter(e)) if isinstance(e, dict) else e for e in entries or []]
+
+    replica_outs = [o for name in REPLICA_STAGES
+                    for o in paths(stages[name].get("outs")) + paths(stages[name].get("metrics"))]
+    assert replica_outs and all(o.startswith("results/replicas/") for o in replica_outs), replica_outs
+    for name, body in stages.items():
+        if name in REPLICA_STAGES:
+            continue
+        for dep in paths(body.get("deps")):
+            assert not dep.startswith("results/replicas") and not "results/replicas/".startswith(dep.rstrip("/") + "/"), \
+                f"stage {name} depends on {dep}, which holds the replica group's outputs"

@@ -3,6 +3,7 @@
 #   1. unit tests (tests/, among them the check that dvc.yaml lists every stage's code and params: tools/dvc_deps.py);
 #   2. `dvc repro` of the whole dvc.yaml in the smoke profile, in a temporary copy of the repository
 #      (the files git tracks or would track, without results/ and dvc.lock), data from `triqdef data fetch` offline;
+#      the replica group's matrices cut to one entry of each kind (tools/ci_smoke.yaml: CI time);
 #   3. nbval on every source notebook, in the smoke profile, on that copy's outputs;
 #   4. REPORT's store-based verdicts rebuilt from that copy's outcome stores alone (tools/report_from_stores.py);
 #   5. a fresh clone of the committed repository: `dvc pull` from dvc-store/ leaves no output of an up-to-date
@@ -30,7 +31,8 @@ t_unit=$(date +%s)
 
 copy="${TRIQDEF_SMOKE_COPY:-$(mktemp -d -t triqdef-smoke-XXXXXX)}"
 echo "== smoke pipeline: dvc repro in $copy"
-TRIQDEF_OFFLINE=1 bash tools/pipeline_copy.sh "$copy" smoke
+# tools/ci_smoke.yaml: the replica matrices cut to one entry of each kind (CI time; the core is as committed)
+TRIQDEF_OFFLINE=1 bash tools/pipeline_copy.sh "$copy" smoke tools/ci_smoke.yaml
 t_repro=$(date +%s)
 
 echo "== nbval (smoke profile) on $copy/results"

@@ -258,6 +258,30 @@ def _cmd_train_length(args, cfg) -> int:
     return 0
 
 
+def _cmd_replicas_seed(args, cfg) -> int:
+    from triqdef.stages import seed_eval
+
+    m = seed_eval.run_seed_eval(cfg.only(seed_eval.PARAMS), args.method, args.seed, progress=not args.quiet)
+    print(json.dumps(m))
+    return 0
+
+
+def _cmd_replicas_length(args, cfg) -> int:
+    from triqdef.stages import length_eval
+
+    m = length_eval.run_length_eval(cfg.only(length_eval.PARAMS), args.method, args.factor, progress=not args.quiet)
+    print(json.dumps(m))
+    return 0
+
+
+def _cmd_replicas_summary(args, cfg) -> int:
+    from triqdef.stages import replicas
+
+    m = replicas.run_replicas(cfg.only(replicas.PARAMS), progress=not args.quiet)
+    print(json.dumps({"stage_wall_time_s": m["stage_wall_time_s"], "report": "results/replicas/REPLICAS.md"}))
+    return 0
+
+
 def _cmd_patches_cross_bit(args, cfg) -> int:
     from triqdef.stages import cross_bit
 
@@ -306,6 +330,19 @@ def _cmd_outcomes(args, cfg) -> int:
     return 0
 
 
+def _replica_commands(subparsers, seed: tuple, length: tuple) -> None:
+    """The sub-commands ``seed METHOD K`` and ``length METHOD F`` of a replica command group (``train``,
+    ``replicas``); ``seed`` and ``length``: (help, command function)."""
+    se = subparsers.add_parser("seed", help=seed[0])
+    se.add_argument("method", metavar="METHOD", help="one of seeds.methods")
+    se.add_argument("seed", type=int, metavar="K", help="one of seeds.training_seeds")
+    se.set_defaults(func=seed[1])
+    le = subparsers.add_parser("length", help=length[0])
+    le.add_argument("method", metavar="METHOD", help="one of training_length.methods")
+    le.add_argument("factor", type=float, metavar="F", help="one of training_length.factors (x the core run's steps)")
+    le.set_defaults(func=length[1])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="triqdef", description="TriQDef reproduction: data, training and evaluation stages of the DVC pipeline.")
     p.add_argument("--params", default=None, help="params file (default: params.yaml at the project root)")
@@ -336,16 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("methods", nargs="+", metavar="METHOD", help="qat, pbat, dwq, triqdef or qadt_r")
     de.add_argument("--variant", default=None, help="a TriQDef ablation of ablations.variants (e.g. no_fdp)")
     de.set_defaults(func=_cmd_train_defense)
-    se = tsub.add_parser("seed", help="a training-seed replica of a defense (params: seeds; stage defense_seed): "
-                                      "results/models/seeds/<method>-seed<K>.pt")
-    se.add_argument("method", metavar="METHOD", help="one of seeds.methods")
-    se.add_argument("seed", type=int, metavar="K", help="one of seeds.training_seeds")
-    se.set_defaults(func=_cmd_train_seed)
-    le = tsub.add_parser("length", help="a training-length run of a defense (params: training_length; stage "
-                                        "defense_length): results/models/length/<method>-x<F>.pt")
-    le.add_argument("method", metavar="METHOD", help="one of training_length.methods")
-    le.add_argument("factor", type=float, metavar="F", help="one of training_length.factors (x the core run's steps)")
-    le.set_defaults(func=_cmd_train_length)
+    _replica_commands(tsub, ("a training-seed replica of a defense (params: seeds; stage defense_seed): "
+                             "results/replicas/models/seeds/<method>-seed<K>.pt", _cmd_train_seed),
+                      ("a training-length run of a defense (params: training_length; stage defense_length): "
+                       "results/replicas/models/length/<method>-x<F>.pt", _cmd_train_length))
     tsub.add_parser("ablations", help="the TriQDef variants of ablations.run (Tables 7 and 13)").set_defaults(
         func=_cmd_train_ablations)
     tsub.add_parser("cross-arch", help="Table 8's second architecture: FP, multi-bit QAT and its patches (params: cross_arch)"
@@ -364,6 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
     pasub.add_parser("cross-bit", help="cross-bit transfer inside each defended model: patches made white-box at each "
                                        "source bit-width, evaluated at every bit-width (stage 'cross_bit'; params: "
                                        "cross_bit)").set_defaults(func=_cmd_patches_cross_bit)
+    rp = sub.add_parser("replicas", help="the replica group (training seeds, training length): evaluation and summary")
+    rpsub = rp.add_subparsers(dest="what", metavar="WHAT")
+    rpsub.required = True
+    _replica_commands(rpsub, ("evaluate a training-seed replica as its core run is (stage seed_eval): "
+                              "results/replicas/outcomes/seeds/<method>-seed<K>.parquet", _cmd_replicas_seed),
+                      ("evaluate a training-length run as its core run is (stage length_eval): "
+                       "results/replicas/outcomes/length/<method>-x<F>.parquet", _cmd_replicas_length))
+    rpsub.add_parser("summary", help="seed spread, seed-level comparisons, training-length table and figure, "
+                                     "results/replicas/REPLICAS.md (stage replicas)").set_defaults(func=_cmd_replicas_summary)
+
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="what", metavar="WHAT")
     bsub.required = True

@@ -398,6 +398,21 @@ class CrossBitParams:
 DEFENSE_METHODS = ("qat", "pbat", "dwq", "triqdef", "qadt_r")
 
 
+def check_replica_lists(section: str, methods: tuple[str, ...], name: str, values: tuple) -> None:
+    """The lists of a replica section (``seeds``, ``training_length``): both non-empty, no value twice, every
+    method one of :data:`DEFENSE_METHODS`; otherwise one :class:`TriqdefError` line naming the parameter."""
+    if not methods or not values:
+        raise TriqdefError(f"parameter {section}: expected at least one method and one of {name}")
+    for key, items in (("methods", methods), (name, values)):
+        repeated = sorted({v for v in items if items.count(v) > 1})
+        if repeated:
+            raise TriqdefError(f"parameter {section}.{key} = {list(items)}: {repeated} appear more than once; "
+                               "expected distinct values (one run each)")
+    unknown = [m for m in methods if m not in DEFENSE_METHODS]
+    if unknown:
+        raise TriqdefError(f"parameter {section}.methods has {unknown[0]!r}: expected some of {', '.join(DEFENSE_METHODS)}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SeedParams:
     """Training-seed replicas (issue 30, item 5; docs/design.md#training-seeds): each of ``methods`` trained again
@@ -409,17 +424,7 @@ class SeedParams:
     training_seeds: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        if not self.methods or not self.training_seeds:
-            raise TriqdefError("parameter seeds: expected at least one method and one training seed")
-        for name, values in (("methods", self.methods), ("training_seeds", self.training_seeds)):
-            repeated = sorted({v for v in values if values.count(v) > 1})
-            if repeated:
-                raise TriqdefError(f"parameter seeds.{name} = {list(values)}: {repeated} appear more than once; "
-                                   "expected distinct values (a replica per seed)")
-        unknown = [m for m in self.methods if m not in DEFENSE_METHODS]
-        if unknown:
-            raise TriqdefError(f"parameter seeds.methods has {unknown[0]!r}: expected some of "
-                               f"{', '.join(DEFENSE_METHODS)}")
+        check_replica_lists("seeds", self.methods, "training_seeds", self.training_seeds)
         bad = [s for s in self.training_seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
         if bad:
             raise TriqdefError(f"parameter seeds.training_seeds has {bad[0]!r}: expected integers >= 0")
@@ -435,17 +440,7 @@ class LengthParams:
     factors: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        if not self.methods or not self.factors:
-            raise TriqdefError("parameter training_length: expected at least one method and one factor")
-        for name, values in (("methods", self.methods), ("factors", self.factors)):
-            repeated = sorted({v for v in values if values.count(v) > 1})
-            if repeated:
-                raise TriqdefError(f"parameter training_length.{name} = {list(values)}: {repeated} appear more "
-                                   "than once; expected distinct values")
-        unknown = [m for m in self.methods if m not in DEFENSE_METHODS]
-        if unknown:
-            raise TriqdefError(f"parameter training_length.methods has {unknown[0]!r}: expected some of "
-                               f"{', '.join(DEFENSE_METHODS)}")
+        check_replica_lists("training_length", self.methods, "factors", self.factors)
         bad = [f for f in self.factors if f <= 0 or f == 1]
         if bad:
             raise TriqdefError(f"parameter training_length.factors has {bad[0]!r}: expected numbers > 0 other than 1 "

@@ -89,7 +89,8 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-def write_metrics(name: str, headline: dict[str, Any], details: dict[str, Any] | None = None) -> Path:
+def write_metrics(name: str, headline: dict[str, Any], details: dict[str, Any] | None = None,
+                  results: Path | None = None) -> Path:
     """Write a stage's metrics: ``results/metrics/<name>.json`` and ``results/metadata/<name>.json``.
 
     The metrics file holds only the headline numbers a reader compares between
@@ -97,18 +98,20 @@ def write_metrics(name: str, headline: dict[str, Any], details: dict[str, Any] |
     bit-width, the rates a table summarises, and ``stage_wall_time_s``. Every
     other record (provenance, settings, data source and sizes, per-set
     timings) goes in the metadata file beside it, which is not a DVC metric.
+    ``results``: another root than ``results/`` (the replica group's ``results/replicas``).
     Returns the metrics file's path.
     """
     from triqdef import paths
 
-    results = paths.results_dir()
+    results = paths.results_dir() if results is None else Path(results)
     path = write_json(results / "metrics" / f"{name}.json", plain(headline))
     if details is not None:
         write_json(results / "metadata" / f"{name}.json", plain(details))
     return path
 
 
-def write_curve(name: str, rows: list[dict[str, Any]], empty_columns: tuple[str, ...] = ("step",)) -> Path:
+def write_curve(name: str, rows: list[dict[str, Any]], empty_columns: tuple[str, ...] = ("step",),
+                results: Path | None = None) -> Path:
     """Write a per-step curve (a training run's logged history) to ``results/plots/<name>.csv``.
 
     One row per step, one column per logged value (first-seen order; empty
@@ -125,7 +128,8 @@ def write_curve(name: str, rows: list[dict[str, Any]], empty_columns: tuple[str,
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    return write_text(paths.results_dir() / "plots" / f"{name}.csv", buf.getvalue())
+    return write_text((paths.results_dir() if results is None else Path(results)) / "plots" / f"{name}.csv",
+                      buf.getvalue())
 
 
 def read_torch_file(path: str | Path, fmt: str, what: str, written_by: str) -> dict:

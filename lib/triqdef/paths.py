@@ -40,6 +40,12 @@ def results_dir() -> Path:
     return output_root() / "results"
 
 
+def replicas_dir() -> Path:
+    """``results/replicas``: the replica group (training seeds, training length; issue 30), apart from the core
+    pipeline's results so that no core stage, and not the report, depends on it (docs/design.md#training-seeds)."""
+    return results_dir() / "replicas"
+
+
 def models_dir() -> Path:
     return results_dir() / "models"
 

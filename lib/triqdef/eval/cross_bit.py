@@ -35,7 +35,7 @@ from triqdef.config import PatchParams
 from triqdef.errors import TriqdefError
 from triqdef.eval import intervals
 from triqdef.eval.accuracy import predict
-from triqdef.eval.intervals import Interval
+from triqdef.eval.intervals import Interval, Outcomes
 from triqdef.eval.outcome_store import COLUMNS, NoCommonImages, aligned, outcomes
 
 ATTACK = "lavan"
@@ -49,15 +49,19 @@ def set_name(source_bits: int) -> str:
 def check_bits(model: nn.Module, bits: Sequence[int], name: str) -> list[int]:
     """``bits`` as a list of distinct bit-widths of ``model``; an empty list, a repeat or a bit-width the model
     lacks ends with one :class:`TriqdefError` line naming ``name`` (e.g. ``cross_bit.source_bits``)."""
-    have = list(quant.model_bits(model))
-    bits = list(bits)
+    return check_bits_in(quant.model_bits(model), bits, name, "the model's")
+
+
+def check_bits_in(have: Sequence[int], bits: Sequence[int], name: str, whose: str = "the model's") -> list[int]:
+    """:func:`check_bits` against the bit-widths ``have`` (e.g. ``quant.bits``, before any model is loaded)."""
+    have, bits = list(have), list(bits)
     if not bits:
-        raise TriqdefError(f"parameter {name} is empty: expected one or more of the model's bit-widths {have}")
+        raise TriqdefError(f"parameter {name} is empty: expected one or more of {whose} bit-widths {have}")
     if len(set(bits)) != len(bits):
         raise TriqdefError(f"parameter {name} = {bits}: expected distinct bit-widths (one repeats)")
     missing = [b for b in bits if b not in have]
     if missing:
-        raise TriqdefError(f"parameter {name} = {bits}: bit-width {missing[0]} is not one of the model's {have}")
+        raise TriqdefError(f"parameter {name} = {bits}: bit-width {missing[0]} is not one of {whose} {have}")
     return bits
 
 
@@ -139,6 +143,27 @@ def transfer_matrix(frame: pd.DataFrame, model: str, n_boot: int = 2000, seed: i
 def _ratio(off: np.ndarray, diagonal: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(diagonal > 0, off / diagonal, np.nan)
+
+
+def ratio_replicates(frame: pd.DataFrame, model: str, source: int, target: int, n_boot: int = 2000,
+                     seed: int = 0) -> tuple[float, np.ndarray, Outcomes]:
+    """One model's transfer ratio r(s, t) = ASR(s → t) / ASR(s → s), its bootstrap replicates and the outcomes
+    at t behind it: both rates on the images eligible at both bit-widths, patches paired by target; every
+    replicate draws the same images and targets for both rates and recomputes the ratio."""
+    if source == target:
+        raise TriqdefError(f"transfer ratio at source = target = {source}: expected an off-diagonal pair")
+    sel = [dict(model=model, set=set_name(source), bits=b) for b in (target, source)]
+    (off, diag), _ = aligned([frame] * 2, sel)
+    images, patches = intervals._draws(off.n_images, off.n_patches, n_boot, seed)
+    reps = _ratio(intervals._replicates(off, images, patches), intervals._replicates(diag, images, patches))
+    return float(_ratio(np.array(off.rate()), np.array(diag.rate()))), reps, off
+
+
+def ratio_interval(frame: pd.DataFrame, model: str, source: int, target: int, n_boot: int = 2000, seed: int = 0,
+                   method: str = "t") -> Interval:
+    """One model's transfer ratio r(s, t) with its interval (:func:`ratio_replicates`)."""
+    value, reps, off = ratio_replicates(frame, model, source, target, n_boot, seed)
+    return intervals._interval(value, reps, off, n_boot, method)
 
 
 def ratio_difference(frame: pd.DataFrame, model_a: str, model_b: str, source: int, target: int,

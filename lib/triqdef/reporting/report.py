@@ -1014,9 +1014,6 @@ FROM_STORES = (_table1, _table9, _table11, _qadt_r_transfer, _unseen_reduction, 
 BUDGET_REFERENCE_STEPS = {"smoke": 470, "cpu": 14_000}
 BUDGET_MIN = {"gpu": 9}
 SAME_SESSION_H = 6   # a reference measured further from a stage's run than this is from another session
-#: Metrics folders of the stage groups apart from the core pipeline (issue 30: training seeds, training length),
-#: each stage of them within 5,600 reference steps; the core's total leaves them out.
-REPLICA_GROUPS = ("seeds", "length")
 
 
 def _stage_seconds(rec: dict) -> float | None:
@@ -1054,8 +1051,6 @@ def stage_times(results: Path) -> pd.DataFrame:
         if (rec := _read_json(path)) is None:
             continue
         stage = path.relative_to(folder).with_suffix("").as_posix()
-        if stage.split("/")[0] in REPLICA_GROUPS:   # not the core pipeline, and not a dependency of this report
-            continue
         details = _read_json(results / "metadata" / path.relative_to(folder)) or {}
         if rec.get("skipped"):
             reason = details.get("reason", rec.get("reason", ""))
@@ -1137,7 +1132,8 @@ def _time_section(results: Path, profile: str) -> list[str]:
 CELL = 160   # the longest cell of REPORT's first table (issue 29, item 8)
 FOREST = "claims_forest"
 SEEDS_NOTE = ("one training seed: the intervals cover test images and patches, not training runs (a retrained model "
-              "may land elsewhere; issue 30 adds seeds)")
+              "may land elsewhere; the training-seed replicas of standard QAT, PBAT and TriQDef, with seed-level "
+              "intervals, are in [replicas/REPLICAS.md](replicas/REPLICAS.md), a group of stages apart from the core)")
 METHOD_NOTE = ("95 % percentile bootstrap over test images and patches, as the notebook stages computed them; the "
                "coverage simulation finds it short of 95 % below 10 patches, so fewer patches decide nothing "
                "([design](../docs/design.md#interval-coverage))")

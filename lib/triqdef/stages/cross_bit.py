@@ -77,13 +77,32 @@ def familywise(table: pd.DataFrame, alpha: float = 0.025) -> str:
     return holm_verdict([HOLDS if p <= alpha else INCONCLUSIVE for p in table["p_holds"]], list(table["p_fails"]), alpha)
 
 
+def deciding_regime() -> tuple[str, int]:
+    """The regime REPORT decides in (the matched size when the patch stage made it, else the paper's) and its
+    LAVAN patch size, read from the patch file."""
+    from triqdef.attacks.patchsets import MATCHED, PAPER, load_patchset, regime_set, select
+
+    all_patches, _ = load_patchset(paths.results_dir() / "patches" / "patches.pt")
+    regime = MATCHED if select(all_patches, regime_set("seen", MATCHED)) else PAPER
+    return regime, select(all_patches, regime_set("seen", regime), "lavan")[0].size
+
+
+def attack_images(cfg, splits) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``patches.attack_images`` training images (and labels) the cross-bit patches are optimised on, drawn
+    with ``base.seed`` and :data:`ATTACK_IMAGES_SALT`: the same for every model (the replicas' too)."""
+    train = splits.train
+    rng = np.random.default_rng([cfg.base.seed, ATTACK_IMAGES_SALT])
+    idx = torch.from_numpy(rng.choice(len(train.labels), size=min(cfg.patches.attack_images, len(train.labels)),
+                                      replace=False))
+    return train.images[idx], train.labels[idx]
+
+
 def run_cross_bit(cfg, progress: bool = True) -> dict:
     """Stage ``cross_bit``: the outcome store, the tables ``cross_bit_matrix`` and ``cross_bit_ratios``, the figure
     ``cross_bit_transfer`` and the metrics ``cross_bit``."""
     from tqdm.auto import tqdm
 
     from triqdef import quant
-    from triqdef.attacks.patchsets import MATCHED, PAPER, load_patchset, regime_set, select
     from triqdef.eval import cross_bit, outcome_store
     from triqdef.eval.accuracy import first_test_images
     from triqdef.meta import provenance, write_metrics
@@ -95,19 +114,15 @@ def run_cross_bit(cfg, progress: bool = True) -> dict:
 
     start = time.perf_counter()
     cb = cfg.cross_bit
+    cross_bit.check_bits_in(cfg.quant.bits, cb.source_bits, "cross_bit.source_bits", "quant.bits")   # before any load
     torch.manual_seed(cfg.base.seed)
     models, _ = defended_models(cfg.model.name)
     sources = {label: cross_bit.check_bits(m, cb.source_bits, "cross_bit.source_bits") for label, m in models.items()}
     splits = common.load_data(cfg)
     test_x, test_y = first_test_images(splits, cb.test_images, "cross_bit.test_images")
-    all_patches, _ = load_patchset(paths.results_dir() / "patches" / "patches.pt")
-    regime = MATCHED if select(all_patches, regime_set("seen", MATCHED)) else PAPER
-    size = select(all_patches, regime_set("seen", regime), "lavan")[0].size   # the deciding regime's patch size
-    train, seed = splits.train, cfg.base.seed
-    rng = np.random.default_rng([seed, ATTACK_IMAGES_SALT])
-    idx = torch.from_numpy(rng.choice(len(train.labels), size=min(cfg.patches.attack_images, len(train.labels)),
-                                      replace=False))
-    attack_x, attack_y = train.images[idx], train.labels[idx]
+    regime, size = deciding_regime()
+    seed = cfg.base.seed
+    attack_x, attack_y = attack_images(cfg, splits)
     patch_cfg = dataclasses.replace(cfg.patches, size=size)
     frames, seconds = [], {}
     bar = tqdm(total=len(models) * len(cb.source_bits), desc="cross-bit patches", unit="source", disable=not progress)

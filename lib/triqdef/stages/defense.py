@@ -56,12 +56,20 @@ def run_folder(variant: str | None = None, training_seed: int | None = None, len
     return "seeds" if training_seed is not None else "length" if length_factor is not None else "defenses"
 
 
+def run_root(training_seed: int | None = None, length_factor: float | None = None) -> Path:
+    """The results root of a run's files: ``results/`` for the core and the ablations, ``results/replicas/`` for
+    the replica group (training seeds, training length), which no core stage and not the report depends on."""
+    replica = training_seed is not None or length_factor is not None
+    return paths.replicas_dir() if replica else paths.results_dir()
+
+
 def checkpoint(method: str, variant: str | None = None, training_seed: int | None = None,
                length_factor: float | None = None) -> Path:
     """``results/models/defenses/<method>.pt``; ablation variants in ``results/models/ablations/<method>-<variant>.pt``;
-    training-seed replicas in ``results/models/seeds/<method>-seed<k>.pt`` and training-length runs in
-    ``results/models/length/<method>-x<f>.pt`` (apart: the stages that read every defense do not depend on them)."""
-    return (paths.models_dir() / run_folder(variant, training_seed, length_factor)
+    training-seed replicas in ``results/replicas/models/seeds/<method>-seed<k>.pt`` and training-length runs in
+    ``results/replicas/models/length/<method>-x<f>.pt`` (apart: the stages that read every defense do not depend
+    on them)."""
+    return (run_root(training_seed, length_factor) / "models" / run_folder(variant, training_seed, length_factor)
             / f"{run_name(method, variant, training_seed, length_factor)}.pt")
 
 
@@ -379,9 +387,10 @@ def run_defense(cfg: Config | StageConfig, method: str, variant: str | None = No
                "passes_per_bit": res.get("passes"),
                "profile": cfg.base.profile, "stage_wall_time_s": round(time.perf_counter() - t_stage, 1)}
     file = f"{run_folder(variant, training_seed, length_factor)}/{run}"  # headline numbers for `dvc metrics`
+    root = run_root(training_seed, length_factor)
     write_metrics(file, {**{f"acc_{b}bit": a for b, a in accs.items()}, "n_test": metrics["n_test"], "steps": res["steps"],
-                         "stage_wall_time_s": metrics["stage_wall_time_s"]}, provenance(cfg, metrics))
-    write_curve(file, res["history"])
+                         "stage_wall_time_s": metrics["stage_wall_time_s"]}, provenance(cfg, metrics), results=root)
+    write_curve(file, res["history"], results=root)
     if core:  # an output of defense@<method>: the header alone when the monitor is off
         write_curve(f"{file}_convergence", res.get("monitor") or [])
     log.info("%s: %s", run, {b: f"{100 * a:.1f}%" for b, a in accs.items()})

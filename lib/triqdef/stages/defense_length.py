@@ -1,8 +1,8 @@
 """Stage ``defense_length`` (issue 30, item 7; docs/design.md#training-length): a defense trained with a multiple
 of the core run's steps (stage ``defense``), one seed, from the same start checkpoint, data and patch sets. DVC
 runs it as a matrix over ``training_length.common`` (methods × factors; ``cpu``: TriQDef and PBAT at 100 and
-1,600 steps beside the core's 400). Files: ``results/models/length/<method>-x<f>.pt`` and
-``results/{metadata,metrics,plots}/length/``.
+1,600 steps beside the core's 400). Files: ``results/replicas/models/length/<method>-x<f>.pt`` and
+``results/replicas/{metadata,metrics,plots}/length/``.
 """
 
 from __future__ import annotations

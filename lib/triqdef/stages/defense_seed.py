@@ -2,7 +2,7 @@
 training seed, from the same start checkpoint, data and patch sets as stage ``defense`` (which trains with
 ``base.seed``). DVC runs it as a matrix over ``seeds.common`` (methods × training seeds); the replicas feed the
 seed level of the bootstrap (docs/design.md#intervals-and-verdicts). Files:
-``results/models/seeds/<method>-seed<k>.pt`` and ``results/{metadata,metrics,plots}/seeds/``.
+``results/replicas/models/seeds/<method>-seed<k>.pt`` and ``results/replicas/{metadata,metrics,plots}/seeds/``.
 """
 
 from __future__ import annotations

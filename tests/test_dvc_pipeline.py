@@ -202,3 +202,12 @@ def test_no_core_stage_and_not_the_report_depends_on_the_replica_group():
         for dep in paths(body.get("deps")):
             assert not dep.startswith("results/replicas") and not "results/replicas/".startswith(dep.rstrip("/") + "/"), \
                 f"stage {name} depends on {dep}, which holds the replica group's outputs"
+
+
+def test_git_tracked_outputs_of_matrix_stages_are_not_asked_of_the_store():
+    """`cache: false` outputs of a `matrix` stage (the replica group: ${item.method}, ${item.seed}, lists read from
+    params.yaml) are git's, not dvc-store's: every combination is known uncached, the cached checkpoint is not."""
+    uncached = dvc_store._uncached_paths()
+    assert "results/replicas/metrics/seeds/qat-seed1_eval.json" in uncached
+    assert "results/replicas/metadata/length/pbat-x0.25.json" in uncached
+    assert "results/replicas/models/seeds/qat-seed1.pt" not in uncached

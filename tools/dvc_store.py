@@ -15,6 +15,7 @@ that reason.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -53,6 +54,27 @@ def tracked_files(root: Path = ROOT) -> list[tuple[str, str, str]]:
     return out
 
 
+def _param_list(value) -> list:
+    """A matrix entry: a list, or ``${a.b.c}`` naming a list in params.yaml (DVC's templating)."""
+    if isinstance(value, str) and value.startswith("${") and value.endswith("}"):
+        node = yaml.safe_load((ROOT / "params.yaml").read_text())
+        for key in value[2:-1].split("."):
+            node = node[key]
+        return list(node)
+    return list(value)
+
+
+def _fill(path: str, item) -> str:
+    """``path`` with a ``foreach`` item (``${item}``) or a ``matrix`` item (``${item.<key>}``) filled in."""
+    if item is None:
+        return path
+    if isinstance(item, dict):
+        for k, v in item.items():
+            path = path.replace("${item.%s}" % k, str(v))
+        return path
+    return path.replace("${item}", str(item))
+
+
 def _uncached_paths() -> set[str]:
     """Outputs that ``dvc.yaml`` marks ``cache: false`` (git tracks them), whatever their stage's ``foreach`` item."""
     text = (ROOT / "dvc.yaml").read_text()
@@ -61,13 +83,17 @@ def _uncached_paths() -> set[str]:
     for stage in spec.values():
         body = stage.get("do", stage)
         items = stage.get("foreach", [None])
+        if isinstance(stage.get("matrix"), dict):   # ${item.<key>}: one item per combination of the matrix's lists
+            keys = list(stage["matrix"])
+            lists = [_param_list(stage["matrix"][k]) for k in keys]
+            items = [dict(zip(keys, combo)) for combo in itertools.product(*lists)]
         for key in ("outs", "metrics", "plots"):
             for entry in body.get(key, []):
                 if isinstance(entry, dict):
                     (path, flags), = entry.items()
                     if isinstance(flags, dict) and flags.get("cache") is False:
                         for item in items:
-                            paths.add(path.replace("${item}", str(item)) if item is not None else path)
+                            paths.add(_fill(path, item))
                 elif key != "outs":  # metrics/plots without flags: cached by default
                     continue
     return paths

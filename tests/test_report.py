@@ -87,13 +87,18 @@ def test_pipeline_time_section_sums_the_recorded_stage_times_in_reference_steps(
     text = build_report(tmp_path, CPU)
     assert "Total **150.0 min** = **12,900 reference steps**" in text and "14,000 reference steps: **within**" in text
     assert "1 stage(s) converted with a reference measured more than 6 h" in text
-    assert "| train_fp | 2026-12-01 10:00 | 120 | 600 | 200 |" in text
-    assert "| defenses/pbat | 2026-11-27 10:00 | 8820 | 700 † | 12,600 | reference 2.0 days from the run |" in text
+    assert "| train_fp | 2026-12-01 10:00 | 120 | 600 | 1 | 200 |" in text
+    assert "| defenses/pbat | 2026-11-27 10:00 | 8820 | 700 † | 1 | 12,600 | reference 2.0 days from the run |" in text
     _timed_stage(tmp_path, "patches", {"wall_time_s": 720.0}, "2026-12-01T10:40:00+00:00")   # +1,200 steps
     assert "14,000 reference steps: **over**" in build_report(tmp_path, CPU)
     _reference(tmp_path, ("2026-12-01", 600.0), ("2026-11-27T10:00:00+00:00", 700.0))   # a date alone: marked too
-    assert "| train_fp | 2026-12-01 10:00 | 120 | 600 † | 200 | reference of that day, time not recorded |" in \
+    assert "| train_fp | 2026-12-01 10:00 | 120 | 600 † | 1 | 200 | reference of that day, time not recorded |" in \
         build_report(tmp_path, CPU)
+    # one measurement slowed by another job among its neighbours does not set the conversion: the median of those
+    # within 2 h of the stage's end does (600, 610, 3,600 -> 610); further ones are left out
+    _reference(tmp_path, ("2026-12-01T09:00:00+00:00", 600.0), ("2026-12-01T10:05:00+00:00", 3600.0),
+               ("2026-12-01T11:30:00+00:00", 610.0), ("2026-12-01T13:00:00+00:00", 5000.0))
+    assert "| train_fp | 2026-12-01 10:00 | 120 | 610 | 3 | 197 |" in build_report(tmp_path, CPU)
 
 
 def test_reference_log_refuses_a_line_that_is_not_a_measurement(tmp_path):

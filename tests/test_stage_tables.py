@@ -183,7 +183,7 @@ def test_clean_deviation_and_training_headline():
     t5 = pd.DataFrame({"model": [S.TRIQDEF, S.TRIQDEF], "group": ["seen", "unseen"], "gap 4-bit": [1.0, 2.0],
                        "lavan 32-bit": [3.0, 4.0], "lavan 4-bit": [5.0, 6.0], "lavan random": [7.0, 8.0],
                        "patchattack 4-bit": [math.nan, math.nan]})
-    inp = SimpleNamespace(profile="smoke", n_eval=10, meta={"commit": "x"})
+    inp = SimpleNamespace(profile="smoke", n_eval=10, meta={"commit": "x"}, patches=[])  # no matched regime: paper decides
     bench = {"time_ratio": 1.5, "mem_ratio": 1.1, "device": "cpu", "settings": {"rho": 0.5}}
     head, details = metrics(inp, t4, t5, bench, {"4-bit": 0.9}, 12.34)
     # the headline: flat numbers, one dvc-metrics column each; the per-bit records go to the metadata
@@ -192,6 +192,7 @@ def test_clean_deviation_and_training_headline():
     assert details["clean_deviation_triqdef_minus_qat"] == {"32bit": -0.5, "4bit": 1.25}
     assert details["gradcam_cosine_to_fp"] == {"4-bit": 0.9}
     assert details["bench"] == {"time_ratio": 1.5, "mem_ratio": 1.1, "device": "cpu"} and len(details["table5"]) == 2
+    assert details["regime"] == "paper"
 
 
 # --------------------------------------------------------------------------- Table 13 and the ablation headline
@@ -221,7 +222,7 @@ def test_sensitivity_grid_and_table():
                        "lavan 4-bit": [1.0, 2.0, 3.0], "gap 4-bit": [4.0, 5.0, 6.0]})
     from types import SimpleNamespace
 
-    head, details = metrics(SimpleNamespace(profile="smoke", meta={}), t7, t, 3.0)
+    head, details = metrics(SimpleNamespace(profile="smoke", meta={}, patches=[]), t7, t, 3.0)
     assert head == {"unseen_lavan_mean_full": 2.0, "unseen_lavan_mean_no_fdp": 3.0, "stage_wall_time_s": 3.0}
     assert len(details["table13"]) == 6
 
@@ -250,12 +251,18 @@ def test_motivation_headline_reads_the_tables():
     t8 = pd.DataFrame({"source": ["a"], "target": ["b"], "attack": ["lavan"], "FP": [1.0], "4-bit": [2.0], "n FP": [3]})
     records = pd.DataFrame({"view": ["4", "4", S.FP_WHITEBOX_VIEW], "eval_s": [1.0, 2.0, 3.0]})
     inp = SimpleNamespace(qat_label="QAT", qat=None, fp=None, qat_meta={"bits": [4]}, profile="smoke", n_test=4,
-                          splits=SimpleNamespace(source={"source": "sample"}), test_y=torch.zeros(3), meta={})
-    head, details = motivation.metrics(inp, t4, t1, records, t8, 1.25)
+                          splits=SimpleNamespace(source={"source": "sample"}), test_y=torch.zeros(3), meta={},
+                          patches=[])
+    note = pd.DataFrame({"note": ["no matched regime"]})  # a regime not made: its table is a note, skipped
+    head, details = motivation.metrics(inp, t4, {"paper": t1, "matched": note}, records, t8, 1.25)
     assert head == {"qat_acc_32bit": 89.0, "qat_acc_4bit": 80.0, "lavan_asr_whitebox": 60.0, "lavan_asr_4bit": 20.0,
                     "stage_wall_time_s": 1.2}
+    both, both_details = motivation.metrics(inp, t4, {"matched": t1.assign(**{"4": [11.0, 21.0]}), "paper": t1}, records, note, 1.25)
+    assert both["lavan_asr_4bit"] == 20.0 and both["lavan_asr_4bit_matched"] == 21.0  # each regime under its own key
+    assert details["regime"] == "paper"
     assert details["table1_asr"]["gap"] == {S.FP_WHITEBOX_VIEW: 50.0, "4": 10.0}
     assert details["accuracy"]["FP"] == {"32bit": 90.0} and details["table8_asr"] == {"a -> b lavan": {"FP": 1.0, "4-bit": 2.0}}
+    assert both_details["table8_asr"] == {}  # Table 8 not made in the deciding regime
     assert details["seconds_per_patch_evaluation"] == {"n_images": 3, "4": 1.5, S.FP_WHITEBOX_VIEW: 3.0}
 
 
@@ -305,7 +312,7 @@ def test_report_reads_the_training_metrics_where_the_stage_writes_them(tmp_path,
     t4 = pd.DataFrame({"model": [S.STANDARD_QAT, S.TRIQDEF], "32bit": [90.0, 89.5]})
     t5 = pd.DataFrame({"model": [S.TRIQDEF], "group": [S.UNSEEN], "lavan 32-bit": [4.0]})
     bench = {"time_ratio": 1.4, "mem_ratio": 1.1, "device": "cpu"}
-    write_metrics("training", *metrics(SimpleNamespace(profile="smoke", n_eval=1, meta={}), t4, t5, bench, {"4-bit": 0.9}, 1.0))
+    write_metrics("training", *metrics(SimpleNamespace(profile="smoke", n_eval=1, meta={}, patches=[]), t4, t5, bench, {"4-bit": 0.9}, 1.0))
     lines = build_report(tmp_path / "results").splitlines()
     bench_row = next(line for line in lines if line.startswith("| [") and "| App. D, Table 17 |" in line)
     cam_row = next(line for line in lines if line.startswith("| [") and "| §4.6, Figure 3 |" in line)
@@ -332,3 +339,40 @@ def test_the_matched_size_is_the_smallest_size_reaching_the_threshold():
     n = noise_patch(p, 1)
     assert n.location == p.location and n.target == 3 and n.content.shape == (3, 6, 6) and n.attack == "noise"
     assert torch.equal(n.content, noise_patch(p, 1).content) and not torch.equal(n.content, noise_patch(p, 2).content)
+
+
+# --------------------------------------------------------------------------- which regimes the notebooks evaluate
+
+
+def test_regimes_evaluate_the_deciding_one_or_both(tmp_path, monkeypatch):
+    """``regimes.evaluate: deciding`` skips the other regime's tables (each then says why) but never Table 1's
+    transfer study; ``both`` makes both; a regime the patch stage did not make is absent either way."""
+    from types import SimpleNamespace
+
+    from triqdef.stages import regimes
+
+    monkeypatch.setattr(regimes, "save_table", lambda table, name, meta, caption: saved.update({name: (meta, caption)}))
+    seen = lambda size, name: Patch(torch.ones(3, size, size), (0, 0), 1, "lavan", "fp", None, {"set": name})
+    both_made = [seen(6, "seen"), seen(12, "seen_matched")]
+
+    def inp(evaluate, patches):
+        cfg = SimpleNamespace(regimes=SimpleNamespace(evaluate=evaluate), patches=SimpleNamespace(size=6))
+        return SimpleNamespace(cfg=cfg, patches=patches, profile="cpu", meta={})
+
+    deciding = inp("deciding", both_made)
+    assert regimes.deciding_regime(deciding) == "matched" and regimes.other_regime(deciding) == "paper"
+    assert regimes.not_evaluated(deciding, "matched") is None
+    why = regimes.not_evaluated(deciding, "paper")
+    assert "not evaluated in profile `cpu`" in why and "regimes.cpu.evaluate: both" in why
+    assert regimes.not_evaluated(deciding, "paper", always=True) is None  # Table 1's transfer study
+    assert "paper regime: not evaluated" in regimes.regime_note(deciding)
+    assert regimes.not_evaluated(inp("both", both_made), "paper") is None
+    assert "evaluated after them" in regimes.regime_note(inp("both", both_made))
+    only_paper = inp("deciding", both_made[:1])  # no matched regime: the paper's decides and is made
+    assert regimes.deciding_regime(only_paper) == "paper" and regimes.not_evaluated(only_paper, "paper") is None
+    assert "no matched regime" in regimes.not_evaluated(only_paper, "matched")
+
+    saved = {}
+    note = regimes.save_absent_regime(deciding, ["table5_asr"], "paper")
+    assert list(saved) == ["table5_asr"] and saved["table5_asr"][0]["not_evaluated"] == why
+    assert note["note"].tolist() == [why] and why in saved["table5_asr"][1]

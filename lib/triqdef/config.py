@@ -383,6 +383,15 @@ class RobustnessParams:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RegimeParams:
+    """Which attack regimes the notebook tables evaluate (docs/design.md#attack-regime; ``triqdef.stages.regimes``):
+    ``both`` (the paper's patch size and the matched size, whenever the patch stage made both) or ``deciding`` (only
+    the regime REPORT.md decides in, the matched size when it was made; Table 1's transfer study stays in both)."""
+
+    evaluate: Literal["both", "deciding"]
+
+
+@dataclass(frozen=True, kw_only=True)
 class CrossBitParams:
     """Stage ``cross_bit`` (issue 30, item 1; docs/design.md#cross-bit-transfer): each defended model's cross-bit
     transfer matrix, LAVAN patches made white-box at each source bit-width, evaluated at every bit-width."""
@@ -534,6 +543,7 @@ class Config:
     patch_attack: PatchAttackParams
     ablations: AblationParams
     robustness: RobustnessParams
+    regimes: RegimeParams
     cross_bit: CrossBitParams
     seeds: SeedParams
     training_length: LengthParams

@@ -13,7 +13,10 @@ estimators of the ``cpu`` profile (min/max at 8, 5 and 4 bits, the MSE clip at 2
 
 ``triqdef bench reference`` measures it and appends the measurement to ``results/bench/reference_log.jsonl``
 (:func:`append_log`); ``tools/run_stages.sh`` measures it before and after the stages it runs, and REPORT's
-"Pipeline time" converts each stage's seconds with the measurement nearest in time (:func:`nearest`).
+"Pipeline time" converts each stage's seconds with the median of the measurements taken within
+:data:`WINDOW_H` hours of the stage's end, or the nearest one when none is (:func:`reference_near`): one measurement
+slowed by another job on the machine (2026-12-04 23:50: 3,640 ms among neighbours of 1,070-1,220 ms) cannot then
+set a stage's conversion on its own.
 """
 
 from __future__ import annotations
@@ -114,6 +117,26 @@ def read_log(path: str | Path = LOG) -> list[dict]:
                                f"measured_at), got {line[:60]!r}")
         entries.append(entry)
     return sorted(entries, key=lambda e: _when(e["measured_at"]))
+
+
+#: Measurements within this many hours of a stage's end (one session, at most 3 h, around it) form its reference.
+WINDOW_H = 2.0
+
+
+def reference_near(entries: list[dict], when: str | None, window_h: float = WINDOW_H) -> dict | None:
+    """The reference step for a run that ended at ``when`` (an ISO time stamp): the median ``median_ms`` of the
+    measurements within ``window_h`` hours of it, else the nearest measurement. Returns ``median_ms``, ``gap_h``
+    (hours to the nearest measurement used), ``n`` (measurements used), ``timed`` (every one used has a time of
+    day, not a date alone) and ``spread`` (their min and max ms); None without a log or a time."""
+    hit = nearest(entries, when)
+    if hit is None:
+        return None
+    t = _when(when)
+    near = [e for e in entries if abs((_when(e["measured_at"]) - t).total_seconds()) <= window_h * 3600]
+    used = near or [hit[0]]
+    ms = [float(e["median_ms"]) for e in used]
+    return {"median_ms": float(statistics.median(ms)), "gap_h": hit[1], "n": len(used),
+            "timed": all("T" in str(e["measured_at"]) for e in used), "spread": (min(ms), max(ms))}
 
 
 def nearest(entries: list[dict], when: str | None) -> tuple[dict, float] | None:

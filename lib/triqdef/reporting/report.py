@@ -1061,18 +1061,21 @@ def stage_times(results: Path) -> pd.DataFrame:
 
 
 def in_reference_steps(times: pd.DataFrame, log: list[dict]) -> pd.DataFrame:
-    """``times`` (:func:`stage_times`) with each stage's seconds in reference steps: divided by the reference
-    measurement nearest in time to the stage's run (``reference_ms``, ``gap_h``; NaN without a time or a log)."""
-    from triqdef.eval.reference import nearest
+    """``times`` (:func:`stage_times`) with each stage's seconds in reference steps: divided by the median of the
+    reference measurements within :data:`triqdef.eval.reference.WINDOW_H` hours of the stage's end, or the nearest
+    one when none is (:func:`triqdef.eval.reference.reference_near`; ``reference_ms``, ``gap_h`` to the nearest,
+    ``reference_n`` measurements used; NaN without a time or a log)."""
+    from triqdef.eval.reference import reference_near
 
     out = times.copy()
-    ms, gap, timed = [], [], []
+    ms, gap, n, timed = [], [], [], []
     for r in times.itertuples():
-        hit = nearest(log, r.created) if r.seconds > 0 else None
-        ms.append(float(hit[0]["median_ms"]) if hit else float("nan"))
-        gap.append(hit[1] if hit else float("nan"))
-        timed.append(bool(hit) and "T" in str(hit[0]["measured_at"]))   # a date alone: time of day not recorded
-    out["reference_ms"], out["gap_h"], out["reference_timed"] = ms, gap, timed
+        ref = reference_near(log, r.created) if r.seconds > 0 else None
+        ms.append(ref["median_ms"] if ref else float("nan"))
+        gap.append(ref["gap_h"] if ref else float("nan"))
+        n.append(ref["n"] if ref else 0)
+        timed.append(bool(ref) and ref["timed"])   # a date alone: time of day not recorded
+    out["reference_ms"], out["gap_h"], out["reference_n"], out["reference_timed"] = ms, gap, n, timed
     out["reference_steps"] = out["seconds"] * 1000 / out["reference_ms"]
     out.loc[out["seconds"] == 0, "reference_steps"] = 0.0
     return out
@@ -1094,8 +1097,9 @@ def _time_section(results: Path, profile: str) -> list[str]:
     lines = ["## Pipeline time", "",
              "Wall time each stage recorded in `results/metrics` (the process's own clock: interpreter start-up and "
              "DVC's bookkeeping, a few seconds a stage, are not counted), and the same in *reference steps*: divided "
-             "by the median time of one joint 5-bit-width QAT step (ResNet-20, batch 128) measured on the same machine "
-             "nearest in time to the stage's run (`triqdef bench reference`, `results/bench/reference_log.jsonl`; "
+             "by the median time of one joint 5-bit-width QAT step (ResNet-20, batch 128) measured on the same machine: "
+             "the median of the measurements within 2 h of the stage's end, so that one slowed by another job does "
+             "not set it alone, else the nearest one (`triqdef bench reference`, `results/bench/reference_log.jsonl`; "
              "[design](../docs/design.md#budgets-in-machine-units)). The machines' speed varies about 2.5× from one "
              "session to the next, so minutes alone decide nothing.", ""]
     summary = f"Total **{total_min:.1f} min**"
@@ -1118,14 +1122,15 @@ def _time_section(results: Path, profile: str) -> list[str]:
     elif profile in BUDGET_MIN:
         summary += (f". Budget of the `{profile}` profile: {BUDGET_MIN[profile]} min: "
                     f"**{'within' if total_min <= BUDGET_MIN[profile] else 'over'}**")
-    lines += [summary + ".", "", "| stage | run ended (UTC) | seconds | reference step (ms) | reference steps | note |",
-              "|---|---|---|---|---|---|"]
+    lines += [summary + ".", "", "| stage | run ended (UTC) | seconds | reference step (ms) | measurements | "
+                                 "reference steps | note |", "|---|---|---|---|---|---|---|"]
     for r, mark in zip(t.itertuples(), marked):
         ref = "" if r.reference_ms != r.reference_ms else f"{r.reference_ms:,.0f}{' †' if mark else ''}"
         steps = "" if r.reference_steps != r.reference_steps else f"{r.reference_steps:,.0f}"
         note = r.note or ("" if not mark else f"reference {r.gap_h / 24:.1f} days from the run"
                           if r.gap_h > SAME_SESSION_H else "reference of that day, time not recorded")
-        lines.append(f"| {r.stage} | {r.created[:16].replace('T', ' ')} | {r.seconds:.0f} | {ref} | {steps} | {note} |")
+        n = f"{r.reference_n}" if r.reference_n else ""
+        lines.append(f"| {r.stage} | {r.created[:16].replace('T', ' ')} | {r.seconds:.0f} | {ref} | {n} | {steps} | {note} |")
     return lines + [""]
 
 

@@ -22,7 +22,7 @@ from triqdef.reporting import schemas as S
 from triqdef.stages.common import NotebookInputs
 
 #: The params.yaml sections this stage reads.
-PARAMS = ("base", "data", "model", "robustness", "ablations")
+PARAMS = ("base", "data", "model", "robustness", "ablations", "regimes")
 
 #: The runs of Table 7 (``full``: the ``defense`` stage's TriQDef); Table 13's grid is every other variant run.
 TABLE7_RUNS = tuple(S.T7_LABELS)
@@ -92,9 +92,9 @@ def table7_ablation(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     from triqdef.attacks.patchsets import regime_set, select
     from triqdef.eval import outcome_store, robustness
     from triqdef.reporting.tables import save_table
-    from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
+    from triqdef.stages.regimes import not_evaluated, regime_label, regime_size, regime_table, save_absent_regime
 
-    if regime_size(inp, regime) is None:
+    if not_evaluated(inp, regime):
         return save_absent_regime(inp, ["table7_ablation", "table7_comparisons"], regime, stores=[store_path(regime)])
     models = {S.T7_LABELS[k]: inp.models[k] for k in TABLE7_RUNS if k in inp.models}
     sets = {S.SEEN: select(inp.patches, regime_set("seen", regime))}
@@ -201,9 +201,9 @@ def table13_sensitivity(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     each sensitivity variant this profile trained; ``regime`` as in :func:`table7_ablation`."""
     from triqdef.attacks.patchsets import regime_set, select
     from triqdef.reporting.tables import caption_with_claims, save_table
-    from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
+    from triqdef.stages.regimes import not_evaluated, regime_label, regime_size, regime_table, save_absent_regime
 
-    if regime_size(inp, regime) is None:
+    if not_evaluated(inp, regime):
         return save_absent_regime(inp, ["table13_sensitivity"], regime)
     grid = sensitivity_grid(inp.runs, inp.cfg.ablations.variants)
     seen_lavan = select(inp.patches, regime_set("seen", regime), "lavan")
@@ -244,14 +244,17 @@ def table13_claims(adv_outcomes: Mapping[tuple[str, int], object], bits: Sequenc
 
 
 def metrics(inp: Inputs, table7: pd.DataFrame, table13: pd.DataFrame, wall_time_s: float) -> tuple[dict, dict]:
-    """The stage's headline (Table 7's unseen LAVAN ASR per model and bit-width, the wall time) and the details
+    """The stage's headline (Table 7's unseen LAVAN ASR per model and bit-width in the deciding regime, whose
+    Tables 7 and 13 ``table7`` and ``table13`` are; the wall time) and the details
     (Tables 7 and 13 as records, provenance)."""
+    from triqdef.stages.regimes import deciding_regime
+
     t7 = table7.set_index([S.MODEL, S.GROUP])
     cols = S.attack_columns(t7.columns, S.LAVAN)
     runs = {label: run for run, label in S.T7_LABELS.items()}
     headline = {f"unseen_lavan_mean_{runs.get(m, m)}": float(t7.loc[(m, g), cols].mean())  # over bit-widths; one column a run
                 for m, g in t7.index if g == S.UNSEEN}
     headline["stage_wall_time_s"] = round(wall_time_s, 1)
-    details = {"profile": inp.profile, "table7": table7.to_dict(orient="records"),
+    details = {"profile": inp.profile, "regime": deciding_regime(inp), "table7": table7.to_dict(orient="records"),
                "table13": table13.to_dict(orient="records"), "provenance": inp.meta}
     return headline, details

@@ -20,6 +20,8 @@ order of the computations is part of the results: keep it).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,8 @@ from triqdef.reporting import schemas as S
 from triqdef.stages.common import NotebookInputs
 
 #: The params.yaml sections this stage reads.
-PARAMS = ("base", "data", "model", "quant", "motivation", "cross_arch", "train_fp", "train_qat", "triqdef", "patches")
+PARAMS = ("base", "data", "model", "quant", "motivation", "cross_arch", "train_fp", "train_qat", "triqdef", "patches",
+          "regimes")
 
 #: Bit-width columns of Table 4.
 ACCURACY_COLUMNS = [32, 8, 5, 4, 2]
@@ -278,11 +281,11 @@ def table1_transfer(inp: Inputs, regime: str = "paper") -> tuple[pd.DataFrame, p
     from triqdef.attacks.patchsets import regime_set, select
     from triqdef.eval.transfer import pivot_rates, transfer_records, view_predictions
     from triqdef.reporting.tables import caption_with_claims, save_table
-    from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
+    from triqdef.stages.regimes import not_evaluated, regime_label, regime_size, regime_table, save_absent_regime
 
     names = ["table1_transfer_asr", "table1_transfer_fooling", "table1_transfer_asr_common"]
-    if regime_size(inp, regime) is None:
-        return save_absent_regime(inp, names, regime, stores=[store_path("table1", regime)]), pd.DataFrame()
+    if why := not_evaluated(inp, regime, always=True):  # the motivation's own table: in every regime made
+        return save_absent_regime(inp, names, regime, stores=[store_path("table1", regime)], why=why), pd.DataFrame()
     views = table1_views(inp)
     clean = view_predictions(views, inp.test_x)
     seen = select(inp.patches, regime_set("seen", regime))
@@ -319,9 +322,9 @@ def table1_estimators(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     from triqdef.eval.transfer import pivot_rates, transfer_records
     from triqdef.stages.devices import calibration_on
     from triqdef.reporting.tables import save_table
-    from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
+    from triqdef.stages.regimes import not_evaluated, regime_label, regime_size, regime_table, save_absent_regime
 
-    if regime_size(inp, regime) is None:
+    if not_evaluated(inp, regime):
         return save_absent_regime(inp, ["table1_estimators"], regime)
     calibration = calibration_on(inp.qat, inp.splits.holdout.images)
     views = {S.FP_WHITEBOX_VIEW: (inp.fp, None)}
@@ -373,11 +376,11 @@ def table1_protocols(inp: Inputs, records: pd.DataFrame, regime: str = "paper") 
     from triqdef.eval.intervals import Outcomes, bootstrap_rate
     from triqdef.eval.transfer import records_outcomes
     from triqdef.reporting.tables import save_table
-    from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
+    from triqdef.stages.regimes import not_evaluated, regime_label, regime_size, regime_table, save_absent_regime
 
-    size = regime_size(inp, regime)
-    if size is None:
+    if not_evaluated(inp, regime):
         return save_absent_regime(inp, ["table1_protocols"], regime)
+    size = regime_size(inp, regime)
     views = table1_views(inp)
     lavan = records[records[S.ATTACK] == S.LAVAN]
     fp_rates = lavan[lavan["view"] == S.FP_WHITEBOX_VIEW].set_index("patch")["asr"]
@@ -490,9 +493,9 @@ def table9_ptq_transfer(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     from triqdef.attacks.patchsets import regime_set, select
     from triqdef.eval.transfer import pivot_rates, transfer_records
     from triqdef.reporting.tables import caption_with_claims, save_table
-    from triqdef.stages.regimes import regime_size, regime_table, save_absent_regime
+    from triqdef.stages.regimes import not_evaluated, regime_size, regime_table, save_absent_regime
 
-    if regime_size(inp, regime) is None:
+    if not_evaluated(inp, regime):
         return save_absent_regime(inp, ["table9_ptq_transfer_cifar"], regime, stores=[store_path("table9", regime)])
     from triqdef.stages.devices import calibration_on
 
@@ -553,9 +556,9 @@ def table8_cross_architecture(inp: Inputs, regime: str = "paper") -> pd.DataFram
     from triqdef.reporting.tables import caption_with_claims, save_table
     from triqdef.stages import cross_arch
     from triqdef.stages.devices import device_of, to_device
-    from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
+    from triqdef.stages.regimes import not_evaluated, regime_label, regime_size, regime_table, save_absent_regime
 
-    if regime_size(inp, regime) is None:
+    if not_evaluated(inp, regime):
         return save_absent_regime(inp, ["table8_cross_architecture"], regime)
     second = cross_arch.load_models(inp.cfg)
     to_device([second["fp"], second["qat"]], device_of(inp.qat))
@@ -608,28 +611,34 @@ def rates_by_row(table: pd.DataFrame, index: str, columns) -> dict[str, dict[str
     return {r[index]: {c: r[c] for c in columns} for _, r in table.iterrows()}
 
 
-def metrics(inp: Inputs, table4: pd.DataFrame, table1: pd.DataFrame, table1_records: pd.DataFrame,
-            table8: pd.DataFrame, wall_time_s: float, table1_matched: pd.DataFrame | None = None) -> tuple[dict, dict]:
-    """The stage's headline (standard QAT's clean accuracy per bit-width, Table 1's LAVAN ASR per view at the
-    paper's and at the matched size, the wall time) and the details (every model's accuracy, Table 1's ASR of
-    every attack, Table 8's ASR, evaluation times, provenance)."""
+def metrics(inp: Inputs, table4: pd.DataFrame, table1: Mapping[str, pd.DataFrame], table1_records: pd.DataFrame,
+            table8: pd.DataFrame, wall_time_s: float) -> tuple[dict, dict]:
+    """The stage's headline (standard QAT's clean accuracy per bit-width, Table 1's LAVAN ASR per view in each
+    regime made: keys ``lavan_asr_*`` at the paper's size, ``lavan_asr_*_matched`` at the matched size; the wall
+    time) and the details (every model's accuracy, Table 1's ASR of every attack and Table 8's ASR in the deciding
+    regime, evaluation times, provenance). ``table1``: Table 1 by regime; ``table1_records`` and ``table8``: the
+    deciding regime's (:func:`triqdef.stages.regimes.deciding_regime`)."""
+    from triqdef.attacks.patchsets import PAPER
+    from triqdef.stages.regimes import deciding_regime
+
     accuracy = accuracy_by_model(table4)
     views = list(table1_views(inp))
-    table1_asr = rates_by_row(table1, S.ATTACK, views)
-    lavan, low = table1_asr[S.LAVAN], min(inp.qat_meta["bits"])
-    headline = {**{f"qat_acc_{b}": a for b, a in accuracy[inp.qat_label].items()},  # flat keys: one column each
-                "lavan_asr_whitebox": lavan[S.FP_WHITEBOX_VIEW],
-                f"lavan_asr_{low}bit": lavan[S.qat_view(low)]}  # the paper's headline: transfer to the lowest bit-width
-    if table1_matched is not None and S.ATTACK in table1_matched:
-        matched = rates_by_row(table1_matched, S.ATTACK, views)[S.LAVAN]
-        headline.update({"lavan_asr_whitebox_matched": matched[S.FP_WHITEBOX_VIEW],
-                         f"lavan_asr_{low}bit_matched": matched[S.qat_view(low)]})
+    low = min(inp.qat_meta["bits"])
+    headline = {f"qat_acc_{b}": a for b, a in accuracy[inp.qat_label].items()}  # flat keys: one column each
+    for regime in sorted(table1, key=lambda r: r != PAPER):
+        if S.ATTACK not in table1[regime]:  # a regime not made (its table says why)
+            continue
+        lavan, suffix = rates_by_row(table1[regime], S.ATTACK, views)[S.LAVAN], "" if regime == PAPER else f"_{regime}"
+        headline.update({f"lavan_asr_whitebox{suffix}": lavan[S.FP_WHITEBOX_VIEW],
+                         f"lavan_asr_{low}bit{suffix}": lavan[S.qat_view(low)]})  # the paper's headline: the lowest bit-width
     headline["stage_wall_time_s"] = round(wall_time_s, 1)
+    deciding = deciding_regime(inp)
     details = {"profile": inp.profile, "n_test": int(inp.n_test), "data_source": inp.splits.source["source"],
-               "accuracy": accuracy, "table1_asr": table1_asr,
+               "accuracy": accuracy, "regime": deciding,
+               "table1_asr": rates_by_row(table1[deciding], S.ATTACK, views),
                "table8_asr": {f"{r[S.SOURCE]} -> {r[S.TARGET]} {r[S.ATTACK]}": {c: r[c] for c in table8.columns
                                                                               if c == S.FP_VIEW or S.is_bit_view(c)}
-                              for _, r in table8.iterrows()},
+                              for _, r in table8.iterrows()} if S.SOURCE in table8 else {},
                "seconds_per_patch_evaluation": {"n_images": int(len(inp.test_y)),
                                                 **table1_records.groupby("view")["eval_s"].mean().round(2).to_dict()},
                "provenance": inp.meta}

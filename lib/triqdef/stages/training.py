@@ -37,7 +37,7 @@ from triqdef.stages.common import NotebookInputs
 
 #: The params.yaml sections this stage reads.
 PARAMS = ("base", "data", "model", "quant", "robustness", "defenses", "triqdef", "pbat", "dwq", "qadt_r", "patches",
-          "patch_attack")
+          "patch_attack", "regimes")
 
 #: Bit-width columns of Table 4.
 ACCURACY_COLUMNS = [32, 8, 5, 4, 2]
@@ -192,12 +192,12 @@ def table5_asr(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     from triqdef.attacks.patchsets import regime_set, select
     from triqdef.eval import robustness
     from triqdef.reporting.tables import caption_with_claims, save_table
-    from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
+    from triqdef.stages.regimes import deciding_regime, not_evaluated, regime_label, regime_size, regime_table, save_absent_regime
 
-    size = regime_size(inp, regime)
-    if size is None:
+    if not_evaluated(inp, regime):
         return save_absent_regime(inp, ["table5_asr", "table5_asr_by_set", "table5_fooling", "table5_comparisons"], regime,
                                   stores=[store_path(regime)])
+    size = regime_size(inp, regime)
     sets = {S.SEEN: select(inp.patches, regime_set("seen", regime))}
     sets.update({k: select(inp.patches, regime_set(k, regime)) for k in robustness.UNSEEN_SETS})
     eval_bits = list(inp.cfg.robustness.bits)
@@ -263,14 +263,6 @@ def store_path(regime: str) -> Path:
     return paths.results_dir() / "outcomes" / f"{regime_table('table5', regime)}.parquet"
 
 
-def deciding_regime(inp: Inputs) -> str:
-    """The regime REPORT.md decides in: the matched size when the patch stage made it, else the paper's."""
-    from triqdef.attacks.patchsets import MATCHED, PAPER
-    from triqdef.stages.regimes import regime_size
-
-    return MATCHED if regime_size(inp, MATCHED) is not None else PAPER
-
-
 def noise_twins(patches, seed: int) -> list:
     """The noise baseline (issue 29, item 7): for each patch a uniform random patch of the same size, target,
     location and attack label (so that it sits in that attack's columns), set ``noise``."""
@@ -334,9 +326,9 @@ def table2_qat_vs_pbat(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     from triqdef.eval.transfer import asr_by_model_and_set
     from triqdef.reporting.tables import caption_with_claims, save_table
     from triqdef.stages.devices import calibration_on, device_of
-    from triqdef.stages.regimes import regime_label, regime_size, regime_table, save_absent_regime
+    from triqdef.stages.regimes import not_evaluated, regime_label, regime_table, save_absent_regime
 
-    if regime_size(inp, regime) is None:
+    if not_evaluated(inp, regime):
         return save_absent_regime(inp, ["table2_qat_vs_pbat"], regime)
     q = inp.cfg.quant
     views = {}
@@ -566,15 +558,18 @@ def figure_cross_bit(inp: Inputs):
 
 def metrics(inp: Inputs, table4: pd.DataFrame, table5: pd.DataFrame, bench: dict, gradcam_cosine: dict,
             wall_time_s: float) -> tuple[dict, dict]:
-    """The stage's headline, flat numbers (TriQDef's unseen LAVAN ASR per bit-width ``unseen_lavan_<b>bit``,
-    Table 17's time and memory ratios, the wall time), and the details (TriQDef's clean-accuracy deviation from
-    standard QAT, the Grad-CAM similarity, Tables 4 and 5 as records, the benchmark, provenance)."""
+    """The stage's headline, flat numbers (TriQDef's unseen LAVAN ASR per bit-width ``unseen_lavan_<b>bit`` in the
+    deciding regime, whose Table 5 ``table5`` is; Table 17's time and memory ratios; the wall time), and the
+    details (TriQDef's clean-accuracy deviation from standard QAT, the Grad-CAM similarity, Tables 4 and 5 as
+    records, the benchmark, provenance)."""
+    from triqdef.stages.regimes import deciding_regime
+
     t5 = table5.set_index([S.MODEL, S.GROUP])
     unseen = {S.view_of(c): t5.loc[(S.TRIQDEF, S.UNSEEN), c] for c in S.attack_columns(t5.columns, S.LAVAN)}
     headline = {**{f"unseen_lavan_{v.replace('-', '')}": asr for v, asr in unseen.items()},  # flat: one column each
                 "time_ratio": bench["time_ratio"], "mem_ratio": bench["mem_ratio"],
                 "stage_wall_time_s": round(wall_time_s, 1)}
-    details = {"profile": inp.profile, "n_eval": inp.n_eval,
+    details = {"profile": inp.profile, "n_eval": inp.n_eval, "regime": deciding_regime(inp),
                "clean_deviation_triqdef_minus_qat": clean_deviation(table4), "gradcam_cosine_to_fp": gradcam_cosine,
                "table4": table4.to_dict(orient="records"),
                "table5": table5.to_dict(orient="records"), "bench": {k: v for k, v in bench.items() if k != "settings"},

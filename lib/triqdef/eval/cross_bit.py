@@ -154,8 +154,8 @@ def ratio_replicates(frame: pd.DataFrame, model: str, source: int, target: int, 
         raise TriqdefError(f"transfer ratio at source = target = {source}: expected an off-diagonal pair")
     sel = [dict(model=model, set=set_name(source), bits=b) for b in (target, source)]
     (off, diag), _ = aligned([frame] * 2, sel)
-    images, patches = intervals._draws(off.n_images, off.n_patches, n_boot, seed)
-    reps = _ratio(intervals._replicates(off, images, patches), intervals._replicates(diag, images, patches))
+    images, patches = intervals.resampling_counts(off.n_images, off.n_patches, n_boot, seed)
+    reps = _ratio(intervals.replicates_of(off, images, patches), intervals.replicates_of(diag, images, patches))
     return float(_ratio(np.array(off.rate()), np.array(diag.rate()))), reps, off
 
 
@@ -163,7 +163,7 @@ def ratio_interval(frame: pd.DataFrame, model: str, source: int, target: int, n_
                    method: str = "t") -> Interval:
     """One model's transfer ratio r(s, t) with its interval (:func:`ratio_replicates`)."""
     value, reps, off = ratio_replicates(frame, model, source, target, n_boot, seed)
-    return intervals._interval(value, reps, off, n_boot, method)
+    return intervals.interval_from(value, reps, off, n_boot, method)
 
 
 def ratio_difference(frame: pd.DataFrame, model_a: str, model_b: str, source: int, target: int,
@@ -174,12 +174,12 @@ def ratio_difference(frame: pd.DataFrame, model_a: str, model_b: str, source: in
         raise TriqdefError(f"transfer ratio at source = target = {source}: expected an off-diagonal pair")
     sel = [dict(model=m, set=set_name(source), bits=b) for m in (model_a, model_b) for b in (target, source)]
     (a_off, a_diag, b_off, b_diag), per_target = aligned([frame] * 4, sel)
-    images, patches = intervals._draws(a_off.n_images, a_off.n_patches, n_boot, seed)
-    reps = [intervals._replicates(o, images, patches) for o in (a_off, a_diag, b_off, b_diag)]
+    images, patches = intervals.resampling_counts(a_off.n_images, a_off.n_patches, n_boot, seed)
+    reps = [intervals.replicates_of(o, images, patches) for o in (a_off, a_diag, b_off, b_diag)]
     rate = [o.rate() for o in (a_off, a_diag, b_off, b_diag)]
     r_a, r_b = (float(_ratio(np.array(rate[0]), np.array(rate[1]))), float(_ratio(np.array(rate[2]), np.array(rate[3]))))
     diff_reps = _ratio(reps[0], reps[1]) - _ratio(reps[2], reps[3])
-    ci = intervals._interval(r_a - r_b, diff_reps, a_off, n_boot, method)
+    ci = intervals.interval_from(r_a - r_b, diff_reps, a_off, n_boot, method)
     details = {"ratio_a": r_a, "ratio_b": r_b, "asr_a": [100 * rate[0], 100 * rate[1]],
                "asr_b": [100 * rate[2], 100 * rate[3]], "common_per_target": per_target,
                "n_common": int(a_off.eligible.any(0).sum())}

@@ -130,7 +130,7 @@ def _mean_of_rates(hit_counts: np.ndarray, eligible_counts: np.ndarray, patch_we
         return np.where(total > 0, (np.where(present, rates, 0.0) * weights).sum(0) / total, np.nan)
 
 
-def _draws(n_images: int, n_patches: int, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def resampling_counts(n_images: int, n_patches: int, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Resampling counts: images (N, B) and patches (P, B), each column one replicate's multinomial draw."""
     rng = np.random.default_rng([seed, 95])
     images = rng.multinomial(n_images, np.full(n_images, 1 / n_images), size=n_boot).T.astype(float)
@@ -138,14 +138,15 @@ def _draws(n_images: int, n_patches: int, n_boot: int, seed: int) -> tuple[np.nd
     return images, patches
 
 
-def _replicates(o: Outcomes, images: np.ndarray, patches: np.ndarray) -> np.ndarray:
+def replicates_of(o: Outcomes, images: np.ndarray, patches: np.ndarray) -> np.ndarray:
+    """The mean-of-rates replicates of ``o`` under resampling counts (:func:`resampling_counts`): one per column."""
     hit_counts = (o.hits & o.eligible).astype(float) @ images      # (P, B)
     eligible_counts = o.eligible.astype(float) @ images
     return _mean_of_rates(hit_counts, eligible_counts, patches)
 
 
-def _interval(value: float, reps: np.ndarray, o: Outcomes, n_boot: int, method: str = "percentile",
-              n_patches: int | None = None, level: float = LEVEL) -> Interval:
+def interval_from(value: float, reps: np.ndarray, o: Outcomes, n_boot: int, method: str = "percentile",
+                  n_patches: int | None = None, level: float = LEVEL) -> Interval:
     """The ``level`` interval of ``method`` from the replicates; ``n_patches`` (default ``o``'s) sets the t
     quantile's degrees of freedom."""
     reps = reps[~np.isnan(reps)]
@@ -185,8 +186,8 @@ def bootstrap_rate(o: Outcomes, n_boot: int = 2000, seed: int = 0, method: str =
     patches (``method``: ``"percentile"`` or ``"t"``, see the module docstring)."""
     _check_boot(n_boot)
     _check_method(method, level)
-    images, patches = _draws(o.n_images, o.n_patches, n_boot, seed)
-    return _interval(o.rate(), _replicates(o, images, patches), o, n_boot, method, level=level)
+    images, patches = resampling_counts(o.n_images, o.n_patches, n_boot, seed)
+    return interval_from(o.rate(), replicates_of(o, images, patches), o, n_boot, method, level=level)
 
 
 def paired_difference(a: Outcomes, b: Outcomes, n_boot: int = 2000, seed: int = 0, method: str = "percentile",
@@ -213,13 +214,13 @@ def difference(a: Outcomes, b: Outcomes, n_boot: int = 2000, seed: int = 0, scal
                            "same patches on the same images")
     if a.n_images != b.n_images:
         raise TriqdefError(f"difference of outcomes on {a.n_images} and {b.n_images} images: expected the same images")
-    images, patches_a = _draws(a.n_images, a.n_patches, n_boot, seed)
-    patches_b = patches_a if same_patches else _draws(b.n_images, b.n_patches, n_boot, seed + 1)[1]
-    reps = _replicates(a, images, patches_a) - scale * _replicates(b, images, patches_b)
+    images, patches_a = resampling_counts(a.n_images, a.n_patches, n_boot, seed)
+    patches_b = patches_a if same_patches else resampling_counts(b.n_images, b.n_patches, n_boot, seed + 1)[1]
+    reps = replicates_of(a, images, patches_a) - scale * replicates_of(b, images, patches_b)
     n_patches = a.n_patches if same_patches else a.n_patches + b.n_patches
     eligible = int((a.eligible | b.eligible).sum()) if same_patches else int(a.eligible.sum() + b.eligible.sum())
-    ci = _interval(a.rate() - scale * b.rate(), reps, a, n_boot, method,
-                   n_patches=a.n_patches if same_patches else min(a.n_patches, b.n_patches), level=level)
+    ci = interval_from(a.rate() - scale * b.rate(), reps, a, n_boot, method,
+                       n_patches=a.n_patches if same_patches else min(a.n_patches, b.n_patches), level=level)
     return dataclasses.replace(ci, n_patches=n_patches, n_eligible=eligible)
 
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from triqdef.errors import TriqdefError
-from triqdef.eval.intervals import LEVEL, Interval, Outcomes, _draws, _replicates
+from triqdef.eval.intervals import LEVEL, Interval, Outcomes, resampling_counts, replicates_of
 
 SEEDS = "seeds"
 SEED_SPREAD, SAMPLING = "seed spread", "sampling"
@@ -33,8 +33,8 @@ SEED_SPREAD, SAMPLING = "seed spread", "sampling"
 
 def rate_replicates(o: Outcomes, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
     """A run's rate replicates (the two-way bootstrap of :func:`triqdef.eval.intervals.bootstrap_rate`)."""
-    images, patches = _draws(o.n_images, o.n_patches, n_boot, seed)
-    return _replicates(o, images, patches)
+    images, patches = resampling_counts(o.n_images, o.n_patches, n_boot, seed)
+    return replicates_of(o, images, patches)
 
 
 def seed_level_interval(values: Sequence[float], replicates: Sequence[np.ndarray], n_boot: int = 2000, seed: int = 0,

@@ -1283,7 +1283,7 @@ def build_report(results: Path | None = None, cfg=None, rows: list[Row] | None =
     profile = cfg.base.profile if cfg is not None else "?"
     if cfg is not None:
         prov = provenance(cfg)
-        lines += [f"Profile `{prov.get('profile')}`, commit `{prov.get('commit')}`, data `{_data_source(results)}`; "
+        lines += [f"Profile `{prov.get('profile')}`, commit `{prov.get('commit')}`, data `{data_source_of(results)}`; "
                   f"{SEEDS_NOTE}.", ""]
     if (results / "figures" / f"{FOREST}.png").is_file():
         lines += [f"![Each claim's deciding intervals against its threshold](figures/{FOREST}.png)", "",
@@ -1303,7 +1303,8 @@ def build_report(results: Path | None = None, cfg=None, rows: list[Row] | None =
     return "\n".join(lines) + "\n"
 
 
-def _data_source(results: Path) -> str:
+def data_source_of(results: Path) -> str:
+    """The data source the results under ``results`` were computed from (``results/data/splits.json``)."""
     rec = _read_json(results / "data" / "splits.json") or {}
     return rec.get("source", "?")
 

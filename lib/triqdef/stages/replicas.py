@@ -161,7 +161,7 @@ def run_rates(run: Run, eval_bits, source_bits, n_boot: int = N_BOOT, seed: int 
         except NoCommonImages:   # (tiny smoke models) no image eligible at both bit-widths
             add(RATIO, f"{s}→{t}", float("nan"), float("nan"), float("nan"), np.full(n_boot, np.nan), 0, 0, 1)
             continue
-        ci = intervals._interval(value, reps, off, n_boot, "t")
+        ci = intervals.interval_from(value, reps, off, n_boot, "t")
         add(RATIO, f"{s}→{t}", ci.value, ci.low, ci.high, reps, off.n_images, off.n_patches, 1)
     return pd.DataFrame(rows)
 
@@ -325,7 +325,7 @@ def run_replicas(cfg, progress: bool = True) -> dict:
 def replicas_markdown(cfg, meta: dict, spread: pd.DataFrame, comparisons: pd.DataFrame, lengths: pd.DataFrame,
                       times: pd.DataFrame) -> str:
     """``results/replicas/REPLICAS.md``."""
-    from triqdef.reporting.report import _data_source
+    from triqdef.reporting.report import data_source_of
 
     sd, tl = cfg.seeds, cfg.training_length
     dominant = spread["dominates"].value_counts().to_dict() if "dominates" in spread else {}
@@ -334,7 +334,7 @@ def replicas_markdown(cfg, meta: dict, spread: pd.DataFrame, comparisons: pd.Dat
              "(stages `training`, `cross_bit`) and of the replicas (stages `seed_eval`, `length_eval`). A group of "
              "stages apart from the core: REPORT.md does not depend on it, and `dvc repro report` does not run it "
              "([design](../../docs/design.md#training-seeds)).", "",
-             f"Profile `{meta.get('profile')}`, commit `{meta.get('commit')}`, data `{_data_source(paths.results_dir())}`; "
+             f"Profile `{meta.get('profile')}`, commit `{meta.get('commit')}`, data `{data_source_of(paths.results_dir())}`; "
              f"{N_BOOT:,} bootstrap replicates per interval.", "",
              "## Training seeds", "",
              f"{', '.join(sd.methods)}, each trained with seeds {', '.join(str(s) for s in meta['seeds'])} (the first "

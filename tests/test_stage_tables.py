@@ -299,6 +299,43 @@ def test_motivation_claims_are_decided_on_intervals_from_the_store():
     assert M.table9_claims(ptq.assign(patched_pred=ptq["label"]), {"unseen_size8": 16})[0]["verdict"] == FAILS
 
 
+def test_table2_and_table8_claims_are_decided_from_their_stores():
+    """Claim 12 (Table 2: PBAT's 8-bit ASR on patches made at 2 bits minus the seen ones of the same size, the
+    sets' patches each on their own) and Table 8's levels come from outcome stores alone; the views map onto the
+    store's (model, bit-width) one to one."""
+    from helpers import outcome_rows, outcome_store_of
+
+    from triqdef.eval.intervals import FAILS, HOLDS, INCONCLUSIVE
+    from triqdef.stages import motivation as M
+    from triqdef.stages import training as T
+
+    def t2(unseen, seen, n=400, patches=10):
+        return outcome_store_of([outcome_rows(S.PBAT, S.T2_UNSEEN_2BIT, "lavan", 8, [unseen] * patches, 1, n=n),
+                                 outcome_rows(S.PBAT, S.T2_SEEN_SAME_SIZE, "lavan", 8, [seen] * patches, 2, n=n),
+                                 outcome_rows(S.PBAT + " · PTQ", S.T2_SEEN_SAME_SIZE, "lavan", 8, [0.9] * patches, 3, n=n)])
+
+    (c,) = T.table2_claims(t2(0.6, 0.2))
+    assert c["verdict"] == HOLDS and c["topic"] == "table2" and c["n_patches"] == 20 and 35 < c["value"] < 45  # 10 + 10
+    assert T.table2_claims(t2(0.25, 0.2))[0]["verdict"] == FAILS   # a rise of 5 points is not one of 20
+    assert T.table2_claims(t2(0.45, 0.2, n=40, patches=2))[0]["verdict"] == INCONCLUSIVE
+    records = pd.DataFrame({"model": [S.PBAT] * 5, "view": [S.T2_32BIT, S.T2_8BIT, S.T2_PTQ8, f"{S.T2_8BIT} (MSE clip)",
+                                                            f"{S.T2_PTQ8} (MSE clip)"]})
+    rows = T.table2_store_rows(records)
+    assert rows["model"].tolist() == [S.PBAT, S.PBAT, f"{S.PBAT} · PTQ", f"{S.PBAT} (MSE clip)", f"{S.PBAT} · PTQ (MSE clip)"]
+    assert rows["view"].tolist() == ["32-bit"] + ["8-bit"] * 4
+
+    rows8 = M.table8_store_rows(pd.DataFrame({"target": ["R56", "R56"], "view": [S.FP_VIEW, "2-bit"], "set": ["seen"] * 2}))
+    assert rows8["model"].tolist() == ["R56 FP", "R56 QAT"] and rows8["view"].tolist() == ["32-bit", "2-bit"]
+    store8 = outcome_store_of([outcome_rows("R56 QAT", "seen", "lavan", 2, [0.9] * 10, 1, n=400),
+                               outcome_rows("R56 QAT", "seen", "lavan", 8, [0.95] * 10, 2, n=400),
+                               outcome_rows("R20 QAT", "cross_arch", "lavan", 2, [0.1] * 10, 3, n=400)])
+    directions = [{"source": "R20", "target": "R56", "set": "seen"}, {"source": "R56", "target": "R20", "set": "cross_arch"},
+                  {"source": "R56", "target": "R56 (white-box)", "set": "cross_arch"}]   # no QAT model: no claim
+    up, down = M.table8_claims(store8, directions)
+    assert up["statement"] == "LAVAN R20→R56 ASR at 2 bits (%)" and up["verdict"] == HOLDS
+    assert down["statement"] == "LAVAN R56→R20 ASR at 2 bits (%)" and down["verdict"] == FAILS
+
+
 def test_report_reads_the_training_metrics_where_the_stage_writes_them(tmp_path, monkeypatch):
     """The report's Table 17 and Figure 3 claims read the headline (results/metrics) and the benchmark record
     (results/metadata) that notebook 02 writes from :func:`triqdef.stages.training.metrics`."""

@@ -26,6 +26,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
@@ -154,8 +155,8 @@ KEEPS_SHARE = 0.7
 TABLE8_LEVEL, TABLE9_LEVEL = 0.7, 0.5
 
 
-#: The outcome stores of notebook 01 (issue 29, item 1): Tables 1 and 9 in each regime, Table 11 (6×6 only).
-STORES = ("table1", "table9", "table11")
+#: The outcome stores of notebook 01 (issue 29, item 1): Tables 1, 8 and 9 in each regime, Table 11 (6×6 only).
+STORES = ("table1", "table8", "table9", "table11")
 #: The store's model names of the views of Tables 1, 9 and 11.
 FP, QAT, PTQ, PTQ_CLIP, DYNAMIC = "FP", "Standard QAT", "PTQ", "PTQ (MSE clip)", "dynamic 8-bit"
 
@@ -251,14 +252,29 @@ def table9_claims(store: pd.DataFrame, set_sizes: dict, seed: int = 0) -> list[d
             for name in sorted(set_sizes, key=lambda n: (set_sizes[n], n))]
 
 
-def level_claims(inp: Inputs, records: pd.DataFrame, level: float, statement: str, **where) -> dict:
-    """Table 8 (not yet in an outcome store): the rate of the records matching ``where`` with its 95 % interval,
-    and the verdict on "above ``level``"."""
-    from triqdef.eval.intervals import bootstrap_rate, claim_evidence
-    from triqdef.eval.transfer import N_BOOT, select_outcomes
+def table8_store_rows(records: pd.DataFrame) -> pd.DataFrame:
+    """Table 8's records as outcome-store rows: each target's FP model as model ``<target> FP`` at 32 bits, its
+    QAT model as ``<target> QAT`` at each bit-width; the set names the source (its patches)."""
+    fp = records["view"] == S.FP_VIEW
+    model = records["target"] + np.where(fp, " FP", " QAT")
+    return records.assign(model=model, view=np.where(fp, S.bit_view(quant.FP_BITS), records["view"]),
+                          patch_set=records["set"])
 
-    rate = bootstrap_rate(select_outcomes(records, "asr", **where), N_BOOT, inp.cfg.base.seed)
-    return claim_evidence(statement, rate, "higher", level)
+
+def table8_claims(store: pd.DataFrame, directions: list[dict], seed: int = 0) -> list[dict]:
+    """Table 8's claims from its store: in each direction whose target has a QAT model (``directions``: source,
+    target and patch set, from the store's info), the LAVAN ASR at that model's lowest bit-width above
+    :data:`TABLE8_LEVEL` (:func:`level_claim`). ``triqdef report`` calls it again on the store."""
+    out = []
+    for d in directions:
+        model = f"{d['target']} QAT"
+        where = {"model": model, "set": d["set"], "attack": S.LAVAN}
+        if store[(store["model"] == model) & (store["set"] == d["set"]) & (store["attack"] == S.LAVAN)].empty:
+            continue
+        low = lowest_bits(store, model)
+        out.append(level_claim(store, TABLE8_LEVEL, f"LAVAN {d['source']}→{d['target']} ASR at {low} bits (%)", seed,
+                               bits=low, **where))
+    return out
 
 
 def table11_claims(store: pd.DataFrame, seed: int = 0) -> list[dict]:
@@ -552,6 +568,7 @@ def table8_cross_architecture(inp: Inputs, regime: str = "paper") -> pd.DataFram
     """Table 8: the seen patches of the main model on the second architecture (FP and QAT), that architecture's
     patches on the main model, and on its own FP model (white-box reference), in ``regime``."""
     from triqdef.attacks.patchsets import regime_set, select
+    from triqdef.eval import outcome_store
     from triqdef.eval.accuracy import accuracy
     from triqdef.reporting.tables import caption_with_claims, save_table
     from triqdef.stages import cross_arch
@@ -559,7 +576,7 @@ def table8_cross_architecture(inp: Inputs, regime: str = "paper") -> pd.DataFram
     from triqdef.stages.regimes import not_evaluated, regime_label, regime_size, regime_table, save_absent_regime
 
     if not_evaluated(inp, regime):
-        return save_absent_regime(inp, ["table8_cross_architecture"], regime)
+        return save_absent_regime(inp, ["table8_cross_architecture"], regime, stores=[store_path("table8", regime)])
     second = cross_arch.load_models(inp.cfg)
     to_device([second["fp"], second["qat"]], device_of(inp.qat))
     second["patches"] = select(second["patches"], regime_set("cross_arch", regime))
@@ -574,17 +591,21 @@ def table8_cross_architecture(inp: Inputs, regime: str = "paper") -> pd.DataFram
          "fp": second["fp"], "qat": None, "bits": []},
     ]
     records, t8 = cross_arch.table8_records(directions, inp.test_x, inp.test_y)
-    claims = [level_claims(inp, records, TABLE8_LEVEL, f"LAVAN {d['source']}→{d['target']} ASR at {min(d['bits'])} bits (%)",
-                           source=d["source"], target=d["target"], attack=S.LAVAN, view=f"{min(d['bits'])}-bit")
-              for d in directions if d["bits"] and any(p.attack == S.LAVAN for p in d["patches"])]
+    stored = [{"source": d["source"], "target": d["target"], "set": set_name} for d, set_name in
+              zip(directions, [regime_set("seen", regime)] + 2 * [regime_set("cross_arch", regime)])]
+    store = outcome_store.write_records(table8_store_rows(records), inp.cfg.base.seed, inp.test_y.cpu().numpy(),
+                                        store_path("table8", regime),
+                                        info={"regime": regime, "patch_size": regime_size(inp, regime),
+                                              "directions": stored, "profile": inp.profile})
+    claims = table8_claims(store, stored, inp.cfg.base.seed)
     images, labels = inp.splits.test.images, inp.splits.test.labels
     acc = {S.FP_VIEW: 100 * accuracy(second["fp"], images, labels)}  # every test image, as Table 4
     acc.update({S.bit_view(b): 100 * accuracy(second["qat"], images, labels, bits=b) for b in bits})
     min_acc = 100 * inp.cfg.cross_arch.min_accuracy
     flag = "" if acc[S.FP_VIEW] >= min_acc else f" (FP BELOW cross_arch.min_accuracy = {min_acc:.0f}%)"
     cap = (f"Targeted ASR (%) across architectures: {name} ↔ {second['name']}, {regime_label(inp, regime)} patches, "
-           f"95% bootstrap intervals, {len(inp.test_y)} test "
-           f"images, profile `{inp.profile}`. {second['name']} clean accuracy ({inp.n_test} test images): "
+           f"95% bootstrap intervals, {len(inp.test_y)} test images (outcomes: results/outcomes/"
+           f"{store_path('table8', regime).name}), profile `{inp.profile}`. {second['name']} clean accuracy ({inp.n_test} test images): "
            + ", ".join(f"{k} {v:.1f}%" for k, v in acc.items()) + flag
            + f" ({second['fp_meta']['steps']} FP steps, {second['qat_meta']['steps']} QAT steps). "
            "Paper Table 8 (200-epoch models): ResNet-20 → ResNet-56 84.2 / 79.6 / 77.7 / 75.2, "

@@ -256,11 +256,11 @@ TABLE2_RISE = 0.20
 NOISE_SALT = 17
 
 
-def store_path(regime: str) -> Path:
-    """Table 5's outcome store in ``regime``: ``results/outcomes/table5[_matched].parquet``."""
+def store_path(regime: str, table: str = "table5") -> Path:
+    """The outcome store of Table 5 (or ``table``: ``table2``) in ``regime``: ``results/outcomes/table5[_matched].parquet``."""
     from triqdef.stages.regimes import regime_table
 
-    return paths.results_dir() / "outcomes" / f"{regime_table('table5', regime)}.parquet"
+    return paths.results_dir() / "outcomes" / f"{regime_table(table, regime)}.parquet"
 
 
 def noise_twins(patches, seed: int) -> list:
@@ -273,18 +273,6 @@ def noise_twins(patches, seed: int) -> list:
         content = torch.rand(p.content.shape, generator=torch.Generator().manual_seed(seed * 1_000 + NOISE_SALT * 97 + i))
         out.append(Patch(content, p.location, p.target, p.attack, "uniform noise", None, {"set": "noise", "twin_of": i}))
     return out
-
-
-def set_difference_claim(records: pd.DataFrame, a: dict, b: dict, statement: str, claim: str, margin: float,
-                         seed: int, topic: str) -> dict:
-    """``rate(a) − rate(b)`` for two different patch selections on the same test images (images drawn together,
-    each selection's patches on their own; :func:`triqdef.eval.intervals.difference`), as a claim record."""
-    from triqdef.eval.intervals import claim_evidence, difference
-    from triqdef.eval.transfer import N_BOOT, select_outcomes
-
-    d = difference(select_outcomes(records, "asr", **a), select_outcomes(records, "asr", **b), N_BOOT, seed,
-                   same_patches=False)
-    return dict(claim_evidence(statement, d, claim, margin), topic=topic)
 
 
 def table5_comparisons(inp: Inputs, comparisons: pd.DataFrame, regime: str, meta: dict) -> pd.DataFrame:
@@ -317,19 +305,47 @@ def estimator_note(q, bits: int, what: str) -> str:
             f"same weights with the MSE clip on the held-out images, so the estimator's own effect shows")
 
 
+def table2_store_rows(records: pd.DataFrame) -> pd.DataFrame:
+    """Table 2's records as outcome-store rows: each view as a model and a bit-width (``PBAT`` at 32 and 8 bits;
+    the PTQ views as model ``PBAT · PTQ``, the MSE-clip recalibrations with `` (MSE clip)`` after the model)."""
+    models, bits = [], []
+    for model, view in zip(records["model"], records["view"]):
+        ptq, clip = view.startswith(S.T2_PTQ8), view.endswith(f"({CLIP_LABEL})")
+        models.append(model + (" · PTQ" if ptq else "") + (f" ({CLIP_LABEL})" if clip else ""))
+        bits.append(8 if ptq else int(view.split("-bit")[0]))
+    return records.assign(model=models, view=[S.bit_view(b) for b in bits])
+
+
+def table2_claims(store: pd.DataFrame, seed: int = 0) -> list[dict]:
+    """Table 2's claim from its outcome store (section 2: PBAT's ASR rises by more than :data:`TABLE2_RISE` on
+    patches made at an unseen bit-width): on PBAT at 8 bits, the ASR of the patches made on standard QAT at 2 bits
+    minus that of the seen patches of the same size, the two sets' patches each on their own, the images drawn
+    together (:func:`triqdef.eval.intervals.difference`). ``triqdef report`` calls it again on the store."""
+    from triqdef.eval import outcome_store
+    from triqdef.eval.intervals import claim_evidence, difference
+    from triqdef.eval.transfer import N_BOOT
+
+    where = {"model": S.PBAT, "bits": 8}
+    d = difference(outcome_store.outcomes(store, set=S.T2_UNSEEN_2BIT, **where),
+                   outcome_store.outcomes(store, set=S.T2_SEEN_SAME_SIZE, **where), N_BOOT, seed, same_patches=False)
+    statement = (f"PBAT {S.T2_8BIT}: '{S.T2_UNSEEN_2BIT}' − '{S.T2_SEEN_SAME_SIZE}' ASR (points), both sets the "
+                 "same size")
+    return [dict(claim_evidence(statement, d, "higher", TABLE2_RISE), topic="table2")]
+
+
 def table2_qat_vs_pbat(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     """Table 2 in the project's terms: 8×8 / 10×10 FP-made patches and 6×6 patches made on standard QAT at 4 and
     2 bits (in the matched regime: every size scaled by the same factor), on standard QAT and PBAT at 32 bits,
     8 bits, and 8-bit PTQ of their 32-bit weights."""
     from triqdef.attacks.patchsets import regime_set, select
-    from triqdef.eval import deploy, robustness
+    from triqdef.eval import deploy, outcome_store, robustness
     from triqdef.eval.transfer import asr_by_model_and_set
     from triqdef.reporting.tables import caption_with_claims, save_table
     from triqdef.stages.devices import calibration_on, device_of
-    from triqdef.stages.regimes import not_evaluated, regime_label, regime_table, save_absent_regime
+    from triqdef.stages.regimes import not_evaluated, regime_label, regime_size, regime_table, save_absent_regime
 
     if not_evaluated(inp, regime):
-        return save_absent_regime(inp, ["table2_qat_vs_pbat"], regime)
+        return save_absent_regime(inp, ["table2_qat_vs_pbat"], regime, stores=[store_path(regime, "table2")])
     q = inp.cfg.quant
     views = {}
     for label in TABLE2_MODELS:
@@ -343,11 +359,11 @@ def table2_qat_vs_pbat(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
                                  f"{S.T2_PTQ8} ({CLIP_LABEL})": (quant.with_range_estimator(ptq8, CLIP, calib), 8)})
     sets = {label: select(inp.patches, regime_set(name, regime)) for label, name in S.T2_PATCH_SETS.items()}
     records, t2 = asr_by_model_and_set(views, sets, inp.test_x, inp.test_y)
-    where = {"model": S.PBAT, "view": S.T2_8BIT}
-    claims = [set_difference_claim(records, dict(where, patch_set=S.T2_UNSEEN_2BIT),
-                                   dict(where, patch_set=S.T2_SEEN_SAME_SIZE),
-                                   f"PBAT {S.T2_8BIT}: '{S.T2_UNSEEN_2BIT}' − '{S.T2_SEEN_SAME_SIZE}' ASR (points), "
-                                   "both sets the same size", "higher", TABLE2_RISE, inp.cfg.base.seed, "table2")]
+    store = outcome_store.write_records(table2_store_rows(records), inp.cfg.base.seed, inp.test_y.cpu().numpy(),
+                                        store_path(regime, "table2"),
+                                        info={"regime": regime, "patch_size": regime_size(inp, regime),
+                                              "profile": inp.profile})
+    claims = table2_claims(store, inp.cfg.base.seed)
     s0, s8, s10, s4bit, s2bit = (select(inp.patches, regime_set(name, regime))[0].size
                                  for name in S.T2_PATCH_SETS.values())
     cap2 = (f"Targeted ASR (%) in the project's terms of paper Table 2 ({regime_label(inp, regime)} regime): "
@@ -356,7 +372,7 @@ def table2_qat_vs_pbat(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
             f"the largest that fits) and "
             f"{s4bit}×{s4bit} / {s2bit}×{s2bit} patches made on a standard-QAT model at 4 / 2 bits, on "
             f"standard QAT and PBAT at 32 bits, 8 bits, and 8-bit PTQ of their 32-bit weights ({estimator_note(q, 8, 'the 8-bit views')}); "
-            f"{inp.n_eval} test images. "
+            f"{inp.n_eval} test images. Outcomes: results/outcomes/{store_path(regime, 'table2').name}. "
             f"{robustness.evaluation_sets_note(inp.patches, inp.patch_meta, regime)} "
             f"{robustness.set_targets(inp.patches, {k: regime_set(v, regime) for k, v in S.T2_PATCH_SETS.items()})}")
     save_table(t2, regime_table("table2_qat_vs_pbat", regime), dict(inp.meta, regime=regime, claims=claims),

@@ -281,6 +281,10 @@ def test_hand_fake_quantize_is_bitwise_pytorchs(rng, qmin, qmax, kind):
         results.append((y, dx, dgi))
     for ref, hand in zip(*results):
         assert torch.equal(_bits_of(ref), _bits_of(hand))
+    with torch.no_grad():   # the inference path (no mask, in-place clamp): the same bits, and x left as it was
+        before = x.clone()
+        assert torch.equal(_bits_of(quant.fake_quantize_per_tensor(x, scale, qmin, qmax)), _bits_of(results[0][0]))
+        assert torch.equal(_bits_of(x), _bits_of(before))
     clipped = (torch.round(x / scale) < qmin) | (torch.round(x / scale) > qmax)
     assert clipped.any() or kind == "random"  # the tie-heavy tensors do reach past the range
 

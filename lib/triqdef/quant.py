@@ -155,6 +155,10 @@ def fake_quantize_per_tensor(x: torch.Tensor, scale: torch.Tensor, qmin: int, qm
     if x.dtype != torch.float32 or scale.dtype != torch.float32:
         zero_point = torch.zeros(1, dtype=torch.int32, device=x.device)
         return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
+    if not torch.is_grad_enabled():
+        # Inference (evaluation, patch tables): the same arithmetic without the straight-through mask, which only a
+        # backward reads, and with the clamp in place: 3 elementwise passes instead of 8, the same bits.
+        return (x * torch.reciprocal(scale)).add_(_ROUNDING_MAGIC).sub_(_ROUNDING_MAGIC).clamp_(qmin, qmax).mul_(scale)
     return _FakeQuantizePerTensor.apply(x, scale, qmin, qmax)
 
 

@@ -326,25 +326,24 @@ def test_the_forest_plot_draws_every_deciding_interval(tmp_path):
     assert drawn == [COLOURS["too few patches to decide"], COLOURS["does not hold"]]
 
 
-def test_int8_claim_reads_its_table_and_intervals(tmp_path):
-    """Issue 32's REPORT row: the int8 runtime table's equivalence claims (two one-sided per set) decide."""
-    import json
+def test_int8_claim_is_decided_from_its_outcome_store_alone(tmp_path):
+    """Issue 32's REPORT row, from results/outcomes/int8.parquet alone: per model and set, ASR int8 − fake on the
+    same patches and the images eligible on both runtimes; every set within ±2 points holds, one clearly outside
+    does not (Holm over the one-sided claims), a small sample is inconclusive."""
+    from helpers import outcome_rows, outcome_store_of
 
-    (tmp_path / "tables").mkdir()
-    pd.DataFrame({"model": ["TriQDef"], "agreement (%)": [99.4], "seen int8 − fake": [0.1],
-                  "unseen int8 − fake": [-0.2]}).to_csv(tmp_path / "tables" / "int8_runtime.csv", index=False)
-    inside = [_claim("TriQDef, seen LAVAN ASR, int8 − fake-quantized 8-bit (points)", "holds", value=0.1, low=-0.5,
-                     high=0.7, claim="higher than -2"),
-              _claim("TriQDef, seen LAVAN ASR, int8 − fake-quantized 8-bit (points)", "holds", value=0.1, low=-0.5,
-                     high=0.7, claim="lower than 2")]
-    (tmp_path / "tables" / "int8_runtime.json").write_text(json.dumps({"claims": inside}))
+    from triqdef.eval import outcome_store
+
+    def store(fake, int8, n=1000, patches=10, seed_int8=1):
+        frame = outcome_store_of([outcome_rows("TriQDef · fake", "seen", "lavan", 8, [fake] * patches, 1, n=n),
+                                  outcome_rows("TriQDef · int8", "seen", "lavan", 8, [int8] * patches, seed_int8, n=n)])
+        outcome_store.write(frame, tmp_path / "outcomes" / "int8.parquet", info={"regime": "matched", "patch_size": 12})
+
+    store(0.5, 0.5)   # the same draws: a difference of exactly 0
     row = _row(build_report(tmp_path), contains="holds on the int8 runtime")
-    assert "**holds**" in row and "agreement 99.4 %" in row and "+0.1 [-0.5, +0.7]" in row
-    # one set clearly outside the band: "does not hold" only through Holm over the stored one-sided p-values
-    inside[1].update(verdict="does not hold", low=2.5, high=3.5, value=3.0, p_fails=1e-5)
-    (tmp_path / "tables" / "int8_runtime.json").write_text(json.dumps({"claims": inside}))
-    row = _row(build_report(tmp_path), contains="holds on the int8 runtime")
-    assert "**does not hold**" in row and "Holm over 2 one-sided comparisons" in row
-    inside[1].update(p_fails=0.02)   # outside uncorrected (0.02 < 0.025), not after Holm over 2 (0.02 > 0.0125)
-    (tmp_path / "tables" / "int8_runtime.json").write_text(json.dumps({"claims": inside}))
+    assert "**holds**" in row and "[12×12, matched size] TriQDef ASR int8 − fake seen +0.00 points" in row
+    assert "Holm over 2 one-sided comparisons" in row
+    store(0.5, 0.6, seed_int8=2)
+    assert "**does not hold**" in _row(build_report(tmp_path), contains="holds on the int8 runtime")
+    store(0.5, 0.51, n=40, seed_int8=2)
     assert "**inconclusive at this sample size**" in _row(build_report(tmp_path), contains="holds on the int8 runtime")

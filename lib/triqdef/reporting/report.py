@@ -239,9 +239,9 @@ STORE_OF = {"table5_comparisons": "table5", "table5_asr": "table5", "table7_comp
             "table7_ablation": "table7", "table16_comparisons": "table16", "table14_comparisons": "table14",
             "table1_transfer_asr": "table1", "table9_ptq_transfer_cifar": "table9",
             "table11_dynamic_quantization": "table11", "table2_qat_vs_pbat": "table2",
-            "table8_cross_architecture": "table8"}
+            "table8_cross_architecture": "table8", "int8_runtime": "int8"}
 #: Stores of a table made in one regime only (notebook 04, Table 11): ``<name>.parquet``, the regime in its info.
-SINGLE_REGIME = ("table16", "table14", "table11")
+SINGLE_REGIME = ("table16", "table14", "table11", "int8")
 
 
 def _store_files(results: Path, name: str) -> list[tuple[str, Path]]:
@@ -851,16 +851,21 @@ def _deploy(results):
 
 def _int8(results):
     """Issue 32: the patch ASRs measured on fake quantization hold on the int8 runtime: every paired difference
-    int8 − fake within ±2 points (two one-sided claims per set, table ``int8_runtime``)."""
-    t = _table(results, "int8_runtime").set_index(S.MODEL)
-    sets = [s for s in ("seen", "unseen", "whitebox") if f"{s} int8 − fake" in t.columns]
-    parts = [f"{m} agreement {r['agreement (%)']:.1f} %, ASR int8 − fake "
-             + ", ".join(f"{s.replace('whitebox', 'white-box')} {r[f'{s} int8 − fake']:+.2f}" for s in sets) + " points"
-             for m, r in t.iterrows()]
-    claims = [c for _, cs in _claim_sets(results, "int8_runtime") for c in cs]
-    if not claims:
-        return "; ".join(parts) + " (no intervals saved)", "not decided"
-    return "; ".join(parts) + f" (familywise: Holm over {len(claims)} one-sided comparisons)", familywise(claims)
+    int8 − fake within ±2 points (two one-sided claims per set), recomputed from ``results/outcomes/int8.parquet``
+    alone (:func:`triqdef.stages.int8.int8_claims`)."""
+    from triqdef.stages import int8 as stage
+
+    _require_store(results, "int8")
+    regime, path = _store_files(results, "int8")[0]
+    store = _store_indexed(path).frame
+    claims, rates = stage.int8_claims(store, int(store["seed"].min()))
+    parts = []
+    for model in dict.fromkeys(r["model"] for r in rates):
+        mine = [r for r in rates if r["model"] == model]
+        parts.append(f"{model} ASR int8 − fake " + ", ".join(
+            f"{r['set'].replace('whitebox', 'white-box')} {100 * r['difference'].value:+.2f}" for r in mine) + " points")
+    _recorded(claims, regime)
+    return _store_size(results, "int8") + "; ".join(parts) + f" (familywise: Holm over {len(claims)} one-sided comparisons)", familywise(claims)
 
 
 def _cross_bit(results):
@@ -1014,7 +1019,7 @@ CLAIMS = [
 #: Table 7's (``table7``), Tables 16 and 14 (``table16``, ``table14``), Tables 1, 9 and 11 and QADT-R's transfer
 #: claim (``table1``, ``table9``, ``table11``), the cross-bit matrix (``cross_bit``). ``tools/report_from_stores.py`` checks, on real
 #: pipeline outputs with every table deleted, that each of them reaches the same verdict.
-FROM_STORES = (_table1, _table2, _table8, _table9, _table11, _qadt_r_transfer, _unseen_reduction, _seen_2bit, _unseen_increase, _patchattack, _whitebox, _qadt_r_vs_baselines,
+FROM_STORES = (_table1, _table2, _table8, _table9, _int8, _table11, _qadt_r_transfer, _unseen_reduction, _seen_2bit, _unseen_increase, _patchattack, _whitebox, _qadt_r_vs_baselines,
                _qadt_r_pbat_unseen, _table7, _table7_gpdp, _speed_settings, _table16, _table14, _cross_bit)
 
 

@@ -59,15 +59,50 @@ def _patched_predictions(forward, images: torch.Tensor, patch, batch_size: int =
     return torch.cat(out)
 
 
-def _outcomes(forward, clean: torch.Tensor, patches, images, labels) -> tuple[np.ndarray, np.ndarray]:
-    """(hits, eligible) of ``patches`` on one runtime: targeted hits, and eligibility (clean-correct, label ≠
-    target) from that runtime's own clean predictions."""
-    hits, eligible = [], []
-    for p in patches:
-        adv = _patched_predictions(forward, images, p)
-        hits.append((adv == p.target).numpy())
-        eligible.append(((clean == labels) & (labels != p.target)).numpy())
-    return np.stack(hits), np.stack(eligible)
+def store_rows(model: str, runtime: str, forward, clean: torch.Tensor, patches, set_name: str, images, labels,
+               seed: int) -> pd.DataFrame:
+    """Outcome-store rows (:mod:`triqdef.eval.outcome_store`) of ``patches`` on one runtime of one model: model
+    ``"<model> · <runtime>"`` at 8 bits, each image's clean prediction on that runtime (``clean``) and its prediction
+    with the patch pasted."""
+    frames = []
+    for i, p in enumerate(patches):
+        frames.append(pd.DataFrame({
+            "model": f"{model} · {runtime}", "seed": seed, "bits": 8, "attack": p.attack, "set": set_name,
+            "patch_id": i, "target": int(p.target), "loc_y": int(p.location[0]), "loc_x": int(p.location[1]),
+            "image_id": np.arange(len(labels)), "label": labels.numpy(), "clean_pred": clean.numpy(),
+            "patched_pred": _patched_predictions(forward, images, p).numpy()}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def store_path():
+    """``results/outcomes/int8.parquet``: every (model, runtime, set, patch, image) outcome of the stage."""
+    return paths.results_dir() / "outcomes" / "int8.parquet"
+
+
+def int8_claims(store: pd.DataFrame, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """The equivalence claims from the outcome store alone (``triqdef report`` calls it again): per model and set,
+    ASR int8 − fake-quantized on the same patches and the images eligible on both runtimes (each runtime's own clean
+    predictions), studentised over the patches, and the two one-sided claims (within ±:data:`EQUIVALENCE_POINTS`).
+    Returns the claims and, per (model, set), the rates behind them."""
+    from triqdef.eval.defense_claims import SAME_PATCHES, common_image_difference
+    from triqdef.eval.intervals import claim_evidence, one_sided_p
+
+    claims, rates = [], []
+    models = list(dict.fromkeys(m.rsplit(" · ", 1)[0] for m in store["model"]))
+    for label in models:
+        for set_name in [s for s in SETS if not store[(store["model"] == f"{label} · int8") & (store["set"] == s)].empty]:
+            a, b = ({"model": f"{label} · {r}", "set": set_name} for r in ("int8", "fake"))
+            d, details = common_image_difference(store, a, b, pair_by=SAME_PATCHES, seed=seed)
+            rates.append({"model": label, "set": set_name, "fake": 100 * details["rate_against"],
+                          "int8": 100 * details["rate"], "difference": d, "common images": details["n_common"],
+                          "patches": d.n_patches})
+            statement = (f"{label}, {set_name.replace('whitebox', 'white-box')} LAVAN ASR, int8 − fake-quantized 8-bit "
+                         "(points)")
+            for side, margin in (("higher", -EQUIVALENCE_POINTS / 100), ("lower", EQUIVALENCE_POINTS / 100)):
+                p_holds, p_fails = one_sided_p(d, side, margin)   # for REPORT's familywise (Holm) verdict
+                claims.append(dict(claim_evidence(statement, d, side, margin), topic=label, p_holds=p_holds,
+                                   p_fails=p_fails))
+    return claims, rates
 
 
 def ptq_model(cfg, splits):
@@ -107,7 +142,8 @@ def run_int8(cfg, progress: bool = True) -> dict:
     from triqdef.attacks.patchsets import MATCHED, PAPER, load_patchset, regime_set, select
     from triqdef.eval.accuracy import first_test_images
     from triqdef.eval.deploy import extract_bitwidth
-    from triqdef.eval.intervals import Outcomes, bootstrap_rate, claim_evidence, difference, one_sided_p
+    from triqdef.eval import outcome_store
+    from triqdef.eval.intervals import Outcomes, bootstrap_rate, difference
     from triqdef.eval.robustness import UNSEEN_SETS
     from triqdef.meta import provenance, write_metrics
     from triqdef.reporting import plots
@@ -128,7 +164,7 @@ def run_int8(cfg, progress: bool = True) -> dict:
     size = sets["seen"][0].size
     models, _ = defended_models(cfg.model.name)
     models[PTQ_LABEL] = ptq_model(cfg, splits)
-    rows, claims, whitebox_seconds = [], [], {}
+    rows, store_frames, whitebox_seconds = [], [], {}
     latency_batch = min(cfg.robustness.latency_batch, len(test_y))
     for label, model in tqdm(list(models.items()), desc="int8 runtime", unit="model", disable=not progress):
         model = model.cpu()
@@ -157,23 +193,9 @@ def run_int8(cfg, progress: bool = True) -> dict:
         model_sets = dict(sets, whitebox=whitebox_set(model, label, cfg, splits, size))
         whitebox_seconds[label] = round(time.perf_counter() - tick, 1)
         for set_name, patches in model_sets.items():
-            hits_f, elig_f = _outcomes(fake_forward, fake_clean, patches, test_x, test_y)
-            hits_i, elig_i = _outcomes(int8, int8_clean, patches, test_x, test_y)
-            both = elig_f & elig_i          # compared on the images eligible on both runtimes
-            fake_o, int8_o = Outcomes(hits_f, both), Outcomes(hits_i, both)
-            d = difference(int8_o, fake_o, method="t")
-            row[f"{set_name} ASR fake"] = 100 * fake_o.rate()
-            row[f"{set_name} ASR int8"] = 100 * int8_o.rate()
-            row[f"{set_name} int8 − fake"] = 100 * d.value
-            row[f"{set_name} int8 − fake low"] = 100 * d.low
-            row[f"{set_name} int8 − fake high"] = 100 * d.high
-            row[f"{set_name} patches"] = len(patches)
-            row[f"{set_name} common images"] = int(both.any(0).sum())
-            statement = f"{label}, {set_name.replace('whitebox', 'white-box')} LAVAN ASR, int8 − fake-quantized 8-bit (points)"
-            for side, margin in (("higher", -EQUIVALENCE_POINTS / 100), ("lower", EQUIVALENCE_POINTS / 100)):
-                p_holds, p_fails = one_sided_p(d, side, margin)   # for REPORT's familywise (Holm) verdict
-                claims.append(dict(claim_evidence(statement, d, side, margin), topic=label, p_holds=p_holds,
-                                   p_fails=p_fails))
+            for runtime, forward, clean in (("fake", fake_forward, fake_clean), ("int8", int8, int8_clean)):
+                store_frames.append(store_rows(label, runtime, forward, clean, patches, set_name, test_x, test_y,
+                                               cfg.base.seed))
         deployed = extract_bitwidth(model, 8, cfg.model.name)
         for batch in (1, latency_batch):
             x = test_x[:batch].float() / 255.0
@@ -182,6 +204,15 @@ def run_int8(cfg, progress: bool = True) -> dict:
         row["size fp32 (KB)"] = deploy.model_bytes(deployed) / 1024
         row["size int8 (KB)"] = deploy.model_bytes(int8) / 1024
         rows.append(row)
+    store = outcome_store.validate(pd.concat(store_frames, ignore_index=True), "int8 outcomes")
+    outcome_store.write(store, store_path(), info={"regime": regime, "patch_size": size, "profile": cfg.base.profile})
+    claims, rates = int8_claims(store, cfg.base.seed)
+    for row in rows:   # each set's ASR on both runtimes and their difference, from the store
+        for r in (r for r in rates if r["model"] == row["model"]):
+            d, name = r["difference"], r["set"]
+            row.update({f"{name} ASR fake": r["fake"], f"{name} ASR int8": r["int8"], f"{name} int8 − fake": 100 * d.value,
+                        f"{name} int8 − fake low": 100 * d.low, f"{name} int8 − fake high": 100 * d.high,
+                        f"{name} patches": r["patches"], f"{name} common images": r["common images"]})
     table = pd.DataFrame(rows)
     meta = provenance(cfg, {"data": common.data_record(splits), "regime": regime, "patch_size": size,
                             "n_eval": len(test_y), "n_clean": len(splits.test.labels), "engine": ENGINE,
@@ -196,7 +227,8 @@ def run_int8(cfg, progress: bool = True) -> dict:
                f"of {WHITEBOX_PATCHES} white-box patches per model (one per class, {cfg.robustness.whitebox_steps} steps "
                f"on the model's own fake-quantized 8-bit view), each difference on the images eligible on both runtimes "
                f"(95 % studentised interval over patches); median latency (ms) at batch 1 and {latency_batch}, size of "
-               f"the state dict, against the fp32 deployed view. Claim: every ASR difference within "
+               f"the state dict, against the fp32 deployed view. Outcomes: results/outcomes/{store_path().name}. "
+               f"Claim: every ASR difference within "
                f"±{EQUIVALENCE_POINTS:g} points. Profile `{cfg.base.profile}`; one training seed.")
     save_table(table, "int8_runtime", meta, caption=caption_with_claims(caption, claims), floatfmt=".2f")
     plots.use_style()

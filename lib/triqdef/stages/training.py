@@ -342,7 +342,8 @@ def table2_claims(store: pd.DataFrame, seed: int = 0) -> list[dict]:
 
     where = {"model": S.PBAT, "bits": 8}
     d = difference(outcome_store.outcomes(store, set=S.T2_UNSEEN_2BIT, **where),
-                   outcome_store.outcomes(store, set=S.T2_SEEN_SAME_SIZE, **where), N_BOOT, seed, same_patches=False)
+                   outcome_store.outcomes(store, set=S.T2_SEEN_SAME_SIZE, **where), N_BOOT, seed, same_patches=False,
+                   method="t")
     statement = (f"PBAT {S.T2_8BIT}: '{S.T2_UNSEEN_2BIT}' − '{S.T2_SEEN_SAME_SIZE}' ASR (points), both sets the "
                  "same size")
     return [dict(claim_evidence(statement, d, "higher", TABLE2_RISE), topic="table2")]

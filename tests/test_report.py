@@ -347,3 +347,35 @@ def test_int8_claim_is_decided_from_its_outcome_store_alone(tmp_path):
     assert "**does not hold**" in _row(build_report(tmp_path), contains="holds on the int8 runtime")
     store(0.5, 0.51, n=40, seed_int8=2)
     assert "**inconclusive at this sample size**" in _row(build_report(tmp_path), contains="holds on the int8 runtime")
+
+
+def test_table6_claim_is_decided_from_its_outcome_store_alone(tmp_path):
+    """Section 4.4 (Table 6) from results/outcomes/table6.parquet alone: robust accuracy (the patched prediction is
+    the true class, every image counted), TriQDef against each preprocessing defense named in the store's info."""
+    import numpy as np
+
+    from helpers import outcome_rows, outcome_store_of
+
+    from triqdef.eval import outcome_store
+
+    def rows(model, bits, fooled, seed):   # patched_pred = label except on a share ``fooled`` of the images
+        frames = outcome_rows(model, "seen", "lavan", bits, [0.0] * 10, seed, n=1000)
+        rng = np.random.default_rng(seed)
+        for f in frames:
+            wrong = rng.random(len(f)) < fooled
+            f.loc[wrong, "patched_pred"] = (f.loc[wrong, "label"] + 1) % 10
+        return frames
+
+    jedi = "Jedi-style + TriQDef"
+    store = outcome_store_of([rows("TriQDef", 32, 0.1, 1), rows("TriQDef", 2, 0.2, 2), rows(jedi, 32, 0.5, 3),
+                              rows(jedi, 2, 0.6, 4)])
+    outcome_store.write(store, tmp_path / "outcomes" / "table6.parquet",
+                        info={"regime": "matched", "patch_size": 12, "preprocessing": [jedi]})
+    row = _row(build_report(tmp_path), contains="Table 6")
+    assert "**holds**" in row and "[12×12, matched size] robust accuracy under seen LAVAN (32-bit / 2-bit)" in row
+    assert f"TriQDef 89.9 / 79.7; {jedi} 49.7 / 40.3" in row   # 1 − the share fooled, as drawn
+    store = outcome_store_of([rows("TriQDef", 32, 0.5, 1), rows("TriQDef", 2, 0.2, 2), rows(jedi, 32, 0.1, 3),
+                              rows(jedi, 2, 0.6, 4)])   # TriQDef below the preprocessing at 32 bits
+    outcome_store.write(store, tmp_path / "outcomes" / "table6.parquet",
+                        info={"regime": "matched", "patch_size": 12, "preprocessing": [jedi]})
+    assert "**does not hold**" in _row(build_report(tmp_path), contains="Table 6")

@@ -231,6 +231,24 @@ def outcomes(frame, **where) -> Outcomes:
     return Outcomes(*_matrix(rows, keys, images))
 
 
+def robust_outcomes(frame, **where) -> Outcomes:
+    """Robust accuracy of one selection (Tables 6 and 13's "Adv"): per patch and test image, whether the patched
+    prediction is the true class, every image counted (not only the eligible ones); rows ordered as
+    :func:`outcomes`'."""
+    rows = select(frame, **where)
+    if rows.empty:
+        raise TriqdefError(f"no outcomes for {_describe(where)}: expected rows in the store for that selection")
+    keys = sorted(set(_patch_keys(rows)))
+    images = np.sort(rows["image_id"].unique())
+    correct = np.zeros((len(keys), len(images)), dtype=bool)
+    row = {k: i for i, k in enumerate(keys)}
+    col = {int(i): j for j, i in enumerate(images)}
+    r = np.fromiter((row[k] for k in _patch_keys(rows)), dtype=np.int64, count=len(rows))
+    c = rows["image_id"].map(col).to_numpy(dtype=np.int64)
+    correct[r, c] = rows["patched_pred"].to_numpy() == rows["label"].to_numpy()
+    return Outcomes(correct, np.ones_like(correct))
+
+
 @dataclass(frozen=True)
 class Paired:
     """Two selections on common images: ``a`` and ``b`` (same patch rows, paired by training seed and target;

@@ -239,9 +239,10 @@ STORE_OF = {"table5_comparisons": "table5", "table5_asr": "table5", "table7_comp
             "table7_ablation": "table7", "table16_comparisons": "table16", "table14_comparisons": "table14",
             "table1_transfer_asr": "table1", "table9_ptq_transfer_cifar": "table9",
             "table11_dynamic_quantization": "table11", "table2_qat_vs_pbat": "table2",
-            "table8_cross_architecture": "table8", "int8_runtime": "int8"}
+            "table8_cross_architecture": "table8", "int8_runtime": "int8",
+            "table6_preprocessing": "table6"}
 #: Stores of a table made in one regime only (notebook 04, Table 11): ``<name>.parquet``, the regime in its info.
-SINGLE_REGIME = ("table16", "table14", "table11", "int8")
+SINGLE_REGIME = ("table16", "table14", "table11", "int8", "table6")
 
 
 def _store_files(results: Path, name: str) -> list[tuple[str, Path]]:
@@ -752,18 +753,6 @@ def _qadt_r_pbat_unseen(results):
 # --------------------------------------------------------------------------- appendix C, section 4.4 (notebook 04)
 
 
-def _appendix_claims(results, table: str) -> tuple[pd.DataFrame, str, list[dict]]:
-    """A notebook-04 table, the words naming its regime and size, and the claims its metadata keeps (one regime
-    per table: the matched size when the patch stage made it)."""
-    t = _table(results, table)
-    meta = json.loads((results / "tables" / f"{table}.json").read_text())
-    size = meta.get("patch_size")
-    regime = meta.get("regime", "?")
-    claims = _recorded(meta.get("claims") or [], "matched" if regime == "matched" else "paper")
-    return t, (f"[{size}×{size}, {regime} size] " if regime == "matched" else f"[{size}×{size}, the paper's size] "), \
-        claims
-
-
 def _decided_claims(ours: str, claims: list[dict]) -> tuple[str, str]:
     if not claims:
         return ours + " (no intervals saved)", "not decided"
@@ -784,13 +773,21 @@ def _table16(results):
 
 
 def _table6(results):
-    t, size, claims = _appendix_claims(results, "table6_preprocessing")
-    t = t.set_index(S.MODEL)
-    cols = [c for c in t.columns if c.startswith("robust ") and not c.endswith((" low", " high"))]
-    rows = [m for m in t.index if m == S.TRIQDEF or str(t.loc[m, "type"]) == "preprocessing"]
-    ours = size + "robust accuracy under seen LAVAN (" + " / ".join(c.split(" ", 1)[1] for c in cols) + "): " + \
-        "; ".join(f"{m} {_fmt(t.loc[m, c] for c in cols)}" for m in rows) + "; DiffPure not run (no pretrained model offline)"
-    return _decided_claims(ours, claims)
+    """Section 4.4 (Table 6), from its outcome store alone: robust accuracy under the seen LAVAN patches, TriQDef
+    against the preprocessing defenses (:func:`triqdef.stages.appendix.table6_claims`)."""
+    from triqdef.eval import outcome_store
+    from triqdef.stages import appendix
+
+    _require_store(results, "table6")
+    regime, path = _store_files(results, "table6")[0]
+    store = _store_indexed(path).frame
+    preprocessing = outcome_store.read_info(path).get("preprocessing", [])
+    bits = sorted(int(b) for b in store["bits"].unique())[::-1]
+    rate = lambda model, b: 100 * outcome_store.robust_outcomes(store, model=model, bits=b).rate()
+    ours = (_store_size(results, "table6") + "robust accuracy under seen LAVAN (" + " / ".join(f"{b}-bit" for b in bits)
+            + "): " + "; ".join(f"{m} {_fmt(rate(m, b) for b in bits)}" for m in [S.TRIQDEF, *preprocessing])
+            + "; DiffPure not run (no pretrained model offline)")
+    return _decided_claims(ours, _recorded(appendix.table6_claims(store, preprocessing, int(store["seed"].min())), regime))
 
 
 def _table14(results):
@@ -1019,7 +1016,7 @@ CLAIMS = [
 #: Table 7's (``table7``), Tables 16 and 14 (``table16``, ``table14``), Tables 1, 9 and 11 and QADT-R's transfer
 #: claim (``table1``, ``table9``, ``table11``), the cross-bit matrix (``cross_bit``). ``tools/report_from_stores.py`` checks, on real
 #: pipeline outputs with every table deleted, that each of them reaches the same verdict.
-FROM_STORES = (_table1, _table2, _table8, _table9, _int8, _table11, _qadt_r_transfer, _unseen_reduction, _seen_2bit, _unseen_increase, _patchattack, _whitebox, _qadt_r_vs_baselines,
+FROM_STORES = (_table1, _table2, _table6, _table8, _table9, _int8, _table11, _qadt_r_transfer, _unseen_reduction, _seen_2bit, _unseen_increase, _patchattack, _whitebox, _qadt_r_vs_baselines,
                _qadt_r_pbat_unseen, _table7, _table7_gpdp, _speed_settings, _table16, _table14, _cross_bit)
 
 

@@ -99,15 +99,16 @@ def _regime(inp: Inputs) -> tuple[str, int]:
 def store_path(name: str):
     """An appendix table's outcome store: ``results/outcomes/<name>.parquet`` (``table16``, ``table14``; one regime,
     named in the store's info)."""
-    return paths.results_dir() / "outcomes" / f"{name}.parquet"
+    return paths.results_dir() / "outcomes" / f"{name}.parquet"   # table16, table14, table6
 
 
-def write_store(inp: Inputs, records: pd.DataFrame, name: str, regime: str, size: int) -> pd.DataFrame:
-    """The outcome store of ``records`` (issue 29, item 1), written to :func:`store_path`; returns its rows."""
+def write_store(inp: Inputs, records: pd.DataFrame, name: str, regime: str, size: int, **info) -> pd.DataFrame:
+    """The outcome store of ``records`` (issue 29, item 1), written to :func:`store_path` (``info``: more of its
+    info); returns its rows."""
     from triqdef.eval import outcome_store
 
     return outcome_store.write_records(records, inp.cfg.base.seed, inp.test_y.cpu().numpy(), store_path(name),
-                                       info={"regime": regime, "patch_size": size, "profile": inp.profile})
+                                       info={"regime": regime, "patch_size": size, "profile": inp.profile, **info})
 
 
 def table16_comparisons(store, seed: int = 0) -> pd.DataFrame:
@@ -227,16 +228,33 @@ def jedi_settings(inp: Inputs):
                         dilate=a.jedi_dilate, steps=a.jedi_inpaint_steps)
 
 
+def table6_claims(store: pd.DataFrame, preprocessing: list[str], seed: int = 0) -> list[dict]:
+    """Section 4.4's claim from Table 6's outcome store (``triqdef report`` calls it again): at each bit-width,
+    TriQDef's robust accuracy under the seen patches above each preprocessing defense's (``preprocessing``: their
+    model names in the store), the same patches and images drawn together."""
+    from triqdef.eval import outcome_store
+    from triqdef.eval.intervals import claim_evidence, paired_difference
+    from triqdef.eval.transfer import N_BOOT
+
+    claims = []
+    for b in sorted(store["bits"].unique(), reverse=True):
+        ours = outcome_store.robust_outcomes(store, model=S.TRIQDEF, bits=int(b))
+        for label in preprocessing:
+            d = paired_difference(ours, outcome_store.robust_outcomes(store, model=label, bits=int(b)), N_BOOT, seed)
+            claims.append(claim_evidence(f"{S.bit_view(int(b))} robust accuracy, {S.TRIQDEF} − {label} (points)", d,
+                                         "higher"))
+    return claims
+
+
 def table6_preprocessing(inp: Inputs) -> pd.DataFrame:
     """Table 6 in our terms: clean and robust accuracy (%) under the seen LAVAN patches (the appendix regime) at
     :data:`TABLE6_BITS`, each with its 95 % interval: every training-time defense, and the Jedi-style
     preprocessing in front of :data:`JEDI_ON`; DiffPure: a row that says it is out of reach offline."""
     from triqdef.attacks.patchsets import regime_set, select
     from triqdef.eval import robustness
-    from triqdef.eval.intervals import bootstrap_rate, claim_evidence, paired_difference
+    from triqdef.eval.intervals import Outcomes, bootstrap_rate
     from triqdef.eval.jedi import JediPreprocess
-    from triqdef.eval.transfer import N_BOOT, view_predictions
-    from triqdef.eval.intervals import Outcomes
+    from triqdef.eval.transfer import N_BOOT
     from triqdef.reporting.tables import save_table
 
     regime, size = _regime(inp)
@@ -245,17 +263,16 @@ def table6_preprocessing(inp: Inputs) -> pd.DataFrame:
     rows_in = [(m, "training", model) for m, model in inp.models.items()]
     rows_in += [(f"Jedi-style + {m}", "preprocessing", JediPreprocess(inp.models[m], settings)) for m in JEDI_ON]
     seed = inp.cfg.base.seed
-    rows, robust = [], {}
+    rows, records = [], []
     for label, kind, model in rows_in:
         row = {S.MODEL: label, "type": kind}
         for b in TABLE6_BITS:
             view = S.bit_view(b)
-            clean = view_predictions({view: (model, b)}, inp.test_x)[view]
-            correct = (clean == inp.test_y).numpy()[None]
-            acc = bootstrap_rate(Outcomes(correct, correct | True), N_BOOT, seed)
             rec = robustness.defense_records({label: model}, {S.SEEN: seen}, [b], inp.test_x, inp.test_y)
-            robust[(label, b)] = robustness.robust_outcomes(rec)
-            rob = bootstrap_rate(robust[(label, b)], N_BOOT, seed)
+            records.append(rec)
+            correct = (rec["clean_pred"].iloc[0] == inp.test_y.numpy())[None]   # clean: each image once
+            acc = bootstrap_rate(Outcomes(correct, correct | True), N_BOOT, seed)
+            rob = bootstrap_rate(robustness.robust_outcomes(rec), N_BOOT, seed)
             row.update({f"clean {view}": 100 * acc.value, f"clean {view} low": 100 * acc.low,
                         f"clean {view} high": 100 * acc.high, f"robust {view}": 100 * rob.value,
                         f"robust {view} low": 100 * rob.low, f"robust {view} high": 100 * rob.high})
@@ -263,13 +280,9 @@ def table6_preprocessing(inp: Inputs) -> pd.DataFrame:
     rows.append({S.MODEL: "DiffPure", "type": "preprocessing (not run: needs a pretrained diffusion model, "
                                               "out of reach offline)"})
     t6 = pd.DataFrame(rows)
-    claims = []  # section 4.4: TriQDef's robust accuracy above the preprocessing defenses' (same images and patches)
-    for b in TABLE6_BITS:
-        for label, kind, _ in rows_in:
-            if kind == "preprocessing":
-                d = paired_difference(robust[(S.TRIQDEF, b)], robust[(label, b)], N_BOOT, seed)
-                claims.append(claim_evidence(f"{S.bit_view(b)} robust accuracy, {S.TRIQDEF} − {label} (points)", d,
-                                             "higher"))
+    preprocessing = [label for label, kind, _ in rows_in if kind == "preprocessing"]
+    store = write_store(inp, pd.concat(records, ignore_index=True), "table6", regime, size, preprocessing=preprocessing)
+    claims = table6_claims(store, preprocessing, seed)
     save_table(t6, "table6_preprocessing", dict(inp.meta, regime=regime, patch_size=size, jedi=vars(settings),
                                                 claims=claims),
                caption=(f"Clean and robust accuracy (%) under the {len(seen)} seen LAVAN {size}×{size} patches "

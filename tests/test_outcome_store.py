@@ -42,6 +42,22 @@ def test_round_trip_and_rates(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["seen.parquet"]   # no temporary file left
 
 
+def test_robust_outcomes_count_every_image():
+    """Robust accuracy (Tables 6 and 13): the patched prediction is the true class, over every image, eligible or
+    not; the same as triqdef.eval.robustness.robust_outcomes reads from the records."""
+    from triqdef.eval.robustness import robust_outcomes as from_records
+
+    frame = _frame(n_images=50, correct_share=0.7)
+    o = store.robust_outcomes(frame, model="qat")
+    assert o.eligible.all() and o.hits.shape == (3, 50)
+    by_hand = [(frame[frame.target == t].patched_pred == frame[frame.target == t].label).to_numpy() for t in (0, 1, 2)]
+    assert np.array_equal(o.hits, np.stack(by_hand))
+    records = pd.DataFrame({"hits_fooling": [~h for h in by_hand]})   # what transfer_records keeps: patched != label
+    assert np.array_equal(from_records(records).hits, o.hits)
+    with pytest.raises(TriqdefError, match="no outcomes for"):
+        store.robust_outcomes(frame, model="pbat")
+
+
 def test_paired_comparison_uses_common_images_only():
     a = _frame("qat", rng_seed=1, correct_share=0.8)
     b = _frame("triqdef", rng_seed=2, correct_share=0.6)

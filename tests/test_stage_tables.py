@@ -324,7 +324,8 @@ def test_table2_and_table8_claims_are_decided_from_their_stores():
     assert rows["model"].tolist() == [S.PBAT, S.PBAT, f"{S.PBAT} · PTQ", f"{S.PBAT} (MSE clip)", f"{S.PBAT} · PTQ (MSE clip)"]
     assert rows["view"].tolist() == ["32-bit"] + ["8-bit"] * 4
 
-    rows8 = M.table8_store_rows(pd.DataFrame({"target": ["R56", "R56"], "view": [S.FP_VIEW, "2-bit"], "set": ["seen"] * 2}))
+    rows8 = M.table8_store_rows(pd.DataFrame({"target_model": ["R56", "R56"], "target": [3, 3], "view": [S.FP_VIEW, "2-bit"],
+                                              "set": ["seen"] * 2}))
     assert rows8["model"].tolist() == ["R56 FP", "R56 QAT"] and rows8["view"].tolist() == ["32-bit", "2-bit"]
     store8 = outcome_store_of([outcome_rows("R56 QAT", "seen", "lavan", 2, [0.9] * 10, 1, n=400),
                                outcome_rows("R56 QAT", "seen", "lavan", 8, [0.95] * 10, 2, n=400),

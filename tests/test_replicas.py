@@ -1,6 +1,6 @@
 """The replica group (issue 30, items 5 and 7; issue 29, item 6): seed-level intervals, one model's transfer ratio,
-the rates of a run from its store, the seed spread and comparison tables, the training-length table, and the bad
-inputs of the replica commands."""
+the rates of a run from its store, the seed spread and comparison tables, the training-length table, the two summary
+stages, and the bad inputs of the replica commands."""
 
 from pathlib import Path
 
@@ -170,15 +170,17 @@ def _store_rows(label, seed, eval_bits, source_bits, unseen, off, diag, rng, n_i
     return pd.concat(frames, ignore_index=True)
 
 
-def test_the_replicas_stage_writes_its_tables_figure_and_report_from_the_stores(tmp_path, monkeypatch):
-    """Stage replicas end to end on synthetic stores and metrics (no model): the core runs from Table 5's and
-    cross_bit's stores, the replicas from theirs; every output under results/replicas/, REPLICAS.md with the three
-    tables, the figure and the stage times against the 5,600-step budget."""
+def test_the_summary_stages_write_their_tables_figure_and_reports_from_the_stores(tmp_path, monkeypatch):
+    """Stages seed_summary and length_summary end to end on synthetic stores and metrics (no model): the core runs
+    from Table 5's and cross_bit's stores, the replicas from theirs; every output under results/replicas/, SEEDS.md
+    with the two seed tables and LENGTH.md with the length table and figure, each with its group's stage times
+    against the 5,600-step budget. The seed summary needs no training-length run."""
     import json
 
     from triqdef.config import load_config
     from triqdef.eval import outcome_store
     from triqdef.reporting import schemas as S
+    from triqdef.stages import length_summary, seed_summary
 
     monkeypatch.setenv("TRIQDEF_OUTPUT", str(tmp_path))
     cfg = load_config(None, "smoke")
@@ -214,18 +216,30 @@ def test_the_replicas_stage_writes_its_tables_figure_and_report_from_the_stores(
     (results / "bench").mkdir(parents=True)
     (results / "bench" / "reference_log.jsonl").write_text(json.dumps(
         {"median_ms": 1000.0, "measured_at": "2026-12-05T03:10:00+00:00"}) + "\n")
-    headline = replicas.run_replicas(cfg.only(replicas.PARAMS))
-    assert headline["stage_wall_time_s"] > 0
-    for name in ("seed_spread", "seed_comparisons", "training_length"):
-        assert (rep / "tables" / f"{name}.md").is_file() and (rep / "tables" / f"{name}.csv").is_file()
-    assert (rep / "figures" / "training_length.png").is_file() and (rep / "metrics" / "replicas.json").is_file()
-    text = (rep / "REPLICAS.md").read_text()
-    assert "## Training seeds" in text and "## Training length" in text and "figures/training_length.png" in text
-    n_replica_runs = len(cfg.seeds.methods) * len(cfg.seeds.training_seeds) + \
-        len(cfg.training_length.methods) * len(cfg.training_length.factors)
-    assert text.count("| yes") == n_replica_runs   # 600 s at 1,000 ms: 600 reference steps, within 5,600
-    comp = pd.read_csv(rep / "tables" / "seed_comparisons.csv")
+    length_stores = {p.name: p.read_bytes() for p in (rep / "outcomes" / "length").glob("*.parquet")}
+    for name in length_stores:
+        (rep / "outcomes" / "length" / name).unlink()
+    headline = seed_summary.run_seed_summary(cfg.only(seed_summary.PARAMS))   # no length run: not needed
+    assert headline["stage_wall_time_s"] > 0 and (rep / "metrics" / "seed_summary.json").is_file()
+    for name in ("seed_spread", "seed_comparisons"):
+        assert (rep / "tables" / "seeds" / f"{name}.md").is_file() and (rep / "tables" / "seeds" / f"{name}.csv").is_file()
+    text = (rep / "SEEDS.md").read_text()
+    assert "# Training seeds" in text and "against the baselines, seed level" in text and "training_length" not in text
+    assert text.count("| yes") == len(cfg.seeds.methods) * len(cfg.seeds.training_seeds)   # 600 ref steps each
+    comp = pd.read_csv(rep / "tables" / "seeds" / "seed_comparisons.csv")
     assert (comp.loc[comp["rate"] == UNSEEN, "verdict (lower)"] == intervals.HOLDS).all()
+    with pytest.raises(TriqdefError, match="not found.*length_eval@"):
+        length_summary.run_length_summary(cfg.only(length_summary.PARAMS))
+    for name, data in length_stores.items():
+        (rep / "outcomes" / "length" / name).write_bytes(data)
+    headline = length_summary.run_length_summary(cfg.only(length_summary.PARAMS))
+    assert {"triqdef", "pbat"} <= set(cfg.training_length.methods)
+    assert f"triqdef - pbat unseen ASR {max(eval_bits)}-bit 1600 steps" in headline
+    assert (rep / "tables" / "length" / "training_length.csv").is_file()
+    assert (rep / "figures" / "training_length.png").is_file() and (rep / "metrics" / "length_summary.json").is_file()
+    text = (rep / "LENGTH.md").read_text()
+    assert "# Training length" in text and "figures/training_length.png" in text
+    assert text.count("| yes") == len(cfg.training_length.methods) * len(cfg.training_length.factors)
     assert not list((results / "metrics").glob("seeds")) and not (results / "tables").exists()
 
 
@@ -236,5 +250,6 @@ def test_replica_commands_refuse_bad_input_in_one_line_and_write_nothing(tmp_pat
                           "training length x4 for qat")
     assert_one_line_error(run(["--profile", "smoke", "replicas", "seed", "pbat", "1"], tmp_path),
                           "replica checkpoint", "not found", "defense_seed@pbat-1")
-    assert_one_line_error(run(["--profile", "smoke", "replicas", "summary"], tmp_path), "not found")
+    assert_one_line_error(run(["--profile", "smoke", "replicas", "seed-summary"], tmp_path), "not found")
+    assert_one_line_error(run(["--profile", "smoke", "replicas", "length-summary"], tmp_path), "not found")
     assert not (tmp_path / "out" / "results" / "replicas").exists()

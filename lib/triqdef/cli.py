@@ -274,11 +274,19 @@ def _cmd_replicas_length(args, cfg) -> int:
     return 0
 
 
-def _cmd_replicas_summary(args, cfg) -> int:
-    from triqdef.stages import replicas
+def _cmd_replicas_seed_summary(args, cfg) -> int:
+    from triqdef.stages import seed_summary
 
-    m = replicas.run_replicas(cfg.only(replicas.PARAMS), progress=not args.quiet)
-    print(json.dumps({"stage_wall_time_s": m["stage_wall_time_s"], "report": "results/replicas/REPLICAS.md"}))
+    m = seed_summary.run_seed_summary(cfg.only(seed_summary.PARAMS), progress=not args.quiet)
+    print(json.dumps({"stage_wall_time_s": m["stage_wall_time_s"], "report": "results/replicas/SEEDS.md"}))
+    return 0
+
+
+def _cmd_replicas_length_summary(args, cfg) -> int:
+    from triqdef.stages import length_summary
+
+    m = length_summary.run_length_summary(cfg.only(length_summary.PARAMS), progress=not args.quiet)
+    print(json.dumps({"stage_wall_time_s": m["stage_wall_time_s"], "report": "results/replicas/LENGTH.md"}))
     return 0
 
 
@@ -402,8 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "results/replicas/outcomes/seeds/<method>-seed<K>.parquet", _cmd_replicas_seed),
                       ("evaluate a training-length run as its core run is (stage length_eval): "
                        "results/replicas/outcomes/length/<method>-x<F>.parquet", _cmd_replicas_length))
-    rpsub.add_parser("summary", help="seed spread, seed-level comparisons, training-length table and figure, "
-                                     "results/replicas/REPLICAS.md (stage replicas)").set_defaults(func=_cmd_replicas_summary)
+    rpsub.add_parser("seed-summary", help="seed spread and TriQDef against standard QAT and PBAT at the seed level: "
+                                          "results/replicas/SEEDS.md (stage seed_summary)"
+                     ).set_defaults(func=_cmd_replicas_seed_summary)
+    rpsub.add_parser("length-summary", help="the head-to-head against training steps, table and figure: "
+                                            "results/replicas/LENGTH.md (stage length_summary)"
+                     ).set_defaults(func=_cmd_replicas_length_summary)
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="what", metavar="WHAT")

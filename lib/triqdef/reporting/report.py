@@ -1154,7 +1154,7 @@ CELL = 160   # the longest cell of REPORT's first table (issue 29, item 8)
 FOREST = "claims_forest"
 SEEDS_NOTE = ("one training seed: the intervals cover test images and patches, not training runs (a retrained model "
               "may land elsewhere; the training-seed replicas of standard QAT, PBAT and TriQDef, with seed-level "
-              "intervals, are in [replicas/REPLICAS.md](replicas/REPLICAS.md), a group of stages apart from the core)")
+              "intervals, are in [replicas/SEEDS.md](replicas/SEEDS.md), a group of stages apart from the core)")
 METHOD_NOTE = ("95 % percentile bootstrap over test images and patches, as the notebook stages computed them; the "
                "coverage simulation finds it short of 95 % below 10 patches, so fewer patches decide nothing "
                "([design](../docs/design.md#interval-coverage))")

@@ -12,7 +12,7 @@ training run:
    bit-width on the first ``cross_bit.test_images`` test images (the diagonal is the white-box attack).
 
 Both go to one outcome store, ``results/replicas/outcomes/<group>/<run>.parquet``, whose ``seed`` column is the
-replica's training seed; stage ``replicas`` computes every rate from it (:mod:`triqdef.stages.replicas`).
+replica's training seed; stages ``seed_summary`` and ``length_summary`` compute every rate from it (:mod:`triqdef.stages.replicas`).
 """
 
 from __future__ import annotations

@@ -1,23 +1,21 @@
-"""Stage ``replicas``: the training-seed spread and the training-length curves, with seed-level intervals
-(issue 30, items 5 and 7; issue 29, item 6; docs/design.md#training-seeds, #training-length).
+"""The replica group's shared part: one run's headline rates from its outcome store, the seed spread and
+seed-level comparison tables, the training-length table and figure, and the replica stages' times (issue 30,
+items 5 and 7; issue 29, item 6; docs/design.md#training-seeds, #training-length).
 
-It reads the core run of each method (stage ``defense``, training seed ``base.seed``, evaluated by stages
-``training`` (Table 5's store) and ``cross_bit``) and its replicas (stages ``defense_seed`` / ``defense_length``,
-evaluated the same way by ``seed_eval`` / ``length_eval``), and computes for every run the headline rates:
+Two stages use it, so that the seed level does not wait for the training-length runs:
+:mod:`triqdef.stages.seed_summary` (``results/replicas/SEEDS.md``) and :mod:`triqdef.stages.length_summary`
+(``results/replicas/LENGTH.md``).
+
+Every run is the core run of a method (stage ``defense``, training seed ``base.seed``, evaluated by stages
+``training`` (Table 5's store) and ``cross_bit``) or a replica (stages ``defense_seed`` / ``defense_length``,
+evaluated the same way by ``seed_eval`` / ``length_eval``). Its headline rates:
 
 - clean accuracy at each of ``robustness.bits`` (all test images; 95 % Wilson interval);
 - the unseen ASR: targeted ASR of the five unseen LAVAN sets together (Table 5's rows, the deciding regime);
 - the white-box ASR at each ``cross_bit.source_bits`` (patches made on the run's own model at that bit-width);
 - the transfer ratio r(s, t) = ASR(s → t) / ASR(s → s) at every off-diagonal pair.
 
-Outputs, all under ``results/replicas/`` (no core stage and not REPORT.md depend on them):
-
-- table ``seed_spread``: per method and rate, each seed's value, the seed mean with its seed-level interval
-  (:mod:`triqdef.eval.seed_level`: seeds, then patches, then images), the seed-to-seed sd against the runs' own
-  sampling se, and which of the two dominates;
-- table ``seed_comparisons``: TriQDef minus standard QAT and minus PBAT, seed means, seed-level intervals, verdicts;
-- table ``training_length`` and figure ``training_length``: each rate against the training steps;
-- ``REPLICAS.md``: the three, what ran, and each replica stage's time in reference steps against its budget.
+No core stage and not REPORT.md depend on the replica group.
 """
 
 from __future__ import annotations
@@ -34,8 +32,6 @@ import pandas as pd
 from triqdef import paths
 from triqdef.errors import TriqdefError
 
-#: The params.yaml sections this stage reads.
-PARAMS = ("base", "robustness", "cross_bit", "seeds", "training_length")
 #: The replica groups: results/replicas/{models,metadata,metrics,plots,outcomes}/<group>/.
 GROUPS = ("seeds", "length")
 #: Each replica stage's budget (issue 30): 5,600 reference steps.
@@ -260,7 +256,8 @@ def stage_times() -> pd.DataFrame:
     return t
 
 
-def _markdown(table: pd.DataFrame, floatfmt=".2f") -> str:
+def markdown_table(table: pd.DataFrame, floatfmt=".2f") -> str:
+    """``table`` as Markdown, each interval as value ± half-width, empty cells blank."""
     from triqdef.reporting.tables import with_half_widths
 
     shown = with_half_widths(table, floatfmt)
@@ -268,88 +265,31 @@ def _markdown(table: pd.DataFrame, floatfmt=".2f") -> str:
     return shown.to_markdown(index=False, floatfmt=floatfmt, missingval="")
 
 
-def run_replicas(cfg, progress: bool = True) -> dict:
-    """Stage ``replicas``: the tables ``seed_spread``, ``seed_comparisons``, ``training_length``, the figure
-    ``training_length``, ``results/replicas/REPLICAS.md`` and the metrics ``results/replicas/metrics/replicas.json``."""
-    from triqdef.meta import provenance, write_metrics, write_text
-    from triqdef.reporting import plots
-    from triqdef.reporting.tables import save_figure, save_table
-
-    start = time.perf_counter()
-    sd, tl, seed = cfg.seeds, cfg.training_length, cfg.base.seed
+def rates_of(runs: list[Run], cfg) -> pd.DataFrame:
+    """:func:`run_rates` of every run in ``runs`` (at ``robustness.bits`` and ``cross_bit.source_bits``), stacked."""
     eval_bits, source_bits = list(cfg.robustness.bits), list(cfg.cross_bit.source_bits)
-    cores = {m: core_run(cfg, m) for m in dict.fromkeys(list(sd.methods) + list(tl.methods))}
-    seed_runs = [cores[m] for m in sd.methods] + [replica_run(cfg, m, training_seed=k) for m in sd.methods
-                                                  for k in sd.training_seeds]
-    length_runs = [cores[m] for m in tl.methods] + [replica_run(cfg, m, factor=f) for m in tl.methods for f in tl.factors]
-    rate_cache: dict[int, pd.DataFrame] = {}
+    return pd.concat([run_rates(r, eval_bits, source_bits, N_BOOT, cfg.base.seed) for r in runs], ignore_index=True)
 
-    def rates_of(runs):
-        frames = []
-        for r in runs:
-            if id(r) not in rate_cache:
-                rate_cache[id(r)] = run_rates(r, eval_bits, source_bits, N_BOOT, seed)
-            frames.append(rate_cache[id(r)])
-        return pd.concat(frames, ignore_index=True)
 
-    seed_rates, length_rates = rates_of(seed_runs), rates_of(length_runs)
-    spread = seed_spread(seed_rates, N_BOOT, seed)
-    comparisons = seed_comparisons(seed_rates, N_BOOT, seed)
-    lengths = length_table(length_rates)
-    out = paths.replicas_dir()
-    meta = provenance(cfg, {"seeds": [seed] + list(sd.training_seeds), "methods": list(sd.methods),
-                            "length_methods": list(tl.methods), "factors": [1.0] + list(tl.factors),
-                            "eval_bits": eval_bits, "source_bits": source_bits, "n_boot": N_BOOT})
-    seeds_text = ", ".join(str(s) for s in [seed] + list(sd.training_seeds))
-    save_table(spread, "seed_spread", meta, out / "tables", floatfmt=".2f", caption=(
-        f"Training seeds {seeds_text} (the first: the core run) of {', '.join(sd.methods)}: each headline rate per "
-        f"seed, the seed mean with its seed-level 95 % interval (seeds, then patches, then images), the seed-to-seed "
-        f"sd against the runs' mean sampling se, and which dominates. Profile `{cfg.base.profile}`."))
-    save_table(comparisons, "seed_comparisons", meta, out / "tables", floatfmt=".2f", caption=(
-        "TriQDef's seed mean minus each baseline's, with the seed-level 95 % interval (seeds drawn independently per "
-        "method); 'lower' holds when the interval lies below 0. Not familywise: read with the count of rows."))
-    save_table(lengths, "training_length", meta, out / "tables", floatfmt=".2f", caption=(
-        f"{', '.join(tl.methods)} trained for {', '.join(f'{f:g}' for f in [1.0] + list(tl.factors))} × the core "
-        f"run's steps (one training seed, {seed}): each headline rate with its 95 % interval."))
-    plots.use_style()
-    save_figure(length_figure(lengths, (max(eval_bits), min(eval_bits))), "training_length", out / "figures")
+def times_markdown(group: str) -> list[str]:
+    """The stage-time section of a summary: each of ``group``'s replica stages against its budget."""
     times = stage_times()
-    write_text(out / "REPLICAS.md", replicas_markdown(cfg, meta, spread, comparisons, lengths, times))
-    headline = {f"{r['method']} {r['rate']} {r['where']} sd": round(float(r["sd (seeds)"]), 3)
-                for r in spread.to_dict("records") if r["rate"] != RATIO and np.isfinite(r.get("sd (seeds)", np.nan))}
-    headline["stage_wall_time_s"] = round(time.perf_counter() - start, 1)
-    write_metrics("replicas", headline, meta, results=out)
-    return headline
+    times = times[times["stage"].str.split("/").str[0] == group]
+    shown = times[["stage", "created", "seconds", "reference_ms", "reference_steps", "within budget"]]
+    return ["## Stage times", "",
+            f"Each replica stage's wall time in reference steps (budget {REPLICA_BUDGET_STEPS:,} per stage, "
+            "issue 30; the reference measured nearest the stage's end).", "",
+            shown.to_markdown(index=False, floatfmt=",.0f"), ""]
 
 
-def replicas_markdown(cfg, meta: dict, spread: pd.DataFrame, comparisons: pd.DataFrame, lengths: pd.DataFrame,
-                      times: pd.DataFrame) -> str:
-    """``results/replicas/REPLICAS.md``."""
+def header(title: str, command: str, stage: str, evaluation: str, meta: dict) -> list[str]:
+    """The opening lines of a summary: what generated it, from what, and the provenance."""
     from triqdef.reporting.report import data_source_of
 
-    sd, tl = cfg.seeds, cfg.training_length
-    dominant = spread["dominates"].value_counts().to_dict() if "dominates" in spread else {}
-    lines = ["# Training seeds and training length (the replica group)", "",
-             "Generated by `triqdef replicas summary` (DVC stage `replicas`) from the outcome stores of the core run "
-             "(stages `training`, `cross_bit`) and of the replicas (stages `seed_eval`, `length_eval`). A group of "
-             "stages apart from the core: REPORT.md does not depend on it, and `dvc repro report` does not run it "
-             "([design](../../docs/design.md#training-seeds)).", "",
-             f"Profile `{meta.get('profile')}`, commit `{meta.get('commit')}`, data `{data_source_of(paths.results_dir())}`; "
-             f"{N_BOOT:,} bootstrap replicates per interval.", "",
-             "## Training seeds", "",
-             f"{', '.join(sd.methods)}, each trained with seeds {', '.join(str(s) for s in meta['seeds'])} (the first "
-             "is the core run) from the same start checkpoint and data, each drawing its batches and its training's "
-             "randomness from its own seed, and evaluated on the same test images with the same patches. Over all rates, the seed-to-seed spread "
-             f"dominates the runs' own sampling error in {dominant.get('seed spread', 0)} and sampling dominates in "
-             f"{dominant.get('sampling', 0)} (a single run's verdict is at the mercy of the training seed where the "
-             "former holds).", "", _markdown(spread), "",
-             "### TriQDef against the baselines, seed level", "", _markdown(comparisons), "",
-             "## Training length", "",
-             f"{', '.join(tl.methods)} at {', '.join(f'{f:g}' for f in meta['factors'])} × the core run's steps, one "
-             "training seed.", "", "![training length](figures/training_length.png)", "", _markdown(lengths), "",
-             "## Stage times", "",
-             f"Each replica stage's wall time in reference steps (budget {REPLICA_BUDGET_STEPS:,} per stage, "
-             "issue 30).", ""]
-    shown = times[["stage", "created", "seconds", "reference_ms", "reference_steps", "within budget"]]
-    lines += [shown.to_markdown(index=False, floatfmt=",.0f"), ""]
-    return "\n".join(lines) + "\n"
+    return [f"# {title}", "",
+            f"Generated by `{command}` (DVC stage `{stage}`) from the outcome stores of the core run (stages "
+            f"`training`, `cross_bit`) and of the replicas (stage `{evaluation}`). A group of stages apart from the "
+            "core: REPORT.md does not depend on it, and `dvc repro report` does not run it "
+            "([design](../../docs/design.md#training-seeds)).", "",
+            f"Profile `{meta.get('profile')}`, commit `{meta.get('commit')}`, data "
+            f"`{data_source_of(paths.results_dir())}`; {N_BOOT:,} bootstrap replicates per interval.", ""]

@@ -20,6 +20,7 @@ the two is larger: whether a verdict drawn from one run is at the mercy of the t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,12 +47,29 @@ def seed_level_interval(values: Sequence[float], replicates: Sequence[np.ndarray
                        n_boot, level, n_images, n_patches)
 
 
-def seed_level_difference(a: tuple[Sequence[float], Sequence[np.ndarray]], b: tuple[Sequence[float], Sequence[np.ndarray]],
-                          n_boot: int = 2000, seed: int = 0, level: float = LEVEL) -> Interval:
-    """mean(a) − mean(b) of two methods' runs (each ``(values, replicates)``), the seed level drawn independently
-    for each method (different models), each run's own replicates within."""
-    value = float(np.nanmean(np.asarray(a[0], dtype=float)) - np.nanmean(np.asarray(b[0], dtype=float)))
-    diff = _level_replicates(*a, n_boot=n_boot, seed=seed) - _level_replicates(*b, n_boot=n_boot, seed=seed + 1)
+def seed_level_paired_difference(values: np.ndarray, replicates: np.ndarray, n_boot: int = 2000, seed: int = 0,
+                                 level: float = LEVEL) -> Interval:
+    """mean(A) − mean(B) of two methods' runs compared pair by pair on common images and paired patches.
+
+    ``values[i, j]``: run i of A minus run j of B, each pair's paired difference (the same patches or targets, on
+    the images eligible for both, :func:`triqdef.eval.outcome_store.aligned`); ``replicates[i, j]``: its (``n_boot``,)
+    two-way replicates, the same images and patches drawn for both runs. One replicate of the seed level draws the
+    runs of A and, independently, those of B with replacement and averages the drawn pairs' replicates of that
+    index, so the interval holds the seed spread of both methods and the sampling of patches and images, without
+    the patch-to-patch spread both runs share. NaN pairs (no common image) are left out."""
+    values = np.asarray(values, dtype=float)
+    reps = np.asarray(replicates, dtype=float)
+    if values.ndim != 2 or reps.shape != (*values.shape, n_boot):
+        raise TriqdefError(f"paired seed-level difference of values {values.shape} and replicates {reps.shape}: "
+                           f"expected (runs of A, runs of B) and (runs of A, runs of B, {n_boot})")
+    n_a, n_b = values.shape
+    rng = np.random.default_rng([seed, 98])
+    drawn_a, drawn_b = rng.integers(0, n_a, size=(n_boot, n_a)), rng.integers(0, n_b, size=(n_boot, n_b))
+    picked = reps[drawn_a[:, :, None], drawn_b[:, None, :], np.arange(n_boot)[:, None, None]]   # (B, n_a, n_b)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # (a replicate whose drawn pairs are all NaN)
+        diff = np.nanmean(picked.reshape(n_boot, -1), axis=1)
+        value = float(np.nanmean(values))
     return _percentile(value, diff, n_boot, level)
 
 

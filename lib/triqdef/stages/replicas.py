@@ -186,26 +186,92 @@ def seed_spread(rates: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0) -> pd.
     return pd.DataFrame(out)
 
 
-def seed_comparisons(rates: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
-    """TriQDef's seed mean minus each baseline's (standard QAT, PBAT) on the ASRs and the transfer ratios (lower is
-    the claim), with the seed-level interval of the difference and its verdict."""
-    from triqdef.eval import intervals, seed_level
+#: How each rate's patches pair across two runs: the unseen sets are the same patches on every model (each set's
+#: patch ids), the white-box and cross-bit patches are each model's own (one per target class). Not by training
+#: seed: the runs compared come from different training seeds.
+PAIR_UNSEEN, PAIR_OWN = ("set", "patch_id"), ("target",)
 
+
+def _comparable(run: Run, eval_bits, source_bits) -> list[tuple[str, str, list[dict], tuple[str, ...]]]:
+    """The compared rates of ``run``: (rate, where, the store selections behind it, how patches pair). One
+    selection for an ASR; two, the off-diagonal then the diagonal, for a transfer ratio."""
+    from triqdef.eval import cross_bit, robustness
+    from triqdef.stages.cross_bit import off_diagonal
+
+    out = [(UNSEEN, f"{b}-bit", [dict(attack="lavan", set=list(robustness.UNSEEN_SETS), bits=b)], PAIR_UNSEEN)
+           for b in eval_bits]
+    out += [(WHITEBOX, f"{s}-bit", [dict(set=cross_bit.set_name(s), bits=s)], PAIR_OWN) for s in source_bits]
+    targets = sorted(run.store.loc[run.store["set"].str.startswith("cross_bit@"), "bits"].unique(), reverse=True)
+    out += [(RATIO, f"{s}→{t}", [dict(set=cross_bit.set_name(s), bits=int(t)), dict(set=cross_bit.set_name(s), bits=s)],
+             PAIR_OWN) for s, t in off_diagonal(source_bits, targets)]
+    return out
+
+
+def paired_replicates(a: Run, b: Run, selections: list[dict], pair_by: tuple[str, ...], n_boot: int = N_BOOT,
+                      seed: int = 0) -> tuple[float, np.ndarray, int, int]:
+    """Run ``a``'s rate minus run ``b``'s on common images, patches paired by ``pair_by``
+    (:func:`triqdef.eval.outcome_store.aligned`), with its two-way replicates (the same images and patches drawn
+    for both runs); a rate of two selections is their ratio (a transfer ratio: off-diagonal over diagonal, all
+    four on the same images). Returns the difference, its replicates, the common images and the paired patches."""
+    from triqdef.eval import intervals, outcome_store
+
+    frames = [a.store] * len(selections) + [b.store] * len(selections)
+    sel = [dict(w, model=a.label) for w in selections] + [dict(w, model=b.label) for w in selections]
+    views, _ = outcome_store.aligned(frames, sel, pair_by)
+    images, patches = intervals.resampling_counts(views[0].n_images, views[0].n_patches, n_boot, seed)
+    reps = [intervals.replicates_of(o, images, patches) for o in views]
+    rates = [np.asarray(o.rate(), dtype=float) for o in views]
+
+    def rate_of(values):
+        if len(selections) == 1:
+            return values[0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(values[1] > 0, values[0] / values[1], np.nan)
+
+    k = len(selections)
+    value = float(rate_of(rates[:k]) - rate_of(rates[k:]))
+    n_common = int(np.logical_or.reduce([o.eligible.any(0) for o in views]).sum())
+    return value, rate_of(reps[:k]) - rate_of(reps[k:]), n_common, views[0].n_patches
+
+
+def seed_comparisons(runs: list[Run], eval_bits, source_bits, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+    """TriQDef minus each baseline (standard QAT, PBAT) on the ASRs and the transfer ratios (lower is the claim),
+    at the seed level and paired: every run of TriQDef against every run of the baseline on their common images
+    with paired patches (:func:`paired_replicates`), the seeds of both methods resampled
+    (:func:`triqdef.eval.seed_level.seed_level_paired_difference`); with the common images (range over the run
+    pairs), the paired patches and the verdict."""
+    from triqdef.eval import intervals, seed_level
+    from triqdef.eval.outcome_store import NoCommonImages
+
+    by_method = {m: [r for r in runs if r.method == m] for m in dict.fromkeys(r.method for r in runs)}
+    model_runs = by_method.get(MODEL, [])
     out = []
-    asr = rates[rates["rate"] != CLEAN]
     for baseline in BASELINES:
-        for (rate, where), g in asr.groupby(["rate", "where"], sort=False):
-            a, b = (g[(g["method"] == m) & np.isfinite(g["value"])] for m in (MODEL, baseline))
-            if a.empty or b.empty:
+        base_runs = by_method.get(baseline, [])
+        if not model_runs or not base_runs:
+            continue
+        for rate, where, selections, pair_by in _comparable(model_runs[0], eval_bits, source_bits):
+            values = np.full((len(model_runs), len(base_runs)), np.nan)
+            reps = np.full((*values.shape, n_boot), np.nan)
+            commons, n_patches = [], 0
+            for i, a in enumerate(model_runs):
+                for j, b in enumerate(base_runs):
+                    try:
+                        values[i, j], reps[i, j], n_common, n_patches = paired_replicates(a, b, selections, pair_by,
+                                                                                          n_boot, seed)
+                    except NoCommonImages:   # (tiny smoke models) no image eligible for both
+                        continue
+                    commons.append(n_common)
+            if not commons:
                 continue
-            ci = seed_level.seed_level_difference((list(a["value"]), list(a["replicates"])),
-                                                  (list(b["value"]), list(b["replicates"])), n_boot, seed)
-            scale = 100 if rate != RATIO else 1
-            verdict = intervals.verdict(intervals.Interval(ci.value / scale, ci.low / scale, ci.high / scale, 0, 0, 0,
-                                                           n_boot), "lower")
-            out.append({"comparison": f"{MODEL} − {baseline}", "rate": rate, "where": where, "seeds": f"{len(a)} / {len(b)}",
-                        "difference": ci.value, "difference low": ci.low, "difference high": ci.high,
-                        "verdict (lower)": verdict})
+            scale = 1 if rate == RATIO else 100
+            ci = seed_level.seed_level_paired_difference(values, reps, n_boot, seed)
+            out.append({"comparison": f"{MODEL} − {baseline}", "rate": rate, "where": where,
+                        "seeds": f"{len(model_runs)} / {len(base_runs)}",
+                        "common images": f"{min(commons)}–{max(commons)}" if min(commons) < max(commons) else
+                        str(commons[0]), "patches": n_patches,
+                        "difference": scale * ci.value, "difference low": scale * ci.low,
+                        "difference high": scale * ci.high, "verdict (lower)": intervals.verdict(ci, "lower")})
     return pd.DataFrame(out)
 
 

@@ -41,7 +41,8 @@ def run_seed_summary(cfg, progress: bool = True) -> dict:
         replicas.replica_run(cfg, m, training_seed=k) for m in sd.methods for k in sd.training_seeds]
     rates = replicas.rates_of(runs, cfg)
     spread = replicas.seed_spread(rates, replicas.N_BOOT, seed)
-    comparisons = replicas.seed_comparisons(rates, replicas.N_BOOT, seed)
+    comparisons = replicas.seed_comparisons(runs, list(cfg.robustness.bits), list(cfg.cross_bit.source_bits),
+                                           replicas.N_BOOT, seed)
     out = paths.replicas_dir()
     meta = provenance(cfg, {"seeds": [seed] + list(sd.training_seeds), "methods": list(sd.methods),
                             "eval_bits": list(cfg.robustness.bits), "source_bits": list(cfg.cross_bit.source_bits),
@@ -52,8 +53,10 @@ def run_seed_summary(cfg, progress: bool = True) -> dict:
         f"seed, the seed mean with its seed-level 95 % interval (seeds, then patches, then images), the seed-to-seed "
         f"sd against the runs' mean sampling se, and which dominates. Profile `{cfg.base.profile}`."))
     save_table(comparisons, "seed_comparisons", meta, out / "tables" / GROUP, floatfmt=".2f", caption=(
-        "TriQDef's seed mean minus each baseline's, with the seed-level 95 % interval (seeds drawn independently per "
-        "method); 'lower' holds when the interval lies below 0. Not familywise: read with the count of rows."))
+        "TriQDef minus each baseline, every run of one against every run of the other on their common images "
+        "with paired patches (unseen: the same patches; white-box and cross-bit: each model's own, paired by "
+        "target), with the seed-level 95 % interval (the seeds of both methods resampled, then patches and images); "
+        "'lower' holds when the interval lies below 0. Not familywise: read with the count of rows."))
     write_text(out / "SEEDS.md", seeds_markdown(cfg, meta, spread, comparisons))
     headline = {f"{r['method']} {r['rate']} {r['where']} sd": round(float(r["sd (seeds)"]), 3)
                 for r in spread.to_dict("records") if r["rate"] != RATIO and np.isfinite(r.get("sd (seeds)", np.nan))}
@@ -78,6 +81,11 @@ def seeds_markdown(cfg, meta: dict, spread: pd.DataFrame, comparisons: pd.DataFr
               "dominates and about 99 % where sampling does (simulated: "
               "[coverage](../../docs/design.md#training-seeds)).", "",
               replicas.markdown_table(spread), "",
-              "## TriQDef against the baselines, seed level", "", replicas.markdown_table(comparisons), ""]
+              "## TriQDef against the baselines, seed level", "",
+              "Every run of TriQDef against every run of the baseline, on the images eligible for both (column "
+              "*common images*: the range over the run pairs) with paired patches (the unseen sets: the same "
+              "patches; white-box and cross-bit: each model's own, paired by target); the seeds of both methods "
+              "resampled, then patches and images. Not familywise: read with the count of rows.", "",
+              replicas.markdown_table(comparisons), ""]
     lines += replicas.times_markdown(GROUP)
     return "\n".join(lines) + "\n"

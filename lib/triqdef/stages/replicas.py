@@ -230,7 +230,7 @@ def paired_replicates(a: Run, b: Run, selections: list[dict], pair_by: tuple[str
 
     k = len(selections)
     value = float(rate_of(rates[:k]) - rate_of(rates[k:]))
-    n_common = int(np.logical_or.reduce([o.eligible.any(0) for o in views]).sum())
+    n_common = int(views[0].eligible.any(0).sum())   # aligned: every view has the same eligible (patch, image)s
     return value, rate_of(reps[:k]) - rate_of(reps[k:]), n_common, views[0].n_patches
 
 

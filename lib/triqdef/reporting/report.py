@@ -244,7 +244,7 @@ STORE_OF = {"table5_comparisons": "table5", "table5_asr": "table5", "table7_comp
             "table8_cross_architecture": "table8", "int8_runtime": "int8",
             "table6_preprocessing": "table6"}
 #: Stores of a table made in one regime only (notebook 04, Table 11): ``<name>.parquet``, the regime in its info.
-SINGLE_REGIME = ("table16", "table14", "table11", "int8", "table6", "clean")
+SINGLE_REGIME = ("table16", "table14", "table11", "int8", "table6", "clean", "stq")
 
 
 def _store_files(results: Path, name: str) -> list[tuple[str, Path]]:
@@ -795,25 +795,33 @@ def _table14(results):
 # --------------------------------------------------------------------------- STQ (notebook 05)
 
 
-def _stq_table(results) -> tuple[pd.DataFrame, list[dict]]:
-    t = _table(results, "stq_attacks").set_index(S.MODEL)
-    meta = json.loads((results / "tables" / "stq_attacks.json").read_text())
-    return t, meta.get("claims") or []
+def _stq_store(results) -> tuple[pd.DataFrame, list[dict], dict]:
+    """The STQ rates, claims and memory footprints from ``results/outcomes/stq.parquet`` alone
+    (:func:`triqdef.stages.stq.stq_claims`, as the stage computed them)."""
+    from triqdef.eval import outcome_store
+    from triqdef.stages import stq
+
+    _require_store(results, "stq")
+    path = _store_files(results, "stq")[0][1]
+    store = _store_indexed(path).frame
+    return stq.rates(store), stq.stq_claims(store, int(store["seed"].min())), outcome_store.read_info(path).get("memory_kb", {})
 
 
 def _stq_clean(results):
-    t, claims = _stq_table(results)
+    t, claims, kb = _stq_store(results)
     ours = (f"STQ {t.loc['STQ', 'clean']:.1f} % vs FP {t.loc['FP (tiny)', 'clean']:.1f} % clean; memory "
-            f"{t.loc['STQ', 'memory KB']:.0f} vs {t.loc['FP (tiny)', 'memory KB']:.0f} KB")
+            f"{kb['STQ']:.0f} vs {kb['FP (tiny)']:.0f} KB")
     return _decided_claims(ours, _recorded([c for c in claims if c["statement"].startswith("clean accuracy")]))
 
 
 def _stq_distillation(results):
-    t, claims = _stq_table(results)
+    t, claims, _ = _stq_store(results)
     attacks = ("fgsm", "pgd", "cw")
     ours = "robust accuracy STQ-T50 vs STQ-T1: " + "; ".join(
         f"{a.upper()} {t.loc['STQ-T50', a]:.1f} vs {t.loc['STQ-T1', a]:.1f} %" for a in attacks)
-    return _decided_claims(ours, _recorded([c for c in claims if "STQ-T50 − STQ-T1" in c["statement"]]))
+    mine = _recorded([c for c in claims if "STQ-T50 − STQ-T1" in c["statement"]])
+    ours, _ = _decided_claims(ours + f" (familywise: Holm over {len(mine)})", mine)
+    return ours, familywise(mine)
 
 
 def _stq_jacobian(results):
@@ -1005,7 +1013,8 @@ CLAIMS = [
 #: claim (``table1``, ``table9``, ``table11``), the cross-bit matrix (``cross_bit``). ``tools/report_from_stores.py`` checks, on real
 #: pipeline outputs with every table deleted, that each of them reaches the same verdict.
 FROM_STORES = (_table1, _table2, _table6, _table8, _table9, _int8, _table11, _qadt_r_transfer, _unseen_reduction, _seen_2bit, _unseen_increase, _patchattack, _whitebox, _qadt_r_vs_baselines,
-               _qadt_r_pbat_unseen, _table7, _table7_gpdp, _speed_settings, _table16, _table14, _cross_bit, _clean_cost)
+               _qadt_r_pbat_unseen, _table7, _table7_gpdp, _speed_settings, _table16, _table14, _cross_bit, _clean_cost,
+               _stq_clean, _stq_distillation)
 
 
 # --------------------------------------------------------------------------- pipeline time

@@ -68,25 +68,13 @@ def accuracy_table(store: pd.DataFrame) -> pd.DataFrame:
     return t.loc[list(dict.fromkeys(clean["model"]))]
 
 
-def _normal_p(value: float, se: float, claim: str, margin: float) -> tuple[float, float]:
-    """``(p_holds, p_fails)`` of a difference of accuracies on N images from its bootstrap standard error, on the
-    normal approximation (no patch level: the t quantile's degrees of freedom are the images, thousands)."""
-    from scipy import stats
-
-    if not (np.isfinite(se) and se > 0):
-        return float("nan"), float("nan")
-    z = (value - margin) / se
-    above, below = float(stats.norm.sf(z)), float(stats.norm.cdf(z))
-    return (above, below) if claim == "higher" else (below, above)
-
-
 def clean_claims(store: pd.DataFrame, model: str, reference: str, margin_points: float = CLOSE_CLEAN_POINTS,
                  n_boot: int = N_BOOT, seed: int = 0) -> list[dict]:
     """At each bit-width both models have: accuracy of ``model`` − ``reference`` (points) on the same test images,
-    with its paired 95 % bootstrap interval (:func:`triqdef.eval.intervals.difference`: the same images drawn for
-    both), claimed higher than ``margin_points``; each record carries its one-sided p-values for the familywise
-    (Holm) verdict of :func:`triqdef.eval.defense_claims.familywise`."""
-    from triqdef.eval.intervals import Outcomes, claim_evidence, difference
+    with its paired 95 % bootstrap interval (:func:`triqdef.eval.accuracy_claims.paired_accuracy_claim`: the same
+    images drawn for both), claimed higher than ``margin_points``; each record carries its one-sided p-values for
+    the familywise (Holm) verdict of :func:`triqdef.eval.defense_claims.familywise`."""
+    from triqdef.eval.accuracy_claims import paired_accuracy_claim
 
     def bits_of(m):
         return set(store.loc[store["model"] == m, "bits"])
@@ -98,17 +86,9 @@ def clean_claims(store: pd.DataFrame, model: str, reference: str, margin_points:
     out = []
     for bits in common:
         a, b = correct(store, model, bits), correct(store, reference, bits)
-        images = a.index.intersection(b.index)
-        if images.empty:
-            raise TriqdefError(f"clean outcome store: {model} and {reference} at {bits} bits share no test image")
-        ci = difference(Outcomes.accuracy(a.loc[images].to_numpy()), Outcomes.accuracy(b.loc[images].to_numpy()),
-                        n_boot=n_boot, seed=seed + bits)
         view = "32-bit" if bits == 32 else f"{bits}-bit"
-        ev = claim_evidence(f"{view} clean accuracy, {model} − {reference} (points)", ci, "higher", margin_points / 100)
-        p_holds, p_fails = _normal_p(ci.value, ci.se, "higher", margin_points / 100)
-        out.append(dict(ev, topic="clean_cost", bits=bits, p_holds=p_holds, p_fails=p_fails,
-                        accuracy=100 * ci.value + 100 * float(b.loc[images].mean()),
-                        reference_accuracy=100 * float(b.loc[images].mean())))
+        out.append(paired_accuracy_claim(a, b, f"{view} clean accuracy, {model} − {reference} (points)", "higher",
+                                         margin_points / 100, n_boot, seed + bits, topic="clean_cost", bits=bits))
     return out
 
 

@@ -1306,7 +1306,7 @@ def build_report(results: Path | None = None, cfg=None, rows: list[Row] | None =
         lines += [f"![Each claim's deciding intervals against its threshold](figures/{FOREST}.png)", "",
                   "*Each claim's deciding intervals (95 %), drawn as the distance to the claim's own threshold with "
                   "the claimed side to the right: wholly right of the line, the claim holds there; wholly left, it does "
-                  "not. Claims decided without an interval (Table 3, Figure 2, Tables 17, 18, Grad-CAM, STQ's) are in "
+                  "not. Claims decided without an interval (Table 3, Figure 2, Tables 17, 18, Grad-CAM, STQ's Jacobian) are in "
                   "the table only.*", ""]
     lines += ["| # | where | claim | paper | ours | verdict |", "|---|---|---|---|---|---|"]
     for row in rows:

@@ -825,14 +825,20 @@ def _stq_distillation(results):
 
 
 def _stq_jacobian(results):
-    t = _table(results, "stq_jacobian").set_index(S.MODEL)
-    claims = json.loads((results / "tables" / "stq_jacobian.json").read_text()).get("claims") or []
+    """STQ's Jacobian claim from ``results/outcomes/stq_jacobian.parquet`` alone (a measurement store:
+    :func:`triqdef.stages.stq.jacobian_summary`, as the stage computed it)."""
+    from triqdef.eval import measure_store
+    from triqdef.stages import stq
+
+    path = results / "outcomes" / "stq_jacobian.parquet"
+    if not path.is_file():
+        raise Missing("outcomes/stq_jacobian.parquet")
+    t, c = stq.jacobian_summary(measure_store.read(path), int(measure_store.read_info(path).get("seed", 0)))
+    t = t.set_index(S.MODEL)
     ours = "mean ‖J‖_F²: " + ", ".join(f"{m} {t.loc[m, 'jacobian_fro_sq']:.3g}" for m in t.index)
-    if claims:  # not a rate: the interval is in the table's own units, not points
-        c = claims[0]
-        return (ours + f". 95% CI of STQ − FP: {c['value']:+.3g} [{c['low']:+.3g}, {c['high']:+.3g}] "
-                       f"({c['n_images']} images): {c['verdict']}"), c["verdict"]
-    return ours, "not decided"
+    # not a rate: the interval is in the table's own units, not points
+    return (ours + f". 95% CI of STQ − FP: {c['value']:+.3g} [{c['low']:+.3g}, {c['high']:+.3g}] "
+                   f"({c['n_images']} images): {c['verdict']}"), c["verdict"]
 
 
 def _deploy(results):
@@ -1014,7 +1020,7 @@ CLAIMS = [
 #: pipeline outputs with every table deleted, that each of them reaches the same verdict.
 FROM_STORES = (_table1, _table2, _table6, _table8, _table9, _int8, _table11, _qadt_r_transfer, _unseen_reduction, _seen_2bit, _unseen_increase, _patchattack, _whitebox, _qadt_r_vs_baselines,
                _qadt_r_pbat_unseen, _table7, _table7_gpdp, _speed_settings, _table16, _table14, _cross_bit, _clean_cost,
-               _stq_clean, _stq_distillation)
+               _stq_clean, _stq_distillation, _stq_jacobian)
 
 
 # --------------------------------------------------------------------------- pipeline time

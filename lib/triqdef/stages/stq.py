@@ -226,36 +226,58 @@ def _resnet_kb(model: nn.Module, bits: int | None) -> float:
     return total / 8 / 1024
 
 
+JACOBIAN = "jacobian_fro_sq"
+
+
+def jacobian_store_path():
+    """``results/outcomes/stq_jacobian.parquet``: each tiny network's ‖J‖_F² per test image (a measurement store)."""
+    from triqdef import paths
+
+    return paths.results_dir() / "outcomes" / "stq_jacobian.parquet"
+
+
+def jacobian_summary(store: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """From the measurement store alone (``triqdef report`` calls it again): per tiny network the mean ‖J‖_F² with
+    its 95 % bootstrap interval over images, and the claim that STQ's is below FP's (paired over images)."""
+    from triqdef.eval import measure_store as M
+    from triqdef.eval.intervals import FAILS, HOLDS, INCONCLUSIVE
+
+    rows = []
+    for label in dict.fromkeys(store["model"]):
+        v = M.values(store, JACOBIAN, label)
+        mean, low, high = M.mean_interval(v, 2000, seed)
+        rows.append({S.MODEL: label, "jacobian_fro_sq": mean, "low": low, "high": high, "n images": len(v)})
+    d, lo, hi, n = M.paired_mean_difference(M.values(store, JACOBIAN, "STQ"), M.values(store, JACOBIAN, "FP (tiny)"),
+                                            2000, seed)
+    claim = {"statement": "mean ‖J‖_F², STQ − FP (paired over images)", "value": d, "low": lo, "high": hi,
+             "claim": "lower than 0", "n_images": n, "n_patches": 1, "n_boot": 2000,
+             "verdict": HOLDS if hi < 0 else FAILS if lo > 0 else INCONCLUSIVE}
+    return pd.DataFrame(rows), claim
+
+
 def jacobian_table(inp: Inputs) -> pd.DataFrame:
     """Squared Frobenius norm of each tiny network's input–logit Jacobian (mean over the first
     ``stq.jacobian_images`` test images, with a 95 % bootstrap interval over images), and the claim that STQ's is
-    below FP's (the summary: ternary QAT regularises it implicitly)."""
-    from triqdef.eval.intervals import INCONCLUSIVE, FAILS, HOLDS
+    below FP's (the summary: ternary QAT regularises it implicitly); the per-image values go to a measurement store
+    (:mod:`triqdef.eval.measure_store`) the table and the claim are computed from."""
+    from triqdef.eval import measure_store
     from triqdef.reporting.tables import caption_with_claims, save_table
     from triqdef.stages.devices import device_of
     from triqdef.stq.jacobian import exact_jacobian_frobenius_sq
 
     n, seed = inp.cfg.stq.jacobian_images, inp.cfg.base.seed
     x = inp.splits.test.images[:n].float() / 255
-    per_image = {}
+    frames = []
     for label, model in inp.tiny.items():
         model.eval()
         xm = x.to(device_of(model))
-        per_image[label] = torch.stack([exact_jacobian_frobenius_sq(model, xm[i:i + 1]).reshape(()) for i in range(len(xm))]).cpu().numpy()
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(x), size=(2000, len(x)))
-    rows = []
-    for label, v in per_image.items():
-        reps = v[draws].mean(1)
-        rows.append({S.MODEL: label, "jacobian_fro_sq": float(v.mean()), "low": float(np.percentile(reps, 2.5)),
-                     "high": float(np.percentile(reps, 97.5)), "n images": len(x)})
-    d = per_image["STQ"] - per_image["FP (tiny)"]
-    reps = d[draws].mean(1)
-    lo, hi = float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5))
-    claim = {"statement": "mean ‖J‖_F², STQ − FP (paired over images)", "value": float(d.mean()), "low": lo,
-             "high": hi, "claim": "lower than 0", "n_images": len(x), "n_patches": 1, "n_boot": 2000,
-             "verdict": HOLDS if hi < 0 else FAILS if lo > 0 else INCONCLUSIVE}
-    table = pd.DataFrame(rows)
+        v = torch.stack([exact_jacobian_frobenius_sq(model, xm[i:i + 1]).reshape(()) for i in range(len(xm))]).cpu().numpy()
+        frames.append(pd.DataFrame({"measure": JACOBIAN, "model": label, "view": "", "item": np.arange(len(v)),
+                                    "value": v.astype(np.float64)}))
+    store = pd.concat(frames, ignore_index=True)
+    measure_store.write(store, jacobian_store_path(), info={"what": "input-logit Jacobian, squared Frobenius norm "
+                                                                   "per test image (through the STE)", "seed": seed})
+    table, claim = jacobian_summary(store, seed)
     save_table(table, "stq_jacobian", dict(inp.meta, claims=[claim]), floatfmt=".4g",
                caption=caption_with_claims(
                    f"Squared Frobenius norm of the input–logit Jacobian, mean over the first {len(x)} test images "

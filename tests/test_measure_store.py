@@ -74,3 +74,67 @@ def test_report_decides_stqs_jacobian_claim_from_the_store(tmp_path):
     M.write(_frame(), tmp_path / "outcomes" / "stq_jacobian.parquet", info={"seed": 0})
     row = next(ln for ln in build_report(tmp_path).splitlines() if ln.startswith("| [") and "input–logit Jacobian" in ln)
     assert "**holds**" in row and "mean ‖J‖_F²: FP (tiny)" in row
+
+
+def test_every_item_claim_holds_fails_with_bonferroni_or_stays_open():
+    fixed = lambda low, high: (lambda level: (low, high))
+    assert M.every_item_claim({"a": fixed(0.1, 0.2), "b": fixed(0.15, 0.25)}, "lower", 0.3) == "holds"
+    assert M.every_item_claim({"a": fixed(0.1, 0.2), "b": fixed(0.35, 0.4)}, "lower", 0.3) == "does not hold"
+    assert M.every_item_claim({"a": fixed(0.1, 0.2), "b": fixed(0.25, 0.35)}, "lower", 0.3) == \
+        "inconclusive at this sample size"
+    # a failure must show on the Bonferroni interval (wider), not only on the 95 % one
+    widening = lambda level: (0.31, 0.4) if level <= 0.95 else (0.29, 0.42)
+    assert M.every_item_claim({"a": fixed(0.1, 0.2), "b": widening}, "lower", 0.3) == "inconclusive at this sample size"
+    with pytest.raises(TriqdefError, match="coverage level"):
+        M.mean_interval(pd.Series([1.0, 2.0]), level=1.5)
+
+
+def _alignment_items(cos: float, hog: float, iou_gap: float, n: int = 300, seed: int = 0) -> pd.DataFrame:
+    """Measurement rows like stage ``motivation``'s: Table 3's metrics per pair, Figure 2's Edge IoU and HOG per tap
+    and pair (clean inputs), each with its chance baseline."""
+    from triqdef.eval.alignment import FEATURES, GRADIENTS, chance_measure
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    def add(measure, model, view, mean, sd=0.05):
+        rows.append(pd.DataFrame({"measure": measure, "model": model, "view": view, "item": np.arange(n),
+                                  "value": rng.normal(mean, sd, n)}))
+    for pair in ("fp-5", "fp-4", "fp-2"):
+        for metric, mean, chance in (("cosine (raw gradient)", cos, 0.0), ("edge_iou", 0.2, 0.1), ("hog_cosine", hog, 0.66)):
+            add(metric, GRADIENTS, pair, mean)
+            add(chance_measure(metric), GRADIENTS, pair, chance)
+    for tap in ("L0.conv1", "L1.conv1"):
+        for pair in ("32-5", "5-4"):
+            view = f"clean|{tap}|{pair}"
+            add("edge_iou", FEATURES, view, 0.2 + iou_gap)
+            add(chance_measure("edge_iou"), FEATURES, view, 0.1)
+            add("hog_cosine", FEATURES, view, 0.8)
+            add(chance_measure("hog_cosine"), FEATURES, view, 0.66)
+    return pd.concat(rows, ignore_index=True)
+
+
+@pytest.mark.parametrize("cos,hog,verdict", [(0.1, 0.8, "holds"), (0.1, 0.7, "partly"), (0.4, 0.7, "does not hold")])
+def test_claim_2_is_decided_on_intervals_from_the_store(cos, hog, verdict):
+    from triqdef.stages import motivation
+
+    ours, got = motivation.table3_claim(_alignment_items(cos, hog, 0.1))
+    assert got == verdict and "95% CI: 300 images" in ours
+
+
+@pytest.mark.parametrize("gap,verdict", [(0.1, "holds"), (-0.05, "partly"), (0.0, "inconclusive at this sample size")])
+def test_claim_3_compares_each_cell_with_its_own_chance(gap, verdict):
+    """Edge IoU 0.2 + gap against twice a chance baseline of 0.1: above, below, or at it."""
+    from triqdef.stages import motivation
+
+    assert motivation.figure2_claim(_alignment_items(0.1, 0.8, gap))[1] == verdict
+
+
+def test_report_reads_claims_2_and_3_from_their_stores_alone(tmp_path):
+    from triqdef.reporting.report import build_report
+
+    items = _alignment_items(0.1, 0.7, 0.1)
+    M.write(items[items["model"] == "input gradients"], tmp_path / "outcomes" / "table3.parquet", info={"seed": 0})
+    M.write(items[items["model"] != "input gradients"], tmp_path / "outcomes" / "figure2.parquet", info={"seed": 0})
+    lines = [ln for ln in build_report(tmp_path).splitlines() if ln.startswith("| [")]
+    assert "**partly**" in next(ln for ln in lines if "§3.3, Table 3" in ln)
+    assert "**holds**" in next(ln for ln in lines if "§3.2, Figure 2" in ln)

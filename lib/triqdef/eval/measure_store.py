@@ -106,18 +106,50 @@ def _draws(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
-def mean_interval(v: pd.Series, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """The mean of ``v`` and its 95 % percentile bootstrap interval over items."""
+def mean_interval(v: pd.Series, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """The mean of ``v`` and its ``level`` (95 %) percentile bootstrap interval over items."""
+    if not 0 < level < 1:
+        raise TriqdefError(f"interval level {level!r}: expected a coverage level in (0, 1), e.g. 0.95")
     x = v.to_numpy(float)
     reps = x[_draws(len(x), n_boot, seed)].mean(1)
-    return float(x.mean()), float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5))
+    tail = 100 * (1 - level) / 2
+    return float(x.mean()), float(np.percentile(reps, tail)), float(np.percentile(reps, 100 - tail))
 
 
-def paired_mean_difference(a: pd.Series, b: pd.Series, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float, int]:
-    """``mean(a − b)`` over the items both have, with its 95 % percentile bootstrap interval (the same items drawn
-    for both), and the number of common items; none in common ends with one TriqdefError line."""
+def paired_mean_difference(a: pd.Series, b: pd.Series, n_boot: int = 2000, seed: int = 0,
+                           level: float = 0.95) -> tuple[float, float, float, int]:
+    """``mean(a − b)`` over the items both have, with its ``level`` percentile bootstrap interval (the same items
+    drawn for both), and the number of common items; none in common ends with one TriqdefError line."""
     items = a.index.intersection(b.index)
     if items.empty:
         raise TriqdefError("paired difference of measurements with no item in common: expected the same test images")
-    mean, low, high = mean_interval(a.loc[items] - b.loc[items], n_boot, seed)
+    mean, low, high = mean_interval(a.loc[items] - b.loc[items], n_boot, seed, level)
     return mean, low, high, int(len(items))
+
+
+def side_verdict(low: float, high: float, claim: str, margin: float) -> str:
+    """*holds* / *does not hold* / *inconclusive at this sample size* of an interval against ``margin`` (``claim``:
+    ``"lower"`` or ``"higher"``), as :func:`triqdef.eval.intervals.verdict` reads a rate's."""
+    from triqdef.eval.intervals import FAILS, HOLDS, INCONCLUSIVE
+
+    if claim not in ("lower", "higher"):
+        raise TriqdefError(f"claim {claim!r}: expected 'lower' or 'higher'")
+    below, above = high < margin, low > margin
+    if (claim == "lower" and below) or (claim == "higher" and above):
+        return HOLDS
+    return FAILS if (below or above) else INCONCLUSIVE
+
+
+def every_item_claim(intervals: dict, claim: str, margin: float, level: float = 0.95) -> str:
+    """A claim that must hold for every one of ``k`` means (``intervals``: name -> the callable ``level -> (low,
+    high)``): *holds* when each ``level`` interval is on the claimed side (intersection-union, no correction), *does
+    not hold* when one Bonferroni interval (level 1 − (1 − ``level``)/k) is on the other side, else inconclusive."""
+    from triqdef.eval.intervals import FAILS, HOLDS, INCONCLUSIVE
+
+    k = max(len(intervals), 1)
+    if all(side_verdict(*ci(level), claim, margin) == HOLDS for ci in intervals.values()):
+        return HOLDS
+    strict = 1 - (1 - level) / k
+    if any(side_verdict(*ci(strict), claim, margin) == FAILS for ci in intervals.values()):
+        return FAILS
+    return INCONCLUSIVE

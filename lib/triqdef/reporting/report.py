@@ -153,25 +153,29 @@ def _table1(results):
                     _claims(results, "table1_transfer_asr"), verdict)
 
 
+def _measures(results: Path, name: str) -> tuple[pd.DataFrame, int]:
+    """The measurement store ``results/outcomes/<name>.parquet`` (:mod:`triqdef.eval.measure_store`) and the
+    bootstrap seed its stage used (its info's ``seed``, else 0)."""
+    from triqdef.eval import measure_store
+
+    path = results / "outcomes" / f"{name}.parquet"
+    if not path.is_file():
+        raise Missing(f"outcomes/{name}.parquet")
+    return measure_store.read(path), int(measure_store.read_info(path).get("seed", 0))
+
+
 def _table3(results):
-    t = _table(results, "table3_gradient_similarity")
-    cos = t[t[S.METRIC] == S.RAW_COSINE][S.VALUE]
-    hog = t[t[S.METRIC] == S.HOG_COSINE]
-    low = cos.max() <= 0.3
-    high = hog[S.VALUE].min() >= 0.75
-    ours = (f"raw cosine {cos.min():.2f}–{cos.max():.2f}; HOG cosine {hog[S.VALUE].min():.2f}–"
-            f"{hog[S.VALUE].max():.2f} against chance {hog[S.CHANCE].mean():.2f} (at most {hog[S.ABOVE_CHANCE].max():.2f} above it)")
-    verdict = "holds" if low and high else ("partly" if low or high else "does not hold")
-    return ours, verdict
+    """Claim 2 from the measurement store ``table3`` alone (:func:`triqdef.stages.motivation.table3_claim`)."""
+    from triqdef.stages import motivation
+
+    return motivation.table3_claim(*_measures(results, "table3"))
 
 
 def _figure2(results):
-    t = _table(results, "table12_hard_vs_soft")
-    iou, ch = t[S.metric_column(S.EDGE_IOU, S.VALUE)], t[S.metric_column(S.EDGE_IOU, S.CHANCE)]
-    hog, hog_ch = t[S.metric_column(S.HOG_COSINE, S.VALUE)], t[S.metric_column(S.HOG_COSINE, S.CHANCE)]
-    return (f"Edge IoU between 32↔5 and 5↔4 feature maps at the taps {iou.min():.2f}–{iou.max():.2f} vs chance "
-            f"{ch.mean():.2f}; HOG {hog.min():.2f}–{hog.max():.2f} vs "
-            f"{hog_ch.mean():.2f}"), ("holds" if iou.min() > 2 * ch.max() else "partly")
+    """Claim 3 from the measurement store ``figure2`` alone (:func:`triqdef.stages.motivation.figure2_claim`)."""
+    from triqdef.stages import motivation
+
+    return motivation.figure2_claim(*_measures(results, "figure2"))
 
 
 def _table8(results):
@@ -827,13 +831,9 @@ def _stq_distillation(results):
 def _stq_jacobian(results):
     """STQ's Jacobian claim from ``results/outcomes/stq_jacobian.parquet`` alone (a measurement store:
     :func:`triqdef.stages.stq.jacobian_summary`, as the stage computed it)."""
-    from triqdef.eval import measure_store
     from triqdef.stages import stq
 
-    path = results / "outcomes" / "stq_jacobian.parquet"
-    if not path.is_file():
-        raise Missing("outcomes/stq_jacobian.parquet")
-    t, c = stq.jacobian_summary(measure_store.read(path), int(measure_store.read_info(path).get("seed", 0)))
+    t, c = stq.jacobian_summary(*_measures(results, "stq_jacobian"))
     t = t.set_index(S.MODEL)
     ours = "mean ‖J‖_F²: " + ", ".join(f"{m} {t.loc[m, 'jacobian_fro_sq']:.3g}" for m in t.index)
     # not a rate: the interval is in the table's own units, not points
@@ -1020,7 +1020,7 @@ CLAIMS = [
 #: pipeline outputs with every table deleted, that each of them reaches the same verdict.
 FROM_STORES = (_table1, _table2, _table6, _table8, _table9, _int8, _table11, _qadt_r_transfer, _unseen_reduction, _seen_2bit, _unseen_increase, _patchattack, _whitebox, _qadt_r_vs_baselines,
                _qadt_r_pbat_unseen, _table7, _table7_gpdp, _speed_settings, _table16, _table14, _cross_bit, _clean_cost,
-               _stq_clean, _stq_distillation, _stq_jacobian)
+               _stq_clean, _stq_distillation, _stq_jacobian, _table3, _figure2)
 
 
 # --------------------------------------------------------------------------- pipeline time
@@ -1312,7 +1312,7 @@ def build_report(results: Path | None = None, cfg=None, rows: list[Row] | None =
         lines += [f"![Each claim's deciding intervals against its threshold](figures/{FOREST}.png)", "",
                   "*Each claim's deciding intervals (95 %), drawn as the distance to the claim's own threshold with "
                   "the claimed side to the right: wholly right of the line, the claim holds there; wholly left, it does "
-                  "not. Claims decided without an interval (Table 3, Figure 2, Tables 17, 18, Grad-CAM, STQ's Jacobian) are in "
+                  "not. Claims decided on intervals in other units than points (Table 3, Figure 2, STQ's Jacobian) or without one (Tables 17, 18, Grad-CAM) are in "
                   "the table only.*", ""]
     lines += ["| # | where | claim | paper | ours | verdict |", "|---|---|---|---|---|---|"]
     for row in rows:

@@ -1273,7 +1273,9 @@ def _section(row: Row, profile: str) -> list[str]:
             if not entries:
                 continue
             decides = " (decides)" if entries == deciding else ""
-            lines.append(f"- Intervals, {regime} regime{decides}:")
+            # the regime is a patch size: a claim without patches (an accuracy, a measurement) has none
+            where = f", {regime} regime" if any(e["n_patches"] > 1 for e in row.read) else ""
+            lines.append(f"- Intervals{where}{decides}:")
             for e in entries:
                 flag = f" — fewer than {MIN_PATCHES} patches: {TOO_FEW}" if _too_few(e) else ""
                 lines.append(f"  - {e['statement']}: {e['value']:+.1f} [{e['low']:+.1f}, {e['high']:+.1f}] (claimed "

@@ -85,6 +85,7 @@ def test_every_item_claim_holds_fails_with_bonferroni_or_stays_open():
     # a failure must show on the Bonferroni interval (wider), not only on the 95 % one
     widening = lambda level: (0.31, 0.4) if level <= 0.95 else (0.29, 0.42)
     assert M.every_item_claim({"a": fixed(0.1, 0.2), "b": widening}, "lower", 0.3) == "inconclusive at this sample size"
+    assert M.every_item_claim({}, "lower", 0.3) == "inconclusive at this sample size"
     with pytest.raises(TriqdefError, match="coverage level"):
         M.mean_interval(pd.Series([1.0, 2.0]), level=1.5)
 

@@ -143,10 +143,13 @@ def side_verdict(low: float, high: float, claim: str, margin: float) -> str:
 def every_item_claim(intervals: dict, claim: str, margin: float, level: float = 0.95) -> str:
     """A claim that must hold for every one of ``k`` means (``intervals``: name -> the callable ``level -> (low,
     high)``): *holds* when each ``level`` interval is on the claimed side (intersection-union, no correction), *does
-    not hold* when one Bonferroni interval (level 1 − (1 − ``level``)/k) is on the other side, else inconclusive."""
+    not hold* when one Bonferroni interval (level 1 − (1 − ``level``)/k) is on the other side, else inconclusive
+    (also when there is no interval)."""
     from triqdef.eval.intervals import FAILS, HOLDS, INCONCLUSIVE
 
-    k = max(len(intervals), 1)
+    if not intervals:   # nothing measured decides nothing
+        return INCONCLUSIVE
+    k = len(intervals)
     if all(side_verdict(*ci(level), claim, margin) == HOLDS for ci in intervals.values()):
         return HOLDS
     strict = 1 - (1 - level) / k

@@ -551,6 +551,8 @@ def figure2_claim(items: pd.DataFrame, seed: int = 0) -> tuple[str, str]:
     records = feature_records(items)
     t = records[(records[S.INPUT] == "clean") & records[S.PAIR].isin(TABLE12_PAIRS)]
     iou, hog = t[t[S.METRIC] == S.EDGE_IOU], t[t[S.METRIC] == S.HOG_COSINE]
+    if iou.empty:   # REPORT reads it as an incomplete result
+        raise KeyError(f"no clean Edge IoU at the pairs {', '.join(TABLE12_PAIRS)} in the figure2 store")
     cells, parts = {}, []
     for _, r in iou.iterrows():
         view = f"clean|{r[S.TAP]}|{r[S.PAIR]}"

@@ -78,6 +78,7 @@ def test_every_attack_runs_on_a_tiny_model(tiny_stq, images, attack):
     assert 0 <= r.robust.low <= r.robust.value <= r.robust.high <= 1
     assert r.robust.value == pytest.approx(r.correct.float().mean().item()) and r.robust.n_images == 4
     assert r.clean.value == 1.0 and r.budget > 0 and r.evaluations_per_image > 0
+    assert torch.equal(r.clean_correct, r.clean_pred == y) and torch.equal(r.correct, r.clean_correct & (r.adv_pred == y))
     if attack in BLACK_BOX:
         assert r.budget_unit == "queries" and r.evaluations_per_image <= r.budget
     record = r.as_record()

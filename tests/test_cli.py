@@ -239,6 +239,14 @@ def test_defense_needs_its_start_checkpoint(tmp_path):
                               f"{folder}/resnet20.pt", "not found")
 
 
+def test_clean_outcomes_needs_the_defense_checkpoints_and_writes_nothing(tmp_path):
+    env = {"TRIQDEF_DATA_DIR": str(tmp_path / "data")}
+    assert run(["--quiet", "--profile", "smoke", "data", "fetch"], tmp_path, env).returncode == 0
+    assert_one_line_error(run(["--profile", "smoke", "clean-outcomes"], tmp_path, env), "defenses", "not found")
+    assert not (tmp_path / "out" / "results" / "outcomes" / "clean.parquet").exists()
+    assert not list((tmp_path / "out").rglob("clean*"))
+
+
 def test_cross_arch_refuses_unknown_model(tmp_path):
     p = params_with(tmp_path, **{"cross_arch.common.model": "resnet7"})
     assert_one_line_error(run(["--params", p, "--profile", "smoke", "train", "cross-arch"], tmp_path), "cross_arch.smoke.model", "resnet7")

@@ -256,25 +256,6 @@ def test_wilson_interval_matches_scipy(correct, n):
     assert wilson_interval(correct, n) == pytest.approx((ref.low, ref.high), abs=1e-7)
 
 
-def test_accuracy_difference_is_newcombes_interval_and_contains_the_difference():
-    from triqdef.reporting.report import accuracy_difference
-
-    d, low, high = accuracy_difference(86.55, 83.4, 2000)  # 1731 and 1668 correct of 2000
-    assert d == pytest.approx(3.15) and low < d < high
-    # Newcombe (1998), method 10, from the two Wilson intervals: half-widths ~1.5 and ~1.6 points
-    assert (low, high) == pytest.approx((0.95, 5.37), abs=0.02)
-    assert accuracy_difference(50.0, 50.0, 100)[0] == 0
-
-
-@pytest.mark.parametrize("triqdef,verdict", [(86.5, "holds"), (80.0, "does not hold"), (83.0, "inconclusive at this sample size")])
-def test_clean_cost_verdict_comes_from_the_interval_against_2_5_points(tmp_path, triqdef, verdict):
-    (tmp_path / "tables").mkdir()
-    pd.DataFrame({"model": ["Standard QAT", "TriQDef"], "32bit": [86.5, triqdef], "4bit": [85.0, triqdef - 1.5],
-                  "n_test": [2000, 2000]}).to_csv(tmp_path / "tables" / "table4_defenses_clean_accuracy.csv", index=False)
-    row = _row(build_report(tmp_path), "| §4.2, Table 4")
-    assert f"**{verdict}**" in row and "95 % Newcombe interval" in row and "(2000 images;" in row
-
-
 def test_the_committed_reports_first_screen_reads_on_a_screen():
     """REPORT's first table (built from the committed results) has one short line per claim (issue 29, item 8: no
     cell over 200 characters) and a section for each, linked from it."""

@@ -26,7 +26,7 @@ start=$(date +%s)
 # pytest-xdist: one worker per core, each on one thread (small tensors: two 1-thread processes do more than one
 # 2-thread process; measured 183 -> 151 s for the unit tests, 191 -> 145 s for nbval, on 2 cores)
 workers=${TRIQDEF_TEST_WORKERS:-auto}
-[[ ${1:-} == --no-unit ]] || OMP_NUM_THREADS=1 python -m pytest -q -n "$workers" tests
+[[ ${1:-} == --no-unit ]] || OMP_NUM_THREADS=1 python -m pytest -q -n "$workers" --durations=15 tests   # the 15 slowest: CI time
 t_unit=$(date +%s)
 
 copy="${TRIQDEF_SMOKE_COPY:-$(mktemp -d -t triqdef-smoke-XXXXXX)}"

@@ -297,6 +297,13 @@ def _cmd_patches_cross_bit(args, cfg) -> int:
     return 0
 
 
+def _cmd_clean_outcomes(args, cfg) -> int:
+    from triqdef.stages import clean_outcomes
+
+    print(json.dumps(clean_outcomes.run_clean_outcomes(cfg.only(clean_outcomes.PARAMS), progress=not args.quiet)))
+    return 0
+
+
 def _cmd_deploy_int8(args, cfg) -> int:
     from triqdef.stages import int8
 
@@ -478,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     dpsub.required = True
     dpsub.add_parser("int8", help="int8 runtime against fake quantization: agreement, accuracy, patch ASR, latency, "
                                   "size (stage 'int8')").set_defaults(func=_cmd_deploy_int8)
+
+    sub.add_parser("clean-outcomes", help="every defended model's prediction on every test image at every bit-width, "
+                                          "an outcome store (stage 'clean_outcomes')").set_defaults(func=_cmd_clean_outcomes)
 
     e = sub.add_parser("evaluate", help="clean test accuracy of a checkpoint per bit-width")
     e.add_argument("checkpoint")

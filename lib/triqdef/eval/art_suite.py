@@ -390,7 +390,8 @@ class AttackResult:
 
     ``correct``: correct clean *and* on the ε-projected adversarial image (robust); ``clean_correct``;
     ``unbounded_correct``: the same on ART's output before the projection; ``linf``: ``||x_adv − x||∞`` of
-    ART's output. ``budget`` / ``budget_unit``: the setting's budget per image; ``evaluations_per_image``: model
+    ART's output. ``clean_pred`` / ``adv_pred``: the predicted labels behind ``clean_correct`` and ``correct`` (an
+    outcome store's clean and attacked predictions). ``budget`` / ``budget_unit``: the setting's budget per image; ``evaluations_per_image``: model
     evaluations used (forwards, gradient passes included) per image.
     """
 
@@ -408,6 +409,8 @@ class AttackResult:
     seed: int
     robust: Interval = field(repr=False)
     clean: Interval = field(repr=False)
+    clean_pred: torch.Tensor | None = field(default=None, repr=False)   # (N,) predicted labels, clean ...
+    adv_pred: torch.Tensor | None = field(default=None, repr=False)     # ... and on the ε-projected adversarial image
 
     @property
     def n_images(self) -> int:
@@ -492,4 +495,6 @@ def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     return AttackResult(attack_name, s.as_dict(), bits, robust_ok, clean_ok, unbounded_ok, linf, budget, unit,
                         evaluations / x.shape[0], round(seconds, 3), seed,
                         robust=bootstrap_rate(Outcomes.accuracy(robust_ok.numpy()), n_boot, seed),
-                        clean=bootstrap_rate(Outcomes.accuracy(clean_ok.numpy()), n_boot, seed))
+                        clean=bootstrap_rate(Outcomes.accuracy(clean_ok.numpy()), n_boot, seed),
+                        clean_pred=torch.from_numpy(clean_pred.astype(np.int64)),
+                        adv_pred=torch.from_numpy(adv_pred.astype(np.int64)))

@@ -153,25 +153,29 @@ def _table1(results):
                     _claims(results, "table1_transfer_asr"), verdict)
 
 
+def _measures(results: Path, name: str) -> tuple[pd.DataFrame, int]:
+    """The measurement store ``results/outcomes/<name>.parquet`` (:mod:`triqdef.eval.measure_store`) and the
+    bootstrap seed its stage used (its info's ``seed``, else 0)."""
+    from triqdef.eval import measure_store
+
+    path = results / "outcomes" / f"{name}.parquet"
+    if not path.is_file():
+        raise Missing(f"outcomes/{name}.parquet")
+    return measure_store.read(path), int(measure_store.read_info(path).get("seed", 0))
+
+
 def _table3(results):
-    t = _table(results, "table3_gradient_similarity")
-    cos = t[t[S.METRIC] == S.RAW_COSINE][S.VALUE]
-    hog = t[t[S.METRIC] == S.HOG_COSINE]
-    low = cos.max() <= 0.3
-    high = hog[S.VALUE].min() >= 0.75
-    ours = (f"raw cosine {cos.min():.2f}–{cos.max():.2f}; HOG cosine {hog[S.VALUE].min():.2f}–"
-            f"{hog[S.VALUE].max():.2f} against chance {hog[S.CHANCE].mean():.2f} (at most {hog[S.ABOVE_CHANCE].max():.2f} above it)")
-    verdict = "holds" if low and high else ("partly" if low or high else "does not hold")
-    return ours, verdict
+    """Claim 2 from the measurement store ``table3`` alone (:func:`triqdef.stages.motivation.table3_claim`)."""
+    from triqdef.stages import motivation
+
+    return motivation.table3_claim(*_measures(results, "table3"))
 
 
 def _figure2(results):
-    t = _table(results, "table12_hard_vs_soft")
-    iou, ch = t[S.metric_column(S.EDGE_IOU, S.VALUE)], t[S.metric_column(S.EDGE_IOU, S.CHANCE)]
-    hog, hog_ch = t[S.metric_column(S.HOG_COSINE, S.VALUE)], t[S.metric_column(S.HOG_COSINE, S.CHANCE)]
-    return (f"Edge IoU between 32↔5 and 5↔4 feature maps at the taps {iou.min():.2f}–{iou.max():.2f} vs chance "
-            f"{ch.mean():.2f}; HOG {hog.min():.2f}–{hog.max():.2f} vs "
-            f"{hog_ch.mean():.2f}"), ("holds" if iou.min() > 2 * ch.max() else "partly")
+    """Claim 3 from the measurement store ``figure2`` alone (:func:`triqdef.stages.motivation.figure2_claim`)."""
+    from triqdef.stages import motivation
+
+    return motivation.figure2_claim(*_measures(results, "figure2"))
 
 
 def _table8(results):
@@ -244,7 +248,7 @@ STORE_OF = {"table5_comparisons": "table5", "table5_asr": "table5", "table7_comp
             "table8_cross_architecture": "table8", "int8_runtime": "int8",
             "table6_preprocessing": "table6"}
 #: Stores of a table made in one regime only (notebook 04, Table 11): ``<name>.parquet``, the regime in its info.
-SINGLE_REGIME = ("table16", "table14", "table11", "int8", "table6")
+SINGLE_REGIME = ("table16", "table14", "table11", "int8", "table6", "clean", "stq")
 
 
 def _store_files(results: Path, name: str) -> list[tuple[str, Path]]:
@@ -567,15 +571,29 @@ def _table2(results):
                     _claims(results, "table2_qat_vs_pbat"), "holds" if unseen - seen > 20 else "does not hold")
 
 
+#: Figure 3 / §4.6: "< 1 % clean deviation" from standard QAT at every bit-width (points).
+GRADCAM_CLEAN_POINTS = -1.0
+
+
 def _gradcam(results):
+    """Figure 3 / §4.6: TriQDef's Grad-CAM maps at 5/4/2 bits close to its fp map (mean cosine ≥ 0.8, from stage
+    ``training``'s metadata), and its clean accuracy within 1 point of standard QAT's at every bit-width, paired on
+    the same test images from ``results/outcomes/clean.parquet`` (Holm over the bit-widths)."""
+    from triqdef.stages import clean_outcomes
+
     m = _metrics(results, "training", folder="metadata").get("gradcam_cosine_to_fp")
     if not m:
         raise Missing("training.gradcam_cosine_to_fp")
-    dev = _metrics(results, "training", folder="metadata").get("clean_deviation_triqdef_minus_qat", {})
+    _require_store(results, "clean")
+    store = _store_indexed(_store_files(results, "clean")[0][1]).frame
+    dev = _recorded(clean_outcomes.clean_claims(store, S.TRIQDEF, S.STANDARD_QAT, GRADCAM_CLEAN_POINTS,
+                                                seed=int(store["seed"].min())))
+    deviation = familywise(dev)
     ok = min(m.values()) >= 0.8
     return ("mean cosine of TriQDef Grad-CAM maps to its fp map: " + ", ".join(f"{b} {v:.2f}" for b, v in m.items())
-            + "; clean deviation from QAT " + ", ".join(f"{k} {v:+.1f}" for k, v in dev.items()) + " points",
-            "holds" if ok and min(dev.values(), default=0) > -1 else "partly" if ok else "does not hold")
+            + "; clean deviation from QAT " + ", ".join(f"{c['bits']}bit {c['value']:+.1f}" for c in dev)
+            + f" points (claimed above {GRADCAM_CLEAN_POINTS:g} at every bit-width, paired, Holm: {deviation})",
+            "holds" if ok and deviation == HOLDS else "partly" if ok else "does not hold")
 
 
 def _table13(results):
@@ -591,9 +609,6 @@ def _table13(results):
                     _claims(results, "table13_sensitivity"), "holds" if best == "full" else "does not hold")
 
 
-CLOSE_CLEAN_POINTS = -2.5  # "close to standard QAT": no bit-width more than 2.5 points below (the paper's Table 4: -2.4)
-
-
 def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     """95 % Wilson score interval of a proportion ``correct / n`` (as ``scipy.stats.binomtest(...).proportion_ci(
     method="wilson")``, which the tests compare it with)."""
@@ -603,31 +618,20 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, f
     return centre - half, centre + half
 
 
-def accuracy_difference(a: float, b: float, n: int) -> tuple[float, float, float]:
-    """``a − b`` in points, with a 95 % interval, for two accuracies (%) measured on ``n`` images each: Newcombe's
-    hybrid score interval (his method 10) from the two Wilson intervals. It treats the two as independent samples;
-    on the same test images, where the two models' errors are positively correlated, it is wider than a paired
-    interval (conservative). A paired interval needs per-image predictions, which Table 4 does not keep."""
-    ka, kb = round(a * n / 100), round(b * n / 100)
-    pa, pb = ka / n, kb / n
-    (la, ua), (lb, ub) = wilson_interval(ka, n), wilson_interval(kb, n)
-    d = pa - pb
-    low = d - ((pa - la) ** 2 + (ub - pb) ** 2) ** 0.5
-    high = d + ((ua - pa) ** 2 + (pb - lb) ** 2) ** 0.5
-    return 100 * d, 100 * low, 100 * high
-
-
 def _clean_cost(results):
-    t = _table(results, "table4_defenses_clean_accuracy").set_index(S.MODEL)
-    cols = [c for c in t.columns if S.is_accuracy_column(c)]
-    n = int(t.loc[S.TRIQDEF, "n_test"])
-    diffs = {c: accuracy_difference(t.loc[S.TRIQDEF, c], t.loc[S.STANDARD_QAT, c], n)
-             for c in cols if pd.notna(t.loc[S.TRIQDEF, c])}
-    verdicts = [HOLDS if low > CLOSE_CLEAN_POINTS else FAILS if high < CLOSE_CLEAN_POINTS else INCONCLUSIVE
-                for _, low, high in diffs.values()]
-    text = ", ".join(f"{c} {d:+.1f} [{low:+.1f}, {high:+.1f}]" for c, (d, low, high) in diffs.items())
-    return (f"{text} points vs standard QAT ({n} images; 95 % Newcombe interval, unpaired, so conservative on the "
-            f"same images; claimed higher than {CLOSE_CLEAN_POINTS:g} at every bit-width)"), overall_verdict(verdicts)
+    """Table 4 / §4.6: TriQDef's clean accuracy minus standard QAT's at every bit-width, claimed above
+    :data:`~triqdef.stages.clean_outcomes.CLOSE_CLEAN_POINTS`, recomputed from ``results/outcomes/clean.parquet``
+    alone (:func:`triqdef.stages.clean_outcomes.clean_claims`): paired on the same test images, decided familywise
+    (Holm) over the bit-widths."""
+    from triqdef.stages import clean_outcomes as stage
+
+    _require_store(results, "clean")
+    store = _store_indexed(_store_files(results, "clean")[0][1]).frame
+    claims = _recorded(stage.clean_claims(store, S.TRIQDEF, S.STANDARD_QAT, seed=int(store["seed"].min())))
+    text = ", ".join(f"{c['bits']}bit {c['value']:+.1f} [{c['low']:+.1f}, {c['high']:+.1f}]" for c in claims)
+    return (f"{text} points vs standard QAT ({claims[0]['n_images']} images, the same for both; 95 % paired bootstrap "
+            f"interval; claimed higher than {stage.CLOSE_CLEAN_POINTS:g} at every bit-width, Holm over "
+            f"{len(claims)})"), familywise(claims)
 
 
 def _bench(results):
@@ -809,36 +813,46 @@ def _table14(results):
 # --------------------------------------------------------------------------- STQ (notebook 05)
 
 
-def _stq_table(results) -> tuple[pd.DataFrame, list[dict]]:
-    t = _table(results, "stq_attacks").set_index(S.MODEL)
-    meta = json.loads((results / "tables" / "stq_attacks.json").read_text())
-    return t, meta.get("claims") or []
+def _stq_store(results) -> tuple[pd.DataFrame, list[dict], dict]:
+    """The STQ rates, claims and memory footprints from ``results/outcomes/stq.parquet`` alone
+    (:func:`triqdef.stages.stq.stq_claims`, as the stage computed them)."""
+    from triqdef.eval import outcome_store
+    from triqdef.stages import stq
+
+    _require_store(results, "stq")
+    path = _store_files(results, "stq")[0][1]
+    store = _store_indexed(path).frame
+    return stq.rates(store), stq.stq_claims(store, int(store["seed"].min())), outcome_store.read_info(path).get("memory_kb", {})
 
 
 def _stq_clean(results):
-    t, claims = _stq_table(results)
+    t, claims, kb = _stq_store(results)
     ours = (f"STQ {t.loc['STQ', 'clean']:.1f} % vs FP {t.loc['FP (tiny)', 'clean']:.1f} % clean; memory "
-            f"{t.loc['STQ', 'memory KB']:.0f} vs {t.loc['FP (tiny)', 'memory KB']:.0f} KB")
+            f"{kb['STQ']:.0f} vs {kb['FP (tiny)']:.0f} KB")
     return _decided_claims(ours, _recorded([c for c in claims if c["statement"].startswith("clean accuracy")]))
 
 
 def _stq_distillation(results):
-    t, claims = _stq_table(results)
+    t, claims, _ = _stq_store(results)
     attacks = ("fgsm", "pgd", "cw")
     ours = "robust accuracy STQ-T50 vs STQ-T1: " + "; ".join(
         f"{a.upper()} {t.loc['STQ-T50', a]:.1f} vs {t.loc['STQ-T1', a]:.1f} %" for a in attacks)
-    return _decided_claims(ours, _recorded([c for c in claims if "STQ-T50 − STQ-T1" in c["statement"]]))
+    mine = _recorded([c for c in claims if "STQ-T50 − STQ-T1" in c["statement"]])
+    ours, _ = _decided_claims(ours + f" (familywise: Holm over {len(mine)})", mine)
+    return ours, familywise(mine)
 
 
 def _stq_jacobian(results):
-    t = _table(results, "stq_jacobian").set_index(S.MODEL)
-    claims = json.loads((results / "tables" / "stq_jacobian.json").read_text()).get("claims") or []
+    """STQ's Jacobian claim from ``results/outcomes/stq_jacobian.parquet`` alone (a measurement store:
+    :func:`triqdef.stages.stq.jacobian_summary`, as the stage computed it)."""
+    from triqdef.stages import stq
+
+    t, c = stq.jacobian_summary(*_measures(results, "stq_jacobian"))
+    t = t.set_index(S.MODEL)
     ours = "mean ‖J‖_F²: " + ", ".join(f"{m} {t.loc[m, 'jacobian_fro_sq']:.3g}" for m in t.index)
-    if claims:  # not a rate: the interval is in the table's own units, not points
-        c = claims[0]
-        return (ours + f". 95% CI of STQ − FP: {c['value']:+.3g} [{c['low']:+.3g}, {c['high']:+.3g}] "
-                       f"({c['n_images']} images): {c['verdict']}"), c["verdict"]
-    return ours, "not decided"
+    # not a rate: the interval is in the table's own units, not points
+    return (ours + f". 95% CI of STQ − FP: {c['value']:+.3g} [{c['low']:+.3g}, {c['high']:+.3g}] "
+                   f"({c['n_images']} images): {c['verdict']}"), c["verdict"]
 
 
 def _deploy(results):
@@ -924,7 +938,7 @@ CLAIMS = [
           method="studentised"),
     Claim("§4.2, Table 4; §4.6", "TriQDef keeps clean accuracy close to standard QAT",
           "Table 4: −0.0 / −1.8 / −2.3 / −2.4 points (32 / 5 / 4 / 2); §4.6 says '< 1 %'", _clean_cost,
-          "§4.6's '< 1 %' contradicts the paper's own Table 4 (up to 2.4 points)."),
+          "§4.6's '< 1 %' contradicts the paper's own Table 4 (up to 2.4 points).", method="paired_accuracy"),
     Claim("App. D, Table 17", "TriQDef costs ~1.47× QAT time and ~1.17× memory", "1.47× / 1.17× (A100, ResNet-56, batch 256)", _bench,
           "§4.1 says batch 128; Table 17's footnote says 256."),
     Claim("§4.5, Table 7", "removing FDP or GPDP raises ASR; full TriQDef is lowest",
@@ -1019,7 +1033,8 @@ CLAIMS = [
 #: claim (``table1``, ``table9``, ``table11``), the cross-bit matrix (``cross_bit``). ``tools/report_from_stores.py`` checks, on real
 #: pipeline outputs with every table deleted, that each of them reaches the same verdict.
 FROM_STORES = (_table1, _table2, _table6, _table8, _table9, _int8, _table11, _qadt_r_transfer, _unseen_reduction, _seen_2bit, _unseen_increase, _patchattack, _whitebox, _qadt_r_vs_baselines,
-               _qadt_r_pbat_unseen, _table7, _table7_gpdp, _speed_settings, _table16, _table14, _cross_bit)
+               _qadt_r_pbat_unseen, _table7, _table7_gpdp, _speed_settings, _table16, _table14, _cross_bit, _clean_cost,
+               _stq_clean, _stq_distillation, _stq_jacobian, _table3, _figure2)
 
 
 # --------------------------------------------------------------------------- pipeline time
@@ -1165,7 +1180,13 @@ STUDENTISED_NOTE = ("95 % studentised bootstrap interval over patches (t quantil
                     "patches ([design](../docs/design.md#interval-coverage))")
 
 
-METHOD_NOTES = {"percentile": METHOD_NOTE, "studentised": STUDENTISED_NOTE}
+PAIRED_ACCURACY_NOTE = ("95 % percentile bootstrap over test images, both models' predictions on the same images drawn "
+                        "together in every replicate (an accuracy has no patch level); one-sided p-values from the "
+                        "replicates' standard error feed Holm's procedure over the bit-widths "
+                        "([design](../docs/design.md#clean-outcomes))")
+
+
+METHOD_NOTES = {"percentile": METHOD_NOTE, "studentised": STUDENTISED_NOTE, "paired_accuracy": PAIRED_ACCURACY_NOTE}
 
 
 def _short(text: str, limit: int = CELL) -> str:
@@ -1266,7 +1287,9 @@ def _section(row: Row, profile: str) -> list[str]:
             if not entries:
                 continue
             decides = " (decides)" if entries == deciding else ""
-            lines.append(f"- Intervals, {regime} regime{decides}:")
+            # the regime is a patch size: a claim without patches (an accuracy, a measurement) has none
+            where = f", {regime} regime" if any(e["n_patches"] > 1 for e in row.read) else ""
+            lines.append(f"- Intervals{where}{decides}:")
             for e in entries:
                 flag = f" — fewer than {MIN_PATCHES} patches: {TOO_FEW}" if _too_few(e) else ""
                 lines.append(f"  - {e['statement']}: {e['value']:+.1f} [{e['low']:+.1f}, {e['high']:+.1f}] (claimed "
@@ -1305,7 +1328,7 @@ def build_report(results: Path | None = None, cfg=None, rows: list[Row] | None =
         lines += [f"![Each claim's deciding intervals against its threshold](figures/{FOREST}.png)", "",
                   "*Each claim's deciding intervals (95 %), drawn as the distance to the claim's own threshold with "
                   "the claimed side to the right: wholly right of the line, the claim holds there; wholly left, it does "
-                  "not. Claims decided without an interval (Table 3, Figure 2, Tables 17, 18, Grad-CAM, STQ's) are in "
+                  "not. Claims decided on intervals in other units than points (Table 3, Figure 2, STQ's Jacobian) or without one (Tables 17, 18, Grad-CAM) are in "
                   "the table only.*", ""]
     lines += ["| # | where | claim | paper | ours | verdict |", "|---|---|---|---|---|---|"]
     for row in rows:

@@ -94,20 +94,83 @@ def attack_results(inp: Inputs) -> dict[tuple[str, str], object]:
     return out
 
 
-def _paired_claim(a: torch.Tensor, b: torch.Tensor, statement: str, claim: str, seed: int) -> dict:
-    """``rate(a) − rate(b)`` over the same images (two boolean vectors), paired bootstrap, as a claim record."""
-    from triqdef.eval.intervals import Outcomes, claim_evidence, paired_difference
+def store_path():
+    """``results/outcomes/stq.parquet``: every view's clean prediction on every test image and its prediction under
+    each ART attack, as an outcome store (issue 29, item 1; docs/design.md#outcome-stores)."""
+    from triqdef import paths
+
+    return paths.results_dir() / "outcomes" / "stq.parquet"
+
+
+def store_frame(inp: Inputs, results: dict, clean_pred: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """The outcome-store rows (:mod:`triqdef.eval.outcome_store`) of the STQ table: per view (model ``label`` at its
+    bit-width, 32 for the tiny networks) one clean row per test image (attack ``none``, set ``clean``) and one row
+    per attacked image and ART attack (set ``whitebox`` or ``blackbox``), its clean prediction and its prediction on
+    the ε-projected adversarial image as the patched one; no patch (id 0, target and location −1)."""
+    from triqdef.eval.art_suite import ATTACKS
+
+    seed, frames = inp.cfg.base.seed, []
+
+    def rows(label, bits, attack, set_name, clean, attacked, labels):
+        return pd.DataFrame({"model": label, "seed": seed, "bits": bits, "attack": attack, "set": set_name,
+                             "patch_id": 0, "target": -1, "loc_y": -1, "loc_x": -1,
+                             "image_id": np.arange(len(labels)), "label": labels, "clean_pred": clean,
+                             "patched_pred": attacked})
+
+    labels = inp.splits.test.labels.numpy().astype(np.int64)
+    for label, (_, bits) in views(inp).items():
+        b = 32 if bits is None else int(bits)
+        pred = clean_pred[label].numpy().astype(np.int64)
+        frames.append(rows(label, b, "none", "clean", pred, pred, labels))
+        for attack in ATTACKS:
+            r = results[(label, attack)]
+            frames.append(rows(label, b, attack, "whitebox" if attack in WHITE_BOX else "blackbox",
+                               r.clean_pred.numpy(), r.adv_pred.numpy(), labels[: r.n_images]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _correct(store: pd.DataFrame, model: str, attack: str) -> pd.Series:
+    """Per image (indexed by id): correct clean, or for an attack correct clean *and* under it (robust accuracy, as
+    :class:`triqdef.eval.art_suite.AttackResult` counts it)."""
+    from triqdef.errors import TriqdefError
+
+    rows = store[(store["model"] == model) & (store["attack"] == attack)]
+    if rows.empty:
+        raise TriqdefError(f"STQ outcome store has no rows for {model} under {attack}: expected the stq stage's store")
+    ok = (rows["clean_pred"] == rows["label"]) & (rows["patched_pred"] == rows["label"])
+    return ok.set_axis(rows["image_id"].to_numpy())
+
+
+def rates(store: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy (%) per view (rows, in store order): clean, and robust under each attack the store holds."""
+    attacks = list(dict.fromkeys(store["attack"]))
+    models = list(dict.fromkeys(store["model"]))
+    return pd.DataFrame({("clean" if a == "none" else a): [100 * _correct(store, m, a).mean() for m in models]
+                         for a in attacks}, index=pd.Index(models, name=S.MODEL))
+
+
+def stq_claims(store: pd.DataFrame, seed: int = 0) -> list[dict]:
+    """The STQ claims from the outcome store alone (``triqdef report`` calls it again): clean accuracy STQ − FP on
+    every test image, and robust accuracy STQ-T50 − STQ-T1 under each white-box attack on its attacked images,
+    each a paired bootstrap over the same images (:func:`triqdef.eval.accuracy_claims.paired_accuracy_claim`),
+    with the one-sided p-values REPORT's familywise (Holm) verdict over the three attacks needs."""
+    from triqdef.eval.accuracy_claims import paired_accuracy_claim
     from triqdef.eval.transfer import N_BOOT
 
-    def outcomes(v):
-        hits = v.cpu().numpy().astype(bool)[None]
-        return Outcomes(hits, np.ones_like(hits))
+    def claim(a: str, b: str, attack: str, statement: str) -> dict:
+        return paired_accuracy_claim(_correct(store, a, attack), _correct(store, b, attack), statement, "higher",
+                                     0.0, N_BOOT, seed)
 
-    return claim_evidence(statement, paired_difference(outcomes(a), outcomes(b), N_BOOT, seed), claim)
+    out = [claim("STQ", "FP (tiny)", "none", "clean accuracy, STQ − FP (points)")]
+    for attack in WHITE_BOX:
+        out.append(claim("STQ-T50", "STQ-T1", attack, f"{attack.upper()} robust accuracy, STQ-T50 − STQ-T1 (points)"))
+    return out
 
 
 def stq_table(inp: Inputs, results: dict) -> pd.DataFrame:
-    """The STQ table (module docstring) with its claims in the metadata."""
+    """The STQ table (module docstring) with its claims in the metadata; writes the outcome store the claims (here
+    and in ``triqdef report``) are computed from."""
+    from triqdef.eval import outcome_store
     from triqdef.eval.accuracy import predict
     from triqdef.eval.art_suite import ATTACKS
     from triqdef.eval.intervals import Outcomes, bootstrap_rate
@@ -116,14 +179,13 @@ def stq_table(inp: Inputs, results: dict) -> pd.DataFrame:
     from triqdef.stq.model import memory_footprint_kb
 
     seed, test = inp.cfg.base.seed, inp.splits.test
-    rows, clean_hits = [], {}
+    rows, clean_pred, memory = [], {}, {}
     for label, (model, bits) in views(inp).items():
-        hits = (predict(model, test.images, bits) == test.labels)
-        clean_hits[label] = hits
-        o = Outcomes(hits.numpy()[None], np.ones((1, hits.numel()), dtype=bool))
-        acc = bootstrap_rate(o, N_BOOT, seed)
+        clean_pred[label] = predict(model, test.images, bits)
+        acc = bootstrap_rate(Outcomes.accuracy((clean_pred[label] == test.labels).numpy()), N_BOOT, seed)
         kb = memory_footprint_kb(model) if label in STQ_LABELS.values() else _resnet_kb(model, bits)
-        row = {S.MODEL: label, "memory KB": round(kb, 1), "clean": 100 * acc.value, "clean low": 100 * acc.low,
+        memory[label] = round(kb, 1)
+        row = {S.MODEL: label, "memory KB": memory[label], "clean": 100 * acc.value, "clean low": 100 * acc.low,
                "clean high": 100 * acc.high}
         for attack in ATTACKS:
             r = results[(label, attack)]
@@ -131,11 +193,9 @@ def stq_table(inp: Inputs, results: dict) -> pd.DataFrame:
                         f"{attack} high": 100 * r.robust.high})
         rows.append(row)
     table = pd.DataFrame(rows)
-    claims = [_paired_claim(clean_hits["STQ"], clean_hits["FP (tiny)"], "clean accuracy, STQ − FP (points)", "higher",
-                            seed)]
-    for attack in WHITE_BOX:
-        claims.append(_paired_claim(results[("STQ-T50", attack)].correct, results[("STQ-T1", attack)].correct,
-                                    f"{attack.upper()} robust accuracy, STQ-T50 − STQ-T1 (points)", "higher", seed))
+    store = store_frame(inp, results, clean_pred)
+    outcome_store.write(store, store_path(), info={"memory_kb": memory, "what": "STQ table: clean and ART attacks"})
+    claims = stq_claims(store, seed)
     budgets = "; ".join(f"{a} {results[(rows[0][S.MODEL], a)].budget} {results[(rows[0][S.MODEL], a)].budget_unit} on "
                         f"{inp.cfg.stq.attack_images[a]} images" for a in ATTACKS)
     from triqdef.reporting.tables import caption_with_claims
@@ -166,36 +226,58 @@ def _resnet_kb(model: nn.Module, bits: int | None) -> float:
     return total / 8 / 1024
 
 
+JACOBIAN = "jacobian_fro_sq"
+
+
+def jacobian_store_path():
+    """``results/outcomes/stq_jacobian.parquet``: each tiny network's ‖J‖_F² per test image (a measurement store)."""
+    from triqdef import paths
+
+    return paths.results_dir() / "outcomes" / "stq_jacobian.parquet"
+
+
+def jacobian_summary(store: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """From the measurement store alone (``triqdef report`` calls it again): per tiny network the mean ‖J‖_F² with
+    its 95 % bootstrap interval over images, and the claim that STQ's is below FP's (paired over images)."""
+    from triqdef.eval import measure_store as M
+    from triqdef.eval.intervals import FAILS, HOLDS, INCONCLUSIVE
+
+    rows = []
+    for label in dict.fromkeys(store["model"]):
+        v = M.values(store, JACOBIAN, label)
+        mean, low, high = M.mean_interval(v, 2000, seed)
+        rows.append({S.MODEL: label, "jacobian_fro_sq": mean, "low": low, "high": high, "n images": len(v)})
+    d, lo, hi, n = M.paired_mean_difference(M.values(store, JACOBIAN, "STQ"), M.values(store, JACOBIAN, "FP (tiny)"),
+                                            2000, seed)
+    claim = {"statement": "mean ‖J‖_F², STQ − FP (paired over images)", "value": d, "low": lo, "high": hi,
+             "claim": "lower than 0", "n_images": n, "n_patches": 1, "n_boot": 2000,
+             "verdict": HOLDS if hi < 0 else FAILS if lo > 0 else INCONCLUSIVE}
+    return pd.DataFrame(rows), claim
+
+
 def jacobian_table(inp: Inputs) -> pd.DataFrame:
     """Squared Frobenius norm of each tiny network's input–logit Jacobian (mean over the first
     ``stq.jacobian_images`` test images, with a 95 % bootstrap interval over images), and the claim that STQ's is
-    below FP's (the summary: ternary QAT regularises it implicitly)."""
-    from triqdef.eval.intervals import INCONCLUSIVE, FAILS, HOLDS
+    below FP's (the summary: ternary QAT regularises it implicitly); the per-image values go to a measurement store
+    (:mod:`triqdef.eval.measure_store`) the table and the claim are computed from."""
+    from triqdef.eval import measure_store
     from triqdef.reporting.tables import caption_with_claims, save_table
     from triqdef.stages.devices import device_of
     from triqdef.stq.jacobian import exact_jacobian_frobenius_sq
 
     n, seed = inp.cfg.stq.jacobian_images, inp.cfg.base.seed
     x = inp.splits.test.images[:n].float() / 255
-    per_image = {}
+    frames = []
     for label, model in inp.tiny.items():
         model.eval()
         xm = x.to(device_of(model))
-        per_image[label] = torch.stack([exact_jacobian_frobenius_sq(model, xm[i:i + 1]).reshape(()) for i in range(len(xm))]).cpu().numpy()
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(x), size=(2000, len(x)))
-    rows = []
-    for label, v in per_image.items():
-        reps = v[draws].mean(1)
-        rows.append({S.MODEL: label, "jacobian_fro_sq": float(v.mean()), "low": float(np.percentile(reps, 2.5)),
-                     "high": float(np.percentile(reps, 97.5)), "n images": len(x)})
-    d = per_image["STQ"] - per_image["FP (tiny)"]
-    reps = d[draws].mean(1)
-    lo, hi = float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5))
-    claim = {"statement": "mean ‖J‖_F², STQ − FP (paired over images)", "value": float(d.mean()), "low": lo,
-             "high": hi, "claim": "lower than 0", "n_images": len(x), "n_patches": 1, "n_boot": 2000,
-             "verdict": HOLDS if hi < 0 else FAILS if lo > 0 else INCONCLUSIVE}
-    table = pd.DataFrame(rows)
+        v = torch.stack([exact_jacobian_frobenius_sq(model, xm[i:i + 1]).reshape(()) for i in range(len(xm))]).cpu().numpy()
+        frames.append(pd.DataFrame({"measure": JACOBIAN, "model": label, "view": "", "item": np.arange(len(v)),
+                                    "value": v.astype(np.float64)}))
+    store = pd.concat(frames, ignore_index=True)
+    measure_store.write(store, jacobian_store_path(), info={"what": "input-logit Jacobian, squared Frobenius norm "
+                                                                   "per test image (through the STE)", "seed": seed})
+    table, claim = jacobian_summary(store, seed)
     save_table(table, "stq_jacobian", dict(inp.meta, claims=[claim]), floatfmt=".4g",
                caption=caption_with_claims(
                    f"Squared Frobenius norm of the input–logit Jacobian, mean over the first {len(x)} test images "

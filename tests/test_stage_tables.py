@@ -351,6 +351,13 @@ def test_report_reads_the_training_metrics_where_the_stage_writes_them(tmp_path,
     t5 = pd.DataFrame({"model": [S.TRIQDEF], "group": [S.UNSEEN], "lavan 32-bit": [4.0]})
     bench = {"time_ratio": 1.4, "mem_ratio": 1.1, "device": "cpu"}
     write_metrics("training", *metrics(SimpleNamespace(profile="smoke", n_eval=1, meta={}, patches=[]), t4, t5, bench, {"4-bit": 0.9}, 1.0))
+    # claim 19's clean deviation comes from the clean outcome store (stage clean_outcomes): 90.0 against 89.5 %
+    from triqdef.eval import outcome_store
+    from triqdef.stages.clean_outcomes import store_rows
+
+    labels = np.zeros(200, dtype=np.int64)
+    rows = [store_rows(m, 32, np.where(np.arange(200) < k, 0, 1), labels, 0) for m, k in ((S.STANDARD_QAT, 180), (S.TRIQDEF, 179))]
+    outcome_store.write(pd.concat(rows, ignore_index=True), tmp_path / "results" / "outcomes" / "clean.parquet")
     lines = build_report(tmp_path / "results").splitlines()
     bench_row = next(line for line in lines if line.startswith("| [") and "| App. D, Table 17 |" in line)
     cam_row = next(line for line in lines if line.startswith("| [") and "| §4.6, Figure 3 |" in line)

@@ -142,6 +142,15 @@ print("TriQDef minus standard QAT clean accuracy (points):", training.clean_devi
 Image(figure3)
 
 # %% [markdown]
+# ## The measurement store
+#
+# Every step time of Table 17, every latency run of Table 18 and every image's Grad-CAM cosine, in
+# `results/outcomes/training_measures.parquet`: REPORT decides the cost, deployment and Grad-CAM claims from it.
+
+# %%
+training.write_measurement_store(run)
+
+# %% [markdown]
 # ## Loss terms over TriQDef training
 
 # %%

@@ -119,12 +119,18 @@ def test_committed_metrics_agree_with_table_4():
 
 @pytest.mark.parametrize("triqdef_acc,verdict", [(0.86, "holds"), (0.80, "partly")])
 def test_figure_3_clean_deviation_is_paired_from_the_store(tmp_path, triqdef_acc, verdict):
-    """Claim 19: Grad-CAM cosines from stage training's metadata, the '< 1 %' clean deviation from the clean store."""
+    """Claim 19: Grad-CAM cosines from stage training's measurement store, the '< 1 %' clean deviation from the
+    clean store."""
+    from triqdef.eval import measure_store
     from triqdef.reporting.report import build_report
+    from triqdef.stages import training_measures
 
-    (tmp_path / "metadata").mkdir()
-    (tmp_path / "metadata" / "training.json").write_text(json.dumps({"gradcam_cosine_to_fp": {"5-bit": 0.97, "2-bit": 0.85}}))
+    rng = np.random.default_rng(0)
+    cosines = {5: 0.97 + 0.01 * rng.standard_normal(200), 2: 0.85 + 0.02 * rng.standard_normal(200)}
+    measure_store.write(training_measures.gradcam_rows(cosines, np.arange(200)),
+                        tmp_path / "outcomes" / "training_measures.parquet")
     store = _store({S.STANDARD_QAT: {32: 0.86, 2: 0.86}, S.TRIQDEF: {32: 0.86, 2: triqdef_acc}}, n=6000, shared=0.95)
     outcome_store.write(store, tmp_path / "outcomes" / "clean.parquet")
-    row = next(ln for ln in build_report(tmp_path).splitlines() if ln.startswith("| [") and "§4.6, Figure 3" in ln)
-    assert f"**{verdict}**" in row and "clean deviation from QAT 32bit" in row
+    report = build_report(tmp_path)
+    row = next(ln for ln in report.splitlines() if ln.startswith("| [") and "§4.6, Figure 3" in ln)
+    assert f"**{verdict}**" in row and "clean deviation from QAT 32bit" in report   # the full text: the claim's section

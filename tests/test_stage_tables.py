@@ -337,20 +337,25 @@ def test_table2_and_table8_claims_are_decided_from_their_stores():
     assert down["statement"] == "LAVAN R56→R20 ASR at 2 bits (%)" and down["verdict"] == FAILS
 
 
-def test_report_reads_the_training_metrics_where_the_stage_writes_them(tmp_path, monkeypatch):
-    """The report's Table 17 and Figure 3 claims read the headline (results/metrics) and the benchmark record
-    (results/metadata) that notebook 02 writes from :func:`triqdef.stages.training.metrics`."""
+def test_report_reads_the_training_measurements_where_the_stage_writes_them(tmp_path, monkeypatch):
+    """The report's Table 17, Table 18 and Figure 3 claims read the measurement store that notebook 02 writes with
+    :func:`triqdef.stages.training.write_measurement_store` (issue 29: verdicts from stores alone)."""
     from types import SimpleNamespace
 
     from triqdef.reporting.report import build_report
-    from triqdef.meta import write_metrics
-    from triqdef.stages.training import metrics
+    from triqdef.stages import training_measures as TM
+    from triqdef.stages.training import write_measurement_store
 
     monkeypatch.setenv("TRIQDEF_OUTPUT", str(tmp_path))
-    t4 = pd.DataFrame({"model": [S.STANDARD_QAT, S.TRIQDEF], "32bit": [90.0, 89.5]})
-    t5 = pd.DataFrame({"model": [S.TRIQDEF], "group": [S.UNSEEN], "lavan 32-bit": [4.0]})
-    bench = {"time_ratio": 1.4, "mem_ratio": 1.1, "device": "cpu"}
-    write_metrics("training", *metrics(SimpleNamespace(profile="smoke", n_eval=1, meta={}, patches=[]), t4, t5, bench, {"4-bit": 0.9}, 1.0))
+    gpdp = [False, False, True, False] * 2
+    bench = {"triqdef_ms_steps": [140.0] * 8, "qat_ms_steps": [100.0] * 8, "triqdef_gpdp_steps": gpdp}
+    times = {4: {S.TRIQDEF: [0.010] * 5, S.STANDARD_QAT: [0.010] * 5}}
+    inp = SimpleNamespace(measures=[TM.bench_rows(bench), TM.latency_rows(times),
+                                    TM.gradcam_rows({4: np.full(50, 0.9)}, np.arange(50))],
+                          measures_info={"gpdp_every": 4, "peak_mb": {S.TRIQDEF: 110.0, "QAT": 100.0}, "batch_size": 128,
+                                         "bench_device": "cpu", "structure": {"4": {"same_structure": True, "hooks": 0}}},
+                          meta={"data": {"source": "test"}}, model_name="resnet20")
+    write_measurement_store(inp)
     # claim 19's clean deviation comes from the clean outcome store (stage clean_outcomes): 90.0 against 89.5 %
     from triqdef.eval import outcome_store
     from triqdef.stages.clean_outcomes import store_rows
@@ -358,11 +363,27 @@ def test_report_reads_the_training_metrics_where_the_stage_writes_them(tmp_path,
     labels = np.zeros(200, dtype=np.int64)
     rows = [store_rows(m, 32, np.where(np.arange(200) < k, 0, 1), labels, 0) for m, k in ((S.STANDARD_QAT, 180), (S.TRIQDEF, 179))]
     outcome_store.write(pd.concat(rows, ignore_index=True), tmp_path / "results" / "outcomes" / "clean.parquet")
-    lines = build_report(tmp_path / "results").splitlines()
+    report = build_report(tmp_path / "results")
+    lines = report.splitlines()
     bench_row = next(line for line in lines if line.startswith("| [") and "| App. D, Table 17 |" in line)
+    deploy_row = next(line for line in lines if line.startswith("| [") and "Table 18" in line)
     cam_row = next(line for line in lines if line.startswith("| [") and "| §4.6, Figure 3 |" in line)
-    assert "time 1.40×, memory 1.10×" in bench_row and "**holds**" in bench_row
-    assert "4-bit 0.90" in cam_row and "32bit -0.5" in cam_row
+    assert "time 1.40× [1.40, 1.40]" in bench_row and "memory 1.10×" in bench_row and "**holds**" in bench_row
+    assert "latency ratio (median) 1.00–1.00" in deploy_row and "**holds**" in deploy_row
+    # the maps hold; the clean deviation (-0.5 points on 200 images) is inconclusive: partly
+    assert "4-bit 0.90 [0.90, 0.90]" in cam_row and "**partly**" in cam_row and "32bit -0.5" in report
+
+
+def test_writing_the_training_measurements_before_measuring_names_what_is_missing(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from triqdef.errors import TriqdefError
+    from triqdef.stages.training import write_measurement_store
+
+    monkeypatch.setenv("TRIQDEF_OUTPUT", str(tmp_path))
+    with pytest.raises(TriqdefError, match="no training measurement"):
+        write_measurement_store(SimpleNamespace(measures=[], measures_info={}, meta={}, model_name="resnet20"))
+    assert not any(tmp_path.rglob("*.parquet"))
 
 
 def test_the_matched_size_is_the_smallest_size_reaching_the_threshold():

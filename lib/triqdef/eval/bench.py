@@ -119,13 +119,13 @@ class SavedTensorMeter:
         return torch.autograd.graph.saved_tensors_hooks(_Held, lambda h: h.tensor)
 
 
-def compare_steps(runners: dict, steps: int, warmup: int, peak_runs: int = 1, device=None) -> dict:
-    """Time training-step callables ``runners[name](i)`` alternating (mean and median ms over every measured
-    step), then measure each one's peak saved-for-backward memory on its own over ``peak_runs`` steps."""
-    cuda = device is not None and torch.device(device).type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+def alternating_times(runners: dict, repeats: int, warmup: int, sync=None) -> dict[str, list[float]]:
+    """Seconds of each call ``runners[name](i)``, the callables taking turns (round ``i`` calls each once, in order),
+    so that machine noise hits all of them alike; the first ``warmup`` rounds are run and not kept. ``sync``: called
+    around each call (``torch.cuda.synchronize`` on a GPU)."""
+    sync = sync or (lambda: None)
     times: dict[str, list[float]] = {k: [] for k in runners}
-    for i in range(warmup + steps):
+    for i in range(warmup + repeats):
         for k, run in runners.items():
             sync()
             t0 = time.perf_counter()
@@ -133,6 +133,15 @@ def compare_steps(runners: dict, steps: int, warmup: int, peak_runs: int = 1, de
             sync()
             if i >= warmup:
                 times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def compare_steps(runners: dict, steps: int, warmup: int, peak_runs: int = 1, device=None) -> dict:
+    """Time training-step callables ``runners[name](i)`` alternating (:func:`alternating_times`: mean and median ms
+    over every measured step, and each step's ms in ``ms_steps``), then measure each one's peak saved-for-backward
+    memory on its own over ``peak_runs`` steps."""
+    cuda = device is not None and torch.device(device).type == "cuda"
+    times = alternating_times(runners, steps, warmup, torch.cuda.synchronize if cuda else None)
     out = {}
     for k, run in runners.items():  # one at a time, so one does not hide the other
         meter = SavedTensorMeter()
@@ -142,7 +151,7 @@ def compare_steps(runners: dict, steps: int, warmup: int, peak_runs: int = 1, de
             for i in range(peak_runs):
                 run(warmup + steps + i)
         out[k] = {"ms": round(1000 * statistics.mean(times[k]), 1), "ms_median": round(1000 * statistics.median(times[k]), 1),
-                  "peak_mb": round(meter.peak / 2**20, 1)}
+                  "peak_mb": round(meter.peak / 2**20, 1), "ms_steps": [round(1000 * t, 3) for t in times[k]]}
         if cuda:
             out[k]["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
@@ -218,6 +227,7 @@ def train_step_benchmark(settings, model_name: str = "resnet20", bits=(32, 8, 4,
         out.update({f"{k}_{m}": v for m, v in r.items()})
     out["triqdef_phases_ms"] = {k: round(statistics.mean(r[k] for r in measured), 1)
                                 for k in ("ms_fdp_pass", "ms_main_pass", "ms_gpdp")}
+    out["triqdef_gpdp_steps"] = ["gpdp" in r for r in measured]   # which measured steps ran GPDP (every gpdp_every-th)
     out["time_ratio"] = round(out["triqdef_ms"] / out["qat_ms"], 3)
     out["mem_ratio"] = round(out["triqdef_peak_mb"] / out["qat_peak_mb"], 3)
     out["memory_measure"] = "peak bytes saved for backward (saved_tensors_hooks), each step type measured on its own"

@@ -35,11 +35,17 @@ def grad_cam(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, bits
     return ((cam - lo) / (hi - lo).clamp_min(1e-12)).cpu()
 
 
+def cam_cosine_items(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, bits,
+                     reference_bits: int = 32) -> dict[int, torch.Tensor]:
+    """For each of ``bits``, the cosine between each image's Grad-CAM map and its map at ``reference_bits`` (the fp
+    path): one value per image (Figure 3, section 4.6; the measurement store of stage ``training`` keeps them)."""
+    ref = grad_cam(model, images, classes, reference_bits).flatten(1)
+    return {b: F.cosine_similarity(grad_cam(model, images, classes, b).flatten(1), ref, dim=1) for b in bits}
+
+
 def cam_cosine_to_reference(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, bits,
                             reference_bits: int = 32) -> dict[str, float]:
     """How alike the maps are across bit-widths (Figure 3, section 4.6): for each of ``bits``, the mean over
-    images of the cosine between its Grad-CAM map and the map at ``reference_bits`` (the fp path) of the same
-    image, rounded to 3 digits; keys ``"<b>-bit"``."""
-    ref = grad_cam(model, images, classes, reference_bits).flatten(1)
-    return {f"{b}-bit": round(float(F.cosine_similarity(grad_cam(model, images, classes, b).flatten(1), ref, dim=1).mean()), 3)
-            for b in bits}
+    images of :func:`cam_cosine_items`, rounded to 3 digits; keys ``"<b>-bit"``."""
+    return {f"{b}-bit": round(float(c.mean()), 3)
+            for b, c in cam_cosine_items(model, images, classes, bits, reference_bits).items()}

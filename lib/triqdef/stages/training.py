@@ -25,7 +25,7 @@ part of the results: keep it).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +51,7 @@ TABLE2_MODELS = (S.STANDARD_QAT, S.PBAT)
 #: Bit-widths of Figure 3's Grad-CAM maps (32: the fp path).
 GRADCAM_BITS = [32, 5, 4, 2]
 #: Images shown in Figure 3, and at most how many test images its map similarity averages over.
-GRADCAM_SHOWN, GRADCAM_IMAGES = 4, 64
+GRADCAM_SHOWN, GRADCAM_IMAGES = 4, 500
 #: Salt of the generator that draws the white-box attacker's training images (with ``base.seed``).
 WHITEBOX_IMAGES_SALT = 11
 #: Salt of PatchAttack's attacker images and of its seeds (with ``base.seed``).
@@ -67,6 +67,9 @@ class Inputs(NotebookInputs):
     models: dict[str, nn.Module]  # row label (schemas.DEFENSE_LABELS) -> model
     metas: dict[str, dict]
     patch_meta: dict  # the patch file's metadata (regimes, the unseen-bit-width patches' source)
+    #: rows and info of the measurement store (:mod:`.training_measures`), filled by Tables 17, 18 and Figure 3
+    measures: list = field(default_factory=list)
+    measures_info: dict = field(default_factory=dict)
 
     @property
     def bits(self) -> list[int]:
@@ -401,24 +404,36 @@ def table2_qat_vs_pbat(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
 
 def table17_training_cost(inp: Inputs) -> tuple[pd.DataFrame, dict]:
     """Table 17: time and memory of a TriQDef, DWQ, PBAT and QADT-R training step against a multi-bit QAT step
-    (``robustness.bench_steps`` alternating steps, batch ``defenses.batch_size``). Returns the table and the
-    benchmark record (:func:`triqdef.eval.bench.train_step_benchmark`)."""
+    (alternating rounds, batch ``defenses.batch_size``; ``robustness.bench_steps`` rounded up to whole GPDP cycles,
+    so that TriQDef's mean holds its GPDP steps in their training share). Each step's time goes to the measurement
+    store (:mod:`.training_measures`), from which the table and its ratio intervals are computed. Returns the table
+    and the benchmark record (:func:`triqdef.eval.bench.train_step_benchmark`)."""
     from triqdef.defenses.steps import triqdef_settings
-    from triqdef.eval.bench import cost_table, train_step_benchmark
+    from triqdef.eval.bench import train_step_benchmark
     from triqdef.reporting.tables import save_table
+    from triqdef.stages import training_measures as TM
     from triqdef.stages.defense import build_step
 
     cfg = inp.cfg
+    settings = triqdef_settings(cfg.triqdef, inp.model_name)
+    cycle = max(settings.gpdp_every, 1)
+    steps = -(-cfg.robustness.bench_steps // cycle) * cycle
     extra = {method: build_step(method, cfg, None, inp.splits, 1)[0] for method in ("dwq", "pbat", "qadt_r")}
-    tb = train_step_benchmark(triqdef_settings(cfg.triqdef, inp.model_name), inp.model_name, inp.bits, cfg.defenses.batch_size,
-                              steps=cfg.robustness.bench_steps, warmup=1, extra_steps=extra, device=cfg.base.device,
-                              range_estimator=cfg.quant.activation_range)
-    t17 = cost_table(tb)
-    save_table(t17, "table17_training_cost", dict(inp.meta, bench=tb), floatfmt={S.T17_TIME_RATIO: ".2f", S.T17_MEM_RATIO: ".2f"},
+    tb = train_step_benchmark(settings, inp.model_name, inp.bits, cfg.defenses.batch_size, steps=steps, warmup=1,
+                              extra_steps=extra, device=cfg.base.device, range_estimator=cfg.quant.activation_range)
+    inp.measures.append(TM.bench_rows(tb))
+    inp.measures_info.update(peak_mb={TM.METHOD_LABELS.get(k, k): tb[f"{k}_peak_mb"] for k in TM.METHOD_LABELS
+                                      if f"{k}_peak_mb" in tb},
+                             batch_size=tb["batch_size"], gpdp_every=cycle, bench_device=tb["device"],
+                             threads=tb["threads"], memory_measure=tb["memory_measure"])
+    t17 = TM.cost_table(pd.concat(inp.measures, ignore_index=True), inp.measures_info)
+    save_table(t17, "table17_training_cost", dict(inp.meta, bench={k: v for k, v in tb.items() if not k.endswith("_steps")}),
+               floatfmt={S.T17_TIME_RATIO: ".2f", S.T17_MEM_RATIO: ".2f"},
                caption=(f"Training cost per step on this machine ({tb['device']}, {tb['threads']} threads), {inp.model_name}, "
-                        f"bits {inp.bits} all active, batch {tb['batch_size']}, mean of {tb['steps']} alternating steps; memory = "
-                        "peak bytes saved for backward. Paper Table 17 (A100, ResNet-56): DWQ 1.05× / 1.02×, PBAT 1.52× / 1.45×, "
-                        "TriQDef 1.47× / 1.17×."))
+                        f"bits {inp.bits} all active, batch {tb['batch_size']}, mean of {tb['steps']} alternating rounds "
+                        f"(TriQDef's GPDP on 1 step in {cycle}, weighted so); time × with its 95 % paired bootstrap "
+                        "interval over rounds; memory = peak bytes saved for backward. Paper Table 17 (A100, ResNet-56): "
+                        "DWQ 1.05× / 1.02×, PBAT 1.52× / 1.45×, TriQDef 1.47× / 1.17×."))
     return t17, tb
 
 
@@ -497,15 +512,27 @@ def table_pbat_inner_attack(inp: Inputs, records: dict[str, dict] | None = None)
 
 
 def table18_inference_cost(inp: Inputs) -> pd.DataFrame:
-    """Table 18: the deployed TriQDef model at each bit-width (32 last) against the deployed standard-QAT model."""
-    from triqdef.eval.deploy import inference_cost_table
+    """Table 18: the deployed TriQDef model at each bit-width (32 last) against the deployed standard-QAT model,
+    timed alternating on the same batch (:func:`triqdef.eval.bench.alternating_times`); every run's latency goes
+    to the measurement store, the structure facts to its info, and the table is computed from them."""
+    from triqdef.eval.bench import alternating_times
+    from triqdef.eval.deploy import extract_bitwidth, same_structure, structure
     from triqdef.reporting.tables import save_table
+    from triqdef.stages import training_measures as TM
 
     rob = inp.cfg.robustness
     x_lat = inp.test_x[:rob.latency_batch].float() / 255
-    bits = [b for b in inp.bits if b != 32] + [32]
-    t18 = inference_cost_table(inp.models[S.TRIQDEF], inp.models[S.STANDARD_QAT], bits, x_lat, inp.model_name,
-                               repeats=rob.latency_repeats)
+    times, facts = {}, {}
+    with torch.no_grad():
+        for b in [b for b in inp.bits if b != 32] + [32]:
+            dq = extract_bitwidth(inp.models[S.STANDARD_QAT], b, inp.model_name)
+            dt = extract_bitwidth(inp.models[S.TRIQDEF], b, inp.model_name)
+            facts[str(b)] = {"same_structure": same_structure(dt, dq), "hooks": structure(dt)["hooks"]}
+            times[b] = alternating_times({S.TRIQDEF: lambda i, m=dt: m(x_lat), S.STANDARD_QAT: lambda i, m=dq: m(x_lat)},
+                                         rob.latency_repeats, warmup=3)
+    inp.measures.append(TM.latency_rows(times))
+    inp.measures_info.update(structure=facts, latency_batch=int(len(x_lat)), latency_repeats=rob.latency_repeats)
+    t18 = TM.latency_table(pd.concat(inp.measures, ignore_index=True), inp.measures_info)
     save_table(t18, "table18_inference_cost", inp.meta, floatfmt={S.T18_RATIO: ".3f"},
                caption=(f"Deployed TriQDef model at each bit-width against the deployed standard-QAT model of the same bit-width: "
                         f"structure identity and latency on a batch of {len(x_lat)} ({rob.latency_repeats} alternating runs)."))
@@ -517,9 +544,11 @@ def table18_inference_cost(inp: Inputs) -> pd.DataFrame:
 
 def figure3_gradcam(inp: Inputs) -> tuple[Path, dict[str, float]]:
     """Figure 3: Grad-CAM of TriQDef at fp/5/4/2 bits on the first test images; and the mean cosine of each
-    b-bit map to the fp map of the same image over at most :data:`GRADCAM_IMAGES` test images."""
-    from triqdef.eval.gradcam import cam_cosine_to_reference, grad_cam
+    b-bit map to the fp map of the same image over at most :data:`GRADCAM_IMAGES` test images (each image's cosine
+    to the measurement store)."""
+    from triqdef.eval.gradcam import cam_cosine_items, grad_cam
     from triqdef.reporting.plots import gradcam_grid
+    from triqdef.stages import training_measures as TM
     from triqdef.reporting.tables import save_figure
     from triqdef.stages.devices import device_of
 
@@ -530,7 +559,9 @@ def figure3_gradcam(inp: Inputs) -> tuple[Path, dict[str, float]]:
     path = save_figure(gradcam_grid(xs, ys, maps), "figure3_gradcam_triqdef")
     n_cam = min(GRADCAM_IMAGES, inp.n_eval)
     xc, yc = (inp.test_x[:n_cam].float() / 255).to(device), inp.test_y[:n_cam].to(device)
-    return path, cam_cosine_to_reference(model, xc, yc, GRADCAM_BITS[1:], reference_bits=GRADCAM_BITS[0])
+    cosines = cam_cosine_items(model, xc, yc, GRADCAM_BITS[1:], reference_bits=GRADCAM_BITS[0])
+    inp.measures.append(TM.gradcam_rows(cosines, np.arange(n_cam)))   # the first n_cam test images: ids 0 … n_cam − 1
+    return path, {f"{b}-bit": round(float(c.mean()), 3) for b, c in cosines.items()}
 
 
 def figure_loss_terms(inp: Inputs) -> Path:
@@ -585,6 +616,18 @@ def figure_cross_bit(inp: Inputs):
     return transfer_heatmaps(pd.read_csv(path))
 
 
+def write_measurement_store(inp: Inputs) -> Path:
+    """Write the measurements of Tables 17 and 18 and Figure 3 to ``results/outcomes/training_measures.parquet``
+    (:mod:`.training_measures`), from which REPORT decides claims 9, 11 and 19; one line names what is missing."""
+    from triqdef.eval import measure_store
+    from triqdef.stages import training_measures as TM
+
+    if not inp.measures:
+        raise TriqdefError("no training measurement to write: expected Tables 17 and 18 and Figure 3 to run first")
+    return measure_store.write(pd.concat(inp.measures, ignore_index=True), TM.store_path(),
+                               info=dict(inp.measures_info, data=inp.meta["data"]["source"], model=inp.model_name))
+
+
 # --------------------------------------------------------------------------- stage metrics
 
 
@@ -604,6 +647,6 @@ def metrics(inp: Inputs, table4: pd.DataFrame, table5: pd.DataFrame, bench: dict
     details = {"profile": inp.profile, "n_eval": inp.n_eval, "regime": deciding_regime(inp),
                "clean_deviation_triqdef_minus_qat": clean_deviation(table4), "gradcam_cosine_to_fp": gradcam_cosine,
                "table4": table4.to_dict(orient="records"),
-               "table5": table5.to_dict(orient="records"), "bench": {k: v for k, v in bench.items() if k != "settings"},
+               "table5": table5.to_dict(orient="records"), "bench": {k: v for k, v in bench.items() if k != "settings" and not k.endswith("_steps")},
                "provenance": inp.meta}
     return headline, details

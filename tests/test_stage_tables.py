@@ -442,3 +442,24 @@ def test_regimes_evaluate_the_deciding_one_or_both(tmp_path, monkeypatch):
     note = regimes.save_absent_regime(deciding, ["table5_asr"], "paper")
     assert list(saved) == ["table5_asr"] and saved["table5_asr"][0]["not_evaluated"] == why
     assert note["note"].tolist() == [why] and why in saved["table5_asr"][1]
+
+
+@pytest.mark.parametrize("evaluate,regimes", [("deciding", {"matched"}), ("both", {"paper", "matched"})])
+def test_cross_arch_makes_ten_patches_per_attack_one_per_class_in_the_evaluated_regimes(evaluate, regimes):
+    """Issue 29, item 4: Table 8's and Table 14's second-architecture sources have 10 patches per attack and rate, one
+    per class; with ``regimes.evaluate: deciding`` (the cpu profile) only the deciding regime's are made, the other
+    regime being evaluated nowhere."""
+    from collections import Counter
+
+    from triqdef.config import load_config, override
+    from triqdef.stages import cross_arch
+
+    cfg = load_config(profile="cpu", sections=cross_arch.PARAMS)
+    cfg = cfg.replace(regimes=override(cfg.regimes, {"evaluate": evaluate}, "regimes.evaluate"))
+    assert cfg.cross_arch.patches_per_attack == 10
+    specs = cross_arch.patch_specs(cfg, second_size=12)
+    assert {s.regime for s in specs} == regimes
+    for (regime, attack), n in Counter((s.regime, s.attack) for s in specs).items():
+        targets = sorted(s.target for s in specs if (s.regime, s.attack) == (regime, attack))
+        assert n == 10 and targets == list(range(10)), (regime, attack)
+    assert len({s.seed for s in specs}) == len(specs)

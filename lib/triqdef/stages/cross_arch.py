@@ -25,11 +25,11 @@ from triqdef.stages.train_fp import run_train_fp
 from triqdef.stages.train_qat import run_train_qat
 from triqdef.config import Config, StageConfig, as_dict, override
 from triqdef.meta import provenance, write_metrics
-from triqdef.attacks.patchsets import (PatchSpec, attack_images, balanced_targets, make_patches, regime_set,
+from triqdef.attacks.patchsets import (MATCHED, PAPER, PatchSpec, attack_images, balanced_targets, make_patches, regime_set,
                                       regime_sizes, save_patchset)
 from triqdef.training.loop import model_from_checkpoint, resolve_device
 
-PARAMS = ("base", "data", "model", "quant", "train_fp", "train_qat", "patches", "cross_arch")
+PARAMS = ("base", "data", "model", "quant", "train_fp", "train_qat", "patches", "cross_arch", "regimes")
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,16 @@ def cross_arch_params(cfg: Config | StageConfig) -> Config | StageConfig:
 
 def patch_specs(cfg: Config | StageConfig, second_size: int | None = None) -> list[PatchSpec]:
     """``patches_per_attack`` FP-made patches per attack (targets balanced over the classes), inside the training
-    region, at ``patches.size`` (set ``cross_arch``) and, when given, at ``second_size`` (``cross_arch_matched``)."""
+    region, at ``patches.size`` (set ``cross_arch``) and, when given, at ``second_size`` (``cross_arch_matched``).
+    With ``regimes.evaluate: deciding`` only the deciding regime's (the matched size when given): notebook 01 and the
+    appendix evaluate no other (:func:`triqdef.stages.regimes.not_evaluated`)."""
     seed = cfg.base.seed
     specs: list[PatchSpec] = []
-    for r, (regime, sizes) in enumerate(regime_sizes(cfg.patches, second_size).items()):
+    regimes = regime_sizes(cfg.patches, second_size)
+    deciding = MATCHED if MATCHED in regimes else PAPER
+    for r, (regime, sizes) in enumerate(regimes.items()):
+        if cfg.regimes.evaluate == "deciding" and regime != deciding:
+            continue
         for a, attack in enumerate(cfg.patches.attacks):
             targets = balanced_targets(cfg.cross_arch.patches_per_attack, seed * 1_000 + SEED_OFFSET // 1_000 + 10 * r + a)
             for t in targets:

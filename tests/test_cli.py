@@ -13,10 +13,43 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(args, tmp_path, env_extra=None):
+def run_process(args, tmp_path, env_extra=None):
+    """``python -m triqdef ARGS`` as its own process (the allocator's re-exec included): what a user runs."""
     env = dict(os.environ, TRIQDEF_OUTPUT=str(tmp_path / "out"), TRIQDEF_OFFLINE="1", TQDM_DISABLE="1",
                PYTHONPATH=str(ROOT / "lib"), **(env_extra or {}))
     return subprocess.run([sys.executable, "-m", "triqdef", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def run(args, tmp_path, env_extra=None):
+    """:func:`triqdef.cli.main` on ``args`` in this process, with the environment :func:`run_process` gives it, its
+    stdout and stderr captured: the same exit status and messages without two interpreter starts per call (the
+    process-level path, ``entry`` and the allocator's re-exec, is checked by the tests that call :func:`run_process`).
+    An exception that escapes ``main`` (a traceback for a user) fails the test as it is."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    from triqdef.cli import main
+
+    env = dict(TRIQDEF_OUTPUT=str(tmp_path / "out"), TRIQDEF_OFFLINE="1", TQDM_DISABLE="1", **(env_extra or {}))
+    saved, cwd = {k: os.environ.get(k) for k in env}, os.getcwd()
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.environ.update(env)
+        os.chdir(ROOT)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:   # argparse: --help (0) and usage errors (2)
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.chdir(cwd)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return SimpleNamespace(returncode=code or 0, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def assert_one_line_error(proc, *needles):
@@ -42,14 +75,15 @@ def params_with(tmp_path, **overrides):
 
 
 def test_help_lists_the_stages(tmp_path):
-    out = run(["--help"], tmp_path)
+    out = run_process(["--help"], tmp_path)
     assert out.returncode == 0
     for cmd in ("data", "train", "evaluate"):
         assert cmd in out.stdout
 
 
 def test_unknown_profile(tmp_path):
-    assert_one_line_error(run(["--profile", "laptop", "data", "info"], tmp_path), "unknown profile 'laptop'", "smoke")
+    # as its own process: one line on stderr, exit status 2, no traceback, through ``entry`` and the re-exec
+    assert_one_line_error(run_process(["--profile", "laptop", "data", "info"], tmp_path), "unknown profile 'laptop'", "smoke")
 
 
 def test_missing_and_invalid_params_file(tmp_path):

@@ -227,18 +227,56 @@ def test_sensitivity_grid_and_table():
     assert len(details["table13"]) == 6
 
 
-def test_table13_claims_pair_full_with_each_variant():
-    from triqdef.eval.intervals import FAILS, HOLDS, INCONCLUSIVE, Outcomes
+def _robust_store(correct: dict) -> pd.DataFrame:
+    """Outcome-store rows from ``{(variant, bits): (patches, images) bool}``: right where True, fooled elsewhere."""
+    frames = []
+    for (v, b), ok in correct.items():
+        n_patch, n_img = ok.shape
+        labels = np.arange(n_img) % 10
+        for p in range(n_patch):
+            frames.append(pd.DataFrame({
+                "model": v, "seed": 0, "bits": b, "attack": "lavan", "set": "seen", "patch_id": p, "target": p,
+                "loc_y": 0, "loc_x": 0, "image_id": np.arange(n_img), "label": labels, "clean_pred": labels,
+                "patched_pred": np.where(ok[p], labels, (labels + 1) % 10)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_table13_claims_pair_full_with_each_variant_from_the_store():
+    from triqdef.eval import outcome_store
+    from triqdef.eval.intervals import FAILS, HOLDS, INCONCLUSIVE
     from triqdef.stages.ablation_tables import table13_claims
 
     rng = np.random.default_rng(0)
     u = rng.random((3, 2000))
-    adv = {(v, b): Outcomes(u < r + 0.02 * (b == 2), np.ones_like(u, dtype=bool))
-           for v, r in (("full", 0.6), ("worse", 0.4), ("same", 0.6), ("better", 0.8)) for b in (4, 2)}
-    claims = {c["statement"].split("full − ")[1].split(" ")[0]: c for c in table13_claims(adv, [4, 2], seed=0)}
+    correct = {(v, b): u < r + 0.02 * (b == 2)
+               for v, r in (("full", 0.6), ("worse", 0.4), ("same", 0.6), ("better", 0.8)) for b in (4, 2)}
+    store = outcome_store.validate(_robust_store(correct))
+    claims = {c["statement"].split("full − ")[1].split(" ")[0]: c for c in table13_claims(store, seed=0)}
     assert claims["worse"]["verdict"] == HOLDS and claims["better"]["verdict"] == FAILS
     assert claims["same"]["verdict"] == INCONCLUSIVE and claims["same"]["n_patches"] == 6  # (bit-width, patch) units
-    assert table13_claims({("ab", 4): adv[("worse", 4)]}, [4], seed=0) == []  # no full row: nothing to claim
+    assert claims["worse"]["value"] == pytest.approx(100 * (correct[("full", 4)].mean() + correct[("full", 2)].mean()
+                                                            - correct[("worse", 4)].mean() - correct[("worse", 2)].mean()) / 2)
+    only = outcome_store.validate(_robust_store({("ab", 4): correct[("worse", 4)]}))
+    assert table13_claims(only, seed=0) == []  # no full row: nothing to claim
+
+
+def test_report_decides_table13_from_its_store_alone(tmp_path):
+    """Issue 29: claim 'the default setting is the most balanced' recomputed from results/outcomes/table13*.parquet;
+    with the default setting alone (the cpu profile trains no sensitivity variant) it is not in the profile."""
+    from triqdef.eval import outcome_store
+    from triqdef.reporting.report import build_report
+
+    rng = np.random.default_rng(1)
+    u = rng.random((10, 500))
+    correct = {(v, b): u < r for v, r in (("full", 0.7), ("ab", 0.5)) for b in (32, 4)}
+    outcome_store.write(_robust_store(correct), tmp_path / "outcomes" / "table13_matched.parquet",
+                        info={"regime": "matched", "patch_size": 12})
+    row = next(ln for ln in build_report(tmp_path).splitlines() if ln.startswith("| [") and "Table 13" in ln)
+    assert "**holds**" in row, row
+    outcome_store.write(_robust_store({k: v for k, v in correct.items() if k[0] == "full"}),
+                        tmp_path / "outcomes" / "table13_matched.parquet", info={"regime": "matched", "patch_size": 12})
+    row = next(ln for ln in build_report(tmp_path).splitlines() if ln.startswith("| [") and "Table 13" in ln)
+    assert "**not measured**" in row and "not run in this profile" in row, row
 
 
 def test_motivation_headline_reads_the_tables():

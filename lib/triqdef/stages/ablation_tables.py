@@ -165,11 +165,13 @@ def sensitivity_grid(runs: Sequence[str], variants: Mapping[str, Mapping]) -> di
 
 def sensitivity_table(models: Mapping[str, nn.Module], grid: Mapping[str, str], bits: Sequence[int], patches: Sequence,
                       clean_images: torch.Tensor, clean_labels: torch.Tensor, images: torch.Tensor,
-                      labels: torch.Tensor, adv_outcomes: dict | None = None) -> pd.DataFrame:
+                      labels: torch.Tensor, adv_outcomes: dict | None = None,
+                      records_out: list | None = None) -> pd.DataFrame:
     """Table 13: for each model of ``grid`` three rows at each of ``bits``: ``Clean`` accuracy (%) on
     ``clean_images`` (every test image, as Table 4), ``Adv`` accuracy (%) with each of ``patches`` pasted
     (mean over them), and their targeted ``ASR`` (%), on ``images``. ``adv_outcomes``: a dict that receives the
-    per-image outcomes behind each ``Adv`` cell, ``{(variant, bits): Outcomes}`` (for :func:`table13_claims`)."""
+    per-image outcomes behind each ``Adv`` cell, ``{(variant, bits): Outcomes}``; ``records_out``: a list that
+    receives the patch records behind them (:func:`triqdef.eval.robustness.defense_records`, for the outcome store)."""
     from triqdef.eval import robustness
     from triqdef.eval.accuracy import accuracy
 
@@ -178,6 +180,8 @@ def sensitivity_table(models: Mapping[str, nn.Module], grid: Mapping[str, str], 
         # the patches are pasted once per (model, bit-width): the ASR row and the Adv row read the same records
         patched = {b: robustness.defense_records({v: models[v]}, {S.SEEN: list(patches)}, [b], images, labels)
                    for b in bits} if patches else {}
+        if records_out is not None:
+            records_out.extend(patched.values())
         for setting in S.T13_METRICS:
             row = {S.VARIANT: v, S.SETTING: desc if setting == S.CLEAN else "", S.METRIC: setting}
             for b in bits:
@@ -196,48 +200,70 @@ def sensitivity_table(models: Mapping[str, nn.Module], grid: Mapping[str, str], 
     return pd.DataFrame(rows)
 
 
+def table13_store_path(regime: str):
+    """Table 13's outcome store in ``regime``: ``results/outcomes/table13[_matched].parquet``."""
+    from triqdef.stages.regimes import regime_table
+
+    return paths.results_dir() / "outcomes" / f"{regime_table('table13', regime)}.parquet"
+
+
 def table13_sensitivity(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     """Table 13: clean accuracy, accuracy under the seen LAVAN patches and their ASR for the default setting and
-    each sensitivity variant this profile trained; ``regime`` as in :func:`table7_ablation`."""
+    each sensitivity variant this profile trained; ``regime`` as in :func:`table7_ablation`. Every (variant,
+    bit-width, patch, image) outcome goes to Table 13's outcome store, from which its claims are computed
+    (:func:`table13_claims`), here and by ``triqdef report``."""
     from triqdef.attacks.patchsets import regime_set, select
+    from triqdef.eval import outcome_store
     from triqdef.reporting.tables import caption_with_claims, save_table
     from triqdef.stages.regimes import not_evaluated, regime_label, regime_size, regime_table, save_absent_regime
 
     if not_evaluated(inp, regime):
-        return save_absent_regime(inp, ["table13_sensitivity"], regime)
+        return save_absent_regime(inp, ["table13_sensitivity"], regime, stores=[table13_store_path(regime)])
     grid = sensitivity_grid(inp.runs, inp.cfg.ablations.variants)
     seen_lavan = select(inp.patches, regime_set("seen", regime), "lavan")
-    adv: dict = {}
+    records: list = []
     t13 = sensitivity_table(inp.models, grid, inp.bits, seen_lavan, inp.splits.test.images, inp.splits.test.labels,
-                            inp.test_x, inp.test_y, adv)
-    claims = table13_claims(adv, inp.bits, inp.cfg.base.seed)
+                            inp.test_x, inp.test_y, records_out=records)
+    store = outcome_store.write_records(pd.concat(records, ignore_index=True), inp.cfg.base.seed,
+                                        inp.test_y.cpu().numpy(), table13_store_path(regime),
+                                        info={"regime": regime, "patch_size": regime_size(inp, regime),
+                                              "profile": inp.profile, "settings": grid})
+    claims = table13_claims(store, inp.cfg.base.seed)
     save_table(t13, regime_table("table13_sensitivity", regime), dict(inp.meta, regime=regime, claims=claims),
                caption=caption_with_claims(f"Clean accuracy ({len(inp.splits.test.labels)} test images, as Table 4), robust accuracy under the seen "
                         f"{regime_label(inp, regime)} "
                         f"LAVAN patches ('Adv') and their targeted ASR (%) ({inp.n_eval} test images), profile `{inp.profile}` "
                         f"(reduced grid: {', '.join(grid)}). Paper Table 13 has two rows "
                         "for the default configuration, (α, β) = (0.5, 1.0) and (λ_FDP, λ_GPDP) = (0.8, 0.5), with different numbers, "
-                        "and its (1.0, 0.5) row equals its (0.8, 0.5) row.", claims))
+                        "and its (1.0, 0.5) row equals its (0.8, 0.5) row. Outcomes: "
+                        f"results/outcomes/{table13_store_path(regime).name}.", claims))
     return t13
 
 
-def table13_claims(adv_outcomes: Mapping[tuple[str, int], object], bits: Sequence[int], seed: int) -> list[dict]:
+def table13_claims(store: pd.DataFrame, seed: int) -> list[dict]:
     """Appendix C's "the default setting is the most balanced", read as: under the seen LAVAN patches, ``full``'s
-    robust accuracy (mean over ``bits`` and patches) is higher than each other variant's. Paired intervals: the
-    same patches and images for both, each (bit-width, patch) one resampled unit."""
-    from triqdef.eval.intervals import Outcomes, claim_evidence, difference
+    robust accuracy (mean over the store's bit-widths and patches) is higher than each other variant's, from Table
+    13's outcome store. Paired intervals: the same patches and images for both, each (bit-width, patch) one
+    resampled unit, studentised over them (:func:`triqdef.eval.intervals.difference`, as every patch comparison),
+    with one-sided p-values for Holm over the variants. No claim without ``full`` and another variant."""
+    from triqdef.eval import outcome_store
+    from triqdef.eval.defense_claims import evidence
+    from triqdef.eval.intervals import Outcomes, difference
     from triqdef.eval.transfer import N_BOOT
 
+    bits = sorted(store["bits"].unique(), reverse=True)
+
     def stacked(v):
-        parts = [adv_outcomes[(v, b)] for b in bits]
+        parts = [outcome_store.robust_outcomes(store, model=v, bits=int(b)) for b in bits]
         return Outcomes(np.concatenate([o.hits for o in parts]), np.concatenate([o.eligible for o in parts]))
 
-    variants = sorted({v for v, _ in adv_outcomes} - {"full"})
-    if "full" not in {v for v, _ in adv_outcomes} or not stacked("full").n_patches:
+    variants = list(dict.fromkeys(store["model"]))
+    if "full" not in variants:
         return []
     full = stacked("full")
-    return [claim_evidence(f"robust accuracy under seen LAVAN, full − {v} (points, mean over bit-widths)",
-                           difference(full, stacked(v), N_BOOT, seed), "higher") for v in variants]
+    return [evidence(f"robust accuracy under seen LAVAN, full − {v} (points, mean over bit-widths)",
+                     difference(full, stacked(v), N_BOOT, seed, method="t"), "higher", 0.0, topic="table13", variant=v)
+            for v in variants if v != "full"]
 
 
 # --------------------------------------------------------------------------- stage metrics

@@ -224,11 +224,16 @@ def table13_sensitivity(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     records: list = []
     t13 = sensitivity_table(inp.models, grid, inp.bits, seen_lavan, inp.splits.test.images, inp.splits.test.labels,
                             inp.test_x, inp.test_y, records_out=records)
-    store = outcome_store.write_records(pd.concat(records, ignore_index=True), inp.cfg.base.seed,
-                                        inp.test_y.cpu().numpy(), table13_store_path(regime),
-                                        info={"regime": regime, "patch_size": regime_size(inp, regime),
-                                              "profile": inp.profile, "settings": grid})
-    claims = table13_claims(store, inp.cfg.base.seed)
+    if records:
+        store = outcome_store.write_records(pd.concat(records, ignore_index=True), inp.cfg.base.seed,
+                                            inp.test_y.cpu().numpy(), table13_store_path(regime),
+                                            info={"regime": regime, "patch_size": regime_size(inp, regime),
+                                                  "profile": inp.profile, "settings": grid})
+        claims = table13_claims(store, inp.cfg.base.seed)
+    else:   # no seen LAVAN patch (patches.attacks without lavan): the Adv rows stay empty, and so does the store
+        outcome_store.write(outcome_store.empty(), table13_store_path(regime),
+                            info={"regime": regime, "absent": "no seen LAVAN patch in this regime"})
+        claims = []
     save_table(t13, regime_table("table13_sensitivity", regime), dict(inp.meta, regime=regime, claims=claims),
                caption=caption_with_claims(f"Clean accuracy ({len(inp.splits.test.labels)} test images, as Table 4), robust accuracy under the seen "
                         f"{regime_label(inp, regime)} "

@@ -237,11 +237,13 @@ def test_qadt_r_transfer_claim_is_decided_on_the_2bit_interval_against_70(tmp_pa
 
 def test_table13_with_the_default_setting_alone_is_not_measured(tmp_path):
     """A profile that trains no sensitivity variant has nothing to rank: not a trivial 'holds'."""
-    from triqdef.reporting import schemas as S
+    import numpy as np
+    from test_stage_tables import _robust_store
 
-    (tmp_path / "tables").mkdir()
-    rows = [{S.VARIANT: "full", S.SETTING: "", S.METRIC: m, "32bit": 50.0, "2bit": 40.0} for m in S.T13_METRICS]
-    pd.DataFrame(rows).to_csv(tmp_path / "tables" / "table13_sensitivity.csv", index=False)
+    from triqdef.eval import outcome_store
+
+    full = {("full", b): np.ones((10, 50), dtype=bool) for b in (32, 2)}
+    outcome_store.write(_robust_store(full), tmp_path / "outcomes" / "table13_matched.parquet", info={"regime": "matched"})
     line = _row(build_report(tmp_path), "| App. C, Table 13")
     assert "**not measured**" in line and "no sensitivity variant" in line
 
@@ -360,3 +362,20 @@ def test_table6_claim_is_decided_from_its_outcome_store_alone(tmp_path):
     outcome_store.write(store, tmp_path / "outcomes" / "table6.parquet",
                         info={"regime": "matched", "patch_size": 12, "preprocessing": [jedi]})
     assert "**does not hold**" in _row(build_report(tmp_path), contains="Table 6")
+
+
+def test_a_sections_method_line_names_the_method_of_the_intervals_it_read():
+    """A claim declared with percentile intervals whose deciding intervals are studentised ('t') says so: the
+    "Method" line follows the intervals; without a method on them, the claim's declaration stands."""
+    from triqdef.reporting.report import METHOD_NOTES, STUDENTISED_NOTE, Row, _method, _section
+
+    claim = next(c for c in CLAIMS if c.method == "percentile")
+    entry = dict(regime="matched", statement="s", value=10.0, low=5.0, high=15.0, direction="higher", margin=70.0,
+                 verdict="does not hold", n_images=500, n_patches=10, method="t")
+    row = Row(4, claim, "ours", "does not hold", [entry])
+    assert _method(row) == "studentised"
+    assert any(STUDENTISED_NOTE in line for line in _section(row, "cpu"))
+    assert _method(Row(4, claim, "ours", "does not hold", [dict(entry, method=None)])) == "percentile"
+    mixed = [entry, dict(entry, method="percentile")]
+    assert _method(Row(4, claim, "ours", "does not hold", mixed)) == claim.method
+    assert set(METHOD_NOTES) >= {"studentised", "percentile"}

@@ -36,22 +36,23 @@ _READ: contextvars.ContextVar[list | None] = contextvars.ContextVar("triqdef_rep
 
 
 def _record(regime: str, statement: str, value: float, low: float, high: float, claimed: str, verdict: str,
-            n_images, n_patches) -> None:
-    """Note one interval the current claim reads (for its sample sizes, the patch floor and the forest plot)."""
+            n_images, n_patches, method: str | None = None) -> None:
+    """Note one interval the current claim reads (for its sample sizes, the patch floor, the forest plot and its
+    section's "Method" line: ``method``, the interval's own, when it says)."""
     read = _READ.get()
     if read is None:
         return
     direction, margin = parse_claimed(claimed)
     read.append(dict(regime=regime, statement=statement, value=float(value), low=float(low), high=float(high),
                      direction=direction, margin=margin, verdict=str(verdict), n_images=int(n_images),
-                     n_patches=int(n_patches)))
+                     n_patches=int(n_patches), method=method))
 
 
 def _recorded(claims: list[dict], regime: str = "paper") -> list[dict]:
     """``claims`` (rates or differences in points), noted as read by the current claim."""
     for c in claims:   # a comparison of two models counts the images common to both (n_common), when it says
         _record(regime, c["statement"], c["value"], c["low"], c["high"], c["claim"], c["verdict"],
-                c.get("n_common", c.get("n_images", 0)), c.get("n_patches", 0))
+                c.get("n_common", c.get("n_images", 0)), c.get("n_patches", 0), c.get("method"))
     return claims
 
 
@@ -1010,7 +1011,8 @@ CLAIMS = [
           "0 ms extra", _deploy),
     Claim("§2, Table 2", "PBAT fails on unseen patch bit-widths: ASR rises by more than 20 % on 2-bit patches",
           "PBAT QAT 10×10 seen 56.8 % vs 10×10 unseen (2-bit) 78.3 %", _table2,
-          "Ours compares seen 10×10 FP-made patches with 6×6 patches made on a standard-QAT model at 2 bits (in the matched regime both scaled by the same factor: the sizes are in the table caption; docs/design.md#patch-sets)."),
+          "Ours compares patches made on a standard-QAT model at 2 bits with FP-made patches of the same size (issue "
+          "30, item 3; the sizes are in the table caption; docs/design.md#patch-sets).", method="studentised"),
     Claim("§4.3, Table 5", "at 2 bits TriQDef lowers ASR by over 20 % against PBAT and over 50 % against DWQ",
           "seen LAVAN 2-bit: 26.2 vs PBAT 39.7 vs DWQ 76.4 %", _seen_2bit,
           "Read as relative; the paper's own Table 5 gives 34 % / 66 % relative (13.5 / 50.2 points).",
@@ -1034,11 +1036,13 @@ CLAIMS = [
           "appendix D downsamples maps by 2", _speed_settings, "Our addition: the cpu profile's speed settings against none.",
           method="studentised"),
     Claim("§4.6, Figure 3", "Grad-CAM maps of fp/5/4/2-bit TriQDef highlight the same regions; < 1 % clean deviation",
-          "visual; '< 1 %'", _gradcam, "Ours: mean cosine between the fp and b-bit Grad-CAM maps (threshold 0.8)."),
+          "visual; '< 1 %'", _gradcam, "Ours: mean cosine between the fp and b-bit Grad-CAM maps (threshold 0.8), "
+          "each on a 95 % percentile bootstrap interval over test images (docs/design.md#training-measures).",
+          method="paired_accuracy"),
     Claim("App. C, Table 13", "(λ_FDP, λ_GPDP) = (0.8, 0.5), (α, β) = (0.5, 1.0) is the most balanced setting",
           "default Adv 54.86 / 52.0 / 53.2 / 52.7 % (λ rows)", _table13,
           "Table 13 lists the default twice with different numbers ((0.5, 1.0) Adv 50.0 … vs (0.8, 0.5) Adv 54.86 …), "
-          "and its (1.0, 0.5) row equals its (0.8, 0.5) row to the digit."),
+          "and its (1.0, 0.5) row equals its (0.8, 0.5) row to the digit.", method="studentised"),
     Claim("QADT-R (abstract)", "adversarial patches stay highly transferable to QNNs: over 70 % ASR at 2 bits",
           "over 70 % at 2 bits", _qadt_r_transfer, "Our Table 1 (FP-made patches on standard QAT at 2 bits).",
           method="studentised"),
@@ -1064,11 +1068,12 @@ CLAIMS = [
           method="studentised"),
     Claim("STQ (summary)", "the tiny stochastic-ternary network is more accurate than its FP model, in a tenth of "
           "the memory", "80.57 % vs 75.20 % clean; 410 KB vs 4,496 KB", _stq_clean,
-          "Ours: the summary's architecture as docs/design.md#stq reads it, trained for the profile's steps."),
+          "Ours: the summary's architecture as docs/design.md#stq reads it, trained for the profile's steps.",
+          method="paired_accuracy"),
     Claim("STQ (summary)", "defensive distillation at T = 50 makes STQ more robust than at T = 1 under white-box attacks",
           "STQ-T50 above STQ-T1 (FGSM, PGD, C&W)", _stq_distillation,
           "White-box attacks against a T = 50 model meet small logit gradients (gradient masking, Carlini & Wagner "
-          "2016); the black-box columns of the STQ table are the check."),
+          "2016); the black-box columns of the STQ table are the check.", method="paired_accuracy"),
     Claim("STQ (summary)", "quantization-aware ternary training regularises the input–logit Jacobian implicitly",
           "per-layer Jacobian regularisation from QAT", _stq_jacobian,
           "Measured through the straight-through estimator (what an attacker's gradient sees)."),
@@ -1336,6 +1341,17 @@ def _sample(deciding: list[dict]) -> str:
     return f"{span(imgs)} images" + (f", {span(pats)} patches" if pats else "") + ", one training seed"
 
 
+#: An interval's own ``method`` (:class:`triqdef.eval.intervals.Interval`) -> its note in :data:`METHOD_NOTES`.
+INTERVAL_METHODS = {"t": "studentised", "percentile": "percentile"}
+
+
+def _method(row: Row) -> str:
+    """The key of the "Method" note of a claim's section: the method of the deciding intervals when each says and
+    they agree (a patch rate's: studentised or percentile), else the one the claim declares."""
+    said = {INTERVAL_METHODS.get(e.get("method")) for e in _deciding(row.read)}
+    return said.pop() if len(said) == 1 and None not in said else row.claim.method
+
+
 def _section(row: Row, profile: str) -> list[str]:
     c, deciding = row.claim, _deciding(row.read)
     lines = [f'<a id="claim-{row.number}"></a>', "", f"### {row.number}. {c.where}: {c.claim}", "",
@@ -1344,7 +1360,7 @@ def _section(row: Row, profile: str) -> list[str]:
     if c.note:
         lines.append(f"- Note: {c.note}")
     if row.read:
-        lines.append(f"- Method: {METHOD_NOTES[c.method]}; {SEEDS_NOTE}.")
+        lines.append(f"- Method: {METHOD_NOTES[_method(row)]}; {SEEDS_NOTE}.")
         for regime in ("matched", "paper"):
             entries = [e for e in row.read if e["regime"] == regime]
             if not entries:

@@ -154,23 +154,21 @@ def _table1(results):
                     _claims(results, "table1_transfer_asr"), verdict)
 
 
-def _measures(results: Path, name: str) -> tuple[pd.DataFrame, int]:
-    """The measurement store ``results/outcomes/<name>.parquet`` (:mod:`triqdef.eval.measure_store`) and the
-    bootstrap seed its stage used (its info's ``seed``, else 0)."""
+def _measures_with_info(results: Path, name: str) -> tuple[pd.DataFrame, dict]:
+    """The measurement store ``results/outcomes/<name>.parquet`` (:mod:`triqdef.eval.measure_store`) and the info
+    it was written with."""
     from triqdef.eval import measure_store
 
     path = results / "outcomes" / f"{name}.parquet"
     if not path.is_file():
         raise Missing(f"outcomes/{name}.parquet")
-    return measure_store.read(path), int(measure_store.read_info(path).get("seed", 0))
+    return measure_store.read(path), measure_store.read_info(path)
 
 
-def _measures_with_info(results: Path, name: str) -> tuple[pd.DataFrame, dict]:
-    """The measurement store ``results/outcomes/<name>.parquet`` and the info it was written with."""
-    from triqdef.eval import measure_store
-
-    store, _ = _measures(results, name)
-    return store, measure_store.read_info(results / "outcomes" / f"{name}.parquet")
+def _measures(results: Path, name: str) -> tuple[pd.DataFrame, int]:
+    """:func:`_measures_with_info`'s store and the bootstrap seed its stage used (its info's ``seed``, else 0)."""
+    store, info = _measures_with_info(results, name)
+    return store, int(info.get("seed", 0))
 
 
 def _training_measures(results: Path, measure: str) -> tuple[pd.DataFrame, dict]:

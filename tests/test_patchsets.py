@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from triqdef.attacks.patchsets import balanced_targets, base_set, distinct_scaled_sizes, largest_size, plan
+from triqdef.attacks.patchsets import balanced_targets, base_set, distinct_scaled_sizes, largest_size, plan, regime_sizes
 from triqdef.config import load_config
 
 
@@ -132,3 +132,45 @@ def test_the_caption_note_counts_each_sets_targets_from_the_patches():
     assert "trained with another seed (results/models/qat/resnet20_independent.pt)" in evaluation_sets_note(even, independent, "paper")
     shared = {"params": {"unseen_bits_source": "shared_qat"}, "unseen_bits_source": "results/models/qat/resnet20.pt"}
     assert "partly white-box" in evaluation_sets_note(even, shared, "paper")
+
+
+@pytest.mark.parametrize("profile", ["cpu", "paper"])
+def test_table9_has_its_own_sets_of_as_many_patches_as_the_seen_set_at_each_size(profile):
+    """Issue 29, item 4: Table 9 read stage ``patches``'s unseen-size sets, 2 patches each in ``cpu``; its own sets
+    hold ``seen_per_attack`` LAVAN patches (10, one per class) at each of its three sizes, the same targets at every
+    size, with seeds no other patch of the patch stage has."""
+    from triqdef.stages import motivation as M
+
+    cfg = load_config(None, profile).patches
+    main_plan = plan(cfg, seed=0, second_size=12)
+    regimes = regime_sizes(cfg, 12)
+    for regime, expected in (("paper", {8: 8, 9: 9, 10: 10}), ("matched", {8: 14, 9: 15, 10: 16})):
+        sizes = M.table9_sizes(regimes, regime, M.TABLE9_SETS)
+        assert sizes == expected
+        specs = M.table9_plan(cfg, sizes, seed=0, regime=regime)
+        by_set = {}
+        for s in specs:
+            by_set.setdefault(s.set_name, []).append(s)
+        suffix = "" if regime == "paper" else "_matched"
+        assert set(by_set) == {f"table9_size{n}{suffix}" for n in (8, 9, 10)}
+        targets = [[s.target for s in by_set[f"table9_size{n}{suffix}"]] for n in (8, 9, 10)]
+        assert targets[0] == targets[1] == targets[2] and len(targets[0]) == cfg.seen_per_attack
+        assert Counter(targets[0]) == Counter({c: cfg.seen_per_attack // 10 for c in range(10)})
+        assert all(s.attack == "lavan" and s.source == "fp" and s.placement == "inside" and s.regime == regime
+                   and s.size == sizes[int(s.set_name.split("size")[1].split("_")[0])] for s in specs)
+        seeds = [s.seed for s in specs]
+        assert len(set(seeds)) == len(seeds) and not set(seeds) & {s.seed for s in main_plan}
+    matched = M.table9_plan(cfg, M.table9_sizes(regimes, "matched", M.TABLE9_SETS), 0, "matched")
+    paper = M.table9_plan(cfg, M.table9_sizes(regimes, "paper", M.TABLE9_SETS), 0, "paper")
+    assert not {s.seed for s in matched} & {s.seed for s in paper}
+
+
+def test_table9_sizes_name_what_is_missing_in_one_line():
+    from triqdef.errors import TriqdefError
+    from triqdef.stages import motivation as M
+
+    regimes = regime_sizes(load_config(None, "cpu").patches, None)
+    with pytest.raises(TriqdefError, match="regime 'matched' is not in the patch stage's metadata"):
+        M.table9_sizes(regimes, "matched", M.TABLE9_SETS)
+    with pytest.raises(TriqdefError, match=r"Table 9's sets \['size11'\] are not in"):
+        M.table9_sizes(regimes, "paper", ("size11",))

@@ -45,7 +45,8 @@ ACCURACY_COLUMNS = [32, 8, 5, 4, 2]
 GRADIENT_BITS = (5, 4, 2)
 #: Bit-width pairs of Table 12.
 TABLE12_PAIRS = (S.pair_label(32, 5), S.pair_label(5, 4))
-#: Patch sets of Table 9 (LAVAN patches by size).
+#: Stage ``patches``'s sets whose sizes Table 9 takes (8, 9 and 10 px in the paper's regime); its patches are
+#: its own (:func:`table9_patches`).
 TABLE9_SETS = ("unseen_size8", "size9", "unseen_size10")
 
 
@@ -341,7 +342,7 @@ def table1_estimators(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     from triqdef.eval.transfer import pivot_rates, transfer_records
     from triqdef.stages.devices import calibration_on
     from triqdef.reporting.tables import save_table
-    from triqdef.stages.regimes import not_evaluated, regime_label, regime_size, regime_table, save_absent_regime
+    from triqdef.stages.regimes import not_evaluated, regime_label, regime_table, save_absent_regime
 
     if not_evaluated(inp, regime):
         return save_absent_regime(inp, ["table1_estimators"], regime)
@@ -597,14 +598,87 @@ def table12_hard_vs_soft(inp: Inputs, records: pd.DataFrame) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- Tables 9 and 11
 
+#: Patch seeds of Table 9's own sets (:func:`table9_plan`) are ``seed·100003 + TABLE9_SEED_OFFSET + …``: never those of stage ``patches`` (below 40,000)
+#: nor of the cross-architecture (50,000), random-location (60,000), strength / DPR (70,000), PatchAttack
+#: (80,000) or white-box (90,000) patches.
+TABLE9_SEED_OFFSET = 40_000
+#: The set-name prefix: ``table9_size8`` (``table9_size8_matched`` at the matched size).
+TABLE9_PREFIX = "table9_size"
+
+
+def table9_sizes(regime_sizes: dict, regime: str, names: tuple[str, ...]) -> dict[int, int]:
+    """The sizes of Table 9's sets ``names`` in ``regime``, by their paper-regime size: ``{8: 14, 9: 15, 10: 16}`` at
+    the matched size. ``regime_sizes``: :func:`triqdef.attacks.patchsets.regime_sizes` (as stage ``patches`` recorded
+    it in its metadata); ``names``: paper-regime set names such as ``unseen_size8`` or ``size9``."""
+    from triqdef.errors import TriqdefError
+
+    if regime not in regime_sizes:
+        raise TriqdefError(f"regime '{regime}' is not in the patch stage's metadata (regimes {sorted(regime_sizes)}): "
+                           "expected a regime that 'triqdef patches make' made")
+    known = {**regime_sizes[regime]["unseen"], **regime_sizes[regime]["extra"]}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise TriqdefError(f"Table 9's sets {missing} are not in the patch stage's regime '{regime}' (sets {sorted(known)}): "
+                           "expected patches.unseen_sizes and patches.extra_sizes to hold Table 9's sizes")
+    return {int(n.rsplit("size", 1)[1]): int(known[n]) for n in names}
+
+
+def table9_plan(cfg, sizes: dict[int, int], seed: int, regime: str, num_classes: int = 10) -> list:
+    """``cfg.seen_per_attack`` LAVAN patches per size of ``sizes`` (``{paper size: size in this regime}``), FP-made,
+    inside the training region, set ``table9_size<paper size>`` of ``regime``; the same balanced targets at every size
+    (deterministic in ``seed`` and the regime). See :func:`table9_patches`."""
+    from triqdef.attacks.patchsets import PatchSpec, balanced_targets, regime_set
+
+    draw = 1 if regime == "paper" else 2
+    targets = balanced_targets(cfg.seen_per_attack, seed * 1_000 + 40 + draw, num_classes)
+    specs: list[PatchSpec] = []
+    for name_size, size in sorted(sizes.items()):
+        for target in targets:
+            specs.append(PatchSpec(regime_set(f"{TABLE9_PREFIX}{name_size}", regime), "lavan", size, "fp", None, target,
+                                   seed * 100_003 + TABLE9_SEED_OFFSET + 1_000 * draw + len(specs), "inside", regime))
+    return specs
+
+
+def table9_patch_file(regime: str):
+    """Where :func:`table9_patches` writes the patches of ``regime``: ``results/table9/patches[_matched].pt``."""
+    from triqdef.attacks.patchsets import regime_set
+
+    return paths.results_dir() / "table9" / f"{regime_set('patches', regime)}.pt"
+
+
+def table9_patches(inp: Inputs, regime: str, progress: bool = True) -> tuple[list, float]:
+    """Table 9's own patch sets in ``regime`` (issue 29, item 4; docs/design.md#table-9-sets): ``patches.seen_per_attack``
+    FP-made LAVAN patches at each of its sizes (:func:`table9_plan`), from the attacker images of stage ``patches``;
+    written to
+    :func:`table9_patch_file` with their provenance. Returns them and the seconds they took."""
+    import time
+
+    from triqdef.attacks.patchsets import attack_images, make_patches, save_patchset
+    from triqdef.config import as_dict
+    from triqdef.meta import provenance
+    from triqdef.stages import common
+
+    t0 = time.perf_counter()
+    sizes = table9_sizes(inp.patch_meta["regimes"], regime, TABLE9_SETS)
+    specs = table9_plan(inp.cfg.patches, sizes, inp.cfg.base.seed, regime)
+    images, labels, idx = attack_images(inp.splits, inp.cfg.patches, inp.cfg.base.seed)
+    patches, _ = make_patches(specs, {"fp": inp.fp}, images, labels, inp.cfg.patches, inp.cfg.model.name, progress)
+    seconds = round(time.perf_counter() - t0, 1)
+    save_patchset(table9_patch_file(regime), patches,
+                  provenance(inp.cfg, {"params": as_dict(inp.cfg.patches), "regime": regime, "sizes": sizes,
+                                       "per_size": inp.cfg.patches.seen_per_attack, "data": common.data_record(inp.splits),
+                                       "attack_images": int(len(idx)), "fp_checkpoint_commit": inp.fp_meta.get("commit"),
+                                       "seconds": seconds}))
+    return patches, seconds
+
 
 def table9_ptq_transfer(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     """Table 9 (CIFAR analogue): FP-made LAVAN patches of 8, 9 and 10 pixels (in the matched regime: scaled by the
-    same factor) on the FP model and its PTQ versions."""
-    from triqdef.attacks.patchsets import regime_set, select
+    same factor), ``patches.seen_per_attack`` per size (:func:`table9_patches`), on the FP model and its PTQ
+    versions."""
     from triqdef.eval.transfer import pivot_rates, transfer_records
     from triqdef.reporting.tables import caption_with_claims, save_table
-    from triqdef.stages.regimes import not_evaluated, regime_size, regime_table, save_absent_regime
+    from triqdef.stages.regimes import not_evaluated, regime_table, save_absent_regime
 
     if not_evaluated(inp, regime):
         return save_absent_regime(inp, ["table9_ptq_transfer_cifar"], regime, stores=[store_path("table9", regime)])
@@ -617,14 +691,18 @@ def table9_ptq_transfer(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     if clip_bits:  # issue 12 item 6: the same PTQ model with the MSE clip (recalibrated), so the estimator's effect shows
         clipped = quant.with_range_estimator(inp.ptq, "mse", calibration_on(inp.ptq, inp.splits.holdout.images))
         views.update({f"{S.ptq_view(b)} ({ESTIMATOR_LABELS['mse']})": (clipped, b) for b in clip_bits})
-    sized = [p for s in TABLE9_SETS for p in select(inp.patches, regime_set(s, regime), "lavan")]
-    records = transfer_records(sized, views, inp.test_x, inp.test_y)
+    patches, patch_seconds = table9_patches(inp, regime)
+    records = transfer_records(patches, views, inp.test_x, inp.test_y)
     t9 = pivot_rates(records, "asr", index=(S.SIZE,), column_order=list(views))
     claims = table9_claims(write_store(inp, records, "table9", regime), set_sizes(records), inp.cfg.base.seed)
     save_table(t9, regime_table("table9_ptq_transfer_cifar", regime),
-               dict(inp.meta, regime=regime, analogue_of="paper Table 9 (ImageNet ResNets)", claims=claims),
+               dict(inp.meta, regime=regime, analogue_of="paper Table 9 (ImageNet ResNets)", claims=claims,
+                    patches={"file": str(table9_patch_file(regime).relative_to(paths.output_root())), "per_size":
+                             inp.cfg.patches.seen_per_attack, "seconds": patch_seconds}),
                caption=caption_with_claims("CIFAR analogue of paper Table 9 (which is ImageNet): targeted ASR (%) of FP-made "
-                                           f"LAVAN patches by size on the PTQ ResNet-20 ({regime} regime; sizes scaled by the "
+                                           f"LAVAN patches by size, {inp.cfg.patches.seen_per_attack} per size with the same "
+                                           "targets at each size (results/table9), "
+                                           f"on the PTQ ResNet-20 ({regime} regime; sizes scaled by the "
                                            "same factor, kept distinct below the largest patch that fits: "
                                            f"{', '.join(f'{s} px' for s in sorted(set_sizes(records).values()))}); "
                                            "95% bootstrap "

@@ -3,6 +3,7 @@
 from collections import Counter
 
 import pytest
+import torch
 
 from triqdef.attacks.patchsets import balanced_targets, base_set, distinct_scaled_sizes, largest_size, plan, regime_sizes
 from triqdef.config import load_config
@@ -174,3 +175,24 @@ def test_table9_sizes_name_what_is_missing_in_one_line():
         M.table9_sizes(regimes, "matched", M.TABLE9_SETS)
     with pytest.raises(TriqdefError, match=r"Table 9's sets \['size11'\] are not in"):
         M.table9_sizes(regimes, "paper", ("size11",))
+
+
+def test_table2_has_its_own_made_at_2_bits_set_one_patch_per_seen_patch():
+    """Issue 29, item 4: Table 2's claim compared the seen set (10 per attack) with stage ``patches``'s
+    ``unseen_bits2`` (2 per attack); its own set has one patch per seen patch, with its attack, size and target,
+    made on standard QAT at 2 bits, with seeds no patch of the patch stage has."""
+    from triqdef.attacks.patches import Patch
+    from triqdef.stages import training as T
+
+    cfg = load_config(None, "cpu").patches
+    main_plan = plan(cfg, seed=0, second_size=12)
+    for regime in ("paper", "matched"):
+        seen_specs = [s for s in main_plan if s.set_name == ("seen" if regime == "paper" else "seen_matched")]
+        seen = [Patch(torch.zeros(3, s.size, s.size), (0, 0), s.target, s.attack, "resnet20", None) for s in seen_specs]
+        specs = T.table2_specs(seen, regime, seed=0)
+        assert len(specs) == len(seen) == 2 * cfg.seen_per_attack
+        assert [(s.attack, s.size, s.target) for s in specs] == [(p.attack, p.size, p.target) for p in seen]
+        assert all(s.source == "qat" and s.source_bits == 2 and s.placement == "inside" and s.regime == regime
+                   for s in specs)
+        assert {s.set_name for s in specs} == {"table2_bits2" if regime == "paper" else "table2_bits2_matched"}
+        assert len({s.seed for s in specs}) == len(specs) and not {s.seed for s in specs} & {s.seed for s in main_plan}

@@ -1013,7 +1013,8 @@ CLAIMS = [
     Claim("§2, Table 2", "PBAT fails on unseen patch bit-widths: ASR rises by more than 20 % on 2-bit patches",
           "PBAT QAT 10×10 seen 56.8 % vs 10×10 unseen (2-bit) 78.3 %", _table2,
           "Ours compares patches made on a standard-QAT model at 2 bits with FP-made patches of the same size (issue "
-          "30, item 3; the sizes are in the table caption; docs/design.md#patch-sets).", method="studentised"),
+          "30, item 3; the sizes are in the table caption): Table 2's own set, one patch per seen patch with its "
+          "target (issue 29, item 4; docs/design.md#table-2-set).", method="studentised"),
     Claim("§4.3, Table 5", "at 2 bits TriQDef lowers ASR by over 20 % against PBAT and over 50 % against DWQ",
           "seen LAVAN 2-bit: 26.2 vs PBAT 39.7 vs DWQ 76.4 %", _seen_2bit,
           "Read as relative; the paper's own Table 5 gives 34 % / 66 % relative (13.5 / 50.2 points).",

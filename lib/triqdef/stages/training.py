@@ -352,10 +352,75 @@ def table2_claims(store: pd.DataFrame, seed: int = 0) -> list[dict]:
     return [dict(claim_evidence(statement, d, "higher", TABLE2_RISE), topic="table2")]
 
 
+#: Table 2's own 'made at 2 bits' set (:func:`table2_patches`): its bit-width, and its patch seeds
+#: ``seed·100003 + TABLE2_SEED_OFFSET + …``, apart from every other stage's patches (stage ``patches`` below 30,000).
+TABLE2_BITS, TABLE2_SEED_OFFSET = 2, 30_000
+
+
+def table2_patch_file(regime: str) -> Path:
+    """Where :func:`table2_patches` writes the set of ``regime``: ``results/table2/patches[_matched].pt``."""
+    from triqdef.attacks.patchsets import regime_set
+
+    return paths.results_dir() / "table2" / f"{regime_set('patches', regime)}.pt"
+
+
+def table2_specs(seen: list, regime: str, seed: int) -> list:
+    """The patches of Table 2's own set (:func:`table2_patches`): for each patch of the seen set ``seen``, in its
+    order, one with its attack, size and target, made on standard QAT at :data:`TABLE2_BITS` bits inside the
+    training region, with its own seed (set ``table2_bits2`` of ``regime``)."""
+    from triqdef.attacks.patchsets import PatchSpec, regime_set
+
+    offset = seed * 100_003 + TABLE2_SEED_OFFSET + (0 if regime == "paper" else 1_000)
+    return [PatchSpec(regime_set(f"table2_bits{TABLE2_BITS}", regime), p.attack, p.size, "qat", TABLE2_BITS, p.target,
+                      offset + i, "inside", regime) for i, p in enumerate(seen)]
+
+
+def table2_patches(inp: Inputs, regime: str, progress: bool = True) -> tuple[list, float]:
+    """Table 2's own 'unseen (made at 2 bits)' set (issue 29, item 4; docs/design.md#table-2-set): one patch per
+    patch of the seen set of ``regime``, with its attack, size and target (so the claim's two sets are paired by
+    target), made as stage ``patches`` makes ``unseen_bits2``: on the unseen-bit-width source model
+    (``patches.unseen_bits_source``) at :data:`TABLE2_BITS` bits, inside the training region, from the same attacker
+    images. Written to :func:`table2_patch_file` with its provenance; returns the patches and the seconds they took."""
+    from triqdef.attacks.patchsets import attack_images, make_patches, regime_set, save_patchset, select
+    from triqdef.config import as_dict
+    from triqdef.meta import provenance
+    from triqdef.stages import common
+    from triqdef.training.loop import model_from_checkpoint, resolve_device
+
+    t0 = time.perf_counter()
+    cfg, pcfg, seed = inp.cfg, inp.cfg.patches, inp.cfg.base.seed
+    seen = select(inp.patches, regime_set("seen", regime))
+    if not seen:
+        raise TriqdefError(f"the patch file has no '{regime_set('seen', regime)}' set: expected the seen patches of "
+                           "'triqdef patches make'")
+    independent = pcfg.unseen_bits_source == "independent_qat"
+    path = common.qat_checkpoint(cfg, independent=independent)
+    if not path.is_file():
+        raise TriqdefError(f"standard-QAT checkpoint {path} not found: expected the source model of the unseen-bit-width "
+                           f"patches (patches.unseen_bits_source: {pcfg.unseen_bits_source}; stage train_qat)")
+    source, source_meta = model_from_checkpoint(path, kind="qat", model_name=inp.model_name)
+    if TABLE2_BITS not in source_meta["bits"]:
+        raise TriqdefError(f"standard-QAT checkpoint {path} has bit-widths {source_meta['bits']}: expected "
+                           f"{TABLE2_BITS}, the bit-width of Table 2's 'made at {TABLE2_BITS} bits' set")
+    specs = table2_specs(seen, regime, seed)
+    images, labels, idx = attack_images(inp.splits, pcfg, seed)
+    made, _ = make_patches(specs, {"qat": source.to(resolve_device(cfg.base.device))}, images, labels, pcfg,
+                           inp.model_name, progress)
+    seconds = round(time.perf_counter() - t0, 1)
+    save_patchset(table2_patch_file(regime), made,
+                  provenance(cfg, {"params": as_dict(pcfg), "regime": regime, "bits": TABLE2_BITS,
+                                   "source": str(path.relative_to(paths.output_root())),
+                                   "source_checkpoint_commit": source_meta.get("commit"),
+                                   "data": common.data_record(inp.splits), "attack_images": int(len(idx)),
+                                   "seconds": seconds}))
+    return made, seconds
+
+
 def table2_qat_vs_pbat(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     """Table 2 in the project's terms: 8×8 / 10×10 FP-made patches and 6×6 patches made on standard QAT at 4 and
     2 bits (in the matched regime: every size scaled by the same factor), on standard QAT and PBAT at 32 bits,
-    8 bits, and 8-bit PTQ of their 32-bit weights."""
+    8 bits, and 8-bit PTQ of their 32-bit weights. The claim's 'made at 2 bits' side is Table 2's own set
+    (:func:`table2_patches`), as large as the seen set; the other per-kind rows are stage ``patches``' sets."""
     from triqdef.attacks.patchsets import regime_set, select
     from triqdef.eval import deploy, outcome_store, robustness
     from triqdef.eval.transfer import asr_by_model_and_set
@@ -365,7 +430,7 @@ def table2_qat_vs_pbat(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
 
     if not_evaluated(inp, regime):
         return save_absent_regime(inp, ["table2_qat_vs_pbat"], regime, stores=[store_path(regime, "table2")])
-    q = inp.cfg.quant
+    q, pcfg_unseen = inp.cfg.quant, inp.cfg.patches.unseen_per_kind
     views = {}
     for label in TABLE2_MODELS:
         model = inp.models[label]
@@ -377,24 +442,31 @@ def table2_qat_vs_pbat(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
             views[label].update({f"{S.T2_8BIT} ({CLIP_LABEL})": (quant.with_range_estimator(model, CLIP, calib), 8),
                                  f"{S.T2_PTQ8} ({CLIP_LABEL})": (quant.with_range_estimator(ptq8, CLIP, calib), 8)})
     sets = {label: select(inp.patches, regime_set(name, regime)) for label, name in S.T2_PATCH_SETS.items()}
+    own, own_seconds = table2_patches(inp, regime)   # the claim's 'made at 2 bits' side: its own set, as large as seen
+    sets[S.T2_UNSEEN_2BIT] = own
     records, t2 = asr_by_model_and_set(views, sets, inp.test_x, inp.test_y)
     store = outcome_store.write_records(table2_store_rows(records), inp.cfg.base.seed, inp.test_y.cpu().numpy(),
                                         store_path(regime, "table2"),
                                         info={"regime": regime, "patch_size": regime_size(inp, regime),
                                               "profile": inp.profile})
     claims = table2_claims(store, inp.cfg.base.seed)
-    s0, s8, s10, s4bit, s2bit = (select(inp.patches, regime_set(name, regime))[0].size
-                                 for name in S.T2_PATCH_SETS.values())
+    s0, s8, s10, s4bit, s2bit = (sets[label][0].size for label in S.T2_PATCH_SETS)
+    set_names = {k: regime_set(v, regime) for k, v in S.T2_PATCH_SETS.items()} | {S.T2_UNSEEN_2BIT: own[0].info["set"]}
     cap2 = (f"Targeted ASR (%) in the project's terms of paper Table 2 ({regime_label(inp, regime)} regime): "
             f"the seen set ({s0}×{s0}, FP-made, the training pool's distribution), {s8}×{s8} / {s10}×{s10} FP-made "
             f"patches (the paper's 'seen' 8×8 / 10×10, scaled as docs/design.md#attack-regime, distinct sizes below "
             f"the largest that fits) and "
-            f"{s4bit}×{s4bit} / {s2bit}×{s2bit} patches made on a standard-QAT model at 4 / 2 bits, on "
+            f"{s4bit}×{s4bit} / {s2bit}×{s2bit} patches made on a standard-QAT model at 4 / 2 bits (at 2 bits, the "
+            f"claim's side: Table 2's own set, {len(own)} patches, one per seen patch with its target, results/table2; "
+            f"the other sets: stage patches', {pcfg_unseen} per attack, descriptive), on "
             f"standard QAT and PBAT at 32 bits, 8 bits, and 8-bit PTQ of their 32-bit weights ({estimator_note(q, 8, 'the 8-bit views')}); "
             f"{inp.n_eval} test images. Outcomes: results/outcomes/{store_path(regime, 'table2').name}. "
             f"{robustness.evaluation_sets_note(inp.patches, inp.patch_meta, regime)} "
-            f"{robustness.set_targets(inp.patches, {k: regime_set(v, regime) for k, v in S.T2_PATCH_SETS.items()})}")
-    save_table(t2, regime_table("table2_qat_vs_pbat", regime), dict(inp.meta, regime=regime, claims=claims),
+            f"{robustness.set_targets([*inp.patches, *own], set_names)}")
+    save_table(t2, regime_table("table2_qat_vs_pbat", regime),
+               dict(inp.meta, regime=regime, claims=claims,
+                    patches={"file": str(table2_patch_file(regime).relative_to(paths.output_root())), "n": len(own),
+                             "seconds": own_seconds}),
                caption=caption_with_claims(cap2, claims))
     return t2
 

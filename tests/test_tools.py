@@ -148,3 +148,10 @@ def test_bench_stacked_refuses_bad_input_in_one_line(args, message):
         pytest.skip("a CUDA device is visible here")
     out = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_stacked.py"), *args], capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.strip().endswith(message) and len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("args", "message"), [(["--rounds", "0"], "--rounds 0: expected at least 1"),
+                                               (["--eval-batches", "0"], "batch sizes: expected positive integers")])
+def test_bench_batches_refuses_bad_input_in_one_line(args, message):
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_batches.py"), *args], capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.strip().endswith(message) and len(out.stderr.strip().splitlines()) == 1

@@ -221,12 +221,13 @@ def _table9(results):
     _require_store(results, "table9")
     path = _store_files(results, "table9")[0][1]
     sizes = outcome_store.read_info(path).get("set_sizes", {})
-    low = M.lowest_bits(_store_indexed(path).frame, M.PTQ)
+    frame = _store_indexed(path).frame
+    low = M.lowest_bits(frame, M.PTQ)
     parts = [f"{sizes[n]}px {_store_rate(results, 'table9', model=M.PTQ, bits=low, set=n, attack=S.LAVAN):.1f} %"
              for n in sorted(sizes, key=lambda n: (sizes[n], n))]
-    frame = _store_indexed(path).frame
     view = frame[(frame["model"] == M.PTQ) & (frame["bits"] == low)].drop_duplicates("image_id")
-    correct = f" (the PTQ {low}-bit model is right on {int((view['clean_pred'] == view['label']).sum())} of {len(view)} test images, the only ones its rates count)"
+    right = int((view["clean_pred"] == view["label"]).sum())
+    correct = f" (the PTQ {low}-bit model is right on {right} of {len(view)} test images, the only ones its rates count)"
     return _decided(_store_size(results, "table9") + f"CIFAR analogue, LAVAN on PTQ ResNet-20 at {low} bits: "
                     + ", ".join(parts) + correct, _claims(results, "table9_ptq_transfer_cifar"), "not decided")
 

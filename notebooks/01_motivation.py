@@ -62,8 +62,8 @@ Image(motivation.figure_training_curves(run))
 # *matched size*, the smallest patch whose mean white-box LAVAN ASR on the FP model reaches 80 % (stage
 # `attack_strength`); our 6×6 patches are weak (the paper's 87 % white-box ASR is probably out of reach at
 # that size). The patch tables below come first in the regime REPORT.md decides in (the matched size
-# when it was made), then in the other one: Table 1 always, the others when `regimes.evaluate` is `both`
-# (the `cpu` profile makes the deciding regime only: time budget).
+# when it was made), then in the other one when `regimes.evaluate` is `both` (the `cpu` profile makes the
+# deciding regime only: time budget; the attack-strength curve above shows the 6×6 regime).
 
 # %%
 regime, other = regimes.deciding_regime(run), regimes.other_regime(run)

@@ -89,6 +89,12 @@ def test_literal_choices_match_the_library():
     (lambda r: r["base"].update(seed=-2), r"parameter base.seed = -2"),
     (lambda r: r["train_qat"]["cpu"].update(independent_share=0), r"train_qat.cpu.independent_share = 0: expected a number > 0"),
     (lambda r: r["train_qat"]["cpu"].update(independent_share=1.5), r"train_qat.cpu.independent_share = 1.5: expected a number <= 1"),
+    (lambda r: r["seeds"]["common"].update(variant_seeds=[0, 3]), r"seeds.variant_seeds = \[0, 3\]: expected one or more of base.seed 0"),
+    (lambda r: r["seeds"]["common"].update(variant_seeds=[]), r"seeds.variant_seeds = \[\]: expected one or more"),
+    (lambda r: r["seeds"]["common"].update(variant_seeds=[0, 1, 1, 2]), r"seeds.variant_seeds = \[0, 1, 1, 2\]: \[1\] appear"),
+    (lambda r: r["seeds"]["common"].update(variants=["nope"]), r"seeds.variants names 'nope'"),
+    (lambda r: r["patch_attack"]["cpu"].update(bits=[]), r"patch_attack.bits = \[\]: expected distinct"),
+    (lambda r: r["patch_attack"]["cpu"].update(bits=[32, 8]), r"patch_attack.bits = \[32, 8\].*robustness.bits"),
     (lambda r: r.pop("dwq"), r"no section 'dwq'"),
     (lambda r: r["dwq"].pop("cpu"), r"params section 'dwq' has no 'cpu' entry"),
 ])

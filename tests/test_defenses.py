@@ -221,7 +221,7 @@ def test_random_bitwidth_per_image_picks_each_images_draw_and_whitebox_patch():
 
 
 def test_deployed_models_have_the_same_structure_and_outputs():
-    from triqdef.eval.deploy import extract_bitwidth, latency_ratio, same_structure, structure
+    from triqdef.eval.deploy import extract_bitwidth, same_structure, structure
 
     a, x = _qmodel((32, 8, 4))
     b, _ = _qmodel((32, 8, 4), seed=1)
@@ -233,8 +233,6 @@ def test_deployed_models_have_the_same_structure_and_outputs():
     with quant.use_bitwidth(a, 4):
         assert torch.allclose(da(x), a(x), atol=1e-5)
     assert not any(".8." in k for k in da.state_dict())
-    r = latency_ratio(da, db, x[:4], repeats=10, warmup=1)
-    assert r["ratio_median"] > 0 and r["repeats"] == 10
 
 
 def test_grad_cam_shapes_and_range():

@@ -181,11 +181,12 @@ def test_the_store_holds_the_exact_cifar10_mirror(tmp_path):
     assert any("data/cifar10-jpeg.tar.gz" in gap for gap in dvc_store.missing(store))
 
 
-REPLICA_STAGES = ("defense_seed", "defense_length", "seed_eval", "length_eval", "seed_summary", "length_summary")
+REPLICA_STAGES = ("defense_seed", "variant_seed", "defense_length", "seed_eval", "variant_eval", "length_eval",
+                  "seed_summary", "length_summary")
 
 
 def test_no_core_stage_and_not_the_report_depends_on_the_replica_group():
-    """Issue 30: the seed and training-length replicas are a group apart. Every output of theirs lies under
+    """Issue 30: the seed, variant and training-length replicas are a group apart. Every output of theirs lies under
     results/replicas/, and no dependency of another stage is, or contains, such a path, so `dvc repro report`
     runs the core alone (before, the report's results/metrics dependency pulled every replica in)."""
     stages = dvc_deps.load_dvc_yaml()["stages"]

@@ -5,7 +5,8 @@ from collections import Counter
 import pytest
 import torch
 
-from triqdef.attacks.patchsets import balanced_targets, base_set, distinct_scaled_sizes, largest_size, plan, regime_sizes
+from triqdef.attacks.patchsets import (balanced_targets, base_set, distinct_scaled_sizes, largest_size, plan, regime_sizes,
+                                       evaluated_regimes)
 from triqdef.config import load_config
 
 
@@ -51,10 +52,26 @@ def test_the_matched_regime_repeats_every_set_at_the_scaled_sizes():
     sizes = {s.set_name: s.size for s in both}
     assert sizes["seen"] == 6 and sizes["seen_matched"] == 12 and sizes["pool_matched"] == 12
     # 8, 9 and 10 px scaled by 2 pass the largest patch GAP can place (16 px): one pixel apart below it
-    assert (sizes["unseen_size8_matched"], sizes["size9_matched"], sizes["unseen_size10_matched"]) == (14, 15, 16)
+    assert (sizes["unseen_size8_matched"], sizes["unseen_size10_matched"]) == (14, 16)
+    assert regime_sizes(cfg, 12)["matched"]["extra"] == {"size9": 15}   # a size only: Table 9 makes its own set
+    assert not any(s.set_name.startswith("size") for s in both)
     assert all(s.regime == ("matched" if s.set_name.endswith("_matched") else "paper") for s in both)
     assert len({s.seed for s in both}) == len(both)
     assert plan(cfg, seed=0, second_size=6) == paper   # the matched size is the paper's: one regime
+
+
+def test_evaluation_sets_are_made_only_in_the_evaluated_regimes_and_no_other_patch_changes():
+    """Issue 30 (budget): with ``regimes.evaluate: deciding`` the paper regime keeps only its pool (the defenses
+    train on both sizes); every patch made has the target and seed it has in the full plan."""
+    cfg = load_config(None, "cpu").patches
+    full = plan(cfg, seed=0, second_size=12)
+    assert evaluated_regimes("deciding", 12, cfg.size) == ("matched",)
+    assert evaluated_regimes("both", 12, cfg.size) == ("paper", "matched")
+    assert evaluated_regimes("deciding", None, cfg.size) == evaluated_regimes("both", 6, cfg.size) == ("paper",)
+    part = plan(cfg, seed=0, second_size=12, evaluated=("matched",))
+    assert set(part) <= set(full)
+    assert {s.set_name for s in part if s.regime == "paper"} == {"pool"}
+    assert {s.set_name for s in part if s.regime == "matched"} == {s.set_name for s in full if s.regime == "matched"}
 
 
 @pytest.mark.parametrize("profile", ["smoke", "cpu", "paper", "gpu"])
@@ -64,11 +81,14 @@ def test_no_two_patch_sets_share_a_size_through_clamping(profile, second):
     and the scaled sets stay on their side of the seen size (an unseen size is larger than the seen one)."""
     cfg = load_config(None, profile).patches
     specs = plan(cfg, seed=0, second_size=second)
+    table9 = regime_sizes(cfg, second)
     for regime in ("paper", "matched"):
         sizes = {}
         for s in specs:
             if s.regime == regime and s.attack == "lavan":
                 sizes.setdefault(s.size, set()).add(base_set(s.set_name))
+        for name, size in table9[regime]["extra"].items():   # Table 9's own sets (stage motivation) at these sizes
+            sizes.setdefault(size, set()).add(name)
         by_set = {name: size for size, names in sizes.items() for name in names}
         sized = [n for n in by_set if n.startswith("unseen_size") or n.startswith("size")]
         assert len({by_set[n] for n in sized} | {by_set["seen"]}) == len(sized) + 1, (regime, sizes)

@@ -2,6 +2,7 @@
 the rates of a run from its store, the seed spread and comparison tables, the training-length table, the two summary
 stages, and the bad inputs of the replica commands."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,26 @@ def test_a_runs_rates_come_from_its_store_and_the_seed_tables_from_the_runs():
     assert not any(r == CLEAN for _, r, _ in comp.index)   # accuracies are not the claim
 
 
+def test_claim_18_is_read_as_no_change_inside_the_margin_at_the_seed_level():
+    """TriQDef against a variant of itself: the same rates give "no change" (the interval inside ±5 points), a
+    variant 20 points weaker "changes the result"; the equivalence reading of an interval on its own."""
+    same = [_run("triqdef", "TriQDef", s, 0.20, 0.1, 0.6) for s in (0, 1, 2)]
+    same += [dataclasses.replace(_run("triqdef", "TriQDef", s + 10, 0.20, 0.1, 0.6), method="triqdef-slow",
+                                 training_seed=s) for s in (0, 1, 2)]
+    comp = replicas.variant_comparisons(same, ["slow"], [8, 2], [8, 2], N_BOOT).set_index(["rate", "where"])
+    assert comp.loc[(UNSEEN, "8-bit"), "verdict (inside ±5)"] == replicas.NO_CHANGE
+    worse = same[:3] + [dataclasses.replace(_run("triqdef", "TriQDef", s + 10, 0.40, 0.1, 0.6), method="triqdef-slow",
+                                            training_seed=s) for s in (0, 1, 2)]
+    comp = replicas.variant_comparisons(worse, ["slow"], [8, 2], [8, 2], N_BOOT).set_index(["rate", "where"])
+    assert comp.loc[(UNSEEN, "8-bit"), "verdict (inside ±5)"] == replicas.CHANGES
+    assert comp.loc[(UNSEEN, "8-bit"), "difference"] == pytest.approx(-20, abs=5)
+    assert replicas.variant_verdict(-4.0, 4.5) == replicas.NO_CHANGE
+    assert replicas.variant_verdict(-6.0, 3.0) == intervals.INCONCLUSIVE
+    assert replicas.variant_verdict(0.5, 3.0) == replicas.CHANGES
+    assert replicas.variant_verdict(float("nan"), 1.0) == intervals.INCONCLUSIVE
+    assert replicas.variant_comparisons(same[:3], ["slow"], [8, 2], [8, 2], N_BOOT).empty   # no variant run: no row
+
+
 def test_the_training_length_table_and_figure_follow_the_steps():
     runs = [_run("triqdef", "TriQDef", 0, u, 0.1, 0.6, f, int(400 * f)) for f, u in ((0.25, 0.3), (1.0, 0.2), (4.0, 0.1))]
     rates = pd.concat([replicas.run_rates(r, [8, 2], [8, 2], N_BOOT) for r in runs], ignore_index=True)
@@ -242,6 +263,11 @@ def test_the_summary_stages_write_their_tables_figure_and_reports_from_the_store
             outcome_store.write(_store_rows(S.DEFENSE_LABELS[m], k, eval_bits, sources, *strength[m], 0.6, rng),
                                 rep / "outcomes" / "seeds" / f"{m}-seed{k}.parquet")
             metrics(rep / "metrics" / "seeds" / f"{m}-seed{k}.json", 400, "2026-12-05T03:00:00+00:00")
+    for v in cfg.seeds.variants:   # claim 18: the variant as strong as TriQDef on the unseen sets
+        for k in cfg.seeds.variant_seeds:
+            outcome_store.write(_store_rows(S.DEFENSE_LABELS["triqdef"], k, eval_bits, sources, *strength["triqdef"],
+                                            0.6, rng), rep / "outcomes" / "variants" / f"triqdef-{v}-seed{k}.parquet")
+            metrics(rep / "metrics" / "variants" / f"triqdef-{v}-seed{k}.json", 400, "2026-12-05T03:00:00+00:00")
     for m in cfg.training_length.methods:
         for f in cfg.training_length.factors:
             outcome_store.write(_store_rows(S.DEFENSE_LABELS[m], cfg.base.seed, eval_bits, sources, *strength[m], 0.6,
@@ -255,11 +281,18 @@ def test_the_summary_stages_write_their_tables_figure_and_reports_from_the_store
         (rep / "outcomes" / "length" / name).unlink()
     headline = seed_summary.run_seed_summary(cfg.only(seed_summary.PARAMS))   # no length run: not needed
     assert headline["stage_wall_time_s"] > 0 and (rep / "metrics" / "seed_summary.json").is_file()
-    for name in ("seed_spread", "seed_comparisons"):
+    for name in ("seed_spread", "seed_comparisons", "variant_comparisons"):
         assert (rep / "tables" / "seeds" / f"{name}.md").is_file() and (rep / "tables" / "seeds" / f"{name}.csv").is_file()
     text = (rep / "SEEDS.md").read_text()
     assert "# Training seeds" in text and "against the baselines, seed level" in text and "training_length" not in text
-    assert text.count("| yes") == len(cfg.seeds.methods) * len(cfg.seeds.training_seeds)   # 600 ref steps each
+    assert "## Claim 18: TriQDef's speed settings, seed level" in text
+    assert text.count("| yes") == (len(cfg.seeds.methods) * len(cfg.seeds.training_seeds)   # 600 ref steps each
+                                   + len(cfg.seeds.variants) * len(cfg.seeds.variant_seeds))
+    variants = pd.read_csv(rep / "tables" / "seeds" / "variant_comparisons.csv")
+    assert set(variants["comparison"]) == {f"triqdef − triqdef-{v}" for v in cfg.seeds.variants}
+    assert set(variants["rate"]) == {UNSEEN, WHITEBOX} and (variants["seeds"] == "3 / 3").all()
+    spread = pd.read_csv(rep / "tables" / "seeds" / "seed_spread.csv")
+    assert {f"triqdef-{v}" for v in cfg.seeds.variants} <= set(spread["method"])
     comp = pd.read_csv(rep / "tables" / "seeds" / "seed_comparisons.csv")
     assert (comp.loc[comp["rate"] == UNSEEN, "verdict (lower)"] == intervals.HOLDS).all()
     with pytest.raises(TriqdefError, match="not found.*length_eval@"):
@@ -284,6 +317,52 @@ def test_replica_commands_refuse_bad_input_in_one_line_and_write_nothing(tmp_pat
                           "training length x4 for qat")
     assert_one_line_error(run(["--profile", "smoke", "replicas", "seed", "pbat", "1"], tmp_path),
                           "replica checkpoint", "not found", "defense_seed@pbat-1")
+    assert_one_line_error(run(["--profile", "smoke", "replicas", "variant", "every_step_full_res", "7"], tmp_path),
+                          "variant 'every_step_full_res' of triqdef with training seed 7")
+    assert_one_line_error(run(["--profile", "smoke", "replicas", "variant", "no_fdp", "0"], tmp_path),
+                          "variant 'no_fdp'", "seeds.variants")
+    assert_one_line_error(run(["--profile", "smoke", "replicas", "variant", "every_step_full_res", "0"], tmp_path),
+                          "replica checkpoint", "not found", "variant_seed@every_step_full_res-0")
+    assert_one_line_error(run(["--profile", "smoke", "train", "variant", "every_step_full_res", "5"], tmp_path),
+                          "seeds.variant_seeds")
     assert_one_line_error(run(["--profile", "smoke", "replicas", "seed-summary"], tmp_path), "not found")
     assert_one_line_error(run(["--profile", "smoke", "replicas", "length-summary"], tmp_path), "not found")
     assert not (tmp_path / "out" / "results" / "replicas").exists()
+
+
+def test_replica_stage_times_show_the_nearest_reference_beside_the_window_median_and_judge_the_larger(
+        tmp_path, monkeypatch):
+    """SEEDS.md / LENGTH.md "Stage times": where the 2-h window spans a change of the machine's speed (a session
+    boundary), the window's median and the nearest measurement disagree; both counts are shown and the budget is
+    judged on the larger, so a stage over 5,600 reference steps by either count is not called within it."""
+    import json
+
+    from triqdef.stages.replicas import REPLICA_BUDGET_STEPS, times_markdown
+
+    monkeypatch.setenv("TRIQDEF_OUTPUT", str(tmp_path))
+    results = tmp_path / "results"
+    for kind in ("metrics", "metadata"):
+        (results / "replicas" / kind / "seeds").mkdir(parents=True)
+    (results / "replicas" / "metrics" / "seeds" / "qat-seed1.json").write_text(json.dumps({"stage_wall_time_s": 600.0}))
+    (results / "replicas" / "metadata" / "seeds" / "qat-seed1.json").write_text(
+        json.dumps({"created": "2026-12-05T03:00:00+00:00"}))
+    (results / "bench").mkdir()
+    log = [(1000.0, "01:05"), (1000.0, "01:10"), (100.0, "02:55")]   # window median 1,000 ms, nearest 100 ms
+    (results / "bench" / "reference_log.jsonl").write_text("".join(
+        json.dumps({"median_ms": ms, "measured_at": f"2026-12-05T{t}:00+00:00"}) + "\n" for ms, t in log))
+    text = "\n".join(times_markdown("seeds"))
+    row = next(line for line in text.splitlines() if line.startswith("| seeds/qat-seed1"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3:7] == ["1,000", "600", "100", "6,000"] and 6000 > REPLICA_BUDGET_STEPS
+    assert cells[7] == "**no**" and "nearest_ms" in text
+
+
+def test_summary_tables_show_each_interval_by_its_bounds_not_a_half_width():
+    """An asymmetric seed-level interval that excludes 0 ([-9.66, -0.44] around -4.41) must not read as one that
+    includes it (-4.41 ± 4.61): SEEDS.md shows the bounds."""
+    from triqdef.stages.replicas import markdown_table
+
+    table = pd.DataFrame({"rate": ["unseen"], "difference": [-4.41], "difference low": [-9.66],
+                          "difference high": [-0.44], "n": [3]})
+    text = markdown_table(table)
+    assert "-4.41 [-9.66, -0.44]" in text and "±" not in text and "difference low" not in text

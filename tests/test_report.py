@@ -1,8 +1,6 @@
 """results/REPORT.md: claims read from the result tables; a missing result is 'not measured', never a made-up figure."""
 import pytest
 
-import pandas as pd
-
 from triqdef.config import load_config
 from triqdef.errors import TriqdefError
 from triqdef.reporting.report import CLAIMS, build_report
@@ -99,6 +97,27 @@ def test_pipeline_time_section_sums_the_recorded_stage_times_in_reference_steps(
     _reference(tmp_path, ("2026-12-01T09:00:00+00:00", 600.0), ("2026-12-01T10:05:00+00:00", 3600.0),
                ("2026-12-01T11:30:00+00:00", 610.0), ("2026-12-01T13:00:00+00:00", 5000.0))
     assert "| train_fp | 2026-12-01 10:00 | 120 | 610 | 3 | 197 |" in build_report(tmp_path, CPU)
+
+
+def test_a_notebook_stage_ends_at_its_provenance_start_plus_its_wall_time(tmp_path):
+    """A notebook's metadata holds only its provenance, stamped as the notebook starts: the stage's end, which picks
+    the reference measurements that convert it, is that start plus the notebook's wall time."""
+    import json
+
+    from triqdef.reporting.report import stage_times
+
+    _timed_stage(tmp_path, "train_fp", {"stage_wall_time_s": 120.0}, "2026-12-01T10:00:00+00:00")
+    (tmp_path / "metrics" / "stq.json").write_text(json.dumps({"notebook_wall_time_s": 5400.0}))
+    (tmp_path / "metadata" / "stq.json").write_text(json.dumps({"provenance": {"created": "2026-12-01T10:00:00+00:00"}}))
+    (tmp_path / "metrics" / "odd.json").write_text(json.dumps({"notebook_wall_time_s": 60.0}))
+    (tmp_path / "metadata" / "odd.json").write_text(json.dumps({"provenance": {"created": "not a time"}}))
+    t = stage_times(tmp_path).set_index("stage")
+    assert t.loc["train_fp", "created"] == "2026-12-01T10:00:00+00:00"   # a stage's own: its end already
+    assert t.loc["stq", "created"] == "2026-12-01T11:30:00+00:00"
+    assert t.loc["odd", "created"] == ""
+    # the end decides the conversion: 1,000 ms measured 30 min after the notebook's end, 9,000 ms 3 h after its start
+    _reference(tmp_path, ("2026-12-01T12:00:00+00:00", 1000.0), ("2026-12-01T07:00:00+00:00", 9000.0))
+    assert "| stq | 2026-12-01 11:30 | 5400 | 1,000 | 1 | 5,400 |" in build_report(tmp_path, CPU)
 
 
 def test_reference_log_refuses_a_line_that_is_not_a_measurement(tmp_path):
@@ -288,8 +307,6 @@ def test_fewer_than_ten_patches_decide_nothing_unless_enough_patches_already_fai
 
 
 def test_the_forest_plot_draws_every_deciding_interval(tmp_path):
-    import json
-
     from triqdef.reporting.report import evaluate_claims, forest_evidence
     from triqdef.reporting.forest import COLOURS, forest
 

@@ -1,5 +1,6 @@
 """Stacked bit-widths (issue 31, item 1): one pass over every bit-width equals the sequential passes."""
 
+import contextlib
 import copy
 
 import pytest
@@ -153,3 +154,72 @@ def test_mse_clip_of_a_group_equals_quant_mse_clip(shape):
         samples = stacked._mse_samples(tuple(h.shape), k, groups, "cpu")
         clip = stacked._mse_clip(h, samples, 0, 3)
         assert torch.equal(clip.view(()), quant.mse_clip(h.unflatten(1, (groups, -1))[:, k], 0, 3)), k
+
+
+def test_stacked_training_shares_the_buffers_storage_and_keeps_every_tensor():
+    """The buffers a stacked training pass updates are laid out in one storage per set (stacked.py, "shared
+    storage"): every parameter and buffer stays the same tensor under the same state-dict key, the parameters keep
+    their own storage, an evaluation pass moves nothing, and buffers replaced (as ``.to(device)`` replaces them) are
+    laid out again at the next training pass, which still trains as the sequential passes do."""
+    seq, stk = _model(), _model()
+    evaluated = copy.deepcopy(stk).eval()
+    storages = {k: t.untyped_storage().data_ptr() for k, t in evaluated.state_dict(keep_vars=True).items()}
+    with torch.no_grad():
+        stacked.stacked_logits(evaluated, _batch(0)[0], BITS)
+    assert {k: t.untyped_storage().data_ptr() for k, t in evaluated.state_dict(keep_vars=True).items()} == storages
+    keys = list(stk.state_dict())
+    for step in range(3):
+        if step == 2:
+            stk._apply(torch.clone)   # every buffer a new tensor of its own storage
+        tensors = stk.state_dict(keep_vars=True)
+        x, y = _batch(step)
+        loss_seq = stacked.sequential_joint_backward(seq, x, y, BITS, label_smoothing=0.1)
+        loss_stk, _ = stacked.joint_loss(stk, x, y, BITS, label_smoothing=0.1)
+        loss_stk.backward()
+        torch.testing.assert_close(loss_stk.detach(), loss_seq, rtol=1e-5, atol=1e-6)
+        after = stk.state_dict(keep_vars=True)
+        assert list(after) == keys and all(after[k] is tensors[k] for k in keys), step
+        for (name, a), b in zip(seq.state_dict().items(), stk.state_dict().values()):
+            _assert_near(b.float(), a.float(), f"{name} after step {step}")
+        bns = [stk.layer1[0].bn2.bns[str(b)] for b in BITS]
+        quantizers = [stk.relu.quantizers[str(b)].observer for b in BITS[1:]]
+        for shared in ([bn.running_mean for bn in bns], [bn.running_var for bn in bns],
+                       [q.min_val for q in quantizers] + [q.max_val for q in quantizers]):
+            assert len({t.untyped_storage().data_ptr() for t in shared}) == 1, step
+        assert len({bn.weight.untyped_storage().data_ptr() for bn in bns}) == len(BITS)
+
+
+def test_stacked_step_issues_at_least_4x_fewer_aten_ops():
+    """Issue 31's acceptance on the CPU (tools/bench_stacked.py's ResNet-20 step, at a small batch: the count does not
+    depend on it): the whole joint QAT step, SGD included, counted by torch.profiler, nested operations included."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from triqdef.models import build_model
+
+    bits, estimators = [32, 8, 5, 4, 2], {8: "max", 5: "max", 4: "max", 2: "mse"}
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 3, 32, 32, generator=g).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (8,), generator=g)
+    torch.manual_seed(0)
+    base = quant.quantize_model(build_model("resnet20"), bits, range_estimator=estimators)
+    for b in bits[1:]:
+        quant.calibrate(base, [x], b)
+    base = base.to(memory_format=torch.channels_last).train()
+
+    def sequential(model):
+        stacked.sequential_joint_backward(model, x, y, bits, label_smoothing=0.1)
+
+    def stacked_step(model):
+        stacked.joint_loss(model, x, y, bits, label_smoothing=0.1)[0].backward()
+
+    counts = {}
+    for name, run in (("sequential", sequential), ("stacked", stacked_step)):
+        model = copy.deepcopy(base)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        for profiled in (False, False, True):
+            with profile(activities=[ProfilerActivity.CPU]) if profiled else contextlib.nullcontext() as prof:
+                opt.zero_grad(set_to_none=True)
+                run(model)
+                opt.step()
+        counts[name] = sum(e.name.startswith("aten::") for e in prof.events())
+    assert counts["sequential"] >= 4.0 * counts["stacked"], counts

@@ -143,35 +143,6 @@ def test_asr_by_model_and_set_keeps_the_given_order():
     assert t["v1"].tolist() == [0.0, 100.0, 0.0, 100.0] and len(rec) == 2 * 2 * 2
 
 
-def test_cost_table_ratios_to_qat():
-    from triqdef.eval.bench import cost_table
-
-    bench = {"batch_size": 10, "qat_ms": 100.0, "qat_peak_mb": 50.0, "triqdef_ms": 150.0, "triqdef_peak_mb": 60.0}
-    t = cost_table(bench, methods=("qat", "triqdef"))
-    assert list(t[S.METHOD]) == ["QAT", S.TRIQDEF]
-    assert t[S.T17_IMAGES_PER_S].tolist() == [100.0, 66.7]
-    assert t[S.T17_TIME_RATIO].tolist() == [1.0, 1.5] and t[S.T17_MEM_RATIO].tolist() == [1.0, 1.2]
-
-
-def test_inference_cost_table_compares_deployed_models():
-    from triqdef.eval.deploy import inference_cost_table
-
-    a, x = _qmodel((32, 8, 4))
-    b, _ = _qmodel((32, 8, 4), seed=1)
-    t = inference_cost_table(a, b, [8, 32], x[:2], "resnet20", repeats=2)
-    assert t[S.T18_BITS].tolist() == [8, 32] and t[S.T18_SAME_STRUCTURE].all() and (t[S.T18_HOOKS] == 0).all()
-    assert list(t.columns) == [S.T18_BITS, S.T18_SAME_STRUCTURE, S.T18_HOOKS, S.T18_TRIQDEF_MS, S.T18_QAT_MS,
-                               S.T18_RATIO, S.T18_RATIO_RANGE]
-
-
-def test_cam_cosine_of_the_reference_to_itself_is_one():
-    from triqdef.eval.gradcam import cam_cosine_to_reference
-
-    m, x = _qmodel((32, 4))
-    cos = cam_cosine_to_reference(m, x[:3], torch.tensor([0, 1, 2]), [32, 4])
-    assert list(cos) == ["32-bit", "4-bit"] and cos["32-bit"] == 1.0 and -1 <= cos["4-bit"] <= 1
-
-
 def test_clean_deviation_and_training_headline():
     from types import SimpleNamespace
 
@@ -468,8 +439,12 @@ def test_regimes_evaluate_the_deciding_one_or_both(tmp_path, monkeypatch):
     assert regimes.not_evaluated(deciding, "matched") is None
     why = regimes.not_evaluated(deciding, "paper")
     assert "not evaluated in profile `cpu`" in why and "regimes.cpu.evaluate: both" in why
-    assert regimes.not_evaluated(deciding, "paper", always=True) is None  # Table 1's transfer study
     assert "paper regime: not evaluated" in regimes.regime_note(deciding)
+    # issue 30: the patch stage records its regimes; with `deciding` it made only the paper regime's pool
+    pool_only = SimpleNamespace(**vars(inp("deciding", both_made[1:])),
+                                patch_meta={"regimes": {"paper": {"size": 6}, "matched": {"size": 12}}})
+    assert regimes.regime_size(pool_only, "paper") == 6 and regimes.deciding_regime(pool_only) == "matched"
+    assert "not evaluated in profile `cpu`" in regimes.not_evaluated(pool_only, "paper")
     assert regimes.not_evaluated(inp("both", both_made), "paper") is None
     assert "evaluated after them" in regimes.regime_note(inp("both", both_made))
     only_paper = inp("deciding", both_made[:1])  # no matched regime: the paper's decides and is made

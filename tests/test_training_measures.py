@@ -2,7 +2,6 @@
 Grad-CAM cosines per item, and claims 9, 11 and 19 decided from it alone."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from triqdef.errors import TriqdefError

@@ -242,6 +242,7 @@ def _train(args: argparse.Namespace) -> int:
                 frozen.enter_context(quant.frozen_statistics(m))
             losses = {}
             teacher_logits = None
+            top_logits = None  # set by the top bit-width, which the loop visits first
             if teacher is not None:
                 with torch.no_grad():
                     teacher_logits = teacher(x)

@@ -224,11 +224,16 @@ def _cmd_bench_train_step(args, cfg) -> int:
     return 0
 
 
+def _print_run(m: dict) -> None:
+    """One trained run's headline (stage ``defense``'s metrics), as a JSON line."""
+    print(json.dumps({k: m[k] for k in ("run", "test_accuracy", "n_test", "wall_time_s", "ms_per_step")}))
+
+
 def _cmd_train_ablations(args, cfg) -> int:
     from triqdef.stages import ablations
 
     for m in ablations.run_ablations(cfg.only(ablations.PARAMS), progress=not args.quiet):
-        print(json.dumps({k: m[k] for k in ("run", "test_accuracy", "n_test", "wall_time_s", "ms_per_step")}))
+        _print_run(m)
     return 0
 
 
@@ -238,7 +243,7 @@ def _cmd_train_defense(args, cfg) -> int:
     cfg = cfg.only(defense.PARAMS + (("ablations",) if args.variant else ()))  # a variant: Tables 7 / 13's overrides
     for method in args.methods:
         m = defense.run_defense(cfg, method, args.variant, progress=not args.quiet)
-        print(json.dumps({k: m[k] for k in ("run", "test_accuracy", "n_test", "wall_time_s", "ms_per_step")}))
+        _print_run(m)
     return 0
 
 
@@ -246,7 +251,15 @@ def _cmd_train_seed(args, cfg) -> int:
     from triqdef.stages import defense_seed
 
     m = defense_seed.run_seed(cfg.only(defense_seed.PARAMS), args.method, args.seed, progress=not args.quiet)
-    print(json.dumps({k: m[k] for k in ("run", "test_accuracy", "n_test", "wall_time_s", "ms_per_step")}))
+    _print_run(m)
+    return 0
+
+
+def _cmd_train_variant(args, cfg) -> int:
+    from triqdef.stages import variant_seed
+
+    m = variant_seed.run_variant_seed(cfg.only(variant_seed.PARAMS), args.variant, args.seed, progress=not args.quiet)
+    _print_run(m)
     return 0
 
 
@@ -254,7 +267,7 @@ def _cmd_train_length(args, cfg) -> int:
     from triqdef.stages import defense_length
 
     m = defense_length.run_length(cfg.only(defense_length.PARAMS), args.method, args.factor, progress=not args.quiet)
-    print(json.dumps({k: m[k] for k in ("run", "test_accuracy", "n_test", "wall_time_s", "ms_per_step")}))
+    _print_run(m)
     return 0
 
 
@@ -262,6 +275,14 @@ def _cmd_replicas_seed(args, cfg) -> int:
     from triqdef.stages import seed_eval
 
     m = seed_eval.run_seed_eval(cfg.only(seed_eval.PARAMS), args.method, args.seed, progress=not args.quiet)
+    print(json.dumps(m))
+    return 0
+
+
+def _cmd_replicas_variant(args, cfg) -> int:
+    from triqdef.stages import variant_eval
+
+    m = variant_eval.run_variant_eval(cfg.only(variant_eval.PARAMS), args.variant, args.seed, progress=not args.quiet)
     print(json.dumps(m))
     return 0
 
@@ -345,13 +366,17 @@ def _cmd_outcomes(args, cfg) -> int:
     return 0
 
 
-def _replica_commands(subparsers, seed: tuple, length: tuple) -> None:
-    """The sub-commands ``seed METHOD K`` and ``length METHOD F`` of a replica command group (``train``,
-    ``replicas``); ``seed`` and ``length``: (help, command function)."""
+def _replica_commands(subparsers, seed: tuple, variant: tuple, length: tuple) -> None:
+    """The sub-commands ``seed METHOD K``, ``variant VARIANT K`` and ``length METHOD F`` of a replica command group
+    (``train``, ``replicas``); ``seed``, ``variant`` and ``length``: (help, command function)."""
     se = subparsers.add_parser("seed", help=seed[0])
     se.add_argument("method", metavar="METHOD", help="one of seeds.methods")
     se.add_argument("seed", type=int, metavar="K", help="one of seeds.training_seeds")
     se.set_defaults(func=seed[1])
+    va = subparsers.add_parser("variant", help=variant[0])
+    va.add_argument("variant", metavar="VARIANT", help="one of seeds.variants (a TriQDef ablation variant)")
+    va.add_argument("seed", type=int, metavar="K", help="one of seeds.variant_seeds (base.seed included)")
+    va.set_defaults(func=variant[1])
     le = subparsers.add_parser("length", help=length[0])
     le.add_argument("method", metavar="METHOD", help="one of training_length.methods")
     le.add_argument("factor", type=float, metavar="F", help="one of training_length.factors (x the core run's steps)")
@@ -390,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     de.set_defaults(func=_cmd_train_defense)
     _replica_commands(tsub, ("a training-seed replica of a defense (params: seeds; stage defense_seed): "
                              "results/replicas/models/seeds/<method>-seed<K>.pt", _cmd_train_seed),
+                      ("a TriQDef ablation variant with a training seed (params: seeds; stage variant_seed): "
+                       "results/replicas/models/variants/triqdef-<variant>-seed<K>.pt", _cmd_train_variant),
                       ("a training-length run of a defense (params: training_length; stage defense_length): "
                        "results/replicas/models/length/<method>-x<F>.pt", _cmd_train_length))
     tsub.add_parser("ablations", help="the TriQDef variants of ablations.run (Tables 7 and 13)").set_defaults(
@@ -415,9 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     rpsub.required = True
     _replica_commands(rpsub, ("evaluate a training-seed replica as its core run is (stage seed_eval): "
                               "results/replicas/outcomes/seeds/<method>-seed<K>.parquet", _cmd_replicas_seed),
+                      ("evaluate a variant's seed run as TriQDef's core run is (stage variant_eval): "
+                       "results/replicas/outcomes/variants/triqdef-<variant>-seed<K>.parquet", _cmd_replicas_variant),
                       ("evaluate a training-length run as its core run is (stage length_eval): "
                        "results/replicas/outcomes/length/<method>-x<F>.parquet", _cmd_replicas_length))
-    rpsub.add_parser("seed-summary", help="seed spread and TriQDef against standard QAT and PBAT at the seed level: "
+    rpsub.add_parser("seed-summary", help="seed spread, TriQDef against standard QAT and PBAT and against its seeds.variants at the seed level: "
                                           "results/replicas/SEEDS.md (stage seed_summary)"
                      ).set_defaults(func=_cmd_replicas_seed_summary)
     rpsub.add_parser("length-summary", help="the head-to-head against training steps, table and figure: "

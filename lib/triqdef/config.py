@@ -342,9 +342,10 @@ class QADTRParams:
 @dataclass(frozen=True, kw_only=True)
 class PatchAttackParams:
     """Table 5's PatchAttack columns (docs/design.md#patchattack): black-box patches found by querying each defended
-    model at each bit-width, at the matched size; the rest of :class:`triqdef.attacks.patch_attack.PatchAttackSettings`
-    keeps its defaults."""
+    model at each of ``bits`` (some of ``robustness.bits``; stage ``training`` checks), at the matched size; the rest
+    of :class:`triqdef.attacks.patch_attack.PatchAttackSettings` keeps its defaults."""
 
+    bits: tuple[int, ...]                                    # the bit-widths queried (some of robustness.bits)
     targets: int = field(metadata=_check(gt=0))              # patches (targets, balanced) per (model, bit-width)
     attack_images: int = field(metadata=_check(gt=0))        # the attacker's training images
     textures_per_class: int = field(metadata=_check(gt=0))
@@ -431,12 +432,30 @@ class SeedParams:
 
     methods: tuple[str, ...]
     training_seeds: tuple[int, ...]
+    # TriQDef ablation variants (``ablations.variants``) trained with every seed, base.seed included (stage
+    # ``variant_seed``): claim 18 at the seed level; ``variant_seeds`` lists those seeds for the DVC matrix
+    variants: tuple[str, ...] = ()
+    variant_seeds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         check_replica_lists("seeds", self.methods, "training_seeds", self.training_seeds)
-        bad = [s for s in self.training_seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+        bad = [s for s in (*self.training_seeds, *self.variant_seeds)
+               if isinstance(s, bool) or not isinstance(s, int) or s < 0]
         if bad:
-            raise TriqdefError(f"parameter seeds.training_seeds has {bad[0]!r}: expected integers >= 0")
+            raise TriqdefError(f"parameter seeds.training_seeds / variant_seeds has {bad[0]!r}: expected integers >= 0")
+        for key, items in (("variants", self.variants), ("variant_seeds", self.variant_seeds)):
+            repeated = sorted({v for v in items if items.count(v) > 1})
+            if repeated:
+                raise TriqdefError(f"parameter seeds.{key} = {list(items)}: {repeated} appear more than once; "
+                                   "expected distinct values (one run each)")
+
+    def check_variant_seeds(self, base_seed: int) -> None:
+        """``variant_seeds``: seeds TriQDef is trained with too, base.seed and the training seeds (all of them in
+        params.yaml; the DVC matrix cannot join the two lists), so that every variant run has TriQDef's beside it."""
+        allowed = sorted({base_seed, *self.training_seeds})
+        if self.variants and (not self.variant_seeds or any(s not in allowed for s in self.variant_seeds)):
+            raise TriqdefError(f"parameter seeds.variant_seeds = {list(self.variant_seeds)}: expected one or more of "
+                               f"base.seed {base_seed} and seeds.training_seeds {list(self.training_seeds)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -550,6 +569,19 @@ class Config:
     motivation: MotivationParams
     appendix: AppendixParams
     stq: STQParams
+
+    def __post_init__(self) -> None:
+        """The checks across sections: the variants of ``seeds`` are ablation variants, trained with base.seed and
+        every training seed; PatchAttack queries some of the bit-widths Table 5 evaluates."""
+        unknown = [v for v in self.seeds.variants if v not in self.ablations.variants]
+        if unknown:
+            raise TriqdefError(f"parameter seeds.variants names {unknown[0]!r}: expected one of "
+                               f"{', '.join(self.ablations.variants)} (ablations.variants)")
+        self.seeds.check_variant_seeds(self.base.seed)
+        pa, have = list(self.patch_attack.bits), list(self.robustness.bits)
+        if not pa or len(set(pa)) != len(pa) or any(b not in have for b in pa):
+            raise TriqdefError(f"parameter patch_attack.bits = {pa}: expected distinct bit-widths, one or more of "
+                               f"robustness.bits {have}")
 
     def only(self, sections: typing.Iterable[str]) -> "StageConfig":
         """A view that refuses every section but ``sections`` (and ``base``): what a stage declares it reads."""

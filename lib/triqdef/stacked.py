@@ -7,20 +7,24 @@ pass launching its own few hundred kernels. Here the G = |B| passes run side by 
   them, a per-(bit-width, channel) scale; one autograd function whose gradient is the sum over the copies) and the
   G copies are concatenated, then one convolution runs with ``groups=G`` (the first convolution, whose input is
   shared, with ``groups=1``);
-* the per-bit-width BatchNorms are one BatchNorm over the stacked channels (their statistics and affine
-  parameters concatenated; the updated running statistics go back to each bit-width's own BN);
+* the per-bit-width BatchNorms are one BatchNorm over the stacked channels (their affine parameters concatenated;
+  their running statistics one view of the storage they share, updated in place: shared storage, below);
 * the activation quantizers of one ReLU run as one per-group fake quantization, each group at its own bit-width
   and scale (the 32-bit group at scale 1, unrounded), with the observers' min/max moving average computed for all
-  groups at once on a (2, G) tensor, reading no tensor value into Python (no host sync; the arithmetic of
-  :func:`triqdef.quant.observe_moving_average`);
+  groups at once on a (2, G) view of their buffers and written into it in place, reading no tensor value into
+  Python (no host sync; the arithmetic of :func:`triqdef.quant.observe_moving_average`);
 * the last linear layer is one batched matrix product over the groups;
-* the running statistics the pass updates (every BN statistic, every observer's min and max) are copied into
-  their own buffers by one ``_foreach_copy_`` at its end, the BNs' batch counts by one ``_foreach_add_``.
+* the BNs' batch counts are one ``add_`` on a view of all of them.
 
-Per bit-width tensors (the BN parameters and statistics, the observers' buffers) keep their own storage and
-state-dict keys, so reading and writing them costs an operation each on every step: on the CPU, where a foreach
-call is one aten op per tensor, they and the optimiser are about half of the step's aten ops
-(docs/design.md#stacked-bit-widths).
+Shared storage (docs/design.md#stacked-bit-widths): the per-bit-width buffers a training pass updates (each
+layer's BN running means, its running variances, each ReLU's observers' minima and maxima, every BN's
+``num_batches_tracked``) are laid out, on the first training pass, as consecutive runs of one storage per set, in
+the pass's bit-width order (:func:`_shared_view`): each buffer stays its own tensor object, with its own value,
+shape, dtype and state-dict key, only its memory moves (``Tensor.set_``). The pass then reads and updates each set
+through one view of that storage, one aten op, where per-tensor reads and write-backs cost two a tensor (on the
+CPU, a foreach call is one aten op per tensor). A set whose storage something replaced (``.to``, a buffer
+assigned anew) is laid out again at the next training pass, which copies its values; never inside a CUDA graph
+capture (refused). Parameters are not moved: each keeps its own storage, and the optimiser sees the same tensors.
 
 It is the sequential passes, mathematically: the same weights, statistics and straight-through gradients
 (``tests/test_stacked.py`` checks the loss, every gradient and every running statistic against the sequential form
@@ -61,16 +65,63 @@ def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
     return _constant(float(value), like.dtype, str(like.device))
 
 
-def _slices(flat: torch.Tensor, offsets: Sequence[int], shape: Sequence[int]) -> list[torch.Tensor]:
-    """Views of ``shape`` into the contiguous ``flat`` at the given element offsets, one ``as_strided`` each (``unbind``
-    and ``chunk`` cost two and three aten ops a piece): the sources of a write-back, or a gradient's pieces."""
-    if not flat.is_contiguous():
-        flat = flat.contiguous()
+def _contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    """The strides of a contiguous tensor of ``shape``."""
     strides, step = [], 1
-    for size in reversed(shape):   # the contiguous strides of shape
+    for size in reversed(shape):
         strides.insert(0, step)
         step *= size
+    return tuple(strides)
+
+
+def _slices(flat: torch.Tensor, offsets: Sequence[int], shape: Sequence[int]) -> list[torch.Tensor]:
+    """Views of ``shape`` into the contiguous ``flat`` at the given element offsets, one ``as_strided`` each (``unbind``
+    and ``chunk`` cost two and three aten ops a piece): a gradient's pieces."""
+    if not flat.is_contiguous():
+        flat = flat.contiguous()
+    strides = _contiguous_strides(shape)
     return [flat.as_strided(shape, strides, flat.storage_offset() + o) for o in offsets]
+
+
+def _shared_view(tensors: Sequence[torch.Tensor], offsets: Sequence[int], shape: Sequence[int],
+                 lay_out: bool, fill: float = 0.0) -> torch.Tensor | None:
+    """``tensors`` (one dtype and device) as one contiguous tensor of ``shape`` over the storage they share, tensor k
+    its elements from offset ``offsets[k]`` on: an ``as_strided`` view (one aten op) whose in-place updates are the
+    tensors'. Where they do not lie so (checked on the host, no tensor read), ``lay_out`` moves them there first
+    (:func:`_lay_out`, elements no tensor covers set to ``fill``); otherwise returns None."""
+    first = tensors[0]
+    ptr, base = first.untyped_storage().data_ptr(), first.storage_offset() - offsets[0]
+    numel = 1
+    for size in shape:
+        numel *= size
+    shared = base >= 0 and (base + numel) * first.element_size() <= first.untyped_storage().nbytes() and all(
+        t.dtype == first.dtype and t.device == first.device and t.is_contiguous()
+        and t.untyped_storage().data_ptr() == ptr
+        and t.storage_offset() - o == base for t, o in zip(tensors, offsets))
+    if not shared:
+        if not lay_out:
+            return None
+        _lay_out(tensors, offsets, numel, fill)
+    return first.as_strided(tuple(shape), _contiguous_strides(shape), first.storage_offset() - offsets[0])
+
+
+def _lay_out(tensors: Sequence[torch.Tensor], offsets: Sequence[int], numel: int, fill: float) -> None:
+    """Moves each of ``tensors`` into one new storage of ``numel`` elements at its offset, values kept and tensor
+    objects kept (``Tensor.set_``: the modules, and DDP's buffer list, taken when it wraps the model, still hold
+    them)."""
+    first = tensors[0]
+    if any(t.dtype != first.dtype or t.device != first.device or t.requires_grad for t in tensors):
+        raise TriqdefError("stacked state: the bit-widths' buffers of one layer need one dtype and device")
+    if first.is_cuda and torch.cuda.is_current_stream_capturing():
+        raise TriqdefError("stacked state: the bit-widths' buffers are laid out at the first training pass, not "
+                           "inside a CUDA graph capture; run an eager pass (a warm-up step) first")
+    with torch.no_grad():
+        block = torch.full((numel,), fill, dtype=first.dtype, device=first.device)
+        for t, o in zip(tensors, offsets):
+            block[o:o + t.numel()].copy_(t.reshape(-1))
+        storage = block.untyped_storage()
+        for t, o in zip(tensors, offsets):
+            t.set_(storage, o, t.shape, _contiguous_strides(t.shape))
 
 
 def _effective(layer: nn.Module, bits: Sequence[int]) -> list[int]:
@@ -129,22 +180,22 @@ def _conv(layer: quant.QuantConv2d, h: torch.Tensor, bits: Sequence[int], shared
 
 
 class _StateWrites:
-    """The running statistics a stacked training pass updates, copied into their own buffers (each bit-width's BN
-    statistics, each observer's min and max) in one ``_foreach_copy_`` when the pass has run (:meth:`apply`)."""
+    """The observers' buffers a stacked training pass updated in place through a shared view (each one's min and max,
+    :func:`_observer_state`). :meth:`apply`, when the pass has run, marks them modified (their version counters,
+    which a write through another tensor does not move, and which :meth:`triqdef.quant.ActivationQuantizer.
+    _observer_state` reads; no aten op) and their states as calibrated, as
+    :func:`triqdef.quant.observe_moving_average` does."""
 
     def __init__(self):
         self.targets: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
         self.observed: list[quant.ActivationQuantizer] = []
 
-    def add(self, targets: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
+    def add(self, targets: Sequence[torch.Tensor]) -> None:
         self.targets += targets
-        self.values += values
 
     def apply(self) -> None:
         if self.targets:
-            with torch.no_grad():
-                torch._foreach_copy_(self.targets, self.values)
+            torch.autograd.graph.increment_version(self.targets)
         if not torch.compiler.is_compiling():   # as observe_moving_average: the update counts as a calibrated state
             for q in self.observed:
                 q._calibrated_state = q._observer_state()
@@ -167,9 +218,11 @@ class _Concatenate(torch.autograd.Function):
 
 def _batchnorm(layer: quant.SwitchableBatchNorm2d, h: torch.Tensor, bits: Sequence[int],
                writes: _StateWrites) -> torch.Tensor:
-    """One BatchNorm over the stacked channels; in training mode the running statistics it updates go back to each
-    bit-width's BN (``writes``), as the sequential passes would have updated them. Their ``num_batches_tracked``
-    counts are :func:`_count_batches`'."""
+    """One BatchNorm over the stacked channels. Its running statistics are views of the bit-widths' BNs' own (their
+    shared storage, :func:`_shared_view`), so that in training mode it updates each BN's as the sequential passes
+    would have; where they share none and nothing is written (evaluation), a concatenation. (Their version counters
+    are left as the update leaves them: the backward saves the views and checks theirs.) Their
+    ``num_batches_tracked`` counts are :func:`_count_batches`'."""
     bns = [layer.bns[str(b)] for b in bits]
     first = bns[0]
     if any(bn.momentum != first.momentum or bn.eps != first.eps for bn in bns):
@@ -178,25 +231,24 @@ def _batchnorm(layer: quant.SwitchableBatchNorm2d, h: torch.Tensor, bits: Sequen
     if training and first.momentum is None:
         raise TriqdefError("stacked BatchNorm: a cumulative average (momentum None) is the calibration pass, not a "
                            "training step; calibrate with triqdef.quant.calibrate")
-    mean = torch.cat([bn.running_mean for bn in bns])
-    var = torch.cat([bn.running_var for bn in bns])
+    c = first.running_mean.numel()
+    stats = []
+    for running in ([bn.running_mean for bn in bns], [bn.running_var for bn in bns]):
+        view = _shared_view(running, range(0, len(bns) * c, c), (len(bns) * c,), lay_out=training)
+        stats.append(torch.cat(running) if view is None else view)
     weight = _Concatenate.apply(*[bn.weight for bn in bns])
     bias = _Concatenate.apply(*[bn.bias for bn in bns])
-    out = F.batch_norm(h, mean, var, weight, bias, layer.training, first.momentum or 0.0, first.eps)
-    if training:
-        c = first.running_mean.numel()
-        writes.add([bn.running_mean for bn in bns] + [bn.running_var for bn in bns],
-                   _slices(mean, range(0, mean.numel(), c), (c,)) + _slices(var, range(0, var.numel(), c), (c,)))
-    return out
+    return F.batch_norm(h, stats[0], stats[1], weight, bias, layer.training, first.momentum or 0.0, first.eps)
 
 
 def _count_batches(layers: Sequence[quant.SwitchableBatchNorm2d], bits: Sequence[int]) -> None:
-    """``num_batches_tracked += 1`` for the bit-widths' BNs of ``layers`` that a training step updated, in one call."""
+    """``num_batches_tracked += 1`` for the bit-widths' BNs of ``layers`` that a training step updated: one ``add_`` on
+    a view of all of them (:func:`_shared_view`)."""
     counters = [bn.num_batches_tracked for layer in layers if layer.training for bn in (layer.bns[str(b)] for b in bits)
                 if bn.track_running_stats and bn.num_batches_tracked is not None]
     if counters:
         with torch.no_grad():
-            torch._foreach_add_(counters, 1)
+            _shared_view(counters, range(len(counters)), (len(counters),), lay_out=True).add_(1)
 
 
 class _StackedFakeQuantize(torch.autograd.Function):
@@ -250,9 +302,18 @@ def _relu_layout(group_qmax: tuple, channels: int, device: str) -> _ReluLayout:
                            ).repeat_interleave(channels).view(1, -1, 1, 1).to(device))
 
 
-def _observer_state(quantized: dict, groups: int, placeholder: torch.Tensor) -> torch.Tensor:
+def _observer_state(quantized: dict, groups: int, placeholder: torch.Tensor, lay_out: bool) -> torch.Tensor:
     """The observers' moving (min, max) as a (2, G) tensor (:class:`_ReluLayout`); ``quantized`` maps a group to its
-    activation quantizer."""
+    activation quantizer. A view of their buffers' shared storage (:func:`_shared_view`), laid out there if
+    ``lay_out``, so that an update of the view is theirs; the 32-bit group's column, which no observer has, is scratch
+    there (its scale is 1 whatever it holds). Otherwise, where they share none, their concatenation, the 32-bit
+    group's column ``placeholder``."""
+    items = list(quantized.items())
+    view = _shared_view([q.observer.min_val for _, q in items] + [q.observer.max_val for _, q in items],
+                        [g for g, _ in items] + [groups + g for g, _ in items], (2, groups), lay_out,
+                        fill=1.0)   # (the placeholder's value)
+    if view is not None:
+        return view
     rows = [[quantized[g].observer.min_val.view(1) if g in quantized else placeholder for g in range(groups)],
             [quantized[g].observer.max_val.view(1) if g in quantized else placeholder for g in range(groups)]]
     return torch.cat(rows[0] + rows[1]).view(2, groups)
@@ -313,23 +374,15 @@ def _batch_range(h: torch.Tensor, quantized: dict, groups: int) -> torch.Tensor:
 
 def _moving_average(state: torch.Tensor, batch: torch.Tensor, quantizers: Sequence[quant.ActivationQuantizer],
                     fresh: torch.Tensor) -> torch.Tensor:
-    """The observers' state after this batch: :func:`triqdef.quant.observe_moving_average`'s arithmetic (an observer
-    that saw no batch takes the batch's range, the others move by the averaging constant c, ``old + c * (new -
-    old)``), on the stacked (2, G) state at once."""
+    """The observers' state after this batch, written into ``state`` (the view of their buffers,
+    :func:`_observer_state`): :func:`triqdef.quant.observe_moving_average`'s arithmetic (an observer that saw no
+    batch takes the batch's range, the others move by the averaging constant c, ``old + c * (new - old)``), on the
+    stacked (2, G) state at once."""
     c = quantizers[0].observer.averaging_constant
     if any(q.observer.averaging_constant != c for q in quantizers):
         raise TriqdefError("observers updated together need the same averaging constant")
     moved = (batch - state).mul_(_scalar(c, state)).add_(state)   # state + c * (batch - state), the same float ops
-    return torch.where((state == fresh).all(0), batch, moved, out=moved)
-
-
-def _write_observers(quantized: dict, state: torch.Tensor, writes: _StateWrites) -> None:
-    """The (2, G) state goes back into each observer's min and max buffers (their own tensors and state-dict keys)."""
-    groups = state.shape[1]
-    qs = list(quantized.values())
-    writes.add([q.observer.min_val for q in qs] + [q.observer.max_val for q in qs],
-               _slices(state, [g for g in quantized] + [groups + g for g in quantized], ()))
-    writes.observed += qs
+    return torch.where((state == fresh).all(0), batch, moved, out=state)
 
 
 def _relu(layer: quant.QuantReLU, h: torch.Tensor, bits: Sequence[int], writes: _StateWrites) -> torch.Tensor:
@@ -343,13 +396,15 @@ def _relu(layer: quant.QuantReLU, h: torch.Tensor, bits: Sequence[int], writes: 
         raise TriqdefError("stacked activation quantizers: dynamic or signed quantizers are not stacked")
     layout = _relu_layout(tuple(float(quantized[k].qmax) if k in quantized else _INF for k in range(g)),
                           h.shape[1] // g, str(h.device))
+    observe = layer.training and any(q.observer_enabled for q in qs)
+    if observe and not all(q.observer_enabled for q in qs):
+        raise TriqdefError("stacked observers: freeze every bit-width's observers or none")
     with torch.no_grad():
-        state = _observer_state(quantized, g, layout.placeholder)
-        if layer.training and any(q.observer_enabled for q in qs):
-            if not all(q.observer_enabled for q in qs):
-                raise TriqdefError("stacked observers: freeze every bit-width's observers or none")
-            state = _moving_average(state, _batch_range(h, quantized, g), qs, layout.fresh)
-            _write_observers(quantized, state, writes)
+        state = _observer_state(quantized, g, layout.placeholder, lay_out=observe)
+        if observe:   # in place: the observers' buffers
+            _moving_average(state, _batch_range(h, quantized, g), qs, layout.fresh)
+            writes.add([q.observer.min_val for q in qs] + [q.observer.max_val for q in qs])
+            writes.observed += qs
         # each channel's scale: its group's max / qmax, at least tiny (ActivationQuantizer.scale, whose clamp of the
         # max at 0 changes nothing once the quotient is clamped at tiny), 1 in the 32-bit group
         scales = (state / layout.group_qmax).clamp_min_(_TINY)

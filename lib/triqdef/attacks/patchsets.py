@@ -9,11 +9,15 @@
   standard-QAT model at 4 / 2 bits), ``unseen_size8`` / ``unseen_size10``
   (8×8 and 10×10, made on the FP model), ``unseen_location`` (optimised over
   the whole image and placed so that it overlaps the border frame).
-* ``size<s>`` for each of ``extra_sizes`` (LAVAN only, FP-made): Table 9's
-  CIFAR analogue uses 8, 9 and 10-pixel patches.
+* ``extra_sizes`` only name sizes: Table 9's CIFAR analogue (8, 9 and 10
+  pixels, scaled in the matched regime) makes its own sets in stage
+  ``motivation`` (docs/design.md#table-9-sets); no ``size<s>`` set is made here.
 * every set again at the matched size (``<set>_matched``, sizes scaled by the
   same factor; docs/design.md#attack-regime), when the ``attack_strength``
-  stage found one that differs from ``size``.
+  stage found one that differs from ``size``. The seen and unseen sets are
+  made only in the regimes whose tables are evaluated (``evaluated``: with
+  ``regimes.evaluate: deciding``, the deciding one); the pool in both (the
+  defenses train on both sizes).
 
 The attacker's images are a seeded subset of the training split, disjoint
 from the held-out split used for calibration.
@@ -39,6 +43,7 @@ PATCHSET_FORMAT = "triqdef-patches/1"
 
 #: The two attack regimes: the paper's patch size, and the matched size (docs/design.md#attack-regime).
 PAPER, MATCHED = "paper", "matched"
+REGIMES = (PAPER, MATCHED)
 
 
 def regime_set(name: str, regime: str) -> str:
@@ -128,45 +133,62 @@ def distinct_scaled_sizes(sizes: list[int], size: int, second: int, top: int) ->
     return out
 
 
-def plan(cfg: PatchParams, seed: int, num_classes: int = 10, second_size: int | None = None) -> list[PatchSpec]:
+def plan(cfg: PatchParams, seed: int, num_classes: int = 10, second_size: int | None = None,
+         evaluated: tuple[str, ...] = REGIMES) -> list[PatchSpec]:
     """The list of patches a ``patches`` params section asks for (deterministic in ``seed``), in the paper's
-    regime and, when ``second_size`` is given, again at that size (set names ``<set>_matched``).
+    regime and, when ``second_size`` is given, again at that size (set names ``<set>_matched``); the seen and
+    unseen sets only in ``evaluated`` (the regimes whose tables are evaluated: :func:`evaluated_regimes`), the
+    pool in every regime.
 
-    Targets (docs/design.md#targets-seeds-and-placement): the pool, the seen set, each ``size<s>`` set and
-    the unseen group (its kinds together) each draw :func:`balanced_targets` with their own seed, so every
-    patch's target is uniform over the classes in every set and a set of 10·j patches holds each class j
-    times; the unseen kinds split one balanced draw in turn, so each kind holds distinct classes. Every
-    patch has its own seed.
+    Targets (docs/design.md#targets-seeds-and-placement): the pool, the seen set and the unseen group (its kinds
+    together) each draw :func:`balanced_targets` with their own seed, so every patch's target is uniform over the
+    classes in every set and a set of 10·j patches holds each class j times; the unseen kinds split one balanced
+    draw in turn, so each kind holds distinct classes. Every patch has its own seed, by its place in the full plan:
+    leaving a regime's seen and unseen sets out (or, as since issue 30, the ``size<s>`` sets of ``extra_sizes``,
+    whose draws and places are still counted) changes no other patch's target or seed.
     """
     n_pool, n_seen, n_unseen = cfg.pool_per_attack, cfg.seen_per_attack, cfg.unseen_per_kind
     specs: list[PatchSpec] = []
-    draw = 0
+    draw = place = 0
 
     def targets(n: int) -> list[int]:
         nonlocal draw
         draw += 1
         return balanced_targets(n, seed * 1_000 + draw, num_classes)
 
-    def add(set_name, attack, chosen, size_, source, bits, placement, regime):
+    def add(set_name, attack, chosen, size_, source, bits, placement, regime, made=True):
+        nonlocal place
         for target in chosen:
-            specs.append(PatchSpec(regime_set(set_name, regime), attack, size_, source, bits, target,
-                                   seed * 100_003 + len(specs), placement, regime))
+            if made:
+                specs.append(PatchSpec(regime_set(set_name, regime), attack, size_, source, bits, target,
+                                       seed * 100_003 + place, placement, regime))
+            place += 1
 
     for regime, sizes in regime_sizes(cfg, second_size).items():
-        size = sizes["size"]
+        size, made = sizes["size"], regime in evaluated
         for attack in cfg.attacks:
             add("pool", attack, targets(n_pool), size, "fp", None, "inside", regime)
-            add("seen", attack, targets(n_seen), size, "fp", None, "inside", regime)
+            add("seen", attack, targets(n_seen), size, "fp", None, "inside", regime, made)
             kinds = ([(f"unseen_bits{b}", size, "qat", b, "inside") for b in cfg.unseen_bits]
                      + [(name, s, "fp", None, "inside") for name, s in sizes["unseen"].items()]
                      + [("unseen_location", size, "fp", None, "outside")])
             unseen = targets(n_unseen * len(kinds))
             for i, (name, size_, source, bits, placement) in enumerate(kinds):
-                add(name, attack, unseen[i * n_unseen:(i + 1) * n_unseen], size_, source, bits, placement, regime)
-            if attack == "lavan":  # Table 9 (CIFAR analogue) also needs LAVAN patches of these sizes
+                add(name, attack, unseen[i * n_unseen:(i + 1) * n_unseen], size_, source, bits, placement, regime,
+                    made)
+            if attack == "lavan":  # the former size<s> sets: Table 9 makes its own (stage motivation)
                 for name, s in sizes["extra"].items():
-                    add(name, attack, targets(n_unseen), s, "fp", None, "inside", regime)
+                    add(name, attack, targets(n_unseen), s, "fp", None, "inside", regime, made=False)
     return specs
+
+
+def evaluated_regimes(evaluate: str, second_size: int | None, size: int) -> tuple[str, ...]:
+    """The regimes whose seen and unseen sets stage ``patches`` makes: both with ``regimes.evaluate: both``, else
+    only the deciding one (the matched size when it differs from the paper's ``size``, else the paper's)."""
+    matched = second_size is not None and second_size != size
+    if evaluate == "both":
+        return REGIMES if matched else (PAPER,)
+    return (MATCHED,) if matched else (PAPER,)
 
 
 def attack_images(splits, cfg: PatchParams, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -220,6 +242,26 @@ def save_patchset(path, patches: list[Patch], meta: dict) -> None:
     """Write all patches (and their provenance) to one file, atomically."""
     with atomic_path(path) as tmp:
         torch.save({"format": PATCHSET_FORMAT, "meta": meta, "patches": [p.to_dict() for p in patches]}, tmp)
+
+
+def regime_patch_file(folder, regime: str):
+    """``<folder>/patches[_matched].pt``: where a stage keeps its own patch set of ``regime`` (Tables 2 and 9)."""
+    from pathlib import Path
+
+    return Path(folder) / f"{regime_set('patches', regime)}.pt"
+
+
+def make_and_save(specs: list[PatchSpec], models: dict[str, nn.Module], splits, cfg: PatchParams, seed: int,
+                  model_name: str, path, meta: dict, progress: bool = True) -> tuple[list[Patch], float]:
+    """A stage's own patch set: ``specs`` made on ``models`` (:func:`make_patches`) from stage ``patches``'
+    attacker images (:func:`attack_images`), saved at ``path`` with ``meta`` plus the attacker-image count and the
+    seconds taken. Returns the patches and those seconds."""
+    t0 = time.perf_counter()
+    images, labels, idx = attack_images(splits, cfg, seed)
+    patches, _ = make_patches(specs, models, images, labels, cfg, model_name, progress)
+    seconds = round(time.perf_counter() - t0, 1)
+    save_patchset(path, patches, dict(meta, attack_images=int(len(idx)), seconds=seconds))
+    return patches, seconds
 
 
 def load_patchset(path) -> tuple[list[Patch], dict]:

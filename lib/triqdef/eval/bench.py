@@ -238,18 +238,3 @@ def train_step_benchmark(settings, model_name: str = "resnet20", bits=(32, 8, 4,
     return out
 
 
-def cost_table(bench: dict, methods=("qat", "dwq", "pbat", "qadt_r", "triqdef"), reference: str = "qat"):
-    """Table 17 from a :func:`train_step_benchmark` result: one row per method (those ``bench`` measured) with
-    images/s, time per step, peak bytes saved for backward, and time and memory relative to ``reference``
-    (multi-bit QAT)."""
-    import pandas as pd
-
-    from triqdef.reporting import schemas as S
-
-    labels = dict(S.DEFENSE_LABELS, qat="QAT")
-    return pd.DataFrame([{S.METHOD: labels.get(k, k.upper()),
-                          S.T17_IMAGES_PER_S: round(bench["batch_size"] / bench[f"{k}_ms"] * 1000, 1),
-                          S.T17_ITER_MS: bench[f"{k}_ms"], S.T17_PEAK_MB: bench[f"{k}_peak_mb"],
-                          S.T17_TIME_RATIO: round(bench[f"{k}_ms"] / bench[f"{reference}_ms"], 2),
-                          S.T17_MEM_RATIO: round(bench[f"{k}_peak_mb"] / bench[f"{reference}_peak_mb"], 2)}
-                         for k in methods if f"{k}_ms" in bench])

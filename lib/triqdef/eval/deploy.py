@@ -5,17 +5,14 @@ QAT, PBAT, DWQ, TriQDef) into the model that is deployed at one bit-width: the
 same architecture quantized for that bit-width only, with that bit-width's BN
 and observers and the shared weights, and no hooks. Two deployed models of the
 same architecture and bit-width therefore have the same modules, parameters
-and buffers (:func:`same_structure`), whatever method trained them, and
-:func:`latency_ratio` times them against each other.
+and buffers (:func:`same_structure`), whatever method trained them (Table 18's
+latency is measured in :mod:`triqdef.stages.training_measures`).
 """
 
 from __future__ import annotations
 
 import re
-import statistics
-import time
 
-import torch
 import torch.nn as nn
 
 from triqdef import quant
@@ -53,27 +50,6 @@ def same_structure(a: nn.Module, b: nn.Module) -> bool:
     return structure(a) == structure(b)
 
 
-@torch.no_grad()
-def latency_ratio(model: nn.Module, reference: nn.Module, images: torch.Tensor, repeats: int = 30, warmup: int = 3) -> dict:
-    """Latency of ``model`` / ``reference`` on the same batch, alternating; median and p10–p90 of each and of the ratio."""
-    ta, tb = [], []
-    for i in range(warmup + repeats):
-        for m, ts in ((model, ta), (reference, tb)):
-            t0 = time.perf_counter()
-            m(images)
-            if i >= warmup:
-                ts.append(time.perf_counter() - t0)
-    ratios = [a / b for a, b in zip(ta, tb)]
-
-    def q(ts):
-        qs = statistics.quantiles(ts, n=10)
-        return {"median_ms": round(1000 * statistics.median(ts), 2), "p10_ms": round(1000 * qs[0], 2), "p90_ms": round(1000 * qs[-1], 2)}
-
-    rq = statistics.quantiles(ratios, n=10)
-    return {"model": q(ta), "reference": q(tb), "ratio_median": round(statistics.median(ratios), 3),
-            "ratio_p10": round(rq[0], 3), "ratio_p90": round(rq[-1], 3), "repeats": repeats, "batch": int(images.shape[0])}
-
-
 def to_float_model(model: nn.Module, model_name: str, num_classes: int = 10) -> nn.Module:
     """The plain float model of a switchable-precision model's 32-bit path (shared weights, 32-bit BN):
     what PTQ of "the 32-bit weights" starts from (Table 2)."""
@@ -87,21 +63,3 @@ def to_float_model(model: nn.Module, model_name: str, num_classes: int = 10) -> 
     return fp.eval()
 
 
-def inference_cost_table(model: nn.Module, reference: nn.Module, bits, images: torch.Tensor, model_name: str,
-                         repeats: int = 30):
-    """Table 18: at each of ``bits`` (in that order), the deployed ``model`` (TriQDef) against the deployed
-    ``reference`` (standard QAT): identical structure, hooks left, and latency on ``images`` (floats; median
-    of each and the median and p10–p90 of the ratio over ``repeats`` alternating runs)."""
-    import pandas as pd
-
-    from triqdef.reporting import schemas as S
-
-    rows = []
-    for b in bits:
-        dq = extract_bitwidth(reference, b, model_name)
-        dt = extract_bitwidth(model, b, model_name)
-        lat = latency_ratio(dt, dq, images, repeats=repeats)
-        rows.append({S.T18_BITS: b, S.T18_SAME_STRUCTURE: same_structure(dt, dq), S.T18_HOOKS: structure(dt)["hooks"],
-                     S.T18_TRIQDEF_MS: lat["model"]["median_ms"], S.T18_QAT_MS: lat["reference"]["median_ms"],
-                     S.T18_RATIO: lat["ratio_median"], S.T18_RATIO_RANGE: f"{lat['ratio_p10']:.3f}–{lat['ratio_p90']:.3f}"})
-    return pd.DataFrame(rows)

@@ -43,9 +43,3 @@ def cam_cosine_items(model: nn.Module, images: torch.Tensor, classes: torch.Tens
     return {b: F.cosine_similarity(grad_cam(model, images, classes, b).flatten(1), ref, dim=1) for b in bits}
 
 
-def cam_cosine_to_reference(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, bits,
-                            reference_bits: int = 32) -> dict[str, float]:
-    """How alike the maps are across bit-widths (Figure 3, section 4.6): for each of ``bits``, the mean over
-    images of :func:`cam_cosine_items`, rounded to 3 digits; keys ``"<b>-bit"``."""
-    return {f"{b}-bit": round(float(c.mean()), 3)
-            for b, c in cam_cosine_items(model, images, classes, bits, reference_bits).items()}

@@ -66,31 +66,17 @@ def write(frame, path: str | Path, info: dict | None = None) -> Path:
 
 def read(path: str | Path) -> pd.DataFrame:
     """The store at ``path``, validated; a missing or unreadable file ends with one TriqdefError line."""
-    import pyarrow.parquet as pq
+    from triqdef.eval.outcome_store import read_parquet
 
-    path = Path(path)
-    if not path.is_file():
-        raise TriqdefError(f"measurement store {path} not found: run the stage that measures it")
-    try:
-        frame = pq.read_table(path).to_pandas()
-    except Exception as exc:  # pyarrow raises several kinds for a truncated or foreign file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise TriqdefError(f"measurement store {path} is unreadable ({first}): expected a Parquet file") from None
+    frame = read_parquet(path, "measurement store", "run the stage that measures it", "a Parquet file")
     return validate(frame, f"measurement store {path}")
 
 
 def read_info(path: str | Path) -> dict:
     """The ``info`` a store was written with; {} when it has none."""
-    import json
+    from triqdef.eval.outcome_store import read_parquet_info
 
-    import pyarrow.parquet as pq
-
-    try:
-        raw = (pq.read_schema(Path(path)).metadata or {}).get(b"triqdef.info")
-    except Exception:
-        read(path)   # the one-line error of a missing or unreadable store
-        raise
-    return json.loads(raw) if raw else {}
+    return read_parquet_info(path, read)
 
 
 def values(frame: pd.DataFrame, measure: str, model: str, view: str = "") -> pd.Series:

@@ -122,36 +122,49 @@ def write(frame, path: str | Path, info: dict | None = None) -> Path:
     return path
 
 
-def read(path: str | Path):
-    """The store at ``path`` as a validated pandas DataFrame; a missing or unreadable file, or one without the
-    store's columns, ends with one TriqdefError line."""
+def read_parquet(path: str | Path, kind: str, missing: str, expected: str):
+    """The Parquet file at ``path`` as a pandas DataFrame (a store of this package: ``kind`` names it in errors);
+    a missing file ends with one TriqdefError line saying ``missing``, an unreadable one with one saying
+    ``expected``. Shared by the outcome and the measurement stores."""
     path = Path(path)
     if not path.is_file():
-        raise TriqdefError(f"outcome store {path} not found: run the stage that evaluates those patches")
+        raise TriqdefError(f"{kind} {path} not found: {missing}")
     import pyarrow.parquet as pq
 
     try:
-        frame = pq.read_table(path).to_pandas()
+        return pq.read_table(path).to_pandas()
     except Exception as exc:  # pyarrow raises several kinds for a truncated or foreign file
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise TriqdefError(f"outcome store {path} is unreadable ({first}): expected a Parquet file of outcomes") from None
+        raise TriqdefError(f"{kind} {path} is unreadable ({first}): expected {expected}") from None
+
+
+def read_parquet_info(path: str | Path, reader) -> dict:
+    """The ``info`` a store was written with (its schema's ``triqdef.info``); {} when it has none. A missing or
+    unreadable file ends with ``reader(path)``'s one-line error."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(Path(path)).metadata or {}
+    except Exception:
+        reader(path)
+        raise
+    raw = meta.get(b"triqdef.info")
+    return json.loads(raw) if raw else {}
+
+
+def read(path: str | Path):
+    """The store at ``path`` as a validated pandas DataFrame; a missing or unreadable file, or one without the
+    store's columns, ends with one TriqdefError line."""
+    frame = read_parquet(path, "outcome store", "run the stage that evaluates those patches",
+                         "a Parquet file of outcomes")
     return validate(frame, f"outcome store {path}")
 
 
 def read_info(path: str | Path) -> dict:
     """The ``info`` a store was written with (:func:`write`); {} when it has none."""
-    import json
-
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    try:
-        meta = pq.read_schema(path).metadata or {}
-    except Exception:
-        read(path)   # the one-line error of a missing or unreadable store
-        raise
-    raw = meta.get(b"triqdef.info")
-    return json.loads(raw) if raw else {}
+    return read_parquet_info(path, read)
 
 
 def select(frame, **where):

@@ -15,6 +15,7 @@ paper's numbers.
 from __future__ import annotations
 
 import contextvars
+import datetime as _dt
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -568,8 +569,11 @@ def _patchattack(results):
     model queried itself; the same test images, the models' own patches)."""
     t = _t5(results)
     blackbox = "blackbox"
-    cols = S.attack_columns(t.columns, S.PATCHATTACK)
-    if not cols or (S.TRIQDEF, blackbox) not in t.index:
+    if (S.TRIQDEF, blackbox) not in t.index:
+        raise Missing("table5_asr_matched (PatchAttack rows)")
+    # the bit-widths PatchAttack queried (patch_attack.bits): the others' columns are empty
+    cols = [c for c in S.attack_columns(t.columns, S.PATCHATTACK) if pd.notna(t.loc[(S.TRIQDEF, blackbox), c])]
+    if not cols:
         raise Missing("table5_asr_matched (PatchAttack rows)")
     parts = [f"{m} {_fmt(t.loc[(m, blackbox), c] for c in cols)}" for m in (S.TRIQDEF, S.PBAT, S.DWQ, S.QADT_R,
                                                                           S.STANDARD_QAT) if (m, blackbox) in t.index]
@@ -738,8 +742,9 @@ def _speed_settings(results):
     slow = S.FULL_SLOW
     col = S.attack_columns(t.columns, S.LAVAN)
     if (slow, S.UNSEEN) not in t.index:
-        raise NotInProfile("variant `every_step_full_res` is not in this profile's `ablations.run` (time budget); "
-                           "README \"Speed\" gives its effect measured in an earlier run")
+        raise NotInProfile("decided at the seed level in the replica group, not in the core (time budget): "
+                           "[replicas/SEEDS.md](replicas/SEEDS.md#claim-18-triqdefs-speed-settings-seed-level), "
+                           "TriQDef's three seeds against three of `every_step_full_res` (`seeds.variants`)")
     d = t.loc[(S.FULL, S.UNSEEN), col] - t.loc[(slow, S.UNSEEN), col]
     ours = size + "unseen LAVAN ASR, speed settings on minus off: " + " / ".join(f"{v:+.1f}" for v in d) + " points"
     for regime, sel in _comparisons(results, "table7_comparisons", S.UNSEEN, {(S.FULL, slow)}):
@@ -1133,16 +1138,28 @@ def _read_json(path: Path) -> dict | None:
     return rec if isinstance(rec, dict) else None
 
 
-def _created(details: dict) -> str:
-    """When a stage's run wrote its metadata (``created``, or its provenance's), '' if it did not say."""
-    when = details.get("created") or (details.get("provenance") or {}).get("created")
-    return when if isinstance(when, str) else ""
+def _ended(details: dict, seconds: float) -> str:
+    """When a stage's run ended (ISO 8601, UTC), '' if its metadata does not say.
+
+    A stage's own metadata has ``created``, written as the stage ends. A notebook's has only its provenance's
+    ``created``, taken when the notebook starts: its end is that plus the notebook's wall time ``seconds``.
+    """
+    if isinstance(when := details.get("created"), str):
+        return when
+    start = (details.get("provenance") or {}).get("created")
+    if not isinstance(start, str):
+        return ""
+    try:
+        began = _dt.datetime.fromisoformat(start)
+    except ValueError:
+        return ""
+    return (began + _dt.timedelta(seconds=seconds)).isoformat(timespec="seconds")
 
 
 def stage_times(results: Path) -> pd.DataFrame:
     """One row per metrics file under ``results/metrics`` (a stage, or one run of the ``defense`` / ``ablations``
     stages) with the wall time it recorded (the stage's, the notebook's, or the training run's) and when the run
-    ended (``created`` in its metadata, '' if unknown).
+    ended (:func:`_ended`, '' if unknown).
 
     A skipped run's metrics say ``skipped``; why is in its metadata file
     (``results/metadata/<name>.json``, :func:`triqdef.meta.write_metrics`).
@@ -1158,7 +1175,7 @@ def stage_times(results: Path) -> pd.DataFrame:
             reason = details.get("reason", rec.get("reason", ""))
             rows.append({"stage": stage, "seconds": 0.0, "created": "", "note": "skipped: " + reason})
         elif (sec := _stage_seconds(rec)) is not None:
-            rows.append({"stage": stage, "seconds": round(sec, 1), "created": _created(details), "note": ""})
+            rows.append({"stage": stage, "seconds": round(sec, 1), "created": _ended(details, sec), "note": ""})
     return pd.DataFrame(rows, columns=["stage", "seconds", "created", "note"])
 
 

@@ -149,12 +149,12 @@ def run_cross_bit(cfg, progress: bool = True) -> dict:
         f"of the same model on the first {len(test_y)} test images (each patch on its own eligible images: "
         f"clean-correct at that bit-width, label ≠ target; 95 % studentised interval over patches). The diagonal "
         f"(source = target) is the white-box attack at that bit-width. Profile `{cfg.base.profile}`; one training "
-        f"seed."))
+        "seed."))
     save_table(ratios, "cross_bit_ratios", meta, floatfmt=".3f", caption=(
-        f"Transfer ratio r(s, t) = ASR(s → t) / ASR(s → s) of TriQDef against each baseline, and the difference "
-        f"r_TriQDef − r_baseline with its 95 % interval (paired: the four rates on the images eligible at both "
-        f"bit-widths of both models, patches paired by target; studentised over patches). 'TriQDef cuts cross-bit "
-        f"transfer' needs the difference below 0 at every pair, decided familywise (Holm): "
+        "Transfer ratio r(s, t) = ASR(s → t) / ASR(s → s) of TriQDef against each baseline, and the difference "
+        "r_TriQDef − r_baseline with its 95 % interval (paired: the four rates on the images eligible at both "
+        "bit-widths of both models, patches paired by target; studentised over patches). 'TriQDef cuts cross-bit "
+        "transfer' needs the difference below 0 at every pair, decided familywise (Holm): "
         + "; ".join(f"against {b}: {verdicts[b]}" for b in BASELINES) + f"; both: {verdicts['overall']}. "
         f"Profile `{cfg.base.profile}`; one training seed."))
     plots.use_style()

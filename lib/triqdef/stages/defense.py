@@ -50,9 +50,11 @@ def run_name(method: str, variant: str | None = None, training_seed: int | None 
 
 
 def run_folder(variant: str | None = None, training_seed: int | None = None, length_factor: float | None = None) -> str:
-    """Where a run's files go under results/models, metadata, metrics and plots."""
+    """Where a run's files go under results/models, metadata, metrics and plots: ``ablations`` (a variant of the
+    core), ``variants`` (a variant with a training seed: the replica group's ``seeds.variants``), ``seeds``,
+    ``length`` or ``defenses``."""
     if variant:
-        return "ablations"
+        return "ablations" if training_seed is None else "variants"
     return "seeds" if training_seed is not None else "length" if length_factor is not None else "defenses"
 
 
@@ -66,7 +68,8 @@ def run_root(training_seed: int | None = None, length_factor: float | None = Non
 def checkpoint(method: str, variant: str | None = None, training_seed: int | None = None,
                length_factor: float | None = None) -> Path:
     """``results/models/defenses/<method>.pt``; ablation variants in ``results/models/ablations/<method>-<variant>.pt``;
-    training-seed replicas in ``results/replicas/models/seeds/<method>-seed<k>.pt`` and training-length runs in
+    training-seed replicas in ``results/replicas/models/seeds/<method>-seed<k>.pt``, the variants' seeds in
+    ``results/replicas/models/variants/<method>-<variant>-seed<k>.pt`` and training-length runs in
     ``results/replicas/models/length/<method>-x<f>.pt`` (apart: the stages that read every defense do not depend
     on them)."""
     return (run_root(training_seed, length_factor) / "models" / run_folder(variant, training_seed, length_factor)
@@ -304,11 +307,20 @@ def validate_settings(method: str, cfg: Config | StageConfig, variant: str | Non
                                "weights a bit-width BACT enables has no calibrated quantizer)")
 
 
-def check_training_seed(cfg: Config | StageConfig, method: str, training_seed: int | None) -> None:
-    """A training-seed replica must be one ``seeds`` asks for (the DVC matrix reads ``seeds.common``)."""
+def check_training_seed(cfg: Config | StageConfig, method: str, training_seed: int | None,
+                        variant: str | None = None) -> None:
+    """A training-seed replica must be one ``seeds`` asks for (the DVC matrix reads ``seeds.common``): a method of
+    ``seeds.methods`` with one of ``seeds.training_seeds``, or TriQDef's variant of ``seeds.variants`` with one of
+    ``seeds.variant_seeds`` (base.seed included)."""
     if training_seed is None:
         return
     sd = cfg.seeds
+    if variant is not None:
+        if method != "triqdef" or variant not in sd.variants or training_seed not in sd.variant_seeds:
+            raise TriqdefError(f"variant {variant!r} of {method} with training seed {training_seed}: expected triqdef, "
+                               f"a variant of seeds.variants {list(sd.variants)} and a seed of seeds.variant_seeds "
+                               f"{list(sd.variant_seeds)}")
+        return
     if training_seed == cfg.base.seed:
         raise TriqdefError(f"training seed {training_seed}: that is base.seed, the core run (defense@{method}); "
                            f"expected one of seeds.training_seeds {list(sd.training_seeds)}")
@@ -346,8 +358,10 @@ def run_defense(cfg: Config | StageConfig, method: str, variant: str | None = No
     patch sets stay those of ``base.seed``) and record its metrics."""
     t_stage = time.perf_counter()
     validate_settings(method, cfg, variant)  # before any expensive loading
-    check_training_seed(cfg, method, training_seed)
+    check_training_seed(cfg, method, training_seed, variant)
     check_length_factor(cfg, method, length_factor)
+    if variant and length_factor is not None:
+        raise TriqdefError(f"variant {variant!r} with a length factor: expected one of the two")
     run = run_name(method, variant, training_seed, length_factor)
     train, q = scaled_training(cfg.defenses, length_factor), cfg.quant
     name = cfg.model.name

@@ -187,15 +187,17 @@ def store_path(name: str, regime: str = "paper") -> Path:
     return paths.results_dir() / "outcomes" / f"{regime_table(name, regime)}.parquet"
 
 
-def write_store(inp: Inputs, records: pd.DataFrame, name: str, regime: str) -> pd.DataFrame:
+def write_store(inp: Inputs, records: pd.DataFrame, name: str, regime: str, single: bool = False) -> pd.DataFrame:
     """The outcome store of a notebook-01 table's records (each view as its model and bit-width), written to
-    :func:`store_path`; returns its rows."""
+    :func:`store_path` (``single``: a table made in one regime only, ``<name>.parquet`` whatever the regime, which
+    its info records); returns its rows."""
     from triqdef.eval import outcome_store
     from triqdef.stages.regimes import regime_size
 
     pairs = [view_model(v) for v in records["view"]]
     rows = records.assign(model=[m for m, _ in pairs], view=[S.bit_view(b) for _, b in pairs], patch_set=records["set"])
-    return outcome_store.write_records(rows, inp.cfg.base.seed, inp.test_y.cpu().numpy(), store_path(name, regime),
+    path = store_path(name) if single else store_path(name, regime)
+    return outcome_store.write_records(rows, inp.cfg.base.seed, inp.test_y.cpu().numpy(), path,
                                        info={"regime": regime, "patch_size": regime_size(inp, regime),
                                              "set_sizes": set_sizes(records), "profile": inp.profile})
 
@@ -304,7 +306,7 @@ def table1_transfer(inp: Inputs, regime: str = "paper") -> tuple[pd.DataFrame, p
     from triqdef.stages.regimes import not_evaluated, regime_label, regime_size, regime_table, save_absent_regime
 
     names = ["table1_transfer_asr", "table1_transfer_fooling", "table1_transfer_asr_common"]
-    if why := not_evaluated(inp, regime, always=True):  # the motivation's own table: in every regime made
+    if why := not_evaluated(inp, regime):
         return save_absent_regime(inp, names, regime, stores=[store_path("table1", regime)], why=why), pd.DataFrame()
     views = table1_views(inp)
     clean = view_predictions(views, inp.test_x)
@@ -479,15 +481,16 @@ def table3_gradient_similarity(inp: Inputs) -> pd.DataFrame:
 
 def feature_alignment(inp: Inputs) -> pd.DataFrame:
     """Figure 2's records: feature-map similarity of standard QAT between its bit-widths at the FDP taps,
-    on clean inputs and on inputs carrying the first seen LAVAN patch, from their per-image measurements (written to
-    the measurement store ``figure2``, which REPORT's claim reads)."""
+    on clean inputs and on inputs carrying the first seen LAVAN patch of the deciding regime, from their per-image
+    measurements (written to the measurement store ``figure2``, which REPORT's claim reads)."""
     from triqdef.attacks.patches import apply_patch
-    from triqdef.attacks.patchsets import select
+    from triqdef.attacks.patchsets import regime_set, select
     from triqdef.eval import alignment, measure_store
+    from triqdef.stages.regimes import deciding_regime
 
     x, _ = alignment_images(inp)
     taps = list(inp.cfg.triqdef.taps_of(inp.model_name))  # the FDP taps: one list, in params.yaml
-    lavan_seen = select(inp.patches, "seen", "lavan")[0]
+    lavan_seen = select(inp.patches, regime_set("seen", deciding_regime(inp)), "lavan")[0]
     inputs = {"clean": x, "patched": apply_patch(x, lavan_seen)}
     items = alignment.feature_alignment_items(inp.qat, inputs, list(inp.qat_meta["bits"]), taps, inp.cfg.base.seed)
     measure_store.write(items, alignment_store_path("figure2"), info={"what": "Figure 2 / Table 12: feature-map "
@@ -641,35 +644,28 @@ def table9_plan(cfg, sizes: dict[int, int], seed: int, regime: str, num_classes:
 
 def table9_patch_file(regime: str):
     """Where :func:`table9_patches` writes the patches of ``regime``: ``results/table9/patches[_matched].pt``."""
-    from triqdef.attacks.patchsets import regime_set
+    from triqdef.attacks.patchsets import regime_patch_file
 
-    return paths.results_dir() / "table9" / f"{regime_set('patches', regime)}.pt"
+    return regime_patch_file(paths.results_dir() / "table9", regime)
 
 
 def table9_patches(inp: Inputs, regime: str, progress: bool = True) -> tuple[list, float]:
     """Table 9's own patch sets in ``regime`` (issue 29, item 4; docs/design.md#table-9-sets): ``patches.seen_per_attack``
     FP-made LAVAN patches at each of its sizes (:func:`table9_plan`), from the attacker images of stage ``patches``;
-    written to
-    :func:`table9_patch_file` with their provenance. Returns them and the seconds they took."""
-    import time
-
-    from triqdef.attacks.patchsets import attack_images, make_patches, save_patchset
+    written to :func:`table9_patch_file` with their provenance. Returns them and the seconds they took."""
+    from triqdef.attacks.patchsets import make_and_save
     from triqdef.config import as_dict
     from triqdef.meta import provenance
     from triqdef.stages import common
 
-    t0 = time.perf_counter()
+    cfg = inp.cfg
     sizes = table9_sizes(inp.patch_meta["regimes"], regime, TABLE9_SETS)
-    specs = table9_plan(inp.cfg.patches, sizes, inp.cfg.base.seed, regime)
-    images, labels, idx = attack_images(inp.splits, inp.cfg.patches, inp.cfg.base.seed)
-    patches, _ = make_patches(specs, {"fp": inp.fp}, images, labels, inp.cfg.patches, inp.cfg.model.name, progress)
-    seconds = round(time.perf_counter() - t0, 1)
-    save_patchset(table9_patch_file(regime), patches,
-                  provenance(inp.cfg, {"params": as_dict(inp.cfg.patches), "regime": regime, "sizes": sizes,
-                                       "per_size": inp.cfg.patches.seen_per_attack, "data": common.data_record(inp.splits),
-                                       "attack_images": int(len(idx)), "fp_checkpoint_commit": inp.fp_meta.get("commit"),
-                                       "seconds": seconds}))
-    return patches, seconds
+    specs = table9_plan(cfg.patches, sizes, cfg.base.seed, regime)
+    meta = provenance(cfg, {"params": as_dict(cfg.patches), "regime": regime, "sizes": sizes,
+                            "per_size": cfg.patches.seen_per_attack, "data": common.data_record(inp.splits),
+                            "fp_checkpoint_commit": inp.fp_meta.get("commit")})
+    return make_and_save(specs, {"fp": inp.fp}, inp.splits, cfg.patches, cfg.base.seed, cfg.model.name,
+                         table9_patch_file(regime), meta, progress)
 
 
 def table9_ptq_transfer(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
@@ -715,22 +711,25 @@ def table9_ptq_transfer(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
 
 
 def table11_dynamic_quantization(inp: Inputs) -> pd.DataFrame:
-    """Table 11: the seen patches on the FP model and on its dynamically quantized 8-bit version."""
-    from triqdef.attacks.patchsets import select
+    """Table 11: the seen patches of the deciding regime on the FP model and on its dynamically quantized 8-bit
+    version (one table and one store, ``table11``, whatever the regime: its info records which)."""
+    from triqdef.attacks.patchsets import regime_set, select
     from triqdef.eval.transfer import pivot_rates, transfer_records
     from triqdef.reporting.tables import caption_with_claims, save_table
     from triqdef.stages.devices import calibration_on
+    from triqdef.stages.regimes import deciding_regime, regime_label
 
     q = inp.cfg.quant
     dyn = quant.dynamic_quantization(quant.post_training_quantize(inp.fp, [32, 8], calibration_on(inp.fp, inp.splits.holdout.images),
                                                                   q.first_last_bits, q.activation_range))
     views = {S.FP32_VIEW: (inp.fp, None), S.DYNAMIC_8BIT_VIEW: (dyn, 8)}
-    records = transfer_records(select(inp.patches, "seen"), views, inp.test_x, inp.test_y)
+    regime = deciding_regime(inp)
+    records = transfer_records(select(inp.patches, regime_set("seen", regime)), views, inp.test_x, inp.test_y)
     t11 = pivot_rates(records, "asr", column_order=list(views))
-    claims = table11_claims(write_store(inp, records, "table11", "paper"), inp.cfg.base.seed)
-    save_table(t11, "table11_dynamic_quantization", dict(inp.meta, claims=claims),
-               caption=caption_with_claims("Targeted ASR (%) of the seen 6×6 patches on the FP model and its "
-                                           "dynamically quantized 8-bit version.", claims))
+    claims = table11_claims(write_store(inp, records, "table11", regime, single=True), inp.cfg.base.seed)
+    save_table(t11, "table11_dynamic_quantization", dict(inp.meta, claims=claims, regime=regime),
+               caption=caption_with_claims(f"Targeted ASR (%) of the seen {regime_label(inp, regime)} patches on the "
+                                           "FP model and its dynamically quantized 8-bit version.", claims))
     return t11
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from triqdef import paths
-from triqdef.attacks.patchsets import attack_images, make_patches, plan, regime_sizes, save_patchset
+from triqdef.attacks.patchsets import attack_images, make_patches, plan, regime_sizes, save_patchset, evaluated_regimes
 from triqdef.config import Config, StageConfig, as_dict
 from triqdef.errors import TriqdefError
 from triqdef.meta import provenance, write_metrics
@@ -14,7 +14,7 @@ from triqdef.stages import attack_strength
 from triqdef.stages import common as pipeline
 from triqdef.training.loop import model_from_checkpoint, resolve_device
 
-PARAMS = ("base", "data", "model", "patches")
+PARAMS = ("base", "data", "model", "patches", "regimes")
 
 
 def run_make_patches(cfg: Config | StageConfig, progress: bool = True) -> dict:
@@ -23,7 +23,8 @@ def run_make_patches(cfg: Config | StageConfig, progress: bool = True) -> dict:
     t_stage = time.perf_counter()
     pcfg, seed = cfg.patches, cfg.base.seed
     second, second_kind = attack_strength.second_size()
-    specs = plan(pcfg, seed, second_size=second)
+    evaluated = evaluated_regimes(cfg.regimes.evaluate, second, pcfg.size)   # the regimes whose tables are made
+    specs = plan(pcfg, seed, second_size=second, evaluated=evaluated)
     device = resolve_device(cfg.base.device)
     name = cfg.model.name
     splits = pipeline.load_data(cfg)
@@ -42,6 +43,7 @@ def run_make_patches(cfg: Config | StageConfig, progress: bool = True) -> dict:
                             "fp_checkpoint_commit": fp_meta.get("commit"), "qat_checkpoint_commit": qat_meta.get("commit"),
                             "unseen_bits_source": str(qat_path.relative_to(paths.output_root())),
                             "regimes": {r: v for r, v in regime_sizes(pcfg, second).items()},
+                            "evaluated_regimes": list(evaluated),
                             "second_size": second, "second_size_kind": second_kind})
     save_patchset(paths.results_dir() / "patches" / "patches.pt", patches, meta)
     per_set: dict[str, dict] = {}

@@ -1,13 +1,13 @@
 """The two attack regimes of the notebook tables: the paper's patch size and the matched size
 (docs/design.md#attack-regime).
 
-The patch stage makes every set at the paper's size (``seen``, ``unseen_bits4``, ...) and, when stage
-``attack_strength`` found a different second size, again at that size (``seen_matched``, ...). A notebook table
-function takes ``regime`` (``paper`` or ``matched``), reads that regime's sets and saves its table under
-:func:`regime_table`'s name; when the patch stage made no matched regime, :func:`save_absent_regime` writes a
-table that says so, so that every declared output exists. Parameter ``regimes.evaluate`` (``both`` | ``deciding``)
-lets a profile evaluate only the regime REPORT.md decides in (:func:`deciding_regime`); the other regime's tables
-then say that they were not evaluated, and why (:func:`not_evaluated`).
+The patch stage makes the training pool at the paper's size and, when stage ``attack_strength`` found a different
+second size, again at that size (``pool_matched``); the sets the tables evaluate (``seen``, ``unseen_bits4``, ...)
+in the regimes they are evaluated in (parameter ``regimes.evaluate``: ``both``, or ``deciding``, only the regime
+REPORT.md decides in, :func:`deciding_regime`). A notebook table function takes ``regime`` (``paper`` or
+``matched``), reads that regime's sets and saves its table under :func:`regime_table`'s name; a regime the patch
+stage did not make, or that the profile does not evaluate, gets a table that says so and why
+(:func:`save_absent_regime`, :func:`not_evaluated`), so that every declared output exists.
 """
 
 from __future__ import annotations
@@ -18,14 +18,17 @@ from triqdef.attacks.patchsets import MATCHED, PAPER, regime_set, select
 from triqdef.reporting.tables import save_table
 from triqdef.stages.common import NotebookInputs
 
-REGIMES = (PAPER, MATCHED)
 #: ``regimes.evaluate``: both regimes, or only the deciding one.
 BOTH, DECIDING = "both", "deciding"
 
 
 def regime_size(inp: NotebookInputs, regime: str) -> int | None:
-    """The patch size of ``regime`` in this run's patch sets, or None when the patch stage made no such regime."""
-    seen = select(inp.patches, regime_set("seen", regime))
+    """The patch size of ``regime`` in this run's patch sets (as the patch stage recorded its regimes), or None when
+    the patch stage made no such regime."""
+    regimes = (getattr(inp, "patch_meta", None) or {}).get("regimes")
+    if regimes is not None:
+        return int(regimes[regime]["size"]) if regime in regimes else None
+    seen = select(inp.patches, regime_set("seen", regime))   # a patch file from before the regimes were recorded
     return seen[0].size if seen else None
 
 
@@ -47,15 +50,15 @@ def regime_note(inp: NotebookInputs) -> str:
             f"{other} regime: " + (f"{why}." if why else f"{regime_label(inp, other)}, evaluated after them."))
 
 
-def not_evaluated(inp: NotebookInputs, regime: str, always: bool = False) -> str | None:
+def not_evaluated(inp: NotebookInputs, regime: str) -> str | None:
     """Why the tables of ``regime`` are not evaluated in this run, or None when they are: the patch stage did not
     make that regime (the matched size equals the paper's), or the profile evaluates the deciding regime only
-    (``regimes.evaluate: deciding``) and this is the other one. ``always``: a table made in every regime the patch
-    stage made, whatever ``regimes.evaluate`` says (Table 1's transfer study)."""
+    (``regimes.evaluate: deciding``; the patch stage then made only the other regime's training pool) and this is
+    the other one."""
     if regime_size(inp, regime) is None:
         return (f"no {regime} regime: the attack-strength stage's size equals the paper's {inp.cfg.patches.size} px; "
                 "see the paper-size table")
-    if not always and inp.cfg.regimes.evaluate == DECIDING and regime != deciding_regime(inp):
+    if inp.cfg.regimes.evaluate == DECIDING and regime != deciding_regime(inp):
         return (f"not evaluated in profile `{inp.profile}` (time budget): regimes.evaluate is '{DECIDING}', so only the "
                 f"{deciding_regime(inp)} regime, the one REPORT.md decides in, is; set "
                 f"regimes.{inp.profile}.evaluate: {BOTH} to make this table")

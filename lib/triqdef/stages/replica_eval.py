@@ -1,5 +1,5 @@
 """The evaluation of one replica run (a training seed or a training length; issue 30, items 5 and 7), shared by
-stages ``seed_eval`` and ``length_eval`` (docs/design.md#training-seeds, #training-length).
+stages ``seed_eval``, ``variant_eval`` and ``length_eval`` (docs/design.md#training-seeds, #training-length).
 
 A replica is evaluated exactly as the core run of its method is by the core stages, on the same test images,
 with the same patches and the same attack settings, so that the replica's rates and the core's differ only by the
@@ -32,7 +32,7 @@ EVAL_PARAMS = ("base", "data", "model", "quant", "patches", "robustness", "cross
 
 
 def store_path(group: str, run: str) -> Path:
-    """``results/replicas/outcomes/<group>/<run>.parquet`` (group ``seeds`` or ``length``)."""
+    """``results/replicas/outcomes/<group>/<run>.parquet`` (group ``seeds``, ``variants`` or ``length``)."""
     return paths.replicas_dir() / "outcomes" / group / f"{run}.parquet"
 
 
@@ -42,8 +42,9 @@ def metrics_name(group: str, run: str) -> str:
 
 
 def evaluate_replica(cfg, method: str, training_seed: int | None = None, length_factor: float | None = None,
-                     progress: bool = True) -> dict:
-    """Evaluate the replica of ``method`` with ``training_seed`` (one of ``seeds``) or ``length_factor`` (one of
+                     progress: bool = True, variant: str | None = None) -> dict:
+    """Evaluate the replica of ``method`` with ``training_seed`` (one of ``seeds``; with ``variant``, TriQDef's
+    ablation variant of ``seeds.variants`` with one of ``seeds.variant_seeds``) or ``length_factor`` (one of
     ``training_length``): write its outcome store and metrics; returns the metrics' headline."""
     from tqdm.auto import tqdm
 
@@ -59,16 +60,19 @@ def evaluate_replica(cfg, method: str, training_seed: int | None = None, length_
     start = time.perf_counter()
     if (training_seed is None) == (length_factor is None):
         raise TriqdefError("a replica evaluation needs a training seed or a length factor (exactly one)")
-    defense.check_training_seed(cfg, method, training_seed)
+    if variant is not None and training_seed is None:
+        raise TriqdefError(f"variant {variant!r}: expected a training seed (seeds.variant_seeds)")
+    defense.check_training_seed(cfg, method, training_seed, variant)
     defense.check_length_factor(cfg, method, length_factor)
     cross_bit.check_bits_in(cfg.quant.bits, cfg.cross_bit.source_bits, "cross_bit.source_bits", "quant.bits")
-    group, run = defense.run_folder(None, training_seed, length_factor), defense.run_name(method, None, training_seed,
-                                                                                          length_factor)
+    group = defense.run_folder(variant, training_seed, length_factor)
+    run = defense.run_name(method, variant, training_seed, length_factor)
     label = S.DEFENSE_LABELS[method]
     seed = cfg.base.seed if training_seed is None else training_seed
-    path = defense.checkpoint(method, None, training_seed, length_factor)
-    stage = f"defense_seed@{method}-{training_seed}" if training_seed is not None else \
-        f"defense_length@{method}-{length_factor:g}"
+    path = defense.checkpoint(method, variant, training_seed, length_factor)
+    stage = (f"variant_seed@{variant}-{training_seed}" if variant is not None else
+             f"defense_seed@{method}-{training_seed}" if training_seed is not None else
+             f"defense_length@{method}-{length_factor:g}")
     if not path.is_file():
         raise TriqdefError(f"replica checkpoint {path} not found: expected the output of stage {stage}")
     model, meta = model_from_checkpoint(path, kind="defense", model_name=cfg.model.name)
@@ -97,7 +101,8 @@ def evaluate_replica(cfg, method: str, training_seed: int | None = None, length_
     bar.close()
     cross_rows = cross_bit.outcome_rows(model, label, seed, made, cb_x, cb_y, quant.model_bits(model))
     store = pd.concat([table5_rows, cross_rows], ignore_index=True)
-    info = {"run": run, "group": group, "method": method, "training_seed": seed, "length_factor": length_factor,
+    info = {"run": run, "group": group, "method": method, "variant": variant, "training_seed": seed,
+            "length_factor": length_factor,
             "regime": regime, "patch_size": size, "profile": cfg.base.profile}
     outcome_store.write(store, store_path(group, run), info=info)
 

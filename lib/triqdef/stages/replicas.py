@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
-import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,8 +32,9 @@ import pandas as pd
 from triqdef import paths
 from triqdef.errors import TriqdefError
 
-#: The replica groups: results/replicas/{models,metadata,metrics,plots,outcomes}/<group>/.
-GROUPS = ("seeds", "length")
+#: The replica groups: results/replicas/{models,metadata,metrics,plots,outcomes}/<group>/ (``variants``: TriQDef's
+#: ``seeds.variants`` with every seed, stages ``variant_seed`` and ``variant_eval``).
+GROUPS = ("seeds", "variants", "length")
 #: Each replica stage's budget (issue 30): 5,600 reference steps.
 REPLICA_BUDGET_STEPS = 5_600
 N_BOOT = 2000
@@ -100,20 +101,27 @@ def _core_store(results: Path) -> pd.DataFrame:
     return pd.concat(stores, ignore_index=True)
 
 
-def replica_run(cfg, method: str, training_seed: int | None = None, factor: float | None = None) -> Run:
-    """A replica: its training metrics (stage ``defense_seed`` / ``defense_length``) and its evaluation's store."""
+def replica_run(cfg, method: str, training_seed: int | None = None, factor: float | None = None,
+                variant: str | None = None) -> Run:
+    """A replica: its training metrics (stage ``defense_seed`` / ``variant_seed`` / ``defense_length``) and its
+    evaluation's store. A variant's run is named ``<method>-<variant>`` (its own row in every table)."""
     from triqdef.eval import outcome_store
     from triqdef.stages import defense, replica_eval
 
-    group, run = defense.run_folder(None, training_seed, factor), defense.run_name(method, None, training_seed, factor)
-    item = f"{method}-{training_seed}" if factor is None else f"{method}-{factor:g}"
-    evaluation, training = ("seed_eval", "defense_seed") if factor is None else ("length_eval", "defense_length")
+    group, run = defense.run_folder(variant, training_seed, factor), defense.run_name(method, variant, training_seed, factor)
+    if variant is not None:
+        item, evaluation, training = f"{variant}-{training_seed}", "variant_eval", "variant_seed"
+    elif factor is None:
+        item, evaluation, training = f"{method}-{training_seed}", "seed_eval", "defense_seed"
+    else:
+        item, evaluation, training = f"{method}-{factor:g}", "length_eval", "defense_length"
     path = replica_eval.store_path(group, run)
     if not path.is_file():
         raise TriqdefError(f"outcome store {path} not found: expected the output of stage {evaluation}@{item}")
-    return _run(method, paths.replicas_dir() / "metrics" / group / f"{run}.json", outcome_store.read(path),
-                cfg.base.seed if training_seed is None else training_seed, 1.0 if factor is None else factor,
-                f"{training}@{item}")
+    out = _run(method, paths.replicas_dir() / "metrics" / group / f"{run}.json", outcome_store.read(path),
+               cfg.base.seed if training_seed is None else training_seed, 1.0 if factor is None else factor,
+               f"{training}@{item}")
+    return out if variant is None else dataclasses.replace(out, method=f"{method}-{variant}")
 
 
 def run_rates(run: Run, eval_bits, source_bits, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
@@ -234,44 +242,103 @@ def paired_replicates(a: Run, b: Run, selections: list[dict], pair_by: tuple[str
     return value, rate_of(reps[:k]) - rate_of(reps[k:]), n_common, views[0].n_patches
 
 
+def _seed_level_differences(model_runs: list[Run], base_runs: list[Run], eval_bits, source_bits, rates,
+                            n_boot: int, seed: int):
+    """For each compared rate of ``rates`` (:func:`_comparable`): every run of ``model_runs`` minus every run of
+    ``base_runs`` on their common images with paired patches (:func:`paired_replicates`), the seeds of both
+    resampled (:func:`triqdef.eval.seed_level.seed_level_paired_difference`). Yields (rate, where, the interval in
+    the rate's units, the table columns: seeds, common images, patches)."""
+    from triqdef.eval import seed_level
+    from triqdef.eval.outcome_store import NoCommonImages
+
+    for rate, where, selections, pair_by in _comparable(model_runs[0], eval_bits, source_bits):
+        if rate not in rates:
+            continue
+        values = np.full((len(model_runs), len(base_runs)), np.nan)
+        reps = np.full((*values.shape, n_boot), np.nan)
+        commons, n_patches = [], 0
+        for i, a in enumerate(model_runs):
+            for j, b in enumerate(base_runs):
+                try:
+                    values[i, j], reps[i, j], n_common, n_patches = paired_replicates(a, b, selections, pair_by,
+                                                                                      n_boot, seed)
+                except NoCommonImages:   # (tiny smoke models) no image eligible for both
+                    continue
+                commons.append(n_common)
+        if not commons:
+            continue
+        scale = 1 if rate == RATIO else 100
+        ci = seed_level.seed_level_paired_difference(values, reps, n_boot, seed)
+        yield rate, where, ci, scale, {
+            "seeds": f"{len(model_runs)} / {len(base_runs)}",
+            "common images": f"{min(commons)}–{max(commons)}" if min(commons) < max(commons) else str(commons[0]),
+            "patches": n_patches}
+
+
+def _by_method(runs: list[Run]) -> dict[str, list[Run]]:
+    return {m: [r for r in runs if r.method == m] for m in dict.fromkeys(r.method for r in runs)}
+
+
 def seed_comparisons(runs: list[Run], eval_bits, source_bits, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
     """TriQDef minus each baseline (standard QAT, PBAT) on the ASRs and the transfer ratios (lower is the claim),
     at the seed level and paired: every run of TriQDef against every run of the baseline on their common images
     with paired patches (:func:`paired_replicates`), the seeds of both methods resampled
     (:func:`triqdef.eval.seed_level.seed_level_paired_difference`); with the common images (range over the run
     pairs), the paired patches and the verdict."""
-    from triqdef.eval import intervals, seed_level
-    from triqdef.eval.outcome_store import NoCommonImages
+    from triqdef.eval import intervals
 
-    by_method = {m: [r for r in runs if r.method == m] for m in dict.fromkeys(r.method for r in runs)}
+    by_method = _by_method(runs)
     model_runs = by_method.get(MODEL, [])
     out = []
     for baseline in BASELINES:
         base_runs = by_method.get(baseline, [])
         if not model_runs or not base_runs:
             continue
-        for rate, where, selections, pair_by in _comparable(model_runs[0], eval_bits, source_bits):
-            values = np.full((len(model_runs), len(base_runs)), np.nan)
-            reps = np.full((*values.shape, n_boot), np.nan)
-            commons, n_patches = [], 0
-            for i, a in enumerate(model_runs):
-                for j, b in enumerate(base_runs):
-                    try:
-                        values[i, j], reps[i, j], n_common, n_patches = paired_replicates(a, b, selections, pair_by,
-                                                                                          n_boot, seed)
-                    except NoCommonImages:   # (tiny smoke models) no image eligible for both
-                        continue
-                    commons.append(n_common)
-            if not commons:
-                continue
-            scale = 1 if rate == RATIO else 100
-            ci = seed_level.seed_level_paired_difference(values, reps, n_boot, seed)
-            out.append({"comparison": f"{MODEL} − {baseline}", "rate": rate, "where": where,
-                        "seeds": f"{len(model_runs)} / {len(base_runs)}",
-                        "common images": f"{min(commons)}–{max(commons)}" if min(commons) < max(commons) else
-                        str(commons[0]), "patches": n_patches,
+        for rate, where, ci, scale, cols in _seed_level_differences(model_runs, base_runs, eval_bits, source_bits,
+                                                                    (UNSEEN, WHITEBOX, RATIO), n_boot, seed):
+            out.append({"comparison": f"{MODEL} − {baseline}", "rate": rate, "where": where, **cols,
                         "difference": scale * ci.value, "difference low": scale * ci.low,
                         "difference high": scale * ci.high, "verdict (lower)": intervals.verdict(ci, "lower")})
+    return pd.DataFrame(out)
+
+
+#: Claim 18 at the seed level: TriQDef's speed settings "do not change the result" where the seed-level interval of
+#: TriQDef (settings on) minus the variant (settings off) lies inside +-VARIANT_MARGIN points; outside 0, they do.
+VARIANT_MARGIN = 5.0
+NO_CHANGE, CHANGES = "no change", "changes the result"
+
+
+def variant_verdict(low: float, high: float, margin: float = VARIANT_MARGIN) -> str:
+    """The equivalence reading of a difference's interval (points): :data:`NO_CHANGE` inside +-``margin``,
+    :data:`CHANGES` when it excludes 0, else inconclusive."""
+    from triqdef.eval.intervals import INCONCLUSIVE
+
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return INCONCLUSIVE
+    if low > 0 or high < 0:
+        return CHANGES
+    return NO_CHANGE if -margin <= low and high <= margin else INCONCLUSIVE
+
+
+def variant_comparisons(runs: list[Run], variants, eval_bits, source_bits, n_boot: int = N_BOOT,
+                        seed: int = 0) -> pd.DataFrame:
+    """Claim 18 at the seed level: TriQDef (its core run and seed replicas) minus each of its ``variants`` (the
+    runs of stage ``variant_seed``, the same seeds) on the unseen and white-box ASRs, paired as
+    :func:`seed_comparisons`, read by :func:`variant_verdict`."""
+    by_method = _by_method(runs)
+    model_runs = by_method.get(MODEL, [])
+    out = []
+    for variant in variants:
+        name = f"{MODEL}-{variant}"
+        base_runs = by_method.get(name, [])
+        if not model_runs or not base_runs:
+            continue
+        for rate, where, ci, scale, cols in _seed_level_differences(model_runs, base_runs, eval_bits, source_bits,
+                                                                    (UNSEEN, WHITEBOX), n_boot, seed):
+            low, high = scale * ci.low, scale * ci.high
+            out.append({"comparison": f"{MODEL} − {name}", "rate": rate, "where": where, **cols,
+                        "difference": scale * ci.value, "difference low": low, "difference high": high,
+                        f"verdict (inside ±{VARIANT_MARGIN:.0f})": variant_verdict(low, high)})
     return pd.DataFrame(out)
 
 
@@ -323,10 +390,15 @@ def stage_times() -> pd.DataFrame:
 
 
 def markdown_table(table: pd.DataFrame, floatfmt=".2f") -> str:
-    """``table`` as Markdown, each interval as value ± half-width, empty cells blank."""
-    from triqdef.reporting.tables import with_half_widths
-
-    shown = with_half_widths(table, floatfmt)
+    """``table`` as Markdown, each interval as ``value [low, high]`` (its bounds as computed: a seed-level interval
+    is not symmetric, and ``value ± half-width`` would show one that excludes 0 as one that does not), empty cells
+    blank."""
+    shown = table.copy()
+    for c in [c for c in table.columns if f"{c} low" in table.columns and f"{c} high" in table.columns]:
+        shown[c] = [None if pd.isna(v) else f"{v:{floatfmt}}" if pd.isna(lo) or pd.isna(hi)
+                    else f"{v:{floatfmt}} [{lo:{floatfmt}}, {hi:{floatfmt}}]"
+                    for v, lo, hi in zip(table[c], table[f"{c} low"], table[f"{c} high"])]
+        shown = shown.drop(columns=[f"{c} low", f"{c} high"])
     shown = shown.astype(object).where(shown.notna(), None)
     return shown.to_markdown(index=False, floatfmt=floatfmt, missingval="")
 
@@ -337,14 +409,26 @@ def rates_of(runs: list[Run], cfg) -> pd.DataFrame:
     return pd.concat([run_rates(r, eval_bits, source_bits, N_BOOT, cfg.base.seed) for r in runs], ignore_index=True)
 
 
-def times_markdown(group: str) -> list[str]:
-    """The stage-time section of a summary: each of ``group``'s replica stages against its budget."""
+def times_markdown(*groups: str) -> list[str]:
+    """The stage-time section of a summary: each of ``groups``' replica stages against its budget."""
+    from triqdef.eval.reference import nearest, read_log
+
     times = stage_times()
-    times = times[times["stage"].str.split("/").str[0] == group]
-    shown = times[["stage", "created", "seconds", "reference_ms", "reference_steps", "within budget"]]
+    times = times[times["stage"].str.split("/").str[0].isin(groups)].copy()
+    log = read_log(paths.results_dir() / "bench" / "reference_log.jsonl")
+    near = [nearest(log, when) for when in times["created"]]
+    times["nearest_ms"] = [float(hit[0]["median_ms"]) if hit else float("nan") for hit in near]
+    times["steps_at_nearest"] = times["seconds"] * 1000 / times["nearest_ms"]
+    larger = times[["reference_steps", "steps_at_nearest"]].max(axis=1, skipna=False)
+    times["within budget"] = [("–" if v != v else "yes" if v <= REPLICA_BUDGET_STEPS else "**no**") for v in larger]
+    shown = times[["stage", "created", "seconds", "reference_ms", "reference_steps", "nearest_ms",
+                   "steps_at_nearest", "within budget"]]
     return ["## Stage times", "",
             f"Each replica stage's wall time in reference steps (budget {REPLICA_BUDGET_STEPS:,} per stage, "
-            "issue 30; the reference measured nearest the stage's end).", "",
+            "issue 30): `reference_ms` is REPORT's rule, the median of the measurements within 2 h of the stage's "
+            "end; `nearest_ms` the single measurement nearest it. Where the two differ, the machine's speed changed "
+            "inside the window (most often a session boundary), and the truth lies between them; `within budget` "
+            "reads the larger of the two counts.", "",
             shown.to_markdown(index=False, floatfmt=",.0f"), ""]
 
 

@@ -9,6 +9,8 @@ It reads the core run of each method in ``seeds.methods`` (training seed ``base.
   patches, then images), the seed-to-seed sd against the runs' own sampling se, and which of the two dominates;
 - table ``tables/seeds/seed_comparisons``: TriQDef minus standard QAT and minus PBAT, seed means, seed-level
   intervals, verdicts;
+- table ``tables/seeds/variant_comparisons``: claim 18 at the seed level, TriQDef minus each of ``seeds.variants``
+  (stages ``variant_seed`` + ``variant_eval``, the same seeds), read as "no change" inside ±5 points;
 - ``SEEDS.md``: both, what ran, and each seed stage's time in reference steps against its budget;
 - metrics ``metrics/seed_summary.json``: the seed-to-seed sd of every rate but the ratios.
 """
@@ -25,7 +27,7 @@ from triqdef.stages import replicas
 from triqdef.stages.replicas import RATIO
 
 #: The params.yaml sections this stage reads.
-PARAMS = ("base", "robustness", "cross_bit", "seeds")
+PARAMS = ("base", "robustness", "cross_bit", "seeds", "triqdef")   # triqdef: its speed settings, in SEEDS.md
 GROUP = "seeds"
 
 
@@ -38,13 +40,16 @@ def run_seed_summary(cfg, progress: bool = True) -> dict:
     start = time.perf_counter()
     sd, seed = cfg.seeds, cfg.base.seed
     runs = [replicas.core_run(cfg, m) for m in sd.methods] + [
-        replicas.replica_run(cfg, m, training_seed=k) for m in sd.methods for k in sd.training_seeds]
+        replicas.replica_run(cfg, m, training_seed=k) for m in sd.methods for k in sd.training_seeds] + [
+        replicas.replica_run(cfg, "triqdef", training_seed=k, variant=v) for v in sd.variants for k in sd.variant_seeds]
     rates = replicas.rates_of(runs, cfg)
     spread = replicas.seed_spread(rates, replicas.N_BOOT, seed)
-    comparisons = replicas.seed_comparisons(runs, list(cfg.robustness.bits), list(cfg.cross_bit.source_bits),
-                                           replicas.N_BOOT, seed)
+    eval_bits, source_bits = list(cfg.robustness.bits), list(cfg.cross_bit.source_bits)
+    comparisons = replicas.seed_comparisons(runs, eval_bits, source_bits, replicas.N_BOOT, seed)
+    variants = replicas.variant_comparisons(runs, sd.variants, eval_bits, source_bits, replicas.N_BOOT, seed)
     out = paths.replicas_dir()
     meta = provenance(cfg, {"seeds": [seed] + list(sd.training_seeds), "methods": list(sd.methods),
+                            "variants": list(sd.variants), "variant_seeds": list(sd.variant_seeds),
                             "eval_bits": list(cfg.robustness.bits), "source_bits": list(cfg.cross_bit.source_bits),
                             "n_boot": replicas.N_BOOT})
     seeds_text = ", ".join(str(s) for s in meta["seeds"])
@@ -57,7 +62,12 @@ def run_seed_summary(cfg, progress: bool = True) -> dict:
         "with paired patches (unseen: the same patches; white-box and cross-bit: each model's own, paired by "
         "target), with the seed-level 95 % interval (the seeds of both methods resampled, then patches and images); "
         "'lower' holds when the interval lies below 0. Not familywise: read with the count of rows."))
-    write_text(out / "SEEDS.md", seeds_markdown(cfg, meta, spread, comparisons))
+    save_table(variants, "variant_comparisons", meta, out / "tables" / GROUP, floatfmt=".2f", caption=(
+        f"Claim 18 at the seed level: TriQDef (its speed settings on) minus each of {', '.join(sd.variants)} (the "
+        f"same seeds), every run against every run on their common images with paired patches, seed-level 95 % "
+        f"interval; 'no change' when it lies inside ±{replicas.VARIANT_MARGIN:.0f} points, 'changes the result' "
+        f"when it excludes 0."))
+    write_text(out / "SEEDS.md", seeds_markdown(cfg, meta, spread, comparisons, variants))
     headline = {f"{r['method']} {r['rate']} {r['where']} sd": round(float(r["sd (seeds)"]), 3)
                 for r in spread.to_dict("records") if r["rate"] != RATIO and np.isfinite(r.get("sd (seeds)", np.nan))}
     headline["stage_wall_time_s"] = round(time.perf_counter() - start, 1)
@@ -65,7 +75,8 @@ def run_seed_summary(cfg, progress: bool = True) -> dict:
     return headline
 
 
-def seeds_markdown(cfg, meta: dict, spread: pd.DataFrame, comparisons: pd.DataFrame) -> str:
+def seeds_markdown(cfg, meta: dict, spread: pd.DataFrame, comparisons: pd.DataFrame,
+                   variants: pd.DataFrame | None = None) -> str:
     """``results/replicas/SEEDS.md``."""
     sd = cfg.seeds
     dominant = spread["dominates"].value_counts().to_dict() if "dominates" in spread else {}
@@ -87,5 +98,15 @@ def seeds_markdown(cfg, meta: dict, spread: pd.DataFrame, comparisons: pd.DataFr
               "patches; white-box and cross-bit: each model's own, paired by target); the seeds of both methods "
               "resampled, then patches and images. Not familywise: read with the count of rows.", "",
               replicas.markdown_table(comparisons), ""]
-    lines += replicas.times_markdown(GROUP)
+    if sd.variants:
+        lines += ["## Claim 18: TriQDef's speed settings, seed level", "",
+                  f"TriQDef as the core trains it (GPDP once every {cfg.triqdef.gpdp_every} steps, maps downsampled by "
+                  f"{cfg.triqdef.downsample}) against {', '.join(sd.variants)} (`ablations.variants`), each trained "
+                  f"with seeds {', '.join(str(s) for s in sd.variant_seeds)} (stage `variant_seed`) and evaluated as "
+                  "the core run is (stage `variant_eval`). The claim, ours: the speed settings do not change the "
+                  f"result, read as the seed-level interval of the difference inside ±{replicas.VARIANT_MARGIN:.0f} "
+                  "points. REPORT.md's claim 18 points here: these runs are not in the core (time budget).", "",
+                  replicas.markdown_table(variants) if variants is not None and not variants.empty else
+                  "(no comparison: the variant's runs or TriQDef's are missing)", ""]
+    lines += replicas.times_markdown(GROUP, *(["variants"] if sd.variants else []))
     return "\n".join(lines) + "\n"

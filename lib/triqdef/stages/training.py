@@ -153,18 +153,21 @@ def whitebox_records(inp: Inputs, bits, size: int) -> list[pd.DataFrame]:
     return records
 
 
-def patchattack_records(inp: Inputs, bits, size: int) -> tuple[list[pd.DataFrame], dict]:
+def patchattack_records(inp: Inputs, size: int) -> tuple[list[pd.DataFrame], dict]:
     """Table 5's PatchAttack columns (Yang 2020; docs/design.md#patchattack): for each defended model and each of
-    ``bits``, ``patch_attack.targets`` targeted patches of ``size`` pixels found by querying that model at that
-    bit-width only (its texture dictionary made on our FP model), each evaluated on the same view (group
-    :data:`BLACKBOX`). Returns the records and the queries used per patch (mean, max, budget)."""
+    ``patch_attack.bits`` (some of ``robustness.bits``), ``patch_attack.targets`` targeted patches of ``size`` pixels
+    found by querying that model at that bit-width only (its texture dictionary made on our FP model), each
+    evaluated on the same view (group :data:`BLACKBOX`). Returns the records and the queries used per patch (mean,
+    max, budget)."""
     from triqdef.attacks.patch_attack import PatchAttackSettings, build_texture_dictionary, patch_attack
     from triqdef.attacks.patchsets import balanced_targets
+    from triqdef.eval.cross_bit import check_bits_in
     from triqdef.eval.transfer import transfer_records, view_predictions
     from triqdef.stages import common
     from triqdef.training.loop import model_from_checkpoint
 
     pa, seed, train = inp.cfg.patch_attack, inp.cfg.base.seed, inp.splits.train
+    bits = check_bits_in(inp.cfg.robustness.bits, pa.bits, "patch_attack.bits", "robustness.bits")
     settings = PatchAttackSettings(textures_per_class=pa.textures_per_class, texture_steps=pa.texture_steps,
                                    iterations=pa.iterations, actions_per_iteration=pa.actions_per_iteration,
                                    reward_images=pa.reward_images, selection_images=pa.selection_images,
@@ -187,7 +190,7 @@ def patchattack_records(inp: Inputs, bits, size: int) -> tuple[list[pd.DataFrame
             records.append(transfer_records(made, view, inp.test_x, inp.test_y, clean)
                            .assign(model=label, patch_set=BLACKBOX))
     return records, {"mean": float(np.mean(queries)), "max": int(max(queries)), "budget": pa.max_queries,
-                     "per_model_and_bits": pa.targets}
+                     "per_model_and_bits": pa.targets, "bits": bits}
 
 
 def table5_asr(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
@@ -221,7 +224,7 @@ def table5_asr(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
     from triqdef.eval import defense_claims, outcome_store
 
     deciding = regime == deciding_regime(inp)
-    black, queries = patchattack_records(inp, eval_bits, size) if regime == MATCHED else ([], None)
+    black, queries = patchattack_records(inp, size) if regime == MATCHED else ([], None)
     lap("patchattack: search and evaluation")
     white = whitebox_records(inp, eval_bits, size) if deciding else []
     lap("white-box: optimisation and evaluation")
@@ -239,10 +242,15 @@ def table5_asr(inp: Inputs, regime: str = "paper") -> pd.DataFrame:
         t5 = t5.assign(**{S.attack_column(S.PATCHATTACK, v): float("nan") for v in views[:-1]})
         pa_note = "The PatchAttack columns are in the matched-size table only (time budget). "
     else:
+        pa_bits = list(inp.cfg.patch_attack.bits)
+        pa_skipped = [b for b in eval_bits if b not in pa_bits]
         pa_note = (f"PatchAttack (black-box, rows '{BLACKBOX}'): {inp.cfg.patch_attack.targets} targeted patches per "
                    f"model and bit-width, each found by querying that view only (texture dictionary from our FP "
                    f"model): {queries['mean']:.0f} queries per patch on average (at most {queries['max']}, budget "
-                   f"{queries['budget']}). ")
+                   f"{queries['budget']}). "
+                   + (f"Queried at {' / '.join(map(str, pa_bits))} bits only (patch_attack.bits in profile "
+                      f"`{inp.profile}`, time budget): its {' / '.join(map(str, pa_skipped))}-bit columns stay empty. "
+                      if pa_skipped else ""))
     wb_note = ("" if deciding else "The white-box rows are in the matched-size table only (time budget). ")
     cap5 = (f"Targeted ASR (%) of LAVAN / GAP {regime_label(inp, regime)} patches (seen: FP-made from the training "
             f"distribution; unseen: the five unseen sets together; whitebox: {inp.cfg.robustness.whitebox_patches} "
@@ -359,9 +367,9 @@ TABLE2_BITS, TABLE2_SEED_OFFSET = 2, 30_000
 
 def table2_patch_file(regime: str) -> Path:
     """Where :func:`table2_patches` writes the set of ``regime``: ``results/table2/patches[_matched].pt``."""
-    from triqdef.attacks.patchsets import regime_set
+    from triqdef.attacks.patchsets import regime_patch_file
 
-    return paths.results_dir() / "table2" / f"{regime_set('patches', regime)}.pt"
+    return regime_patch_file(paths.results_dir() / "table2", regime)
 
 
 def table2_specs(seen: list, regime: str, seed: int) -> list:
@@ -381,13 +389,12 @@ def table2_patches(inp: Inputs, regime: str, progress: bool = True) -> tuple[lis
     target), made as stage ``patches`` makes ``unseen_bits2``: on the unseen-bit-width source model
     (``patches.unseen_bits_source``) at :data:`TABLE2_BITS` bits, inside the training region, from the same attacker
     images. Written to :func:`table2_patch_file` with its provenance; returns the patches and the seconds they took."""
-    from triqdef.attacks.patchsets import attack_images, make_patches, regime_set, save_patchset, select
+    from triqdef.attacks.patchsets import make_and_save, regime_set, select
     from triqdef.config import as_dict
     from triqdef.meta import provenance
     from triqdef.stages import common
     from triqdef.training.loop import model_from_checkpoint, resolve_device
 
-    t0 = time.perf_counter()
     cfg, pcfg, seed = inp.cfg, inp.cfg.patches, inp.cfg.base.seed
     seen = select(inp.patches, regime_set("seen", regime))
     if not seen:
@@ -403,17 +410,12 @@ def table2_patches(inp: Inputs, regime: str, progress: bool = True) -> tuple[lis
         raise TriqdefError(f"standard-QAT checkpoint {path} has bit-widths {source_meta['bits']}: expected "
                            f"{TABLE2_BITS}, the bit-width of Table 2's 'made at {TABLE2_BITS} bits' set")
     specs = table2_specs(seen, regime, seed)
-    images, labels, idx = attack_images(inp.splits, pcfg, seed)
-    made, _ = make_patches(specs, {"qat": source.to(resolve_device(cfg.base.device))}, images, labels, pcfg,
-                           inp.model_name, progress)
-    seconds = round(time.perf_counter() - t0, 1)
-    save_patchset(table2_patch_file(regime), made,
-                  provenance(cfg, {"params": as_dict(pcfg), "regime": regime, "bits": TABLE2_BITS,
-                                   "source": str(path.relative_to(paths.output_root())),
-                                   "source_checkpoint_commit": source_meta.get("commit"),
-                                   "data": common.data_record(inp.splits), "attack_images": int(len(idx)),
-                                   "seconds": seconds}))
-    return made, seconds
+    meta = provenance(cfg, {"params": as_dict(pcfg), "regime": regime, "bits": TABLE2_BITS,
+                            "source": str(path.relative_to(paths.output_root())),
+                            "source_checkpoint_commit": source_meta.get("commit"),
+                            "data": common.data_record(inp.splits)})
+    return make_and_save(specs, {"qat": source.to(resolve_device(cfg.base.device))}, inp.splits, pcfg, seed,
+                         inp.model_name, table2_patch_file(regime), meta, progress)
 
 
 def table2_qat_vs_pbat(inp: Inputs, regime: str = "paper") -> pd.DataFrame:

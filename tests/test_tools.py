@@ -155,3 +155,38 @@ def test_bench_stacked_refuses_bad_input_in_one_line(args, message):
 def test_bench_batches_refuses_bad_input_in_one_line(args, message):
     out = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_batches.py"), *args], capture_output=True, text=True)
     assert out.returncode == 1 and out.stderr.strip().endswith(message) and len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("stages,expected", [
+    (["a", "b@x", "s1", "report"],
+     ["reference before a b@x", "repro a", "repro b@x", "reference after a b@x", "repro s1", "repro report"]),
+    (["s1", "report"], ["repro s1", "repro report"]),                       # only log readers: no measurement
+    (["s1", "a"], ["reference before s1 a", "repro s1", "repro a", "reference after s1 a"]),   # a reader mid-list
+])
+def test_run_stages_measures_the_reference_before_the_stages_that_read_its_log(tmp_path, stages, expected):
+    """tools/run_stages.sh takes its 'after' reference measurement before the trailing stages that depend on
+    results/bench/reference_log.jsonl (the summaries, report), so that the measurement does not leave them stale.
+    dvc and triqdef are stand-ins that log their calls."""
+    import os
+    import shutil
+
+    (tmp_path / "tools").mkdir()
+    shutil.copy(ROOT / "tools" / "run_stages.sh", tmp_path / "tools" / "run_stages.sh")
+    log_dep = "results/bench/reference_log.jsonl"
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  a: {cmd: x, deps: [lib]}\n  b: {matrix: {k: [x]}, cmd: x, deps: [lib]}\n"
+        f"  s1: {{cmd: x, deps: [{log_dep}]}}\n  report:\n    cmd: x\n    deps:\n      - {log_dep}\n")
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    calls = tmp_path / "calls.txt"
+    (bin_dir / "dvc").write_text(f'#!/bin/bash\n[ "$1" = repro ] && echo "repro $3" >> {calls}\nexit 0\n')
+    (bin_dir / "triqdef").write_text(f'#!/bin/bash\necho "reference ${{5#tools/run_stages.sh, }}" >> {calls}\n')
+    (bin_dir / "python").symlink_to(sys.executable)
+    for f in ("dvc", "triqdef"):
+        (bin_dir / f).chmod(0o755)
+    env = {**os.environ, "LOG": str(tmp_path / "progress.log")}
+    env.pop("REFERENCE", None)
+    done = subprocess.run(["bash", "tools/run_stages.sh", *stages], cwd=tmp_path, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert calls.read_text().splitlines() == expected
